@@ -1,0 +1,25 @@
+"""Shared test set-up.
+
+The Triton kernels run under the Triton interpreter on machines without a CUDA GPU.
+TRITON_INTERPRET is read when a kernel is decorated, so it must be set before
+anything imports `kernels` (or triton); conftest.py is imported first by pytest.
+"""
+import os
+
+import torch
+
+if "TRITON_INTERPRET" not in os.environ:
+    os.environ["TRITON_INTERPRET"] = "0" if torch.cuda.is_available() else "1"
+
+import pytest  # noqa: E402
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
