@@ -1,0 +1,347 @@
+"""Loading and saving GPT-2 weights in the Hugging Face layout.
+
+OpenAI's checkpoints (as published on the Hugging Face hub) store the four big
+projections as `Conv1D` weights of shape (in, out); nn.Linear wants (out, in), so
+those are transposed on the way in and out. Everything else maps one to one.
+
+Real checkpoints come in a few variants, all accepted:
+- keys with or without the `transformer.` prefix;
+- the legacy attention-mask buffers `attn.bias` / `attn.masked_bias` (ignored);
+- `lm_head.weight` present (it must equal wte) or absent (tied).
+
+Nothing is ever unpickled with code execution: safetensors files are plain
+data, and `.bin` files go through `torch.load(weights_only=True)`.
+
+Loading builds the model on the meta device and assigns each tensor already in
+the target dtype, so a bf16 load of gpt2-xl never holds an fp32 copy of the
+model: the peak is the bf16 model plus one fp32 tensor.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from minigpt.config import HUB_REPOS, PRESETS, GPTConfig, preset
+
+TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+IGNORED = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers of old checkpoints
+CHECKPOINT_PREFIX = "ckpt_"  # train.py's checkpoint directories: out_dir/ckpt_00001000/
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be found, read or matched to the model."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Finding the files
+
+
+def hub_snapshot(name: str) -> Path:
+    """The local directory of a preset's hub repo, downloading it if it is not cached."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    repo = HUB_REPOS[name]
+    patterns = ["config.json", "model.safetensors"]
+    try:
+        return Path(snapshot_download(repo, allow_patterns=patterns, local_files_only=True))
+    except LocalEntryNotFoundError:
+        pass
+    try:
+        path = Path(snapshot_download(repo, allow_patterns=patterns))
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as e:
+        raise CheckpointError(
+            f"{name} weights are not in the Hugging Face cache and the hub cannot be reached "
+            f"({type(e).__name__}); on a machine with network run `python -m minigpt.weights download {name}`, "
+            "or pass a local directory or .safetensors file"
+        ) from None
+    if not (path / "model.safetensors").is_file():
+        raise CheckpointError(f"the hub repo {repo} has no model.safetensors")
+    return path
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    """The newest complete train.py checkpoint under directory, if any.
+
+    train.py writes each checkpoint into a temporary directory and renames it to
+    ckpt_<step> only when it is complete, so every ckpt_<step> is loadable.
+    """
+    steps = []
+    for p in directory.glob(f"{CHECKPOINT_PREFIX}*"):
+        suffix = p.name[len(CHECKPOINT_PREFIX):]
+        if p.is_dir() and suffix.isdigit():
+            steps.append((int(suffix), p))
+    return max(steps)[1] if steps else None
+
+
+def _read_config_json(path: Path) -> GPTConfig:
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot read {path}: {e}") from None
+    try:
+        if "minigpt" in d:  # written by save_pretrained: the exact GPTConfig
+            return GPTConfig.from_dict(d["minigpt"])
+        return GPTConfig.from_hf_dict(d)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: {e}") from None
+
+
+def resolve(name_or_path: str | Path) -> tuple[Path, GPTConfig | None]:
+    """(weights file, config if one was found beside it) for a preset name or a local path."""
+    path = Path(name_or_path).expanduser()
+    if not path.exists():
+        if str(name_or_path) in PRESETS:
+            path = hub_snapshot(str(name_or_path))
+        else:
+            raise CheckpointError(
+                f"{name_or_path}: no such file or directory, and not a preset ({', '.join(PRESETS)})"
+            )
+    if path.is_dir():
+        directory = path
+        weights = next(
+            (directory / f for f in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+             if (directory / f).is_file()),
+            None,
+        )
+        if weights is None:
+            ckpt = latest_checkpoint(directory)
+            if ckpt is None:
+                raise CheckpointError(
+                    f"{directory} holds no model.safetensors, pytorch_model.bin or {CHECKPOINT_PREFIX}* checkpoint"
+                )
+            return resolve(ckpt)
+    else:
+        directory, weights = path.parent, path
+    config_file = directory / "config.json"
+    return weights, (_read_config_json(config_file) if config_file.is_file() else None)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading tensors
+
+
+def _iter_safetensors(path: Path) -> tuple[dict, Iterator[tuple[str, torch.Tensor]]]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        f = safe_open(str(path), framework="pt", device="cpu")
+        metadata, keys = f.metadata() or {}, list(f.keys())
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from None
+
+    def tensors():
+        for key in keys:
+            try:
+                yield key, f.get_tensor(key)
+            except (SafetensorError, OSError) as e:
+                raise CheckpointError(f"{path}: cannot read tensor {key}: {e}") from None
+
+    return metadata, tensors()
+
+
+def _iter_sharded(index: Path) -> tuple[dict, Iterator[tuple[str, torch.Tensor]]]:
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (OSError, KeyError, TypeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot read the shard index {index}: {e}") from None
+    shards = sorted(set(weight_map.values()))
+
+    def tensors():
+        for shard in shards:
+            yield from _iter_safetensors(index.parent / shard)[1]
+
+    return {}, tensors()
+
+
+def _iter_torch_bin(path: Path) -> tuple[dict, Iterator[tuple[str, torch.Tensor]]]:
+    try:
+        try:  # mmap keeps a large fp32 file out of memory until each tensor is converted
+            sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):  # legacy (non-zip) files cannot be memory-mapped
+                raise
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{path}: refused to unpickle anything but tensors ({str(e).splitlines()[0]})") from None
+    except (RuntimeError, OSError, EOFError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {str(e).splitlines()[0]}") from None
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError(f"{path} does not hold a flat dict of tensors")
+    return {}, iter(list(sd.items()))
+
+
+def read_tensors(weights: Path) -> tuple[dict, Iterator[tuple[str, torch.Tensor]]]:
+    if weights.name.endswith(".safetensors.index.json"):
+        return _iter_sharded(weights)
+    if weights.suffix == ".safetensors":
+        return _iter_safetensors(weights)
+    if weights.suffix in (".bin", ".pt", ".pth"):
+        return _iter_torch_bin(weights)
+    raise CheckpointError(f"{weights}: unknown weights format (expected .safetensors or .bin)")
+
+
+# ----------------------------------------------------------------------------------------------
+# Mapping names and shapes
+
+
+def _our_name(key: str) -> str | None:
+    """Checkpoint key -> our parameter name, or None for keys to skip."""
+    key = key.removeprefix("transformer.")
+    if key.endswith(IGNORED):
+        return None
+    if key == "lm_head.weight":
+        return key
+    return "transformer." + key
+
+
+def _infer_config(shapes: dict[str, tuple[int, ...]], source: Path) -> GPTConfig:
+    """Guess the config from tensor shapes; the head count must match a preset's width."""
+    try:
+        V, C = shapes["transformer.wte.weight"]
+        block_size = shapes["transformer.wpe.weight"][0]
+    except KeyError as e:
+        raise CheckpointError(f"{source}: no config.json and no {e.args[0]} to infer one from") from None
+    n_layer = 1 + max(int(k.split(".")[2]) for k in shapes if k.startswith("transformer.h."))
+    heads = {p.n_embd: p.n_head for p in PRESETS.values()}
+    if C not in heads:
+        raise CheckpointError(
+            f"{source}: no config.json, and n_embd={C} matches no preset, so the head count is unknown"
+        )
+    return GPTConfig(block_size=block_size, vocab_size=V, n_layer=n_layer, n_head=heads[C], n_embd=C)
+
+
+def load_pretrained(
+    name_or_path: str | Path, device=None, dtype=None, attn_backend: str = "auto", ln_backend: str = "auto"
+):
+    """A GPT with the weights at name_or_path (see GPT.from_pretrained)."""
+    from minigpt.model import GPT
+
+    dtype = dtype or torch.float32
+    device = torch.device(device or "cpu")
+    weights, config = resolve(name_or_path)
+    metadata, tensors = read_tensors(weights)
+    if config is None and "minigpt_config" in metadata:
+        config = GPTConfig.from_dict(json.loads(metadata["minigpt_config"]))
+
+    # Collect tensors under our names, converting each to the target dtype as it is read so
+    # that no full-precision copy of the whole model is ever held.
+    state: dict[str, torch.Tensor] = {}
+    lm_head = None
+    for key, t in tensors:
+        name = _our_name(key)
+        if name is None:
+            continue
+        if name in state:
+            raise CheckpointError(f"{weights}: tensor {key} appears twice")
+        t = t.to(dtype=dtype) if t.is_floating_point() else t
+        if name == "lm_head.weight":
+            lm_head = t
+            continue
+        if name.endswith(TRANSPOSED):
+            if t.dim() != 2:
+                raise CheckpointError(f"{weights}: {key} has shape {tuple(t.shape)}, expected a matrix")
+            t = t.t()
+        state[name] = t.to(device).contiguous()
+    if config is None:
+        config = _infer_config({k: tuple(v.shape) for k, v in state.items()}, weights)
+
+    with torch.device("meta"):
+        model = GPT(config, attn_backend=attn_backend, ln_backend=ln_backend)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+    # The embedding is stored unpadded; pad it with zero rows to the model's padded width.
+    wte = state.get("transformer.wte.weight")
+    if lm_head is not None and (wte is None or not torch.equal(lm_head.to(wte.device), wte)):
+        raise CheckpointError(f"{weights}: lm_head.weight differs from wte.weight; only tied heads are supported")
+    if wte is not None and wte.size(0) == config.vocab_size and config.padded_vocab_size > config.vocab_size:
+        pad = wte.new_zeros(config.padded_vocab_size - config.vocab_size, wte.size(1))
+        state["transformer.wte.weight"] = torch.cat([wte, pad])
+
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing:
+        raise CheckpointError(f"{weights}: missing tensor(s) {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    if unexpected:
+        raise CheckpointError(f"{weights}: unexpected tensor(s) {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}")
+    for name, shape in expected.items():
+        got = tuple(state[name].shape)
+        if name == "transformer.wte.weight":
+            got = (got[0] - (config.padded_vocab_size - config.vocab_size), got[1])
+            shape = (config.vocab_size, shape[1])
+        elif name.endswith(TRANSPOSED):  # report shapes as the checkpoint stores them
+            got, shape = got[::-1], shape[::-1]
+        if got != shape:
+            raise CheckpointError(f"{weights}: {name} has shape {got} in the checkpoint, the model expects {shape}")
+
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.to(device).eval()
+
+
+# ----------------------------------------------------------------------------------------------
+# Saving
+
+
+def hf_state_dict(model) -> dict[str, torch.Tensor]:
+    """The model's weights under transformers' GPT2LMHeadModel names and Conv1D layout."""
+    config = model.config
+    out = {}
+    for name, t in model.state_dict().items():
+        t = t.detach()
+        if name == "transformer.wte.weight":
+            t = t[: config.vocab_size]
+        elif name.endswith(TRANSPOSED):
+            t = t.t()
+        out[name] = t.contiguous().cpu()
+    return out
+
+
+def save_pretrained(model, directory: str | Path) -> None:
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = hf_state_dict(model)
+    metadata = {"format": "pt", "minigpt_config": json.dumps(model.config.to_dict())}
+    tmp = directory / "model.safetensors.tmp"
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, directory / "model.safetensors")
+    config = model.config.to_hf_dict()
+    config["dtype"] = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
+    config["minigpt"] = model.config.to_dict()
+    tmp = directory / "config.json.tmp"
+    tmp.write_text(json.dumps(config, indent=2) + "\n")
+    os.replace(tmp, directory / "config.json")
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line: fetch OpenAI's weights into the Hugging Face cache while online.
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m minigpt.weights",
+        description="Download OpenAI's GPT-2 weights into the Hugging Face cache, for later offline use.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    dl = sub.add_parser("download", help="fetch config.json and model.safetensors of a preset")
+    dl.add_argument("name", choices=list(PRESETS), help="which GPT-2 size")
+    args = parser.parse_args(argv)
+    try:
+        preset(args.name)
+        print(hub_snapshot(args.name))
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""Generation: greedy equals transformers and uncached decoding; sampling options behave."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from reference import hf_model, save_hf
+
+from minigpt import GPT, GPTConfig
+from minigpt.generate import complete, generate, generate_uncached, sample_next, stream
+from minigpt.tokenizer import get_encoding
+
+ROOT = Path(__file__).resolve().parents[1]
+GPT2_VOCAB = dict(n_positions=96, vocab_size=50257, n_layer=2, n_head=4, n_embd=64)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    hf = hf_model(seed=3, **GPT2_VOCAB)
+    # Sharpen the random model so its greedy choices are far apart from ties.
+    with torch.no_grad():
+        hf.transformer.wte.weight.mul_(8)
+    path = save_hf(hf, tmp_path_factory.mktemp("ckpt"))
+    hf.generation_config.eos_token_id = None
+    hf.generation_config.pad_token_id = 50256
+    return hf, path
+
+
+def test_greedy_equals_transformers(checkpoint):
+    hf, path = checkpoint
+    model = GPT.from_pretrained(path)
+    idx = torch.randint(0, 50257, (3, 11))
+    ref = hf.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=30, do_sample=False)
+    for backend in ("math", "sdpa"):
+        model.set_backends(attn=backend)
+        out = generate(model, idx, 30, temperature=0)
+        assert torch.equal(out, ref), backend
+
+
+def test_cached_equals_uncached(checkpoint):
+    _, path = checkpoint
+    model = GPT.from_pretrained(path)
+    idx = torch.randint(0, 50257, (2, 7))
+    assert torch.equal(generate(model, idx, 40, temperature=0), generate_uncached(model, idx, 40))
+
+
+def test_sample_py_greedy_equals_transformers(checkpoint):
+    hf, path = checkpoint
+    enc = get_encoding("gpt2")
+    prompt = "The capital of France is"
+    idx = torch.tensor([enc.encode(prompt)])
+    ref = hf.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=20, do_sample=False)
+    expected = prompt + enc.decode(ref[0, idx.size(1):].tolist())
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "sample.py"), "--init", str(path), "--prompt", prompt, "--temperature", "0",
+         "--max-new-tokens", "20", "--ignore-eot", "--device", "cpu"],
+        capture_output=True, text=True, check=True,
+    )
+    assert out.stdout == expected
+
+
+def test_sample_next_filters():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.tensor([[0.0, 3.0, 2.0, 1.0, -1.0]]).repeat(2000, 1)
+    assert sample_next(logits[:1], temperature=0).item() == 1
+    k2 = sample_next(logits, temperature=1.0, top_k=2, generator=g)
+    assert set(k2.tolist()) == {1, 2}
+    # probs ~ [.03, .64, .24, .09, .01]: the top-p=0.8 nucleus is {1, 2}
+    p = sample_next(logits, temperature=1.0, top_p=0.8, generator=g)
+    assert set(p.tolist()) == {1, 2}
+    assert set(sample_next(logits[:50], top_p=1e-6, generator=g).tolist()) == {1}
+    full = sample_next(logits, temperature=1.0, generator=g)
+    assert set(full.tolist()) == {0, 1, 2, 3, 4}
+    freq1 = (full == 1).float().mean().item()
+    assert 0.58 < freq1 < 0.70  # softmax([0,3,2,1,-1])[1] = 0.636
+    with pytest.raises(ValueError):
+        sample_next(logits, temperature=-1)
+    with pytest.raises(ValueError):
+        sample_next(logits, top_p=0)
+
+
+def test_seeded_sampling_is_repeatable(checkpoint):
+    _, path = checkpoint
+    model = GPT.from_pretrained(path)
+    idx = torch.randint(0, 50257, (2, 5))
+    a = generate(model, idx, 15, temperature=1.0, top_k=50, generator=torch.Generator().manual_seed(7))
+    b = generate(model, idx, 15, temperature=1.0, top_k=50, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(a, b)
+
+
+def test_stops_at_eos():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=64, vocab_size=10, n_layer=1, n_head=1, n_embd=8)).eval()
+    with torch.no_grad():  # the final LayerNorm outputs all ones, and token 3's embedding is all fives
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.fill_(1.0)
+        model.transformer.wte.weight[3] = 5.0
+    idx = torch.zeros(2, 4, dtype=torch.long)
+    steps = list(stream(model, idx, 20, temperature=0, eos_id=3))
+    assert len(steps) == 1 and steps[0].tolist() == [3, 3]
+
+
+def test_complete_batches_ragged_prompts_and_samples(checkpoint):
+    _, path = checkpoint
+    model = GPT.from_pretrained(path)
+    enc = get_encoding("gpt2")
+    prompts = ["Hello", "A longer prompt here", "World"]
+    out = complete(model, enc, prompts, 12, num_samples=2, temperature=0, stop_at_eot=False)
+    assert [(c.prompt_index, c.sample_index) for c in out] == [(p, s) for p in range(3) for s in range(2)]
+    for c in out:
+        single = complete(model, enc, [prompts[c.prompt_index]], 12, temperature=0, stop_at_eot=False)[0]
+        assert c.text == single.text and c.tokens == single.tokens and len(c.tokens) == 12
+
+
+def test_stop_strings_and_streaming(checkpoint):
+    _, path = checkpoint
+    model = GPT.from_pretrained(path)
+    enc = get_encoding("gpt2")
+    full = complete(model, enc, ["Once upon"], 30, temperature=0, stop_at_eot=False)[0].text
+    stop = full[5:9]
+    pieces = []
+    c = complete(model, enc, ["Once upon"], 30, temperature=0, stop=[stop], stop_at_eot=False,
+                 on_text=lambda c, t: pieces.append(t))[0]
+    assert c.finish_reason == "stop"
+    assert c.text == full[: full.find(stop)]
+    assert "".join(pieces) == c.text
+
+
+def test_too_long_prompt_is_a_clear_error(checkpoint):
+    _, path = checkpoint
+    model = GPT.from_pretrained(path)
+    with pytest.raises(ValueError, match="longer than the context window of 96"):
+        generate(model, torch.zeros(1, 97, dtype=torch.long), 1)
+    with pytest.raises(ValueError, match="at most 6 new tokens"):
+        generate(model, torch.zeros(1, 90, dtype=torch.long), 7)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "sample.py"), "--init", str(path), "--prompt", "word " * 200, "--device", "cpu"],
+        capture_output=True, text=True,
+    )
+    assert out.returncode == 2 and out.stdout == "" and "Traceback" not in out.stderr
+    last = out.stderr.splitlines()[-1]
+    assert last.startswith("error:") and "context window" in last
+
+
+def test_sample_py_stream_seed_stdin_and_bad_init(checkpoint, tmp_path):
+    _, path = checkpoint
+    cmd = [sys.executable, str(ROOT / "sample.py"), "--init", str(path), "--device", "cpu", "--max-new-tokens", "10",
+           "--seed", "1", "--top-k", "20", "--top-p", "0.9"]
+    a = subprocess.run(cmd + ["--prompt", "abc", "--stream"], capture_output=True, text=True, check=True)
+    b = subprocess.run(cmd + ["--prompt-file", "-"], input="abc", capture_output=True, text=True, check=True)
+    assert a.stdout == b.stdout and a.stdout.startswith("abc") and len(a.stdout) > 3
+    bad = subprocess.run([sys.executable, str(ROOT / "sample.py"), "--init", str(tmp_path / "missing")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("error:") and "Traceback" not in bad.stderr
+    help_ = subprocess.run([sys.executable, str(ROOT / "sample.py"), "--help"], capture_output=True, text=True, check=True)
+    for flag in ("--init", "--max-new-tokens", "--temperature", "--top-k", "--top-p", "--seed", "--num-samples",
+                 "--device", "--dtype", "--prompt-file", "--stream"):
+        assert flag in help_.stdout
+
+
+def test_bfloat16_cpu_sampling(checkpoint):
+    _, path = checkpoint
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "sample.py"), "--init", str(path), "--device", "cpu", "--dtype", "bfloat16",
+         "--prompt", "x", "--max-new-tokens", "5", "--seed", "0"],
+        capture_output=True, text=True, check=True,
+    )
+    assert out.stdout.startswith("x")
