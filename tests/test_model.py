@@ -121,3 +121,15 @@ def test_auto_backend_on_cpu_is_pytorch(monkeypatch):
     model = GPT(GPTConfig(block_size=8, vocab_size=50, n_layer=1, n_head=2, n_embd=16))
     model(torch.zeros(1, 4, dtype=torch.long))
     assert model.backends == ("sdpa", "torch")
+
+
+def test_exact_124m_in_openai_hub_layout(tmp_path):
+    """The full gpt2 shape, saved the way OpenAI's upload is: no `transformer.` prefix,
+    the attn.bias / attn.masked_bias buffers present, lm_head absent."""
+    hf = hf_model(n_positions=1024, vocab_size=50257, n_layer=12, n_head=12, n_embd=768)
+    path = save_hf(hf, tmp_path, safetensors=True, prefix=False)
+    model = GPT.from_pretrained(path)
+    assert model.config == preset("gpt2")
+    idx = torch.randint(0, 50257, (1, 64))
+    with torch.no_grad():
+        assert (model(idx) - hf(idx).logits).abs().max().item() <= LOGITS_ATOL
