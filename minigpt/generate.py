@@ -7,6 +7,10 @@ Three layers, each usable alone:
 - `stream` / `generate`: token ids in, token ids out (a batch of equal-length prompts);
 - `complete`: strings in, strings out, with several samples per prompt, prompts of
   different lengths, stop strings and streaming text.
+
+`stream` is the readable path: one `model(token, cache)` per token. `fast=True` hands
+the same job to `minigpt.decode.Decoder` (fixed-shape steps over a preallocated cache,
+replayed as a CUDA graph on a GPU), which gives the same greedy tokens.
 """
 from __future__ import annotations
 
@@ -76,15 +80,23 @@ def stream(
     top_p: float | None = None,
     generator: torch.Generator | None = None,
     eos_id: int | None = None,
+    fast: bool = False,
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every row of idx (B, T), one (B,) tensor per step.
 
     Rows that have produced eos_id keep producing it; the stream ends when every row
-    has, or after max_new_tokens steps.
+    has, or after max_new_tokens steps. fast=True decodes with minigpt.decode.Decoder.
     """
     B, T = idx.shape
     check_length(model, T, max_new_tokens)
     if max_new_tokens == 0:
+        return
+    if fast:
+        from minigpt.decode import Decoder
+
+        decoder = Decoder(model, B, T + max_new_tokens)
+        yield from decoder.stream(idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                                  generator=generator, eos_id=eos_id)
         return
     dtype = next(model.parameters()).dtype
     cache = KVCache(model.config, B, T + max_new_tokens, device=idx.device, dtype=dtype)
@@ -110,12 +122,20 @@ def generate(
     top_p: float | None = None,
     generator: torch.Generator | None = None,
     eos_id: int | None = None,
+    fast: bool = False,
 ) -> torch.Tensor:
     """idx (B, T) followed by up to max_new_tokens sampled tokens: (B, T + n).
 
     With eos_id, generation ends early once every row has produced it; rows that
-    finished first are padded with eos_id.
+    finished first are padded with eos_id. fast=True decodes with minigpt.decode.Decoder.
     """
+    if fast:
+        from minigpt.decode import Decoder
+
+        check_length(model, idx.size(1), max_new_tokens)
+        decoder = Decoder(model, idx.size(0), idx.size(1) + max_new_tokens)
+        return decoder.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                                generator=generator, eos_id=eos_id)
     tokens = list(stream(model, idx, max_new_tokens, temperature, top_k, top_p, generator, eos_id))
     return torch.cat([idx, torch.stack(tokens, dim=1)], dim=1) if tokens else idx.clone()
 
@@ -206,12 +226,14 @@ def complete(
     stop_at_eot: bool = True,
     batch_size: int | None = None,
     on_text: Callable[[Completion, str], None] | None = None,
+    fast: bool = False,
 ) -> list[Completion]:
     """Sample num_samples continuations of each prompt.
 
     Prompts of equal token length are decoded together in one batch (up to
     batch_size rows); on_text(completion, new_text) is called as text arrives.
-    Returns the completions ordered by prompt, then sample.
+    Returns the completions ordered by prompt, then sample. fast=True decodes with
+    minigpt.decode.Decoder.
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
@@ -236,7 +258,7 @@ def complete(
             batch = group[start : start + rows_per_batch]
             idx = torch.tensor([encoded[c.prompt_index] for c in batch], dtype=torch.long, device=device)
             rows = [_Row(c, enc, stop, on_text) for c in batch]
-            for token in stream(model, idx, max_new_tokens, temperature, top_k, top_p, generator, eot):
+            for token in stream(model, idx, max_new_tokens, temperature, top_k, top_p, generator, eot, fast):
                 for row, t in zip(rows, token.tolist()):
                     if not row.done:
                         row.push(t, eot)

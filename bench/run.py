@@ -1,0 +1,323 @@
+"""One entry point for the benchmarks: training, sampling, kernels, and the CPU targets.
+
+    python bench/run.py --suite all                 # CPU: small sizes, about a minute; CUDA: real sizes
+    python bench/run.py --suite sample --full       # every size
+    python bench/run.py --suite cpu-targets         # the CPU figures the fast-decoding issue targets
+    python bench/run.py --suite train,sample --tiny --out /tmp/b   # seconds: what the tests run
+
+Suites:
+- train: tokens/s and MFU of forward + backward + AdamW step (train.py's optimizer and
+  gradient clipping) for several models, batch and block sizes, attention/LayerNorm
+  backends, with and without torch.compile. bf16 autocast on CUDA, fp32 on a CPU.
+- sample: prefill tokens/s, time to first token and decode tokens/s of minigpt.decode
+  (greedy) at several batch sizes, beside transformers' GPT2LMHeadModel.generate (its
+  default KV cache) on the same random-init weights in the same run, as a ratio.
+- kernels: bench/kernels.py's run_kernel_bench (Triton attention and LayerNorm).
+- cpu-targets: GPT-2 124M shape on the CPU: decode at batch 1 (fp32 and bf16, against
+  transformers) and one training step at B=4, T=256, with the fp32 matmul ceiling.
+"all" is train, sample and kernels.
+
+MFU: FLOPs per token from minigpt.training.flops_per_token (6N + attention), against the
+datasheet bf16 peak of a known GPU (minigpt.training.PEAK_FLOPS), or else against an
+fp32 (CPU) or bf16 (GPU) matmul measured in the same run ("matmul_fraction" is reported
+against the measured matmul everywhere).
+
+Results: <out>/e2e-<device>.json (environment, settings, every case), .md (tables) and
+.png (throughput against batch size; MFU by backend); cpu-targets.json/.md for that suite.
+A short table goes to stdout, progress to stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `bench` and `minigpt` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from bench import e2e, report  # noqa: E402
+from bench.common import RESULTS_DIR, environment  # noqa: E402
+from minigpt.config import GPTConfig, preset  # noqa: E402
+from minigpt.model import GPT, triton_unavailable_reason  # noqa: E402
+
+SUITES = ("train", "sample", "kernels", "cpu-targets")
+ALL = ("train", "sample", "kernels")
+
+# Model shapes by name: OpenAI's presets plus two small ones for the CPU.
+TINY = GPTConfig(block_size=128, n_layer=2, n_head=2, n_embd=64)
+CPU_SMALL = GPTConfig(block_size=256, n_layer=4, n_head=4, n_embd=128)  # train.py's "cpu" recipe shape
+MODELS = {"tiny": TINY, "cpu-small": CPU_SMALL, "124M": preset("gpt2"), "355M": preset("gpt2-medium"),
+          "1.5B": preset("gpt2-xl")}
+
+# What each size runs. train: lists of case dicts; sample: (model, batch sizes, prompt, new tokens).
+PLANS = {
+    "tiny": {
+        "train": [dict(model="tiny", batch_size=2, block_size=32, attn=a, ln="torch", compile=False)
+                  for a in ("math", "sdpa")],
+        "train_timing": dict(steps=1, repeats=2, warmup=1),
+        "sample": [("tiny", (1, 2), 8, 8)],
+        "sample_repeats": 2,
+    },
+    "cpu-quick": {
+        "train": [dict(model="cpu-small", batch_size=b, block_size=t, attn="sdpa", ln="torch", compile=False)
+                  for b in (8, 16) for t in (64, 128)]
+                 + [dict(model="cpu-small", batch_size=16, block_size=128, attn="math", ln="torch", compile=False)],
+        "train_timing": dict(steps=1, repeats=3, warmup=1),
+        "sample": [("cpu-small", (1, 8, 64), 16, 32), ("124M", (1,), 16, 16)],
+        "sample_repeats": 3,
+    },
+    "cpu-full": {
+        "train": [dict(model="cpu-small", batch_size=b, block_size=t, attn=a, ln="torch", compile=c)
+                  for b in (8, 16, 32) for t in (128, 256) for a in ("math", "sdpa") for c in (False, True)]
+                 + [dict(model="124M", batch_size=4, block_size=256, attn="sdpa", ln="torch", compile=c)
+                    for c in (False, True)],
+        "train_timing": dict(steps=1, repeats=3, warmup=1),
+        "sample": [("cpu-small", (1, 8, 64), 16, 64), ("124M", (1, 8, 64), 16, 32)],
+        "sample_repeats": 3,
+    },
+    "cuda-quick": {
+        "train": [dict(model="124M", batch_size=16, block_size=1024, attn=a, ln=n, compile=False)
+                  for a in ("math", "sdpa", "triton") for n in ("torch", "triton")]
+                 + [dict(model="124M", batch_size=16, block_size=1024, attn=a, ln="torch", compile=True)
+                    for a in ("sdpa",)]
+                 + [dict(model=m, batch_size=b, block_size=t, attn="auto", ln="auto", compile=False)
+                    for m in ("124M", "355M") for b in (4, 8, 32) for t in (512, 1024)],
+        "train_timing": dict(steps=5, repeats=5, warmup=3),
+        "sample": [("124M", (1, 8, 64), 128, 128), ("1.5B", (1, 8, 64), 128, 128)],
+        "sample_repeats": 5,
+    },
+    "cuda-full": {
+        "train": [dict(model=m, batch_size=16, block_size=1024, attn=a, ln=n, compile=c)
+                  for m in ("124M", "355M") for a in ("math", "sdpa", "triton") for n in ("torch", "triton")
+                  for c in (False, True)]
+                 + [dict(model=m, batch_size=b, block_size=t, attn="auto", ln="auto", compile=c)
+                    for m in ("124M", "355M") for b in (4, 8, 16, 32) for t in (256, 512, 1024)
+                    for c in (False, True)],
+        "train_timing": dict(steps=10, repeats=5, warmup=3),
+        "sample": [("124M", (1, 8, 64), 128, 256), ("355M", (1, 8, 64), 128, 256), ("1.5B", (1, 8, 64), 128, 256)],
+        "sample_repeats": 5,
+    },
+}
+
+# The CPU figures the fast-decoding issue asks for, with its targets.
+CPU_TARGETS = {
+    "decode": dict(model="124M", batch_size=1, prompt_len=16, new_tokens=128, dtypes=("float32", "bfloat16"),
+                   target_ratio={"float32": 1.1, "bfloat16": 2.0}, repeats=5),
+    "train": dict(model="124M", batch_size=4, block_size=256, attn="sdpa", ln="torch", compile=False,
+                  steps=1, repeats=5, warmup=2, target_tokens_per_s=245.0),
+    "matmul_n": 2048,
+}
+
+
+def model_config(name: str, block_size: int | None = None) -> GPTConfig:
+    config = MODELS[name]
+    if block_size is not None and block_size > config.block_size:
+        config = GPTConfig(**{**config.to_dict(), "block_size": block_size})
+    return config
+
+
+def device_tag(device: torch.device) -> str:
+    if device.type != "cuda":
+        return "cpu"
+    name = torch.cuda.get_device_name(device).lower()
+    return "cuda-" + "".join(c if c.isalnum() else "-" for c in name).strip("-")
+
+
+# ----------------------------------------------------------------------------------------------
+# Suites
+
+
+def run_train(device: torch.device, plan: dict, peak: float, max_contention: float) -> list[dict]:
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    results = []
+    for case in plan["train"]:
+        config = model_config(case["model"], case["block_size"])
+        e2e.log(f"train {case}")
+        reason = triton_unavailable_reason(device)
+        if reason is not None and "triton" in (case["attn"], case["ln"]):
+            record = {**case, "skipped": reason}
+        else:
+            try:
+                record = e2e.bench_train(config, device=device, dtype=dtype, peak=peak, max_contention=max_contention,
+                                         **{k: v for k, v in case.items() if k != "model"}, **plan["train_timing"])
+            except torch.OutOfMemoryError as e:
+                record = {**case, "skipped": f"out of memory: {str(e).splitlines()[0]}"}
+                torch.cuda.empty_cache()
+        record["model"] = case["model"]
+        if "tokens_per_s" in record:
+            e2e.log(f"  {record['tokens_per_s']:.0f} tok/s, MFU {record['mfu']:.3f}")
+        else:
+            e2e.log(f"  skipped: {record['skipped']}")
+        results.append(record)
+    return results
+
+
+def build_model(name: str, device: torch.device, dtype: torch.dtype, seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    with torch.device(device):  # random init on the device itself: quick for 1.5B on a GPU
+        model = GPT(model_config(name))
+    return model.to(dtype).eval()
+
+
+def run_sample(device: torch.device, plan: dict, max_contention: float, with_hf: bool) -> list[dict]:
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    results = []
+    for name, batch_sizes, prompt_len, new_tokens in plan["sample"]:
+        model = build_model(name, device, dtype)
+        for B in batch_sizes:
+            e2e.log(f"sample {name} B={B} prompt={prompt_len} new={new_tokens} {dtype}")
+            try:
+                record = e2e.bench_sample(model, batch_size=B, prompt_len=prompt_len, new_tokens=new_tokens,
+                                          repeats=plan["sample_repeats"], with_hf=with_hf,
+                                          max_contention=max_contention)
+            except torch.OutOfMemoryError as e:
+                record = {"batch_size": B, "skipped": f"out of memory: {str(e).splitlines()[0]}"}
+                torch.cuda.empty_cache()
+            results.append({"model": name, "params": model.config.num_params(), **record})
+        del model
+    return results
+
+
+def run_kernels(device: torch.device, quick: bool) -> dict:
+    try:
+        from bench.kernels import run_kernel_bench
+    except ImportError as e:
+        e2e.log(f"kernels suite skipped: bench/kernels.py cannot be imported ({e})")
+        return {"skipped": f"bench/kernels.py cannot be imported: {e}"}
+    return run_kernel_bench(device, quick)
+
+
+def run_cpu_targets(max_contention: float) -> dict:
+    device = torch.device("cpu")
+    spec = CPU_TARGETS
+    # The matmul ceiling drifts with the machine (a shared VM's): measured at the start and
+    # again beside the training step, and the higher of the two used.
+    matmuls = [e2e.matmul_peak(device, torch.float32, spec["matmul_n"], repeats=10)]
+    out = {"matmul_fp32": matmuls[0], "decode": [], "train": None}
+    d = spec["decode"]
+    for dtype_name in d["dtypes"]:
+        model = build_model(d["model"], device, getattr(torch, dtype_name))
+        e2e.log(f"cpu-targets decode {d['model']} {dtype_name}")
+        record = e2e.bench_sample(model, batch_size=d["batch_size"], prompt_len=d["prompt_len"],
+                                  new_tokens=d["new_tokens"], repeats=d["repeats"], max_contention=max_contention)
+        record["target_ratio"] = d["target_ratio"][dtype_name]
+        record["meets_target"] = record["ratio"]["decode"] >= record["target_ratio"]
+        # bytes of weights read per token: every parameter once (the tied wte as the lm_head)
+        weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        record["weight_bytes"] = weight_bytes
+        record["weight_gb_per_s"] = weight_bytes * record["ours"]["decode_tokens_per_s"] / 1e9
+        out["decode"].append({"model": d["model"], **record})
+        del model
+    t = spec["train"]
+    e2e.log(f"cpu-targets train {t}")
+    matmuls.append(e2e.matmul_peak(device, torch.float32, spec["matmul_n"], repeats=10))
+    ceiling = out["matmul_fp32"] = max(matmuls, key=lambda m: m["flops"])
+    out["matmul_fp32_measurements"] = [m["flops"] for m in matmuls]
+    config = model_config(t["model"], t["block_size"])
+    record = e2e.bench_train(config, device=device, dtype=torch.float32, peak=ceiling["flops"],
+                             max_contention=max_contention,
+                             **{k: v for k, v in t.items() if k not in ("model", "target_tokens_per_s")})
+    record.update(model=t["model"], target_tokens_per_s=t["target_tokens_per_s"],
+                  meets_target=record["tokens_per_s"] >= t["target_tokens_per_s"],
+                  fraction_of_matmul_ceiling=record["mfu"],
+                  ceiling_tokens_per_s=ceiling["flops"] / record["flops_per_token"])
+    out["train"] = record
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--suite", default="all",
+                   help=f"comma-separated suites: {', '.join(SUITES)}, or all (= {', '.join(ALL)})")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="device to run on (default: cuda when available, else cpu)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--tiny", action="store_true", help="the smallest sizes: seconds, for tests")
+    size.add_argument("--full", action="store_true", help="every size (on a CPU: minutes, with torch.compile)")
+    p.add_argument("--no-transformers", action="store_true", help="sample suite: skip the transformers baseline")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice; cpu-targets uses 2 unless given)")
+    p.add_argument("--max-contention", type=float, default=0.1,
+                   help="rerun a timed repeat when other processes used more than this fraction of the CPUs")
+    p.add_argument("--out", type=Path, default=RESULTS_DIR, help=f"results directory (default: {RESULTS_DIR})")
+    p.add_argument("--no-plot", action="store_true", help="write JSON and Markdown but no PNG")
+    args = p.parse_args(argv)
+    suites = [s.strip() for s in args.suite.split(",") if s.strip()]
+    suites = [s for name in suites for s in (ALL if name == "all" else (name,))]
+    unknown = [s for s in suites if s not in SUITES]
+    if unknown or not suites:
+        p.error(f"unknown suite(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(SUITES)} or all")
+    args.suites = list(dict.fromkeys(suites))
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print(f"error: --device {args.device}: no CUDA GPU is available", file=sys.stderr)
+        return 2
+    if args.threads is None and "cpu-targets" in args.suites:
+        args.threads = 2
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if device.type == "cuda":  # as train.py: TF32 for the fp32 matmuls autocast leaves
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    size = "tiny" if args.tiny else ("full" if args.full else "quick")
+    plan = PLANS["tiny"] if size == "tiny" else PLANS[f"{'cuda' if device.type == 'cuda' else 'cpu'}-{size}"]
+    settings = {
+        "suites": args.suites, "size": size, "device": str(device), "threads": torch.get_num_threads(),
+        "max_contention": args.max_contention, "transformers_baseline": not args.no_transformers,
+        "plan": {k: v for k, v in plan.items()}, "tf32": device.type == "cuda",
+        "train_dtype": "bfloat16 autocast" if device.type == "cuda" else "float32",
+        "sample_dtype": "bfloat16" if device.type == "cuda" else "float32",
+        "decode_method": "time(generate N+1) - time(generate 1), greedy, both sides timed in alternation",
+    }
+    written = []
+    e2e_suites = [s for s in args.suites if s in ALL]
+    if e2e_suites:
+        payload = {"benchmark": "e2e", "environment": environment(device), "settings": settings}
+        if "train" in e2e_suites:
+            matmul_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+            n = 8192 if device.type == "cuda" else (512 if size == "tiny" else 2048)
+            payload["matmul"] = e2e.matmul_peak(device, matmul_dtype, n)
+            peak, source = e2e.peak_flops(device, torch.bfloat16 if device.type == "cuda" else torch.float32,
+                                          payload["matmul"])
+            payload["peak"] = {"flops": peak, "source": source}
+            payload["train"] = run_train(device, plan, peak, args.max_contention)
+            for r in payload["train"]:
+                if "tokens_per_s" in r:
+                    r["matmul_fraction"] = r["flops_per_token"] * r["tokens_per_s"] / payload["matmul"]["flops"]
+        if "sample" in e2e_suites:
+            payload["sample"] = run_sample(device, plan, args.max_contention, not args.no_transformers)
+        if "kernels" in e2e_suites:
+            payload["kernels"] = run_kernels(device, quick=size != "full")
+        written += report.write(payload, args.out / f"e2e-{device_tag(device)}", plot_png=not args.no_plot)
+        print(report.stdout_table(payload))
+    if "cpu-targets" in args.suites:
+        if device.type != "cpu":
+            e2e.log("cpu-targets runs on the CPU whatever --device says")
+        cpu_settings = {"threads": torch.get_num_threads(), "max_contention": args.max_contention,
+                        "targets": CPU_TARGETS,
+                        "decode_method": "time(generate 129 tokens) - time(generate 1 token), greedy, both sides "
+                                         "timed in alternation: 128 decode steps with load, prefill and first "
+                                         "token excluded; the ratio is the median of the per-round ratios",
+                        "mfu_peak": "fp32 matmul measured in this run (matmul_fp32)"}
+        payload = {"benchmark": "cpu-targets", "environment": environment("cpu"), "settings": cpu_settings,
+                   **run_cpu_targets(args.max_contention)}
+        written += report.write_cpu_targets(payload, args.out / "cpu-targets")
+        print(report.cpu_targets_table(payload))
+    for path in written:
+        e2e.log(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
