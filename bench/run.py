@@ -29,6 +29,7 @@ A short table goes to stdout, progress to stderr.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -104,7 +105,7 @@ PLANS = {
 # The CPU figures the fast-decoding issue asks for, with its targets.
 CPU_TARGETS = {
     "decode": dict(model="124M", batch_size=1, prompt_len=16, new_tokens=128, dtypes=("float32", "bfloat16"),
-                   target_ratio={"float32": 1.1, "bfloat16": 2.0}, repeats=5),
+                   target_ratio={"float32": 1.1, "bfloat16": 2.0}, repeats=7),
     "train": dict(model="124M", batch_size=4, block_size=256, attn="sdpa", ln="torch", compile=False,
                   steps=1, repeats=5, warmup=2, target_tokens_per_s=245.0),
     "matmul_n": 2048,
@@ -116,6 +117,14 @@ def model_config(name: str, block_size: int | None = None) -> GPTConfig:
     if block_size is not None and block_size > config.block_size:
         config = GPTConfig(**{**config.to_dict(), "block_size": block_size})
     return config
+
+
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (where the OS has them): how busy the machine was."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def device_tag(device: torch.device) -> str:
@@ -279,6 +288,7 @@ def main(argv=None) -> int:
         "train_dtype": "bfloat16 autocast" if device.type == "cuda" else "float32",
         "sample_dtype": "bfloat16" if device.type == "cuda" else "float32",
         "decode_method": "time(generate N+1) - time(generate 1), greedy, both sides timed in alternation",
+        "loadavg_at_start": load_average(),
     }
     written = []
     e2e_suites = [s for s in args.suites if s in ALL]
@@ -309,7 +319,8 @@ def main(argv=None) -> int:
                         "decode_method": "time(generate 129 tokens) - time(generate 1 token), greedy, both sides "
                                          "timed in alternation: 128 decode steps with load, prefill and first "
                                          "token excluded; the ratio is the median of the per-round ratios",
-                        "mfu_peak": "fp32 matmul measured in this run (matmul_fp32)"}
+                        "mfu_peak": "fp32 matmul measured in this run (matmul_fp32)",
+                        "loadavg_at_start": load_average()}
         payload = {"benchmark": "cpu-targets", "environment": environment("cpu"), "settings": cpu_settings,
                    **run_cpu_targets(args.max_contention)}
         written += report.write_cpu_targets(payload, args.out / "cpu-targets")

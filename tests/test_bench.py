@@ -48,7 +48,7 @@ def test_tiny_run_writes_every_field(tiny_run):
     assert data["environment"]["torch"] and data["environment"]["date"]
     settings = data["settings"]
     assert settings["suites"] == ["train", "sample"] and settings["size"] == "tiny" and settings["threads"] == 2
-    assert settings["plan"]["train"] and settings["plan"]["sample"]
+    assert settings["plan"]["train"] and settings["plan"]["sample"] and "loadavg_at_start" in settings
     assert positive(data["matmul"]["flops"]) and positive(data["peak"]["flops"]) and data["peak"]["source"]
 
     assert len(data["train"]) == len(settings["plan"]["train"])
