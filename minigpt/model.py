@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minigpt.config import GPTConfig
+from minigpt.loss import linear_cross_entropy, linear_cross_entropy_reference
 
 ATTN_BACKENDS = ("auto", "math", "sdpa", "triton")
 LN_BACKENDS = ("auto", "torch", "triton")
@@ -283,6 +284,12 @@ class GPT(nn.Module):
 
         With a KV cache, idx holds the next T tokens after the cache.pos already seen.
         """
+        x = self.hidden_states(idx, cache)
+        logits = F.linear(x, self.transformer.wte.weight)  # (B, T, padded_vocab): the tied lm_head
+        return logits[..., : self.config.vocab_size]
+
+    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """The final hidden states (B, T, C), after ln_f: what the lm_head multiplies."""
         if idx.device.type != self._backends_for:
             self._apply_backends(idx.device)
         B, T = idx.size()
@@ -303,13 +310,19 @@ class GPT(nn.Module):
         x = self.transformer.ln_f(x)
         if cache is not None:
             cache.pos += T
-        logits = F.linear(x, self.transformer.wte.weight)  # (B, T, padded_vocab): the tied lm_head
-        return logits[..., : self.config.vocab_size]
+        return x
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean next-token cross-entropy of idx against targets, both (B, T)."""
-        logits = self(idx)
-        return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))
+        """Mean next-token cross-entropy of idx against targets, both (B, T); targets of -100 are ignored.
+
+        This is F.cross_entropy(self(idx), targets), computed without ever holding all the
+        logits (minigpt/loss.py explains how).
+        """
+        x = self.hidden_states(idx)
+        args = (x.reshape(-1, x.size(-1)), self.transformer.wte.weight, targets.reshape(-1), self.config.vocab_size)
+        if torch.compiler.is_compiling():  # Inductor fuses the plain version by itself
+            return linear_cross_entropy_reference(*args)
+        return linear_cross_entropy(*args)
 
     def num_params(self, non_embedding: bool = False) -> int:
         return self.config.num_params(non_embedding)
