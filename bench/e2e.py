@@ -182,21 +182,42 @@ def peak_flops(device: torch.device, train_dtype: torch.dtype, measured: dict) -
 # Training throughput
 
 
+TRAIN_IMPLEMENTATIONS = ("minigpt", "minigpt-plain-loss", "transformers")
+
+
 def bench_train(config: GPTConfig, *, batch_size: int, block_size: int, attn: str, ln: str, compile: bool,
                 device: torch.device, dtype: torch.dtype, steps: int, repeats: int, warmup: int,
-                peak: float, max_contention: float = 1.0, seed: int = 0) -> dict:
-    """Tokens/s of forward + backward + AdamW step (with gradient clipping, as train.py does)."""
+                peak: float, max_contention: float = 1.0, seed: int = 0, implementation: str = "minigpt") -> dict:
+    """Tokens/s of forward + backward + AdamW step (with gradient clipping, as train.py does).
+
+    `implementation` runs the same step on a baseline instead: "minigpt-plain-loss" is this
+    model with F.cross_entropy over the whole logits tensor (as nanoGPT computes its loss), and
+    "transformers" is GPT2LMHeadModel (its default attention) with the same optimizer, taking
+    the loss from `labels` as its users do.
+    """
+    if implementation not in TRAIN_IMPLEMENTATIONS:
+        raise ValueError(f"unknown implementation {implementation!r}; choose from {TRAIN_IMPLEMENTATIONS}")
     torch.manual_seed(seed)
     model = GPT(config, attn_backend=attn, ln_backend=ln).to(device).train()
-    optimizer = configure_optimizer(model, TrainConfig(), device.type)
-    params = [p for p in model.parameters()]
     data = torch.randint(0, config.vocab_size, (batch_size, block_size + 1), device=device)
     x, y = data[:, :-1], data[:, 1:]
     loss_fn = model.loss
+    if implementation == "minigpt-plain-loss":
+        def loss_fn(x, y):
+            logits = model(x)
+            return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1))
+    elif implementation == "transformers":
+        model = hf_twin(model).train()
+        model.config.use_cache = False
+
+        def loss_fn(x, y):
+            return model(input_ids=x, labels=x).loss
+    optimizer = configure_optimizer(model, TrainConfig(), device.type)
+    params = [p for p in model.parameters()]
     if compile:
         with torch.no_grad():  # settle the backends before the graph is traced
             model(x[:1, :1])
-        loss_fn = torch.compile(model.loss)
+        loss_fn = torch.compile(loss_fn)
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
 
     def train_steps():
@@ -213,9 +234,10 @@ def bench_train(config: GPTConfig, *, batch_size: int, block_size: int, attn: st
     tokens = steps * batch_size * block_size
     tok_s = tokens / t["median_s"]
     fpt = flops_per_token(config, block_size)
+    backends = model.backends if isinstance(model, GPT) else (model.config._attn_implementation, "torch")
     record = {
-        "params": config.num_params(),
-        "batch_size": batch_size, "block_size": block_size, "attn": model.backends[0], "ln": model.backends[1],
+        "implementation": implementation, "params": config.num_params(),
+        "batch_size": batch_size, "block_size": block_size, "attn": backends[0], "ln": backends[1],
         "compile": compile, "dtype": str(dtype).removeprefix("torch."),
         "steps_per_repeat": steps, "step_ms": 1e3 * t["median_s"] / steps,
         "tokens_per_s": tok_s, "flops_per_token": fpt, "mfu": fpt * tok_s / peak,

@@ -212,6 +212,15 @@ def cpu_targets_markdown(payload: dict) -> str:
                        f"{t['step_ms'] / 1e3:.2f}", f"{t['flops_per_token'] / 1e6:.0f} M",
                        f"{t['fraction_of_matmul_ceiling']:.3f}", f"{t['ceiling_tokens_per_s']:.0f}",
                        _memory(t), _contention(t)]]), ""]
+    if payload.get("train_baselines"):
+        parts += ["The same step in the same run, run the usual other ways (minigpt-plain-loss: this model "
+                  "with F.cross_entropy over the whole logits tensor, as nanoGPT computes its loss; "
+                  "transformers: GPT2LMHeadModel with `labels`, same optimizer):", "",
+                  _table(["implementation", "attention", "tok/s", "minigpt is", "step s", "peak (added) MiB",
+                          "max contention"],
+                         [[b["implementation"], b["attn"], f"{b['tokens_per_s']:.1f}", f"{b['minigpt_speedup']:.2f}x",
+                           f"{b['step_ms'] / 1e3:.2f}", _memory(b), _contention(b)]
+                          for b in payload["train_baselines"]]), ""]
     return "\n".join(parts)
 
 
@@ -224,6 +233,8 @@ def cpu_targets_table(payload: dict) -> str:
     t = payload["train"]
     out.append(f"train 124M B=4 T=256 fp32: {t['tokens_per_s']:.1f} tok/s (target {t['target_tokens_per_s']}), "
                f"{t['fraction_of_matmul_ceiling']:.2f} of the matmul ceiling")
+    for b in payload.get("train_baselines", []):
+        out.append(f"train {b['implementation']}: {b['tokens_per_s']:.1f} tok/s (minigpt {b['minigpt_speedup']:.2f}x)")
     return "\n".join(out)
 
 

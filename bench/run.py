@@ -233,6 +233,15 @@ def run_cpu_targets(max_contention: float) -> dict:
                   fraction_of_matmul_ceiling=record["mfu"],
                   ceiling_tokens_per_s=ceiling["flops"] / record["flops_per_token"])
     out["train"] = record
+    # The same step, in the same run, as the usual alternatives would run it.
+    out["train_baselines"] = []
+    for implementation in ("minigpt-plain-loss", "transformers"):
+        e2e.log(f"cpu-targets train baseline {implementation}")
+        base = e2e.bench_train(config, device=device, dtype=torch.float32, peak=ceiling["flops"],
+                               max_contention=max_contention, implementation=implementation,
+                               **{k: v for k, v in t.items() if k not in ("model", "target_tokens_per_s")})
+        base.update(model=t["model"], minigpt_speedup=record["tokens_per_s"] / base["tokens_per_s"])
+        out["train_baselines"].append(base)
     return out
 
 

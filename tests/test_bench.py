@@ -99,3 +99,24 @@ def test_kernels_suite_without_bench_kernels(monkeypatch):
     monkeypatch.setitem(sys.modules, "bench.kernels", None)  # as if the file were not there
     result = run.run_kernels(__import__("torch").device("cpu"), quick=True)
     assert "skipped" in result and "bench/kernels.py" in result["skipped"]
+
+
+@pytest.mark.parametrize("implementation", ["minigpt", "minigpt-plain-loss", "transformers"])
+def test_train_step_of_each_implementation(monkeypatch, implementation):
+    monkeypatch.syspath_prepend(str(ROOT))
+    import torch
+    from bench import e2e
+
+    from minigpt import GPTConfig
+
+    config = GPTConfig(block_size=16, vocab_size=97, n_layer=1, n_head=2, n_embd=32)
+    r = e2e.bench_train(config, batch_size=2, block_size=16, attn="sdpa", ln="torch", compile=False,
+                        device=torch.device("cpu"), dtype=torch.float32, steps=1, repeats=1, warmup=1,
+                        peak=1e9, implementation=implementation)
+    assert r["implementation"] == implementation and r["attn"]
+    assert TRAIN - {"model", "matmul_fraction"} <= set(r)
+    assert positive(r["tokens_per_s"]) and positive(r["peak_memory_bytes"])
+    with pytest.raises(ValueError, match="unknown implementation"):
+        e2e.bench_train(config, batch_size=2, block_size=16, attn="sdpa", ln="torch", compile=False,
+                        device=torch.device("cpu"), dtype=torch.float32, steps=1, repeats=1, warmup=1,
+                        peak=1e9, implementation="nope")
