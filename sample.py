@@ -46,6 +46,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--attn-backend", default="auto", choices=["auto", "math", "sdpa", "triton"],
                    help="attention implementation (auto: triton on CUDA, sdpa elsewhere)")
     p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
+    p.add_argument("--decode", default="auto", choices=["auto", "simple", "fast"],
+                   help="simple: one model(token, cache) call per token (minigpt.generate); fast: the static-cache "
+                        "decoder of minigpt.decode (CUDA graphs on a GPU); both give the same tokens. "
+                        "auto: fast on the CPU, simple on a GPU")
     return p.parse_args(argv)
 
 
@@ -77,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
                           "cpu" if args.device == "auto" else args.device)
     dtype = DTYPES[args.dtype] if args.dtype != "auto" else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     prompt = read_prompt(args)
+    fast = args.decode == "fast" or (args.decode == "auto" and device.type == "cpu")
 
     t0 = time.perf_counter()
     model = GPT.from_pretrained(args.init, device=device, dtype=dtype, attn_backend=args.attn_backend)
@@ -103,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
             seed=None if args.seed is None else args.seed + i,
             stop=args.stop, stop_at_eot=not args.ignore_eot,
-            on_text=on_text if args.stream else None,
+            on_text=on_text if args.stream else None, fast=fast,
         )
     elapsed = time.perf_counter() - t0
 

@@ -268,15 +268,21 @@ class GPT(nn.Module):
         self.requested_backends = (attn, ln)
         self._backends_for = None  # device type the current choice was resolved for
 
-    def _apply_backends(self, device: torch.device) -> None:
-        attn, ln = resolve_backends(*self.requested_backends, device)
-        for m in self.modules():
-            if isinstance(m, CausalSelfAttention):
-                m.backend = attn
-            elif isinstance(m, LayerNorm):
-                m.backend = ln
-        self.backends = (attn, ln)
-        self._backends_for = device.type
+    def ensure_backends(self, device: torch.device) -> tuple[str, str]:
+        """Resolve the requested backends for `device`, once per device type, and return them.
+
+        forward() calls this; code that runs the blocks itself (minigpt.decode) calls it first.
+        """
+        if device.type != self._backends_for:
+            attn, ln = resolve_backends(*self.requested_backends, device)
+            for m in self.modules():
+                if isinstance(m, CausalSelfAttention):
+                    m.backend = attn
+                elif isinstance(m, LayerNorm):
+                    m.backend = ln
+            self.backends = (attn, ln)
+            self._backends_for = device.type
+        return self.backends
 
     # --- forward --------------------------------------------------------------------------------
     def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
@@ -290,8 +296,7 @@ class GPT(nn.Module):
 
     def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """The final hidden states (B, T, C), after ln_f: what the lm_head multiplies."""
-        if idx.device.type != self._backends_for:
-            self._apply_backends(idx.device)
+        self.ensure_backends(idx.device)
         B, T = idx.size()
         start = 0 if cache is None else cache.pos
         if start + T > self.config.block_size:

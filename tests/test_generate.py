@@ -155,8 +155,18 @@ def test_sample_py_stream_seed_stdin_and_bad_init(checkpoint, tmp_path):
     assert bad.returncode == 2 and bad.stderr.startswith("error:") and "Traceback" not in bad.stderr
     help_ = subprocess.run([sys.executable, str(ROOT / "sample.py"), "--help"], capture_output=True, text=True, check=True)
     for flag in ("--init", "--max-new-tokens", "--temperature", "--top-k", "--top-p", "--seed", "--num-samples",
-                 "--device", "--dtype", "--prompt-file", "--stream"):
+                 "--device", "--dtype", "--prompt-file", "--stream", "--decode"):
         assert flag in help_.stdout
+
+
+def test_sample_py_simple_and_fast_decoding_agree(checkpoint):
+    _, path = checkpoint
+    cmd = [sys.executable, str(ROOT / "sample.py"), "--init", str(path), "--device", "cpu", "--max-new-tokens", "12",
+           "--prompt", "Once upon", "--num-samples", "2", "--ignore-eot"]
+    for sampling in (["--temperature", "0"], ["--seed", "3", "--top-k", "40"]):
+        simple, fast, auto = (subprocess.run(cmd + sampling + ["--decode", d], capture_output=True, text=True,
+                                             check=True).stdout for d in ("simple", "fast", "auto"))
+        assert simple == fast == auto and simple.startswith("Once upon") and len(simple) > len("Once upon") * 2
 
 
 def test_bfloat16_cpu_sampling(checkpoint):
