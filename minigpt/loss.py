@@ -12,7 +12,8 @@ cross-entropy does). The gradient of the mean cross-entropy with respect to a ro
 it straight back through the lm_head means at most one chunk of logits ever exists. The
 backward pass then only scales the stored gradients by the incoming one.
 
-Rows whose target is `ignore_index` count neither in the loss nor in N, as in F.cross_entropy.
+Rows whose target is `ignore_index` count neither in the loss nor in N, as in F.cross_entropy
+(where every target is ignored, the loss and gradients are 0; F.cross_entropy gives nan).
 Under autocast the matmuls run in the autocast dtype and the softmax in fp32, as they do in the
 reference.
 """

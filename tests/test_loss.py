@@ -68,6 +68,14 @@ def test_without_grad_gives_the_loss_only():
     assert rel_err(ours, linear_cross_entropy_reference(x.double(), w.double(), t, 30)) <= 1e-6
 
 
+def test_every_target_ignored_gives_zero_not_nan():
+    x, w, t = inputs(6, 8, 30, 32, seed=8)
+    x.requires_grad_()
+    loss = linear_cross_entropy(x, w, torch.full_like(t, -100), 30)
+    loss.backward()
+    assert loss.item() == 0 and torch.count_nonzero(x.grad) == 0
+
+
 def test_only_x_needs_grad():
     x, w, t = inputs(9, 8, 30, 32, seed=6)
     x.requires_grad_()
