@@ -89,7 +89,8 @@ def test_seeded_sampling_is_repeatable(checkpoint):
     assert torch.equal(a, b)
 
 
-def test_stops_at_eos():
+@pytest.mark.parametrize("fast", [False, True])
+def test_stops_at_eos(fast):
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=64, vocab_size=10, n_layer=1, n_head=1, n_embd=8)).eval()
     with torch.no_grad():  # the final LayerNorm outputs all ones, and token 3's embedding is all fives
@@ -97,7 +98,7 @@ def test_stops_at_eos():
         model.transformer.ln_f.bias.fill_(1.0)
         model.transformer.wte.weight[3] = 5.0
     idx = torch.zeros(2, 4, dtype=torch.long)
-    steps = list(stream(model, idx, 20, temperature=0, eos_id=3))
+    steps = list(stream(model, idx, 20, temperature=0, eos_id=3, fast=fast))
     assert len(steps) == 1 and steps[0].tolist() == [3, 3]
 
 
