@@ -102,17 +102,6 @@ from minigpt.weights import CheckpointError, latest_checkpoint
 MODEL_SHAPE = ("n_layer", "n_head", "n_embd")
 
 
-class WithLoss(torch.nn.Module):
-    """GPT.loss as a forward(), so that DDP and torch.compile see the loss computation."""
-
-    def __init__(self, gpt: GPT):
-        super().__init__()
-        self.gpt = gpt
-
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return self.gpt.loss(idx, targets)
-
-
 def say(message: str) -> None:
     """Information on stderr, without breaking the progress bar."""
     tqdm.write(message, file=sys.stderr)
@@ -169,12 +158,8 @@ class Trainer:
             self._restore(ckpt)
 
         # Wrappers: compile, then DDP (which must see the compiled module's parameters).
-        self.loss_module: torch.nn.Module = WithLoss(self.raw_model)
+        self.loss_module: torch.nn.Module = self.raw_model  # model(idx, targets) is the loss
         if cfg.compile:
-            # The model settles its attention/LayerNorm backends on its first forward; do that
-            # eagerly so that the compiled graph sees a fixed choice.
-            with torch.no_grad():
-                self.raw_model(torch.zeros(1, 1, dtype=torch.long, device=self.device))
             self.loss_module = torch.compile(self.loss_module)
         self.train_module = self.loss_module
         if self.ddp:

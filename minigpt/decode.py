@@ -229,7 +229,6 @@ class Decoder:
         if T > self.max_len:
             raise ValueError(f"the prompt is {T} tokens; this Decoder holds {self.max_len} positions")
         model, tr = self.model, self.model.transformer
-        model.ensure_backends(idx.device)
         self.cache.reset()
         x = tr.wte(idx) + tr.wpe(torch.arange(T, device=idx.device))  # (B, T, C)
         for layer, block in enumerate(tr.h):

@@ -100,7 +100,7 @@ def stream(
         return
     dtype = next(model.parameters()).dtype
     cache = KVCache(model.config, B, T + max_new_tokens, device=idx.device, dtype=dtype)
-    logits = model(idx, cache)[:, -1]  # prefill: the whole prompt in one forward
+    logits = model(idx, cache=cache)[:, -1]  # prefill: the whole prompt in one forward
     done = torch.zeros(B, dtype=torch.bool, device=idx.device)
     for step in range(max_new_tokens):
         token = sample_next(logits, temperature, top_k, top_p, generator)
@@ -110,7 +110,7 @@ def stream(
         yield token
         if step == max_new_tokens - 1 or (eos_id is not None and bool(done.all())):
             return
-        logits = model(token[:, None], cache)[:, -1]  # decode: one position per step
+        logits = model(token[:, None], cache=cache)[:, -1]  # decode: one position per step
 
 
 def generate(

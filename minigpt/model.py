@@ -258,45 +258,55 @@ class GPT(nn.Module):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     # --- backends -------------------------------------------------------------------------------
-    def set_backends(self, attn: str = "auto", ln: str = "auto") -> None:
-        """Choose the attention and LayerNorm implementations.
-
-        They are resolved against the input's device on the next forward, since a model
-        is usually built on the CPU and moved afterwards.
+    def set_backends(self, attn: str = "auto", ln: str = "auto", device: torch.device | str | None = None) -> None:
+        """Choose the attention and LayerNorm implementations for `device` (default: where the
+        parameters are). Moving the model (`.to()`, `.cuda()`) resolves the choice again for
+        its new device, so nothing is left to settle on the first forward.
         """
         check_backend_names(attn, ln)
         self.requested_backends = (attn, ln)
-        self._backends_for = None  # device type the current choice was resolved for
+        self._resolve_backends(device)
 
-    def ensure_backends(self, device: torch.device) -> tuple[str, str]:
-        """Resolve the requested backends for `device`, once per device type, and return them.
+    def _resolve_backends(self, device: torch.device | str | None = None) -> None:
+        device = torch.device(device) if device is not None else self.transformer.wte.weight.device
+        if device.type == "meta":  # a model being built for loading: resolved once it is moved
+            self.backends = self.requested_backends
+            return
+        attn, ln = resolve_backends(*self.requested_backends, device)
+        for m in self.modules():
+            if isinstance(m, CausalSelfAttention):
+                m.backend = attn
+            elif isinstance(m, LayerNorm):
+                m.backend = ln
+        self.backends = (attn, ln)
 
-        forward() calls this; code that runs the blocks itself (minigpt.decode) calls it first.
-        """
-        if device.type != self._backends_for:
-            attn, ln = resolve_backends(*self.requested_backends, device)
-            for m in self.modules():
-                if isinstance(m, CausalSelfAttention):
-                    m.backend = attn
-                elif isinstance(m, LayerNorm):
-                    m.backend = ln
-            self.backends = (attn, ln)
-            self._backends_for = device.type
-        return self.backends
+    def _apply(self, fn, *args, **kwargs):
+        super()._apply(fn, *args, **kwargs)  # what .to(), .cuda(), .half() all go through
+        self._resolve_backends()
+        return self
 
     # --- forward --------------------------------------------------------------------------------
-    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """Logits (B, T, vocab_size) for every position of idx (B, T).
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None
+    ) -> torch.Tensor:
+        """Logits (B, T, vocab_size) for every position of idx (B, T); or, given targets (B, T),
+        the mean next-token cross-entropy against them (targets of -100 are ignored).
 
-        With a KV cache, idx holds the next T tokens after the cache.pos already seen.
+        The loss is F.cross_entropy(self(idx), targets) computed without ever holding all the
+        logits (minigpt/loss.py explains how). With a KV cache, idx holds the next T tokens
+        after the cache.pos already seen.
         """
         x = self.hidden_states(idx, cache)
+        if targets is not None:
+            args = (x.reshape(-1, x.size(-1)), self.transformer.wte.weight, targets.reshape(-1), self.config.vocab_size)
+            if torch.compiler.is_compiling():  # Inductor fuses the plain version by itself
+                return linear_cross_entropy_reference(*args)
+            return linear_cross_entropy(*args)
         logits = F.linear(x, self.transformer.wte.weight)  # (B, T, padded_vocab): the tied lm_head
         return logits[..., : self.config.vocab_size]
 
     def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """The final hidden states (B, T, C), after ln_f: what the lm_head multiplies."""
-        self.ensure_backends(idx.device)
         B, T = idx.size()
         start = 0 if cache is None else cache.pos
         if start + T > self.config.block_size:
@@ -316,18 +326,6 @@ class GPT(nn.Module):
         if cache is not None:
             cache.pos += T
         return x
-
-    def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean next-token cross-entropy of idx against targets, both (B, T); targets of -100 are ignored.
-
-        This is F.cross_entropy(self(idx), targets), computed without ever holding all the
-        logits (minigpt/loss.py explains how).
-        """
-        x = self.hidden_states(idx)
-        args = (x.reshape(-1, x.size(-1)), self.transformer.wte.weight, targets.reshape(-1), self.config.vocab_size)
-        if torch.compiler.is_compiling():  # Inductor fuses the plain version by itself
-            return linear_cross_entropy_reference(*args)
-        return linear_cross_entropy(*args)
 
     def num_params(self, non_embedding: bool = False) -> int:
         return self.config.num_params(non_embedding)

@@ -101,14 +101,14 @@ def test_model_loss_equals_cross_entropy_of_logits():
     targets = torch.randint(0, 97, (3, 16))
     targets[1, :5] = -100
 
-    model.loss(idx, targets).backward()
+    model(idx, targets).backward()
     fused = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
     logits = model(idx)
     ref = F.cross_entropy(logits.reshape(-1, 97), targets.reshape(-1))
     ref.backward()
     with torch.no_grad():
-        assert abs(model.loss(idx, targets).item() - ref.item()) <= 1e-5
+        assert abs(model(idx, targets).item() - ref.item()) <= 1e-5
     for name, p in model.named_parameters():
         assert rel_err(fused[name], p.grad) <= 1e-5, name
 

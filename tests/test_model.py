@@ -34,7 +34,7 @@ def test_full_context_and_loss(tmp_path):
         ref = hf(idx, labels=idx)
         assert (model(idx) - ref.logits).abs().max().item() <= LOGITS_ATOL
         # transformers shifts labels inside; ours takes explicit targets
-        ours = model.loss(idx[:, :-1], idx[:, 1:])
+        ours = model(idx[:, :-1], idx[:, 1:])
     assert abs(ours.item() - ref.loss.item()) < 1e-5
 
 
@@ -47,8 +47,8 @@ def test_cached_forward_equals_full_forward(tmp_path):
         for backend in ("math", "sdpa"):
             model.set_backends(attn=backend)
             cache.reset()
-            parts = [model(idx[:, :17], cache), model(idx[:, 17:23], cache)]
-            parts += [model(idx[:, t : t + 1], cache) for t in range(23, 40)]
+            parts = [model(idx[:, :17], cache=cache), model(idx[:, 17:23], cache=cache)]
+            parts += [model(idx[:, t : t + 1], cache=cache) for t in range(23, 40)]
             assert (torch.cat(parts, dim=1) - full).abs().max().item() <= LOGITS_ATOL, backend
     assert cache.pos == 40
 
@@ -62,7 +62,7 @@ def test_backward_math_equals_sdpa():
     for backend in ("math", "sdpa"):
         model.zero_grad()
         model.set_backends(attn=backend)
-        model.loss(idx[:, :-1], idx[:, 1:]).backward()
+        model(idx[:, :-1], idx[:, 1:]).backward()
         grads[backend] = {n: p.grad.clone() for n, p in model.named_parameters()}
     for n in grads["math"]:
         torch.testing.assert_close(grads["sdpa"][n], grads["math"][n], rtol=1e-4, atol=1e-6, msg=n)
@@ -106,14 +106,28 @@ def test_bad_inputs_are_clear_errors():
         model.set_backends(attn="flash")
     cache = KVCache(cfg, batch_size=1, max_len=4)
     with pytest.raises(ValueError, match="KV cache"):
-        model(torch.zeros(1, 5, dtype=torch.long), cache)
+        model(torch.zeros(1, 5, dtype=torch.long), cache=cache)
 
 
 def test_triton_backend_without_cuda_is_an_error(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    model = GPT(GPTConfig(block_size=8, vocab_size=50, n_layer=1, n_head=2, n_embd=16), attn_backend="triton")
+    cfg = GPTConfig(block_size=8, vocab_size=50, n_layer=1, n_head=2, n_embd=16)
+    with pytest.raises(RuntimeError, match="CUDA"):  # resolved when chosen, not on the first forward
+        GPT(cfg, attn_backend="triton")
+    model = GPT(cfg)
     with pytest.raises(RuntimeError, match="CUDA"):
-        model(torch.zeros(1, 4, dtype=torch.long))
+        model.set_backends(attn="triton")
+
+
+def test_backends_are_resolved_when_set_and_when_moved(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    model = GPT(GPTConfig(block_size=8, vocab_size=50, n_layer=1, n_head=2, n_embd=16), attn_backend="math")
+    assert model.backends == ("math", "torch")  # no forward needed
+    assert all(b.attn.backend == "math" for b in model.transformer.h)
+    with torch.device("meta"):
+        built = GPT(GPTConfig(block_size=8, vocab_size=50, n_layer=1, n_head=2, n_embd=16))
+    built.to_empty(device="cpu")  # goes through _apply, as .to() does
+    assert built.backends == ("sdpa", "torch")
 
 
 def test_auto_backend_on_cpu_is_pytorch(monkeypatch):

@@ -50,7 +50,7 @@ def test_triton_decode_with_cache_interpreted():
     with torch.no_grad():
         full = model(idx)
         cache = KVCache(cfg, 1, 12)
-        steps = [model(idx[:, :9], cache)] + [model(idx[:, t : t + 1], cache) for t in range(9, 12)]
+        steps = [model(idx[:, :9], cache=cache)] + [model(idx[:, t : t + 1], cache=cache) for t in range(9, 12)]
     assert rel_err(torch.cat(steps, dim=1), full) < 1e-4
 
 

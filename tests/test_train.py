@@ -196,7 +196,7 @@ def test_overfits_a_single_batch(data_dir):
     opt = configure_optimizer(model, TrainConfig(lr=1e-2, weight_decay=0.0), "cpu")
     losses = []
     for _ in range(150):
-        loss = model.loss(x, y)
+        loss = model(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -313,7 +313,7 @@ def test_init_from_pretrained_weights(data_dir, tmp_path, capsys):
     source.save_pretrained(tmp_path / "init")
     x, y = DataLoader(data_dir, "train", 4, 32, seed=7).next_batch()
     with torch.no_grad():
-        expected = source.loss(x, y).item()
+        expected = source(x, y).item()
 
     out = tmp_path / "run"
     argv = tiny_argv(data_dir, out, init=tmp_path / "init", n_layer=None, n_head=None, n_embd=None, max_steps=3)
