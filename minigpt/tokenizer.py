@@ -6,15 +6,25 @@ on PyPI; we build the identical encoding from them after checking their sha256
 against the hashes tiktoken pins, so the result is byte-for-byte the same
 vocabulary without any network. Only if those files are missing (or do not match)
 do we fall back to tiktoken's download.
+
+Turning those files into BPE ranks takes a noticeable part of a second, so the verified
+ranks are written once to a cache file in tiktoken's own `.tiktoken` format
+(`$XDG_CACHE_HOME/minigpt/gpt2.tiktoken`, default `~/.cache/minigpt`) and read back from
+there by tiktoken's loader, which checks the file against its pinned sha256: a damaged
+cache is ignored and written again.
 """
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
+import os
+import tempfile
 from importlib import resources
+from pathlib import Path
 
 import tiktoken
-from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+from tiktoken.load import data_gym_to_mergeable_bpe_ranks, load_tiktoken_bpe
 from tiktoken_ext.openai_public import r50k_pat_str  # GPT-2's pre-tokenizer regex
 
 EOT_TOKEN = "<|endoftext|>"
@@ -23,7 +33,8 @@ EOT_ID = 50256
 # The sha256 values tiktoken pins for GPT-2's vocabulary files (tiktoken_ext/openai_public.py).
 VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
 ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
-
+# The sha256 of the ranks those files give, written in the `.tiktoken` format (our cache file).
+RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
 
 
 class TokenizerUnavailable(RuntimeError):
@@ -46,13 +57,52 @@ def local_vocab_files() -> tuple[str, str] | None:
     return str(bpe), str(enc)
 
 
-def _gpt2_from_files(vocab_bpe: str, encoder_json: str) -> tiktoken.Encoding:
-    ranks = data_gym_to_mergeable_bpe_ranks(
+def ranks_cache_path() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "minigpt" / "gpt2.tiktoken"
+
+
+def cached_ranks() -> dict[bytes, int] | None:
+    """The BPE ranks from the cache file, or None if it is missing or does not verify."""
+    path = ranks_cache_path()
+    if not path.is_file():
+        return None
+    try:
+        return load_tiktoken_bpe(str(path), expected_hash=RANKS_SHA256)
+    except ValueError:  # tiktoken's hash mismatch: a damaged or foreign file
+        return None
+
+
+def write_ranks_cache(ranks: dict[bytes, int]) -> None:
+    """Write the ranks to the cache file atomically; a cache that cannot be written is skipped."""
+    by_rank = sorted(ranks.items(), key=lambda item: item[1])
+    data = b"".join(base64.b64encode(token) + b" %d\n" % rank for token, rank in by_rank)
+    if hashlib.sha256(data).hexdigest() != RANKS_SHA256:
+        return  # not GPT-2's ranks: nothing the loader would accept
+    path = ranks_cache_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".gpt2.tiktoken.")
+    except OSError:  # a read-only cache directory: the encoding works without its cache
+        return
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError:  # a full disk: the same
+        Path(tmp).unlink(missing_ok=True)
+
+
+def gpt2_ranks_from_files(vocab_bpe: str, encoder_json: str) -> dict[bytes, int]:
+    return data_gym_to_mergeable_bpe_ranks(
         vocab_bpe_file=vocab_bpe,
         encoder_json_file=encoder_json,
         vocab_bpe_hash=VOCAB_BPE_SHA256,
         encoder_json_hash=ENCODER_JSON_SHA256,
     )
+
+
+def gpt2_encoding(ranks: dict[bytes, int]) -> tiktoken.Encoding:
     return tiktoken.Encoding(
         name="gpt2",
         pat_str=r50k_pat_str,
@@ -67,9 +117,14 @@ def get_encoding(name: str = "gpt2") -> tiktoken.Encoding:
     """tiktoken's "gpt2" Encoding (50257 ids, <|endoftext|> = 50256), offline when possible."""
     if name != "gpt2":
         raise ValueError(f"unknown encoding {name!r}; minigpt uses GPT-2's 'gpt2' encoding")
+    ranks = cached_ranks()
+    if ranks is not None:
+        return gpt2_encoding(ranks)
     files = local_vocab_files()
     if files is not None:
-        return _gpt2_from_files(*files)
+        ranks = gpt2_ranks_from_files(*files)
+        write_ranks_cache(ranks)
+        return gpt2_encoding(ranks)
     try:
         return tiktoken.get_encoding("gpt2")
     except (OSError, ValueError) as e:  # requests' errors are OSErrors; a bad hash is a ValueError

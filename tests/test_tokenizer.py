@@ -78,7 +78,8 @@ def test_works_without_network(monkeypatch, tmp_path):
         get_encoding.cache_clear()
 
 
-def test_missing_files_and_no_network_is_a_clear_error(monkeypatch):
+def test_missing_files_and_no_network_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # no cached ranks either
     monkeypatch.setattr(tokenizer, "local_vocab_files", lambda: None)
 
     def no_network(name):
@@ -91,6 +92,47 @@ def test_missing_files_and_no_network_is_a_clear_error(monkeypatch):
             get_encoding("gpt2")
     finally:
         get_encoding.cache_clear()
+
+
+def test_ranks_are_cached_verified_and_rebuilt_when_damaged(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    path = tokenizer.ranks_cache_path()
+    assert path.parent.parent == tmp_path
+    reference = tiktoken_reference()
+    built = []
+    real = tokenizer.gpt2_ranks_from_files
+    monkeypatch.setattr(tokenizer, "gpt2_ranks_from_files", lambda *files: built.append(1) or real(*files))
+    try:
+        for damage in (None, b"garbage", b""):
+            if damage is not None:
+                path.write_bytes(path.read_bytes()[:1000] + damage)
+            get_encoding.cache_clear()
+            enc = get_encoding("gpt2")
+            assert enc.encode(TEXTS[3]) == reference.encode(TEXTS[3])
+            assert path.is_file()
+        assert len(built) == 3  # the first build and once after each damage
+        get_encoding.cache_clear()
+        get_encoding("gpt2")
+        assert len(built) == 3  # an intact cache is read, not rebuilt
+        assert enc.decode(enc.encode(TEXTS[4])) == TEXTS[4] and enc.n_vocab == 50257
+    finally:
+        get_encoding.cache_clear()
+
+
+def test_unwritable_cache_is_skipped(monkeypatch, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    get_encoding.cache_clear()
+    try:
+        assert get_encoding("gpt2").encode("Hello world") == [15496, 995]
+    finally:
+        get_encoding.cache_clear()
+
+
+def tiktoken_reference() -> tiktoken.Encoding:
+    """The encoding built straight from the verified files, without any cache."""
+    return tokenizer.gpt2_encoding(tokenizer.gpt2_ranks_from_files(*local_vocab_files()))
 
 
 def test_unknown_encoding():
