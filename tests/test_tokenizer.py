@@ -138,3 +138,98 @@ def tiktoken_reference() -> tiktoken.Encoding:
 def test_unknown_encoding():
     with pytest.raises(ValueError, match="unknown encoding"):
         get_encoding("cl100k_base")
+
+
+# ----------------------------------------------------------------------------------------------
+# The Tokenizer interface: gpt2, char, bpe:N
+
+CORPUS = ["To be, or not to be: that is the question.\n" * 20, "def fib(n):\n    return n\n" * 10,
+          "吾輩は猫である。名前はまだ無い。\n" * 5]
+HARD = TEXTS + ["unseen: 😀🇯🇵 ∑ and \x00 \x7f control, ＡＢＣ全角", "a<|endoftext|>b"]
+
+
+@pytest.fixture(scope="module", params=["gpt2", "char", "bpe:300"])
+def trained(request):
+    return tokenizer.train_tokenizer(request.param, CORPUS)
+
+
+@pytest.mark.parametrize("text", HARD)
+def test_every_tokenizer_round_trips_any_text(trained, text):
+    ids = trained.encode(text)
+    assert all(0 <= i < trained.vocab_size for i in ids)
+    assert trained.decode(ids) == text
+    assert trained.eot_id not in ids  # "<|endoftext|>" in plain text stays text
+
+
+def test_eot_is_one_id_when_allowed(trained):
+    ids = trained.encode("a<|endoftext|>b", allow_special=True)
+    assert ids.count(trained.eot_id) == 1
+    assert trained.decode(ids) == "a<|endoftext|>b"
+
+
+def test_saved_tokenizer_loads_back_equal(trained, tmp_path):
+    trained.save(tmp_path)
+    loaded = tokenizer.load_tokenizer(tmp_path)
+    assert (loaded.kind, loaded.vocab_size, loaded.eot_id) == (trained.kind, trained.vocab_size, trained.eot_id)
+    for text in HARD:
+        assert loaded.encode(text) == trained.encode(text)
+
+
+def test_trained_tokenizers_fit_the_data():
+    char = tokenizer.train_tokenizer("char", CORPUS)
+    assert char.vocab_size == len(set("".join(CORPUS))) + 256 + 1
+    assert len(char.encode("to be")) == 5  # one id per known character
+    assert len(char.encode("😀")) == 4  # an unknown one spelled in its UTF-8 bytes
+    bpe = tokenizer.train_tokenizer("bpe:300", CORPUS)
+    assert 256 < bpe.vocab_size <= 300
+    assert len(bpe.encode(CORPUS[0])) < len(CORPUS[0]) / 3  # merges learned from the text
+
+
+def test_bpe_tokenizer_is_readable_by_transformers(tmp_path):
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = tokenizer.train_tokenizer("bpe:300", CORPUS)
+    bpe.save(tmp_path)
+    hf = PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "tokenizer.json"))
+    for text in HARD[:-1]:
+        assert hf.encode(text) == bpe.encode(text)
+        assert hf.decode(bpe.encode(text)) == text
+
+
+def test_directory_without_tokenizer_is_gpt2(tmp_path):
+    assert tokenizer.load_tokenizer(tmp_path).kind == "gpt2"
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "not a readable tokenizer"),
+    ("[1, 2]", "unknown tokenizer kind"),
+    ('{"kind": "word"}', "unknown tokenizer kind"),
+    ('{"kind": "char", "alphabet": 5}', "alphabet"),
+    ('{"kind": "bpe:300"}', "tokenizer.json"),  # the tokenizers file itself is missing
+])
+def test_bad_tokenizer_description_is_a_clear_error(tmp_path, content, message):
+    (tmp_path / tokenizer.TOKENIZER_FILE).write_text(content)
+    with pytest.raises(ValueError, match=message):
+        tokenizer.load_tokenizer(tmp_path)
+
+
+@pytest.mark.parametrize("spec", ["bpe", "bpe:", "bpe:x", "bpe:100", "word", "", "char:5"])
+def test_bad_tokenizer_spec_is_a_clear_error(spec):
+    with pytest.raises(ValueError, match="bpe:N|unknown tokenizer"):
+        tokenizer.parse_tokenizer_kind(spec)
+
+
+@pytest.mark.parametrize("text", [TEXTS[3], TEXTS[4], HARD[-2], "x" * 50 + "漢字😀" * 7])
+def test_text_stream_never_splits_a_character(trained, text):
+    stream = tokenizer.TextStream(trained)
+    pieces = [stream.push(i) for i in trained.encode(text)] + [stream.flush()]
+    assert "".join(pieces) == text
+    assert not any("\ufffd" in p for p in pieces)
+
+
+def test_text_stream_flushes_an_incomplete_character():
+    enc = tokenizer.GPT2Tokenizer()
+    first_byte_of_emoji = enc.encode("😀")[:1]  # a token holding part of the character's bytes
+    stream = tokenizer.TextStream(enc)
+    assert stream.push(first_byte_of_emoji[0]) == ""
+    assert stream.flush() == "\ufffd"
