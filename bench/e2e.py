@@ -31,7 +31,9 @@ import torch
 from minigpt.config import GPTConfig
 from minigpt.decode import Decoder
 from minigpt.model import GPT
-from minigpt.training import TrainConfig, configure_optimizer, device_peak_flops, flops_per_token
+from minigpt.flops import device_peak_flops, flops_per_token
+from minigpt.optim import configure_optimizer
+from minigpt.train_config import TrainConfig
 from minigpt.weights import hf_state_dict
 
 
@@ -173,7 +175,7 @@ def peak_flops(device: torch.device, train_dtype: torch.dtype, measured: dict) -
     if device.type == "cuda":
         flops, note = device_peak_flops(device)
         if flops is not None and train_dtype == torch.bfloat16:
-            return flops, f"datasheet (minigpt.training.PEAK_FLOPS): {note}"
+            return flops, f"datasheet (minigpt.flops.PEAK_FLOPS): {note}"
     return measured["flops"], (f"measured in this run: {measured['dtype']} {measured['n']}^3 matmul, "
                                f"median of {len(measured['times_s'])}")
 
@@ -201,7 +203,7 @@ def bench_train(config: GPTConfig, *, batch_size: int, block_size: int, attn: st
     model = GPT(config, attn_backend=attn, ln_backend=ln).to(device).train()
     data = torch.randint(0, config.vocab_size, (batch_size, block_size + 1), device=device)
     x, y = data[:, :-1], data[:, 1:]
-    loss_fn = model.loss
+    loss_fn = model  # model(x, y) is the loss
     if implementation == "minigpt-plain-loss":
         def loss_fn(x, y):
             logits = model(x)
@@ -215,8 +217,6 @@ def bench_train(config: GPTConfig, *, batch_size: int, block_size: int, attn: st
     optimizer = configure_optimizer(model, TrainConfig(), device.type)
     params = [p for p in model.parameters()]
     if compile:
-        with torch.no_grad():  # settle the backends before the graph is traced
-            model(x[:1, :1])
         loss_fn = torch.compile(loss_fn)
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
 

@@ -18,8 +18,8 @@ Suites:
   same step run with the plain F.cross_entropy loss and by transformers (about 5 minutes).
 "all" is train, sample and kernels.
 
-MFU: FLOPs per token from minigpt.training.flops_per_token (6N + attention), against the
-datasheet bf16 peak of a known GPU (minigpt.training.PEAK_FLOPS), or else against an
+MFU: FLOPs per token from minigpt.flops.flops_per_token (6N + attention), against the
+datasheet bf16 peak of a known GPU (minigpt.flops.PEAK_FLOPS), or else against an
 fp32 (CPU) or bf16 (GPU) matmul measured in the same run ("matmul_fraction" is reported
 against the measured matmul everywhere).
 
@@ -40,7 +40,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` and `minigpt` imp
 import torch  # noqa: E402
 
 from bench import e2e, report  # noqa: E402
-from bench.common import RESULTS_DIR, environment  # noqa: E402
+from bench.common import RESULTS_DIR, device_tag, environment  # noqa: E402
 from minigpt.config import GPTConfig, preset  # noqa: E402
 from minigpt.model import GPT, triton_unavailable_reason  # noqa: E402
 
@@ -126,13 +126,6 @@ def load_average() -> list[float] | None:
         return [round(x, 2) for x in os.getloadavg()]
     except OSError:
         return None
-
-
-def device_tag(device: torch.device) -> str:
-    if device.type != "cuda":
-        return "cpu"
-    name = torch.cuda.get_device_name(device).lower()
-    return "cuda-" + "".join(c if c.isalnum() else "-" for c in name).strip("-")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from minigpt import data
-from minigpt.data import DataError, DataLoader, DownloadError, bytes_per_token, load_meta, prepare
+from minigpt import corpus as preparation  # "corpus" is a fixture below
+from minigpt.corpus import DataError, DownloadError, bytes_per_token, load_meta, prepare
+from minigpt.loader import DataLoader
 from minigpt.tokenizer import get_encoding
 
 EOT = 50256
@@ -89,15 +90,15 @@ def corpus(tmp_path):
 
 @pytest.fixture
 def count_tokenize(monkeypatch):
-    """Counts calls of data._tokenize (in this process, so use workers=1)."""
+    """Counts calls of preparation._tokenize (in this process, so use workers=1)."""
     calls = []
-    original = data._tokenize
+    original = preparation._tokenize
 
     def counting(task):
         calls.append(task[0])
         return original(task)
 
-    monkeypatch.setattr(data, "_tokenize", counting)
+    monkeypatch.setattr(preparation, "_tokenize", counting)
     return calls
 
 
@@ -226,7 +227,7 @@ def test_interrupted_or_damaged_output_is_redone(corpus, tmp_path, monkeypatch, 
 
     # Interrupt a run after a few documents: shards may exist, meta.json must not.
     out = tmp_path / "out"
-    original = data._tokenize
+    original = preparation._tokenize
     seen = []
 
     def interrupt(task):
@@ -235,10 +236,10 @@ def test_interrupted_or_damaged_output_is_redone(corpus, tmp_path, monkeypatch, 
             raise KeyboardInterrupt
         return original(task)
 
-    monkeypatch.setattr(data, "_tokenize", interrupt)
+    monkeypatch.setattr(preparation, "_tokenize", interrupt)
     with pytest.raises(KeyboardInterrupt):
         prepare(str(root), out, shard_tokens=50, workers=1, quiet=True)
-    monkeypatch.setattr(data, "_tokenize", original)
+    monkeypatch.setattr(preparation, "_tokenize", original)
     assert list(out.glob("train_*.npy")) and not (out / "meta.json").exists()
     with pytest.raises(DataError, match=r"no meta.json.*python -m minigpt.data"):
         load_meta(out)
@@ -330,7 +331,7 @@ def test_glob_source(corpus, tmp_path):
 
 
 def test_download_failure_is_one_clear_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "SHAKESPEARE_URL", "http://127.0.0.1:9/input.txt")  # port 9: refused
+    monkeypatch.setattr(preparation, "SHAKESPEARE_URL", "http://127.0.0.1:9/input.txt")  # port 9: refused
     with pytest.raises(DownloadError, match="could not download http://127.0.0.1:9/input.txt") as info:
         prepare("shakespeare", tmp_path / "out", quiet=True)
     assert "local path" in str(info.value) and "\n" not in str(info.value)
@@ -345,19 +346,19 @@ def test_streamed_sources_need_datasets(tmp_path, monkeypatch):
 
 def test_default_data_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("MINIGPT_DATA_DIR", str(tmp_path / "cache"))
-    assert data.default_data_dir("stdlib") == tmp_path / "cache" / "stdlib"
-    assert data.default_data_dir("shakespeare") == tmp_path / "cache" / "shakespeare"
-    one, two = data.default_data_dir("/a/my data/"), data.default_data_dir("/b/my data")
+    assert preparation.default_data_dir("stdlib") == tmp_path / "cache" / "stdlib"
+    assert preparation.default_data_dir("shakespeare") == tmp_path / "cache" / "shakespeare"
+    one, two = preparation.default_data_dir("/a/my data/"), preparation.default_data_dir("/b/my data")
     assert one.parent == two.parent == tmp_path / "cache"
     assert one != two and one.name.startswith("my-data-") and two.name.startswith("my-data-")
-    assert data.default_data_dir("data/*.txt").name.startswith("txt-")
+    assert preparation.default_data_dir("data/*.txt").name.startswith("txt-")
     monkeypatch.delenv("MINIGPT_DATA_DIR")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert data.default_data_dir("stdlib") == tmp_path / "home" / ".cache" / "minigpt" / "data" / "stdlib"
+    assert preparation.default_data_dir("stdlib") == tmp_path / "home" / ".cache" / "minigpt" / "data" / "stdlib"
 
 
 def test_stdlib_listing():
-    files = data._stdlib_files()
+    files = preparation._stdlib_files()
     keys = [k for k, _ in files]
     assert keys == sorted(keys) and len(set(keys)) == len(keys) > 500
     assert "os.py" in keys and "json/decoder.py" in keys

@@ -1,7 +1,7 @@
-"""train.py and minigpt/training.py on the CPU, with a tiny model on a tiny made-up corpus.
+"""train.py and the minigpt training modules on the CPU, with a tiny model on a tiny made-up corpus.
 
-Runs go through train.main(argv) in this process, except the two that need real
-processes: the 2-process gloo run (torchrun) and Ctrl-C (a signal to a child).
+Runs go through train.main(argv) in this process (train.py loaded from its file), except the
+two that need real processes: the 2-process gloo run (torchrun) and Ctrl-C (a signal to a child).
 Losses are compared through the log.jsonl files the runs write.
 
 Tolerances: a resumed run replays the same float operations in the same order, so its
@@ -30,22 +30,26 @@ import pytest
 import torch
 
 from minigpt.config import GPTConfig, preset
-from minigpt.data import DataLoader, prepare
+from minigpt.corpus import load_meta, prepare
+from minigpt.flops import PEAK_FLOPS, device_peak_flops, flops_per_token
+from minigpt.loader import DataLoader, unigram_entropy
 from minigpt.model import GPT
-from minigpt.training import (
-    PEAK_FLOPS,
-    TrainConfig,
-    configure_optimizer,
-    device_peak_flops,
-    flops_per_token,
-    lr_at,
-    make_config,
-    unigram_entropy,
-)
+from minigpt.optim import configure_optimizer, lr_at
+from minigpt.train_config import TrainConfig, make_config
+from minigpt.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import train  # noqa: E402  (train.py lives at the repository root)
+
+
+def load_script(path: Path):
+    """A command-line script (not a package module) imported from its file."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+train = load_script(ROOT / "train.py")
 
 WORDS = ("the cat dog bird fish sat ran flew swam on under over near a red blue green small big "
          "mat tree pond house and then while because quickly slowly").split()
@@ -73,18 +77,23 @@ def data_dir(tmp_path_factory) -> Path:
     return root / "prepared"
 
 
-def tiny_argv(data_dir: Path, out_dir: Path, **overrides) -> list[str]:
-    """Flags for a 2-layer, 32-wide model on 4 x 32-token micro-batches."""
+def tiny_settings(data_dir: Path, out_dir: Path, **overrides) -> dict:
+    """A 2-layer, 32-wide model on 4 x 32-token micro-batches (a value of None: left out)."""
     settings = dict(
         data=data_dir, out_dir=out_dir, n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=4,
         max_steps=8, lr=3e-3, warmup_steps=2, eval_interval=0, eval_steps=1, sample_interval=0,
         sample_tokens=8, ckpt_interval=0, keep_checkpoints=0, seed=7,
     )
     settings.update(overrides)
+    return {key: str(value) if isinstance(value, Path) else value
+            for key, value in settings.items() if value is not None}
+
+
+def tiny_argv(data_dir: Path, out_dir: Path, **overrides) -> list[str]:
+    """tiny_settings as train.py flags."""
     argv = []
-    for key, value in settings.items():
-        if value is not None:
-            argv += [f"--{key.replace('_', '-')}", str(value)]
+    for key, value in tiny_settings(data_dir, out_dir, **overrides).items():
+        argv += [f"--{key.replace('_', '-')}", str(value)]
     return argv
 
 
@@ -161,7 +170,6 @@ def test_peak_flops_table(monkeypatch):
 
 
 def test_unigram_entropy_matches_a_direct_count(data_dir):
-    from minigpt.data import load_meta
     import numpy as np
 
     meta = load_meta(data_dir)
@@ -266,8 +274,7 @@ def test_two_gloo_processes_match_one(data_dir, tmp_path, capsys):
 
 def test_checkpoint_loads_with_from_pretrained(data_dir, tmp_path):
     out = tmp_path / "run"
-    cfg = train.resolve_config(train.build_parser().parse_args(tiny_argv(data_dir, out, max_steps=4)))[0]
-    trainer = train.Trainer(cfg)
+    trainer = Trainer(make_config("cpu", tiny_settings(data_dir, out, max_steps=4)))
     try:
         assert trainer.fit() == 0
     finally:
@@ -335,15 +342,17 @@ def test_init_from_pretrained_weights(data_dir, tmp_path, capsys):
 
 def test_nan_loss_stops_training(data_dir, tmp_path, capsys, monkeypatch):
     calls = 0
-    loss = GPT.loss
+    forward = GPT.forward
 
-    def poisoned(self, idx, targets):
+    def poisoned(self, idx, targets=None, **kwargs):
         nonlocal calls
+        value = forward(self, idx, targets, **kwargs)
+        if targets is None:  # logits, not a loss
+            return value
         calls += 1
-        value = loss(self, idx, targets)
         return value * float("nan") if calls == 5 else value  # the 5th step's forward
 
-    monkeypatch.setattr(GPT, "loss", poisoned)
+    monkeypatch.setattr(GPT, "forward", poisoned)
     out = tmp_path / "run"
     code, err = run_main(tiny_argv(data_dir, out, max_steps=10, ckpt_interval=2), capsys)
     assert code == 1

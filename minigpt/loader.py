@@ -1,0 +1,155 @@
+"""Reading prepared token shards (minigpt.corpus writes them): the training batches, and the
+unigram baseline of a split."""
+from __future__ import annotations
+
+import bisect
+import hashlib
+import itertools
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from minigpt.corpus import DataError, load_meta
+
+
+class DataLoader:
+    """(x, y) batches of B rows of T tokens, y = x shifted by one, for rank `rank` of `world_size`.
+
+    The split is read as one stream (its shards in order). Each step covers B*T*W tokens from a
+    shared position p: rank r takes the B*T+1 tokens from p + r*B*T, and p advances by B*T*W.
+    So the W ranks' rows, concatenated in rank order, are exactly the rows one rank with a batch
+    of W*B would read. When fewer than B*T*W+1 tokens are left the loader starts the next epoch
+    from the beginning: epoch 0 at token 0, each later epoch at an offset below T drawn from
+    (seed, epoch), so repeated epochs of a small corpus do not show the same windows again.
+    The position, and so state_dict(), is the same on every rank.
+    """
+
+    def __init__(self, data_dir: str | Path, split: str, batch_size: int, block_size: int, *,
+                 rank: int = 0, world_size: int = 1, seed: int = 0):
+        meta = load_meta(data_dir)
+        if split not in meta["splits"]:
+            raise DataError(f"unknown split {split!r}; choose one of {', '.join(meta['splits'])}")
+        if batch_size < 1 or block_size < 1:
+            raise DataError(f"batch_size and block_size must be positive, got {batch_size}, {block_size}")
+        if not 0 <= rank < world_size:
+            raise DataError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        self.data_dir, self.split = Path(data_dir), split
+        self.B, self.T, self.rank, self.world_size, self.seed = batch_size, block_size, rank, world_size, seed
+        shards = meta["splits"][split]["shards"]
+        self._files = [self.data_dir / s["file"] for s in shards]
+        self._lengths = [s["tokens"] for s in shards]
+        self._starts = [0, *itertools.accumulate(self._lengths)][:-1]
+        self.num_tokens = sum(self._lengths)
+        self.step_tokens = batch_size * block_size * world_size
+        if self.num_tokens < self.step_tokens + 1:
+            raise DataError(
+                f"the {split} split of {data_dir} has {self.num_tokens:,} tokens, too few for one "
+                f"step of batch_size*block_size*world_size+1 = {self.step_tokens + 1:,}; "
+                f"use a smaller batch or block size, or more data"
+            )
+        # Identifies the data in state_dict(): the same shard names and lengths of the same source.
+        ident = [meta["source_id"], meta["source_fingerprint"], split, shards]
+        self._data_check = hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+        self._open: dict[int, np.ndarray] = {}  # a few memory-mapped shards, oldest first
+        self.reset()
+
+    def reset(self) -> None:
+        """Back to the first token of epoch 0 (call before each evaluation on val)."""
+        self.epoch = 0
+        self.position = 0  # where the current step starts in the split's token stream
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """x, y: int64 (B, T) CPU tensors, y being x shifted left by one token."""
+        if self.position + self.step_tokens + 1 > self.num_tokens:
+            self.epoch += 1
+            self.position = self._epoch_start(self.epoch)
+        start = self.position + self.rank * self.B * self.T
+        buf = torch.from_numpy(self._read(start, self.B * self.T + 1))
+        self.position += self.step_tokens
+        x = buf[:-1].view(self.B, self.T)
+        y = buf[1:].view(self.B, self.T)
+        return x, y
+
+    def state_dict(self) -> dict:
+        shard = max(0, bisect.bisect_right(self._starts, self.position) - 1)
+        return {
+            "split": self.split,
+            "data": self._data_check,
+            "batch_size": self.B,
+            "block_size": self.T,
+            "world_size": self.world_size,
+            "epoch": self.epoch,
+            "shard": shard,
+            "position": self.position - self._starts[shard],  # within that shard
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue exactly where the loader that saved `state` was."""
+        mine = self.state_dict()
+        geometry = ("split", "data", "batch_size", "block_size", "world_size")
+        different = [k for k in geometry if state.get(k) != mine[k]]
+        if different:
+            saved = ", ".join(f"{k}={state.get(k)!r}" for k in different)
+            now = ", ".join(f"{k}={mine[k]!r}" for k in different)
+            raise DataError(f"data loader state was saved for {saved}, but this loader has {now}")
+        shard, offset = state["shard"], state["position"]
+        if not (0 <= shard < len(self._starts) and 0 <= offset <= self._lengths[shard]):
+            raise DataError(f"data loader state points outside the data: shard {shard}, position {offset}")
+        self.epoch = state["epoch"]
+        self.position = self._starts[shard] + offset
+
+    def _epoch_start(self, epoch: int) -> int:
+        if epoch == 0:
+            return 0
+        span = min(self.T, self.num_tokens - self.step_tokens)  # so that a whole step still fits
+        # The label is part of every saved run's data order: keep it as it is.
+        return random.Random(f"minigpt.data/{self.seed}/{epoch}").randrange(span)
+
+    def _read(self, start: int, n: int) -> np.ndarray:
+        """n tokens of the stream from `start`, across shard boundaries, as int64."""
+        out = np.empty(n, dtype=np.int64)
+        i = bisect.bisect_right(self._starts, start) - 1
+        done = 0
+        while done < n:
+            shard = self._shard(i)
+            offset = start + done - self._starts[i]
+            take = min(n - done, len(shard) - offset)
+            out[done : done + take] = shard[offset : offset + take]
+            done += take
+            i += 1
+        return out
+
+    def _shard(self, i: int) -> np.ndarray:
+        if i not in self._open:
+            if len(self._open) >= 2:  # each map holds a file descriptor; keep only a couple
+                del self._open[next(iter(self._open))]
+            tokens = np.load(self._files[i], mmap_mode="r")
+            if tokens.dtype != np.uint16 or tokens.shape != (self._lengths[i],):
+                raise DataError(f"{self._files[i]} changed since meta.json was written; prepare it again")
+            self._open[i] = tokens
+        return self._open[i]
+
+
+def unigram_entropy(data_dir: str | Path, meta: dict, split: str = "train",
+                    max_tokens: int = 2**28) -> tuple[float, int]:
+    """(entropy in nats/token of the split's token frequencies, tokens counted).
+
+    A model that predicts every token from these frequencies alone, ignoring the context,
+    has exactly this cross-entropy on the split; learning anything about context goes below
+    it. Counts the first max_tokens tokens (all of them for corpora up to 268M tokens).
+    """
+    counts = np.zeros(meta["vocab_size"], dtype=np.int64)
+    seen = 0
+    chunk = 2**24  # bincount widens to int64: count a shard in pieces to bound the memory
+    for shard in meta["splits"][split]["shards"]:
+        tokens = np.load(Path(data_dir) / shard["file"], mmap_mode="r")[: max_tokens - seen]
+        for start in range(0, len(tokens), chunk):
+            counts += np.bincount(tokens[start : start + chunk], minlength=len(counts))[: len(counts)]
+        seen += len(tokens)
+        if seen >= max_tokens:
+            break
+    p = counts[counts > 0] / seen
+    return float(-(p * np.log(p)).sum()), seen

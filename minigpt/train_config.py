@@ -1,0 +1,193 @@
+"""Every setting of a training run, in one dataclass, and the named runs (recipes) built from it.
+
+Each field that train.py offers as a flag is declared with `setting(default, help)`: its help
+text sits beside it and train.py builds `--kebab-case` flags from `dataclasses.fields`, so a
+new setting is one line here. The defaults are the `cpu` recipe.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from minigpt.config import GPTConfig
+from minigpt.model import ATTN_BACKENDS, LN_BACKENDS
+
+DTYPES = ("auto", "float32", "bfloat16")
+
+
+class TrainError(Exception):
+    """A run that cannot start or go on; train.py prints the message as `error: ...`."""
+
+    exit_code = 2
+
+
+class ConfigError(TrainError, ValueError):
+    """Settings that contradict each other or are out of range."""
+
+
+class Diverged(TrainError):
+    """The loss or the gradient norm stopped being finite."""
+
+    exit_code = 1
+
+
+def setting(default, help: str, **flag):
+    """A TrainConfig field offered as a train.py flag: its default, its help, and any other
+    argparse keywords (e.g. choices)."""
+    return field(default=default, metadata={"help": help, **flag})
+
+
+@dataclass
+class TrainConfig:
+    recipe: str = "cpu"  # the recipe these values started from (recorded, not re-applied)
+    # data and output
+    data: str = setting("stdlib", "a prepared data directory (with meta.json), or a source for "
+                                  "minigpt.data: stdlib, shakespeare, fineweb-edu, openwebtext, a text file/dir/glob")
+    out_dir: str = setting("out", "where logs and checkpoints go")
+    # model: from scratch with these sizes, or the weights of `init`
+    init: str | None = setting(None, "start from these weights (gpt2, gpt2-medium, ... or a from_pretrained "
+                                     "path) instead of a random init")
+    n_layer: int = setting(4, "transformer blocks")
+    n_head: int = setting(4, "attention heads")
+    n_embd: int = setting(128, "embedding width")
+    block_size: int = setting(256, "tokens per training row (and the context of a new model); with --init, "
+                                   "at most the model's context window")
+    dropout: float = setting(0.0, "dropout on embeddings and residual branches")
+    attn_backend: str = setting("auto", "attention implementation (auto: triton on CUDA)", choices=ATTN_BACKENDS)
+    ln_backend: str = setting("auto", "LayerNorm implementation (auto: triton on CUDA)", choices=LN_BACKENDS)
+    # optimisation
+    max_steps: int = setting(600, "optimizer steps; the LR schedule ends here")
+    batch_size: int = setting(2, "rows per micro-batch, per process")
+    total_batch_size: int | None = setting(
+        None, "tokens per optimizer step, across processes; must be a multiple of batch-size * block-size * "
+              "processes (gradient accumulation makes up the rest; default: one micro-batch per process)")
+    lr: float = setting(3e-3, "peak learning rate")
+    min_lr: float | None = setting(None, "final learning rate of the cosine decay (default: lr / 10)")
+    warmup_steps: int = setting(30, "steps of linear warmup")
+    weight_decay: float = setting(0.1, "AdamW weight decay of the matrices")
+    beta1: float = setting(0.9, "AdamW beta1")
+    beta2: float = setting(0.95, "AdamW beta2")
+    grad_clip: float = setting(1.0, "clip the gradient norm to this (0: no clipping)")
+    seed: int = setting(1337, "seed of the init, dropout and the data's epoch offsets")
+    # evaluation, samples, checkpoints (an interval of 0 means only at the end)
+    eval_interval: int = setting(150, "evaluate every this many steps")
+    eval_steps: int = setting(20, "val batches (of total-batch-size tokens) per evaluation")
+    sample_interval: int = setting(300, "print a sample every this many steps")
+    sample_tokens: int = setting(200, "tokens per sample")
+    sample_prompt: str = setting("def", "text the samples continue")
+    ckpt_interval: int = setting(300, "write a checkpoint every this many steps")
+    keep_checkpoints: int = setting(2, "keep the newest this many checkpoints (0: all)")
+    stop_at_step: int | None = setting(None, "stop with a checkpoint after this step, keeping the schedule of "
+                                             "--max-steps (split a run across jobs; continue with --resume)")
+    # system
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N (auto: CUDA if available)")
+    dtype: str = setting("auto", "autocast precision (auto: bfloat16 on CUDA, float32 on CPU)", choices=DTYPES)
+    compile: bool = setting(False, "torch.compile the model")
+    peak_flops: float | None = setting(None, "peak FLOP/s of one device, for MFU when it is not in the table")
+    wandb: bool = setting(False, "also log to Weights & Biases")
+    tensorboard: bool = setting(False, "also log to TensorBoard (in out-dir/tensorboard)")
+
+    def __post_init__(self):
+        if self.min_lr is None:  # the one place min_lr is derived
+            self.min_lr = self.lr / 10
+        positive = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "max_steps", "eval_steps",
+                    "sample_tokens")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("warmup_steps", "eval_interval", "sample_interval", "ckpt_interval", "keep_checkpoints"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.total_batch_size is not None and self.total_batch_size < 1:
+            raise ConfigError(f"total_batch_size must be positive, got {self.total_batch_size}")
+        if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):
+            raise ConfigError(f"need lr > 0 and 0 <= min_lr <= lr, got lr={self.lr}, min_lr={self.min_lr}")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ConfigError("weight_decay and grad_clip must be >= 0")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ConfigError(f"betas must be in [0, 1), got ({self.beta1}, {self.beta2})")
+        if self.stop_at_step is not None and not 0 < self.stop_at_step <= self.max_steps:
+            raise ConfigError(f"stop_at_step must be in [1, max_steps={self.max_steps}], got {self.stop_at_step}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.peak_flops is not None and self.peak_flops <= 0:
+            raise ConfigError(f"peak_flops must be positive, got {self.peak_flops}")
+        self.model_config()  # the model sizes must make a valid GPTConfig
+
+    def model_config(self) -> GPTConfig:
+        """The GPTConfig of a model trained from scratch with these settings."""
+        try:
+            return GPTConfig(block_size=self.block_size, n_layer=self.n_layer, n_head=self.n_head,
+                             n_embd=self.n_embd, dropout=self.dropout)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+    @property
+    def tokens_per_micro_batch(self) -> int:
+        return self.batch_size * self.block_size
+
+    @property
+    def end_step(self) -> int:
+        """The step this invocation stops at."""
+        return self.stop_at_step if self.stop_at_step is not None else self.max_steps
+
+    def grad_accum_steps(self, world_size: int) -> int:
+        """Micro-batches per optimizer step and process, so the global batch is total_batch_size."""
+        per_pass = self.tokens_per_micro_batch * world_size
+        if self.total_batch_size is None:
+            return 1
+        if self.total_batch_size % per_pass != 0:
+            raise ConfigError(
+                f"total_batch_size {self.total_batch_size} is not a multiple of batch_size * block_size * "
+                f"processes = {self.batch_size} * {self.block_size} * {world_size} = {per_pass}"
+            )
+        return self.total_batch_size // per_pass
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ConfigError(f"unknown TrainConfig fields: {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+
+# Named runs: the TrainConfig values each one changes; explicit flags override them.
+RECIPES: dict[str, dict] = {
+    # The defaults: a 4-layer model on the Python standard library, about 5 minutes on 2 CPU
+    # cores with data preparation. Most of a step's time goes to the 50257-way output layer,
+    # so the budget is tokens (~300k); small batches learned more from them than big ones
+    # (README, Training). A 256-token context leaves room for 200-token samples.
+    "cpu": {},
+    # GPT-2 124M on 10B tokens of FineWeb-Edu: the build-nanogpt / llm.c recipe for GPUs.
+    # 2**19 tokens per step in micro-batches of 64 x 1024 (gradient accumulation makes up the
+    # rest on fewer than 8 GPUs); 19073 steps is one pass over the 10B-token sample.
+    "gpt2-124m": dict(
+        data="fineweb-edu", n_layer=12, n_head=12, n_embd=768, block_size=1024, batch_size=64,
+        total_batch_size=2**19, max_steps=19073, lr=6e-4, min_lr=6e-5, warmup_steps=715,
+        weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0, eval_interval=250, eval_steps=20,
+        sample_interval=1000, sample_tokens=64, sample_prompt="Hello, I'm a language model,",
+        ckpt_interval=2000, keep_checkpoints=3,
+    ),
+}
+
+
+def make_config(recipe: str, overrides: dict, saved: dict | None = None) -> TrainConfig:
+    """TrainConfig from a recipe's values, or from a checkpoint's `saved` config, with some replaced.
+
+    An lr given without a min_lr makes min_lr follow it (lr / 10) instead of keeping the
+    recipe's or the checkpoint's number.
+    """
+    if saved is not None:
+        values = {**saved, **overrides}
+    elif recipe in RECIPES:
+        values = {"recipe": recipe, **RECIPES[recipe], **overrides}
+    else:
+        raise ConfigError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+    if "lr" in overrides and "min_lr" not in overrides:
+        values["min_lr"] = None
+    return TrainConfig.from_dict(values)

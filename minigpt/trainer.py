@@ -1,0 +1,446 @@
+"""The training loop: one run, from its TrainConfig to its last checkpoint.
+
+Each optimizer step sees total_batch_size tokens however many processes run it: every
+process reads its own slice of the batch (DataLoader rank/world_size) and accumulates
+batch_size x block_size micro-batches until the step's tokens are covered. Under torchrun
+the model is wrapped in DistributedDataParallel; gradients are all-reduced only on the last
+micro-step of a step (`no_sync` before it), the logged loss is the mean over ranks, and only
+rank 0 writes logs and checkpoints. The other ranks wait for rank 0 at a barrier while it
+prepares the data (NCCL gives up on a barrier after 10 minutes: prepare a large corpus first).
+
+Outputs in out_dir: log.jsonl (one JSON object per step and per evaluation), loss.png,
+run.json (config, parameter count, unigram baseline) and checkpoints ckpt_<step>/
+(minigpt/checkpoint.py). SIGINT or SIGTERM finishes the current step, writes a checkpoint and
+returns; a second one raises KeyboardInterrupt at once.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from minigpt.checkpoint import (
+    Checkpoint,
+    atomic_write,
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    read_train_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from minigpt.corpus import bytes_per_token, default_data_dir, load_meta, prepare
+from minigpt.flops import device_peak_flops, flops_per_token
+from minigpt.generate import complete
+from minigpt.loader import DataLoader, unigram_entropy
+from minigpt.model import GPT
+from minigpt.optim import configure_optimizer, lr_at
+from minigpt.runlog import RunLog, check_loggers_installed, info, open_tensorboard, open_wandb, plot_losses
+from minigpt.runtime import start_runtime
+from minigpt.tokenizer import get_encoding
+from minigpt.train_config import ConfigError, Diverged, TrainConfig, TrainError, make_config
+from minigpt.weights import CheckpointError
+
+MODEL_SHAPE = ("n_layer", "n_head", "n_embd")
+
+
+def run_config(recipe: str | None, overrides: dict, resume: str | None = None) -> tuple[TrainConfig, Path | None]:
+    """(config, checkpoint to resume or None) of a run.
+
+    A new run takes the recipe's values (default "cpu") with `overrides` replacing some. With
+    `resume` ("latest": the newest checkpoint in out_dir; else a checkpoint or an out_dir) it
+    takes the checkpoint's saved values instead, with `overrides` still winning.
+    """
+    if resume is None:
+        return make_config(recipe or "cpu", overrides), None
+
+    if resume == "latest":
+        out_dir = Path(overrides.get("out_dir", TrainConfig.out_dir))
+        ckpt = latest_checkpoint(out_dir) if out_dir.is_dir() else None
+        if ckpt is None:
+            raise TrainError(f"--resume: no checkpoint in {out_dir} (pass --out-dir, or --resume CKPT_DIR)")
+    else:
+        ckpt = Path(resume)
+        if ckpt.is_dir() and not (ckpt / "train_state.json").exists() and latest_checkpoint(ckpt):
+            ckpt = latest_checkpoint(ckpt)  # an out_dir was given: its latest checkpoint
+    saved = dict(read_train_state(ckpt)["train_config"])
+    if recipe is not None and recipe != saved.get("recipe"):
+        raise TrainError(f"{ckpt} was trained with recipe {saved.get('recipe')!r}; --recipe {recipe} "
+                         "cannot change that (override single flags instead)")
+    saved["stop_at_step"] = None  # a stop belongs to the invocation that asked for it
+    saved["out_dir"] = str(ckpt.parent)  # unless --out-dir says otherwise: go on where it was
+    try:
+        return make_config(saved.get("recipe", "cpu"), overrides, saved=saved), ckpt
+    except TypeError as e:
+        raise CheckpointError(f"{ckpt}: the saved training config is not valid ({e})") from None
+
+
+class Trainer:
+    """One training run: set up in __init__ (nothing is written before every check passed), run by fit().
+
+    `explicit` names the settings the user gave (they must match the model of `cfg.init`).
+    """
+
+    def __init__(self, cfg: TrainConfig, resume: str | Path | None = None, explicit: frozenset[str] = frozenset()):
+        self.cfg = cfg
+        check_loggers_installed(cfg)
+        self.runtime = runtime = start_runtime(cfg.device, cfg.dtype, cfg.attn_backend, cfg.ln_backend)
+        self.device = runtime.device
+        self.grad_accum = cfg.grad_accum_steps(runtime.world_size)
+        self.out_dir = Path(cfg.out_dir)
+        if resume is None and latest_checkpoint(self.out_dir) is not None:
+            raise TrainError(
+                f"{self.out_dir} already holds checkpoints (latest {latest_checkpoint(self.out_dir).name}); "
+                "pass --resume to continue it, or choose another --out-dir"
+            )
+        ckpt = load_checkpoint(resume) if resume is not None else None
+        torch.manual_seed(cfg.seed + runtime.rank)
+        model = self._build_model(ckpt, explicit)
+        cfg = self.cfg  # _build_model takes the model sizes of --init
+
+        self.data_dir = self._prepared_data_dir(cfg.data)
+        self.meta = load_meta(self.data_dir)
+        if self.meta["vocab_size"] > model.config.vocab_size:
+            raise ConfigError(f"the data has {self.meta['vocab_size']} token ids, the model only {model.config.vocab_size}")
+        loader_args = dict(rank=runtime.rank, world_size=runtime.world_size, seed=cfg.seed)
+        self.train_loader = DataLoader(self.data_dir, "train", cfg.batch_size, cfg.block_size, **loader_args)
+        self.val_loader = DataLoader(self.data_dir, "val", cfg.batch_size, cfg.block_size, **loader_args)
+
+        self.raw_model = model.to(self.device)
+        self.raw_model.train()
+        self.optimizer = configure_optimizer(self.raw_model, cfg, self.device.type)
+        self.step = 0  # optimizer steps done
+        if ckpt is not None:
+            self._restore(ckpt)
+
+        self.loss_module, self.train_module = self._wrap(self.raw_model)
+        self.flops_per_token = flops_per_token(self.raw_model.config, cfg.block_size)
+        self.peak_flops, peak_note = device_peak_flops(self.device, cfg.peak_flops)
+        if runtime.master:
+            self._start_outputs(ckpt, peak_note)
+
+    # --- set-up -----------------------------------------------------------------------------------
+    def _prepared_data_dir(self, spec: str) -> Path:
+        """A prepared directory as given, or the default directory of a source, prepared on rank 0."""
+        path = Path(spec).expanduser()
+        if (path / "meta.json").is_file():
+            return path
+        out = default_data_dir(spec)
+        if self.runtime.master:
+            prepare(spec, out)
+        if self.runtime.distributed:
+            dist.barrier()
+        return out
+
+    def _build_model(self, ckpt: Checkpoint | None, explicit: frozenset[str]) -> GPT:
+        """The model on the CPU: from the checkpoint, from pretrained weights, or from scratch."""
+        cfg = self.cfg
+        backends = dict(attn_backend=cfg.attn_backend, ln_backend=cfg.ln_backend)
+        if ckpt is not None:
+            model = GPT.from_pretrained(ckpt.path, **backends)
+            self._check_model(model, ckpt.path, list(MODEL_SHAPE) + ["dropout"])
+        elif cfg.init is not None:
+            model = GPT.from_pretrained(cfg.init, **backends)
+            self._check_model(model, cfg.init, [k for k in MODEL_SHAPE if k in explicit])
+            if model.config.dropout != cfg.dropout:  # the released weights come with dropout 0
+                state = model.state_dict()
+                model = GPT(dataclasses.replace(model.config, dropout=cfg.dropout), **backends)
+                model.load_state_dict(state)
+            self.cfg = dataclasses.replace(cfg, **{k: getattr(model.config, k) for k in MODEL_SHAPE})
+        else:
+            model = GPT(cfg.model_config(), **backends)
+        if cfg.block_size > model.config.block_size:
+            raise ConfigError(f"block_size {cfg.block_size} exceeds the model's context window of {model.config.block_size}")
+        return model
+
+    def _wrap(self, model: GPT) -> tuple[torch.nn.Module, torch.nn.Module]:
+        """(module for evaluation, module for training steps): compiled if asked, and the latter
+        under DDP with several processes (DDP must see the compiled module's parameters)."""
+        loss_module = torch.compile(model) if self.cfg.compile else model  # module(idx, targets) is the loss
+        if not self.runtime.distributed:
+            return loss_module, loss_module
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return loss_module, DDP(loss_module, device_ids=device_ids)
+
+    def _check_model(self, model: GPT, source, keys: list[str]) -> None:
+        """The model at `source` must have the sizes the config asks for."""
+        different = [k for k in keys if getattr(model.config, k) != getattr(self.cfg, k)]
+        if different:
+            have = ", ".join(f"{k}={getattr(model.config, k)}" for k in different)
+            want = ", ".join(f"{k}={getattr(self.cfg, k)}" for k in different)
+            raise CheckpointError(f"{source} holds a model with {have}, but the flags ask for {want}")
+
+    def _restore(self, ckpt: Checkpoint) -> None:
+        """Optimizer, data position, RNG and step from a checkpoint (all checked before any is used)."""
+        rank, world_size = self.runtime.rank, self.runtime.world_size
+        saved_world = ckpt.state["world_size"]
+        if saved_world != world_size:
+            raise CheckpointError(
+                f"{ckpt.path} was written by {saved_world} process(es), this run has {world_size}; "
+                "resume with the same number of processes"
+            )
+        try:
+            optimizer_state = ckpt.optimizer_state_dict(self.optimizer)
+            self.optimizer.load_state_dict(optimizer_state)
+            # load_state_dict brings back the saved hyper-parameters; flags given now win
+            # (lr is set every step from the schedule).
+            decay, no_decay = self.optimizer.param_groups
+            decay["weight_decay"] = self.cfg.weight_decay
+            for group in (decay, no_decay):
+                group["betas"] = (self.cfg.beta1, self.cfg.beta2)
+            self.train_loader.load_state_dict(ckpt.state["data_loader"])
+        except (ValueError, KeyError, TypeError) as e:  # DataError is a ValueError
+            raise CheckpointError(f"cannot resume from {ckpt.path}: {e}") from None
+        rng = ckpt.rng_state(rank)
+        if rng is None or "torch_cpu" not in rng[0]:
+            raise CheckpointError(f"{ckpt.path} holds no RNG state for rank {rank}")
+        set_rng_state(*rng, self.device)
+        self.step = ckpt.step
+
+    def _start_outputs(self, ckpt: Checkpoint | None, peak_note: str) -> None:
+        """Create out_dir, the log and run.json; only called once every check has passed."""
+        cfg, runtime = self.cfg, self.runtime
+        entropy, counted = unigram_entropy(self.data_dir, self.meta, "train")
+        self.unigram = entropy
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        wandb_run = open_wandb(cfg) if cfg.wandb else None
+        tb_writer = open_tensorboard(cfg) if cfg.tensorboard else None
+        self.log = RunLog(self.out_dir, ckpt.step if ckpt else None, wandb_run, tb_writer)
+        self.enc = get_encoding("gpt2")  # for the samples
+
+        config = self.raw_model.config
+        n_params = config.num_params()
+        run = {
+            "train_config": cfg.to_dict(),
+            "model_config": config.to_dict(),
+            "num_params": n_params,
+            "flops_per_token": self.flops_per_token,
+            "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
+            "dtype": runtime.dtype,
+            "backends": list(runtime.backends),
+            "world_size": runtime.world_size,
+            "grad_accum_steps": self.grad_accum,
+            "data_dir": str(self.data_dir),
+            "train_tokens": self.meta["splits"]["train"]["tokens"],
+            "val_tokens": self.meta["splits"]["val"]["tokens"],
+            "val_bytes_per_token": bytes_per_token(self.meta, "val"),
+            "unigram_entropy": entropy,
+            "unigram_tokens_counted": counted,
+            "resumed_from": str(ckpt.path) if ckpt else None,
+            "torch": torch.__version__,
+        }
+        atomic_write(self.out_dir / "run.json", (json.dumps(run, indent=2) + "\n").encode())
+
+        attn, ln = runtime.backends
+        info(f"model: {n_params / 1e6:.2f}M parameters ({config.n_layer} layers, {config.n_head} heads, "
+             f"{config.n_embd} wide, context {config.block_size})" + (f", from {cfg.init}" if cfg.init else ""))
+        info(f"device: {run['device']} x {runtime.world_size}, {runtime.dtype}, attention {attn}, "
+             f"LayerNorm {ln}{', compiled' if cfg.compile else ''}")
+        info(f"data: {self.data_dir} ({run['train_tokens']:,} train / {run['val_tokens']:,} val tokens, "
+             f"{run['val_bytes_per_token']:.2f} bytes/token)")
+        info(f"batch: {cfg.batch_size} x {cfg.block_size} tokens x {self.grad_accum} micro-steps x "
+             f"{runtime.world_size} process(es) = {self.tokens_per_step:,} tokens/step, {cfg.max_steps} steps")
+        info(f"baseline: unigram entropy of the train tokens {entropy:.4f} nats/token "
+             f"(a model that ignores context cannot do better)")
+        if self.peak_flops is None:
+            info(f"MFU: not reported; {peak_note}")
+        if ckpt is not None:
+            info(f"resumed from {ckpt.path} at step {ckpt.step}")
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.cfg.tokens_per_micro_batch * self.grad_accum * self.runtime.world_size
+
+    # --- one step ---------------------------------------------------------------------------------
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cuda":
+            return x.pin_memory().to(self.device, non_blocking=True)
+        return x.to(self.device)
+
+    def train_step(self, stop_requested: bool = False) -> dict:
+        """One optimizer step over total_batch_size tokens; returns its log record (+ "stop")."""
+        cfg, runtime = self.cfg, self.runtime
+        t0 = time.perf_counter()
+        lr = lr_at(self.step, cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=self.device)
+        for micro in range(self.grad_accum):
+            x, y = self.train_loader.next_batch()
+            x, y = self._to_device(x), self._to_device(y)
+            last = micro == self.grad_accum - 1
+            # Only the last micro-step all-reduces the gradients that the others accumulated.
+            sync = contextlib.nullcontext() if last or not runtime.distributed else self.train_module.no_sync()
+            with sync:
+                with runtime.autocast():
+                    loss = self.train_module(x, y)
+                (loss / self.grad_accum).backward()
+            loss_sum += loss.detach()
+        # max_norm inf measures the norm without clipping (the factor is clamped to 1).
+        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), max_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+        # One reduction carries the loss, the norm and the stop request (> 0 if any rank asked).
+        stats = torch.stack([loss_sum / self.grad_accum, grad_norm.float().to(self.device),
+                             torch.tensor(float(stop_requested), device=self.device)])
+        loss, norm, stop = runtime.mean_over_ranks(stats).tolist()  # waits for the step to finish
+        dt = time.perf_counter() - t0
+        self.step += 1
+        if not (math.isfinite(loss) and math.isfinite(norm)):
+            last_ckpt = latest_checkpoint(self.out_dir)
+            where = (f"the last good checkpoint is {last_ckpt} (resume from it with a lower --lr)"
+                     if last_ckpt else "no checkpoint was written")
+            raise Diverged(f"the loss became {loss} (grad norm {norm}) at step {self.step}; training "
+                           f"stopped without saving this state; {where}")
+        tokens_per_sec = self.tokens_per_step / dt
+        mfu = None
+        if self.peak_flops is not None:
+            mfu = self.flops_per_token * tokens_per_sec / (self.peak_flops * runtime.world_size)
+        return {"step": self.step, "loss": loss, "lr": lr, "grad_norm": norm, "dt": dt,
+                "tokens_per_sec": tokens_per_sec, "mfu": mfu, "tokens": self.step * self.tokens_per_step,
+                "stop": stop > 0}
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean val loss over eval_steps batches of total_batch_size tokens (the same ones every time)."""
+        self.raw_model.eval()
+        self.val_loader.reset()
+        n = self.cfg.eval_steps * self.grad_accum
+        total = torch.zeros((), device=self.device)
+        for _ in range(n):
+            x, y = self.val_loader.next_batch()
+            with self.runtime.autocast():
+                total += self.loss_module(self._to_device(x), self._to_device(y))
+        total /= n
+        self.runtime.mean_over_ranks(total)
+        self.raw_model.train()
+        return total.item()
+
+    @torch.no_grad()
+    def sample(self) -> str:
+        """A continuation of sample_prompt, with a fixed seed so that it never touches the training RNG."""
+        cfg = self.cfg
+        prompt_len = len(self.enc.encode(cfg.sample_prompt))
+        n = min(cfg.sample_tokens, self.raw_model.config.block_size - prompt_len)
+        self.raw_model.eval()
+        # In the weights' own precision: the KV cache is kept in that dtype, and a few hundred
+        # tokens cost nothing next to a training step.
+        [completion] = complete(self.raw_model, self.enc, [cfg.sample_prompt], n, temperature=0.8,
+                                top_k=200, seed=cfg.seed)
+        self.raw_model.train()
+        return cfg.sample_prompt + completion.text
+
+    def save(self) -> Path | None:
+        """Checkpoint the current step (rank 0 writes; every rank contributes its RNG state)."""
+        runtime = self.runtime
+        rng = rng_state(self.device)
+        if runtime.distributed:
+            states = [None] * runtime.world_size
+            dist.all_gather_object(states, rng)
+        else:
+            states = [rng]
+        path = None
+        if runtime.master:
+            state = {"train_config": self.cfg.to_dict(), "world_size": runtime.world_size,
+                     "data_loader": self.train_loader.state_dict(),
+                     "tokens_seen": self.step * self.tokens_per_step}
+            path = save_checkpoint(self.out_dir, self.step, self.raw_model, self.optimizer, state, states)
+            prune_checkpoints(self.out_dir, self.cfg.keep_checkpoints)
+        if runtime.distributed:
+            dist.barrier()
+        return path
+
+    # --- the loop ---------------------------------------------------------------------------------
+    def _due(self, interval: int) -> bool:
+        return (interval > 0 and self.step % interval == 0) or self.step == self.cfg.max_steps
+
+    def _evaluate_and_log(self) -> None:
+        val_loss = self.evaluate()
+        if self.runtime.master:
+            val_bpb = val_loss / math.log(2) / bytes_per_token(self.meta, "val")
+            self.log.log({"step": self.step, "val_loss": val_loss, "val_bpb": val_bpb})
+            info(f"step {self.step}: val loss {val_loss:.4f}, val bpb {val_bpb:.4f} "
+                 f"(unigram baseline {self.unigram:.4f})")
+            plot_losses(self.log.records, self.out_dir / "loss.png", self.unigram)
+
+    def fit(self) -> int:
+        """Train to stop_at_step or max_steps; returns the exit code (128 + signal if interrupted)."""
+        cfg, master = self.cfg, self.runtime.master
+        received: list[int] = []
+
+        def on_signal(signum, frame):
+            if received:  # a second request: stop now, without a checkpoint
+                raise KeyboardInterrupt
+            received.append(signum)
+            if master:
+                info(f"{signal.Signals(signum).name}: finishing this step, then saving a checkpoint "
+                     "(press Ctrl-C again to quit without saving)")
+
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, on_signal)
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step", file=sys.stderr,
+                   dynamic_ncols=True, mininterval=0.5, disable=not master)
+        try:
+            if self.step == 0 and cfg.eval_interval > 0:
+                self._evaluate_and_log()
+            stopped = False
+            while self.step < cfg.end_step and not stopped:
+                record = self.train_step(stop_requested=bool(received))
+                stopped = record.pop("stop")
+                if master:
+                    self.log.log(record)
+                    mfu = f" | mfu {record['mfu']:.1%}" if record["mfu"] is not None else ""
+                    bar.set_postfix_str(f"loss {record['loss']:.4f} | lr {record['lr']:.2e} | "
+                                        f"{record['tokens_per_sec']:,.0f} tok/s{mfu}", refresh=False)
+                    bar.update(1)
+                if self._due(cfg.eval_interval):
+                    self._evaluate_and_log()
+                if master and self._due(cfg.sample_interval):
+                    info(f"--- sample at step {self.step} ---\n{self.sample()}\n---")
+                if self._due(cfg.ckpt_interval) or self.step == cfg.end_step or stopped:
+                    path = self.save()
+                    if master:
+                        info(f"step {self.step}: saved {path}")
+        finally:
+            bar.close()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            if master:
+                if self.log.records:
+                    plot_losses(self.log.records, self.out_dir / "loss.png", self.unigram)
+                self.log.close()
+
+        last = latest_checkpoint(self.out_dir)
+        if stopped:
+            if master:
+                info(f"interrupted: saved {last}; continue with --resume")
+            # Under DDP the signal may have reached another rank only.
+            return 128 + (received[0] if received else signal.SIGINT)
+        if master:
+            evals = [r for r in self.log.records if "val_loss" in r]
+            summary = {"step": self.step, "checkpoint": str(last), "unigram_entropy": self.unigram}
+            if evals:
+                summary.update(val_loss=evals[-1]["val_loss"], val_bpb=evals[-1]["val_bpb"])
+            if self.step < cfg.max_steps:
+                info(f"stopped at step {self.step} of {cfg.max_steps} (--stop-at-step); continue with --resume")
+            print(json.dumps(summary))
+        return 0
+
+    def close(self) -> None:
+        self.runtime.close()
