@@ -162,6 +162,16 @@ def _model_config(name: str):
     return shapes[name]()
 
 
+def train_kwargs(case: dict) -> dict:
+    """bench_train's keyword arguments for a train case (besides the config, device, dtype and peak)."""
+    return {k: v for k, v in case.items() if k != "model"}
+
+
+def decode_kwargs(case: dict) -> dict:
+    """bench_sample's keyword arguments for a decode case (besides the model)."""
+    return {**{k: v for k, v in case.items() if k not in ("role", "model")}, "with_hf": True}
+
+
 class Worker:
     """Runs a stage's cases; holds what several cases share (device, dtype, a measured peak)."""
 
@@ -248,9 +258,8 @@ class Worker:
         from bench import e2e
 
         measured, peak, source = self.peak()
-        settings = {k: v for k, v in case.items() if k != "model"}
         record = e2e.bench_train(_model_config(case["model"]), device=self.device, dtype=self.dtype, peak=peak,
-                                 **settings)
+                                 **train_kwargs(case))
         record.update(model=case["model"], peak_flops=peak, peak_source=source,
                       matmul_flops=measured["flops"],
                       matmul_fraction=record["flops_per_token"] * record["tokens_per_s"] / measured["flops"])
@@ -271,8 +280,7 @@ class Worker:
             with torch.device(self.device):  # random init on the device itself: quick for 1.5B on a GPU
                 self._models[name] = GPT(_model_config(name)).to(self.dtype).eval()
         model = self._models[name]
-        record = e2e.bench_sample(model, batch_size=case["batch_size"], prompt_len=case["prompt_len"],
-                                  new_tokens=case["new_tokens"], repeats=case["repeats"], with_hf=True)
+        record = e2e.bench_sample(model, **decode_kwargs(case))
         record.update(role=case["role"], model=name, params=model.config.num_params())
         return record
 
@@ -359,6 +367,8 @@ def _last_line(log_path: Path, offset: int) -> str:
 class Child:
     """One child process with its output appended to a log; poll() until it ends or is killed."""
 
+    current: Child | None = None  # the one running, to be killed if the suite itself is stopped
+
     def __init__(self, cmd: list[str], log_path: Path, env: dict):
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self.log_path = log_path
@@ -368,6 +378,7 @@ class Child:
         self.log.flush()
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
+        Child.current = self
 
     def running(self) -> bool:
         return self.proc.poll() is None
@@ -378,6 +389,7 @@ class Child:
     def close(self) -> tuple[int | None, str]:
         self.proc.wait()
         self.log.close()
+        Child.current = None
         return self.proc.returncode, _last_line(self.log_path, self.offset)
 
 
@@ -602,7 +614,14 @@ class Suite:
         self.selected = selected
         self.write_summary()  # every stage "not run" yet: a summary exists from the start
         for stage in selected:
-            self.run_stage(stage)
+            try:
+                self.run_stage(stage)
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM: stop the child, keep what was measured
+                if Child.current is not None:
+                    Child.current.kill()
+                self.stages[stage].update(status="interrupted", reason="the suite was stopped")
+                self.write_summary()
+                raise
             self.write_summary()
 
 
@@ -974,8 +993,16 @@ def main(argv=None) -> int:
 
     suite = Suite(args, out, device, env, wheels)
     log(f"results: {out}")
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
     try:
         suite.run(args.selected)
+    except KeyboardInterrupt:
+        log(f"stopped; partial results in {out}")
+        return 130
     finally:
         shutil.rmtree(site, ignore_errors=True)
     if args.archive:

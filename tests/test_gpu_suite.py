@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SUITE = ROOT / "bench" / "gpu_suite.py"
 RESULTS = ROOT / "bench" / "results"
-STATUSES = {"ok", "partial", "failed", "timeout", "skipped", "not run"}
+STATUSES = {"ok", "partial", "failed", "timeout", "skipped", "not run", "interrupted"}
 
 sys.path.insert(0, str(ROOT))
 from bench import gpu_suite  # noqa: E402
@@ -58,7 +58,7 @@ def check_well_formed(out: Path, stages: list[str]) -> dict:
 def rehearsal(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu-suite") / "results"
     tar = out.parent / "suite.tar.gz"
-    proc = run_suite("--rehearse", "--out", str(out), "--archive", str(tar))
+    proc = run_suite("--rehearse", "--out", str(out), "--archive", str(tar), "--budget-s", "400")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, tar, proc
 
@@ -218,3 +218,36 @@ def test_autotune_cap_keeps_the_first_candidates(value, expected):
     tuned, full = (json.loads(line) for line in proc.stdout.splitlines())
     assert [len(t) for t in tuned] == (expected or [len(f) for f in full])
     assert all(t == f[: len(t)] for t, f in zip(tuned, full))  # the first ones, in order
+
+
+@pytest.mark.parametrize("rehearse", [False, True], ids=["gpu", "rehearse"])
+def test_every_planned_case_fits_the_benchmark_functions(rehearse):
+    """The GPU plan cannot run here: check that its cases still bind to what they call."""
+    import inspect
+
+    from bench import e2e, kernels
+
+    plans = gpu_suite.stage_plans(rehearse)
+    assert set(plans) == set(gpu_suite.STAGES)
+    for stage in ("train", "train-compile"):
+        for case in plans[stage]["cases"]:
+            config = gpu_suite._model_config(case["model"])
+            inspect.signature(e2e.bench_train).bind(config, device="cuda", dtype=None, peak=1.0,
+                                                    **gpu_suite.train_kwargs(case))
+            assert case["compile"] == (stage == "train-compile")
+    for case in plans["decode"]["cases"]:
+        config = gpu_suite._model_config(case["model"])
+        assert case["prompt_len"] + case["new_tokens"] + 1 <= config.block_size
+        inspect.signature(e2e.bench_sample).bind(None, **gpu_suite.decode_kwargs(case))
+    k = plans["kernels"]
+    inspect.signature(kernels.bench_attention).bind("cuda", None, k["attention"]["batch"], k["attention"]["width"],
+                                                    (1,), (64,), {}, None)
+    inspect.signature(kernels.bench_layer_norm).bind("cuda", None, k["layer_norm"]["rows"], (1,), {}, None)
+    assert k["target_T"] in {c["T"] for c in k["cases"] if c["op"] == "attention"}
+    if not rehearse:  # the sizes the targets are stated at
+        assert k["target_T"] == 2048 and {c["D"] for c in k["cases"] if c["op"] == "attention"} == {64}
+        assert {c["T"] for c in k["cases"] if c["op"] == "attention"} == {1024, 2048, 4096}
+        assert [c["model"] for c in plans["decode"]["cases"]] == ["124M", "124M", "1.5B"]
+        assert [c["batch_size"] for c in plans["decode"]["cases"]] == [1, 64, 1]
+        assert {(c["attn"], c["compile"]) for s in ("train", "train-compile") for c in plans[s]["cases"]} >= \
+            {("math", False), ("sdpa", False), ("triton", False), ("sdpa", True), ("triton", True)}
