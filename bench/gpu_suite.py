@@ -71,6 +71,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import traceback
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -323,8 +324,6 @@ def worker_main(stage: str, spec_path: Path, events_path: Path) -> int:
             reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}".rstrip(": ")
             emit({"index": index, "event": "end", "status": "failed", "reason": reason})
             log(f"[{stage}] case {index} failed: {reason}")
-            import traceback
-
             traceback.print_exc()
             return 3
         emit({"index": index, "event": "end", "status": "ok", "result": result})
@@ -349,8 +348,8 @@ def _kill_group(proc: subprocess.Popen) -> None:
             continue
 
 
-def _last_line(log_path: Path, offset: int) -> str:
-    """The last meaningful line a child wrote to its log after `offset`: usually the error."""
+def _last_line(log_path: Path, offset: int, errors_first: bool = True) -> str:
+    """The last line a child wrote to its log after `offset`; with errors_first, the last error line."""
     try:
         with open(log_path, "rb") as f:
             f.seek(offset)
@@ -358,7 +357,7 @@ def _last_line(log_path: Path, offset: int) -> str:
     except OSError:
         return ""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    for line in reversed(lines):
+    for line in reversed(lines if errors_first else []):
         if re.match(r"^[A-Za-z_.]*(Error|Exception|Interrupt)\b", line) or line.startswith("error:"):
             return line[:300]
     return lines[-1][:300] if lines else ""
@@ -386,11 +385,11 @@ class Child:
     def kill(self) -> None:
         _kill_group(self.proc)
 
-    def close(self) -> tuple[int | None, str]:
+    def close(self, errors_first: bool = True) -> tuple[int | None, str]:
         self.proc.wait()
         self.log.close()
         Child.current = None
-        return self.proc.returncode, _last_line(self.log_path, self.offset)
+        return self.proc.returncode, _last_line(self.log_path, self.offset, errors_first)
 
 
 def _read_events(path: Path) -> list[dict]:
@@ -559,7 +558,7 @@ class Suite:
                 killed = True
                 break
             time.sleep(0.2)
-        rc, last = child.close()
+        rc, last = child.close(errors_first="pytest" in self.args.fail)  # pytest's last line is its tally
         counts = junit_counts(xml)
         record.update(log="logs/pytest.log", returncode=rc, junit="pytest-cuda.xml" if xml.exists() else None,
                       tests=counts)
