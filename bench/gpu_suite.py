@@ -736,9 +736,8 @@ def collect_figures(suite: Suite) -> list[dict]:
                 note = f"triton {_fmt(ours['gbps'], 'GB/s')}, torch {_fmt(ref['gbps'], 'GB/s')}"
                 if copy_gbps:
                     note += f", triton at {ours['gbps'] / copy_gbps:.0%} of the copy bandwidth"
-            missing = _missing(suite, "kernels", kernel_case("layer_norm", "triton", "N", N))
-            if "not measured" in missing and "no such case" in missing:
-                missing = _missing(suite, "kernels", kernel_case("layer_norm", "torch", "N", N))
+            both = [kernel_case("layer_norm", p, "N", N) for p in ("triton", "torch")]
+            missing = _missing(suite, "kernels", next((c for c in both if c is None or c["status"] != "ok"), both[0]))
             figs.append(_figure(f"LayerNorm {mode}, N={N}: triton / torch", ratio, "x",
                                 target=TARGETS["layer_norm_fwd_bwd_speedup"] if mode == "fwd+bwd" else None,
                                 note=note, missing=missing))

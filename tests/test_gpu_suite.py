@@ -251,3 +251,21 @@ def test_every_planned_case_fits_the_benchmark_functions(rehearse):
         assert [c["batch_size"] for c in plans["decode"]["cases"]] == [1, 64, 1]
         assert {(c["attn"], c["compile"]) for s in ("train", "train-compile") for c in plans[s]["cases"]} >= \
             {("math", False), ("sdpa", False), ("triton", False), ("sdpa", True), ("triton", True)}
+
+
+def test_carried_wheels_are_installed_without_an_index(tmp_path):
+    import zipfile
+
+    wheels = tmp_path / "whl"
+    wheels.mkdir()
+    assert gpu_suite.install_wheels(wheels, tmp_path / "site", tmp_path / "log")["status"] == "skipped"
+    info = "suiteprobe-0.1.dist-info"
+    with zipfile.ZipFile(wheels / "suiteprobe-0.1-py3-none-any.whl", "w") as whl:
+        whl.writestr("suiteprobe.py", "ANSWER = 42\n")
+        whl.writestr(f"{info}/METADATA", "Metadata-Version: 2.1\nName: suiteprobe\nVersion: 0.1\n")
+        whl.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        whl.writestr(f"{info}/RECORD", "")
+    result = gpu_suite.install_wheels(wheels, tmp_path / "site", tmp_path / "log")
+    assert result == {"status": "ok", "reason": None, "wheels": ["suiteprobe-0.1-py3-none-any.whl"]}, \
+        (tmp_path / "log").read_text()
+    assert (tmp_path / "site" / "suiteprobe.py").read_text() == "ANSWER = 42\n"
