@@ -208,7 +208,9 @@ class Worker:
         record = {"environment": environment(self.device), "nvidia_smi": nvidia_smi()}
         if self.device.type == "cuda":
             props = torch.cuda.get_device_properties(self.device)
-            record["gpu"] = {"name": props.name, "capability": f"{props.major}.{props.minor}",
+            smi = record["nvidia_smi"]["query"].split(", ")
+            record["gpu"] = {"name": props.name, "driver": smi[1] if len(smi) > 1 else None,
+                             "capability": f"{props.major}.{props.minor}",
                              "multiprocessors": props.multi_processor_count, "memory_bytes": props.total_memory}
         n = case["matmul_n"]
         g = torch.Generator(device="cpu").manual_seed(0)
