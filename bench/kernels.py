@@ -24,6 +24,9 @@ backward counts both. Saved statistics (2 M fp32 values) are not counted. The
 device's copy bandwidth (dst.copy_(src) of a 1 GiB tensor, read + write counted)
 is measured too, and LayerNorm is reported as a fraction of it.
 
+Autotuning: the first call per attention shape tunes every candidate tile configuration
+(21 over the three kernels); --max-autotune-configs N keeps the first N of each kernel.
+
 Timing on CUDA: triton.testing.do_bench (warm-up, then the median of ~100 ms of
 repeats, with the L2 cache flushed between them). On a CPU there is no GPU to
 measure: the Triton kernels are skipped (the interpreter is a correctness tool,
@@ -37,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import sys
 import time
@@ -49,6 +53,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from bench.common import RESULTS_DIR, device_tag, environment, write_json  # noqa: E402
+
+# Read by kernels/flash_attention.py when a shape is first tuned: the candidates tried per kernel.
+MAX_CONFIGS_ENV = "MINIGPT_AUTOTUNE_MAX_CONFIGS"
 
 # Full sweep on a GPU.
 ATTN_SEQ_LENS = (512, 1024, 2048, 4096, 8192)
@@ -263,6 +270,7 @@ def run_kernel_bench(device: str | torch.device, quick: bool) -> dict:
             "attention": {**attn, "causal": True, "math_max_T": MATH_MAX_T if on_gpu else None},
             "layer_norm": {**ln, "eps": 1e-5},
             "copy_bytes": copy_bytes,
+            "autotune_max_configs": os.environ.get(MAX_CONFIGS_ENV) or "all",
             "timer": "triton.testing.do_bench, median" if on_gpu else f"time.perf_counter, median of {CPU_REPEATS}",
             "flop_convention": "forward 4*B*H*T*T*D, x0.5 causal; forward+backward 3.5x forward",
             "byte_convention": "forward (2MN + 2N) elements; backward (3MN + 3N); forward+backward both",
@@ -341,7 +349,14 @@ def main(argv=None):
     parser.add_argument("--out", type=Path, default=RESULTS_DIR,
                         help=f"directory for kernels-<device>.json and .png (default: {RESULTS_DIR})")
     parser.add_argument("--no-plot", action="store_true", help="write the JSON but not the PNG")
+    parser.add_argument("--max-autotune-configs", type=int, default=None, metavar="N",
+                        help="autotune each attention kernel over its first N candidates only (bounds the "
+                             f"first call per shape; sets {MAX_CONFIGS_ENV}; default: all)")
     args = parser.parse_args(argv)
+    if args.max_autotune_configs is not None:
+        if args.max_autotune_configs < 1:
+            parser.error("--max-autotune-configs must be at least 1")
+        os.environ[MAX_CONFIGS_ENV] = str(args.max_autotune_configs)
 
     device = torch.device(args.device)
     results = run_kernel_bench(device, quick=args.quick)

@@ -77,6 +77,7 @@ Supported inputs
 """
 import contextlib
 import math
+import os
 
 import torch
 import triton
@@ -482,6 +483,10 @@ def _attn_bwd_dq(
 # fused-attention tutorial for Hopper: large query tiles for the forward and dQ,
 # large key tiles for dK/dV, 3-5 pipeline stages. Candidates that run out of
 # shared memory or registers for a head dim are dropped by the autotuner.
+# Each list is in order of preference (the tutorial's choice first), so that
+# MINIGPT_AUTOTUNE_MAX_CONFIGS=N, read when this module is imported, can bound the
+# first call's tuning time to the first N candidates of each kernel (unset or 0:
+# all of them); bench/gpu_suite.py uses it to fit a time budget.
 # Under the interpreter the kernels run on the CPU one program at a time, where
 # autotuning would only multiply the run time, so fixed small tiles are used;
 # they are chosen unequal so the tests cover BLOCK_M > BLOCK_N and the reverse.
@@ -505,9 +510,22 @@ _DQ_CONFIGS = [
     _config(64, 32, 4, 4), _config(64, 64, 3, 4),
 ]
 _TUNING_KEY = ["TQ_KEY", "TK_KEY", "HEAD_DIM", "CAUSAL"]
-_attn_fwd_tuned = triton.autotune(configs=_FWD_CONFIGS, key=_TUNING_KEY)(_attn_fwd)
-_attn_bwd_dkdv_tuned = triton.autotune(configs=_DKDV_CONFIGS, key=_TUNING_KEY)(_attn_bwd_dkdv)
-_attn_bwd_dq_tuned = triton.autotune(configs=_DQ_CONFIGS, key=_TUNING_KEY)(_attn_bwd_dq)
+MAX_CONFIGS_ENV = "MINIGPT_AUTOTUNE_MAX_CONFIGS"
+
+
+def _first_configs(configs):
+    """The first $MINIGPT_AUTOTUNE_MAX_CONFIGS candidates (all when unset or 0)."""
+    value = os.environ.get(MAX_CONFIGS_ENV, "").strip() or "0"
+    if not value.isdigit():
+        raise ValueError(f"{MAX_CONFIGS_ENV} must be a non-negative integer (0: no limit), got {value!r}")
+    return configs[: int(value)] if int(value) > 0 else configs
+
+
+# A plain list of configs, not an early_config_prune hook: torch.compile traces these
+# autotuners, and a shorter list is what it handles the same way in every version.
+_attn_fwd_tuned = triton.autotune(configs=_first_configs(_FWD_CONFIGS), key=_TUNING_KEY)(_attn_fwd)
+_attn_bwd_dkdv_tuned = triton.autotune(configs=_first_configs(_DKDV_CONFIGS), key=_TUNING_KEY)(_attn_bwd_dkdv)
+_attn_bwd_dq_tuned = triton.autotune(configs=_first_configs(_DQ_CONFIGS), key=_TUNING_KEY)(_attn_bwd_dq)
 
 _INTERPRETER_FWD = {"BLOCK_M": 32, "BLOCK_N": 16}
 _INTERPRETER_DKDV = {"BLOCK_M": 16, "BLOCK_N": 32}
