@@ -5,6 +5,8 @@ of each of many token rows, batched (rows sorted by length, padded on the right,
 per batch; causal attention keeps the padding out of every real position, so batching does not
 change a score). On top of it:
 
+Only the scored positions get logits (`scored_logits`) and go through the softmax.
+
 - `bits_per_byte`: a text scored with a sliding window. The text is preceded by <|endoftext|>
   so every one of its tokens is predicted; the first window predicts `window` tokens, each later
   one `stride` new tokens with the full window of left context (stride = window gives the
@@ -30,6 +32,7 @@ from __future__ import annotations
 import datetime
 import math
 import platform
+import re
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -38,7 +41,10 @@ from importlib import metadata
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
+
+from minigpt.model import GPT
 
 from minigpt.tasks import (
     Example,
@@ -105,6 +111,19 @@ def fit_window(context: list[int], continuation: list[int], block_size: int, whe
     return Row(tokens[-(block_size + 1):], len(continuation)), len(tokens) > block_size + 1
 
 
+def scored_logits(model, idx: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """model(idx)[b, t]: the logits (N, vocab) at N positions of idx (B, T).
+
+    For minigpt's GPT the tied lm_head multiplies only those positions' hidden states: a
+    multiple-choice row mostly holds context, and for a small model the 50257-wide lm_head is
+    most of the work of a forward. Any other module is called whole.
+    """
+    if isinstance(model, GPT):
+        x = model.hidden_states(idx)[b, t]  # (N, C)
+        return F.linear(x, model.transformer.wte.weight)[:, : model.config.vocab_size]
+    return model(idx)[b, t]
+
+
 def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -136,9 +155,9 @@ def score_rows(model, rows: Sequence[Row], batch_size: int = 16, progress: bool 
             b += [j] * r.n
             t += range(L - r.n, L)
             target += r.tokens[-r.n:]
-        logits = model(idx.to(device))  # (B, T, vocab)
-        # Only the scored positions go through the softmax, in fp32.
-        picked = logits[torch.tensor(b, device=device), torch.tensor(t, device=device)].float()  # (N, vocab)
+        # Only the scored positions get logits and go through the softmax, in fp32.
+        picked = scored_logits(model, idx.to(device), torch.tensor(b, device=device),
+                               torch.tensor(t, device=device)).float()  # (N, vocab)
         target_t = torch.tensor(target, device=device)
         logp = picked.log_softmax(dim=-1).gather(1, target_t[:, None]).squeeze(1)
         hit = picked.argmax(dim=-1) == target_t
@@ -152,6 +171,10 @@ def score_rows(model, rows: Sequence[Row], batch_size: int = 16, progress: bool 
 
 # ----------------------------------------------------------------------------------------------
 # Bits per byte
+
+
+def _exp(x: float) -> float:
+    return math.exp(x) if x < 709.0 else math.inf  # a perplexity too large for a float
 
 
 def rolling_rows(tokens: Sequence[int], window: int, stride: int) -> list[Row]:
@@ -172,7 +195,8 @@ def rolling_rows(tokens: Sequence[int], window: int, stride: int) -> list[Row]:
 
 def bits_per_byte(model, enc, text: str, window: int | None = None, stride: int | None = None,
                   batch_size: int = 16, progress: bool = False, desc: str | None = None) -> dict:
-    """{"bpb", "ppl", "nll" (nats/token), "tokens", "bytes", "n": 1} of a text."""
+    """{"bpb", "ppl" (per token), "word_ppl" (per whitespace-separated word), "nll" (nats/token),
+    "tokens", "bytes", "words", "n": 1} of a text."""
     window = window or model.config.block_size
     if not 1 <= window <= model.config.block_size:
         raise ValueError(f"window must be between 1 and the context window ({model.config.block_size}), got {window}")
@@ -181,8 +205,10 @@ def bits_per_byte(model, enc, text: str, window: int | None = None, stride: int 
     rows = rolling_rows(tokens, window, stride)
     nll = -sum(s.logprob for s in score_rows(model, rows, batch_size, progress, desc))
     n_tokens, n_bytes = len(tokens) - 1, len(text.encode("utf-8"))
-    return {"bpb": nll / math.log(2) / n_bytes, "ppl": math.exp(nll / n_tokens), "nll": nll / n_tokens,
-            "tokens": n_tokens, "bytes": n_bytes, "window": window, "stride": stride, "n": 1}
+    n_words = len(re.split(r"\s+", text))  # as lm-evaluation-harness counts words for word_perplexity
+    return {"bpb": nll / math.log(2) / n_bytes, "ppl": _exp(nll / n_tokens),
+            "word_ppl": _exp(nll / n_words), "nll": nll / n_tokens,
+            "tokens": n_tokens, "bytes": n_bytes, "words": n_words, "window": window, "stride": stride, "n": 1}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -251,7 +277,7 @@ def lambada(model, enc, passages: Sequence[tuple[str, str, str]], batch_size: in
         truncated += cut
     scores = score_rows(model, rows, batch_size, progress, desc)
     mean_ll = sum(s.logprob for s in scores) / len(scores)
-    return {"acc": sum(s.greedy for s in scores) / len(scores), "ppl": math.exp(-mean_ll),
+    return {"acc": sum(s.greedy for s in scores) / len(scores), "ppl": _exp(-mean_ll),
             "n": len(scores), "truncated": truncated}
 
 
@@ -379,7 +405,7 @@ def format_table(results: dict[str, dict]) -> str:
     for task, metrics in results.items():
         n = metrics.get("n", "")
         for metric, value in metrics.items():
-            if metric in ("n", "window", "stride", "tokens", "bytes"):
+            if metric in ("n", "window", "stride", "tokens", "bytes", "words", "nll"):
                 continue
             shown = f"{value:.4f}" if isinstance(value, float) else str(value)
             lines.append(f"{task:<32} {metric:<12} {shown:>10} {n!s:>7}")

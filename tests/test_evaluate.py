@@ -23,6 +23,7 @@ from minigpt.evaluate import (
     rolling_rows,
     score_multiple_choice,
     score_rows,
+    scored_logits,
 )
 from minigpt.tasks import Example, read_multiple_choice
 from minigpt.tokenizer import get_encoding
@@ -264,3 +265,14 @@ def test_hellaswag_preprocessing(tmp_path):
     (ex,) = read_hellaswag(path)
     assert ex.context == "Removing ice from car: Then, the man writes over the snow. Then"
     assert ex.choices == (" a man drives.", "b. c", "c", "d") and ex.label == 3 and ex.delimiter == " "
+
+
+@pytest.mark.parametrize("B,T", [(1, 1), (3, 17), (2, 48)])
+def test_scored_logits_equal_the_full_forward(models, B, T):
+    _, model, _ = models
+    torch.manual_seed(B * 100 + T)
+    idx = torch.randint(0, 50257, (B, T))
+    b = torch.randint(0, B, (7,))
+    t = torch.randint(0, T, (7,))
+    with torch.no_grad():
+        torch.testing.assert_close(scored_logits(model, idx, b, t), model(idx)[b, t], rtol=1e-5, atol=1e-5)
