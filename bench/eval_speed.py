@@ -31,6 +31,7 @@ from bench.common import RESULTS_DIR, environment, write_json  # noqa: E402
 SHAPES = {
     "cpu": dict(n_positions=256, n_layer=4, n_head=4, n_embd=128),  # train.py's default recipe
     "gpt2": dict(n_positions=1024, n_layer=12, n_head=12, n_embd=768),  # GPT-2 124M
+    "tiny": dict(n_positions=128, n_layer=1, n_head=2, n_embd=16),  # for checking that the script runs
 }
 WORDS = ("the a man woman dog runs jumps into water slowly then takes his her ball and kitchen knife "
          "cuts onions carefully while talking to camera shows how ice skating works outside snow").split()

@@ -138,3 +138,17 @@ def test_local_hellaswag_and_lambada(ckpt, tmp_path):
                 env={**OFFLINE, "MINIGPT_EVAL_DIR": str(tmp_path / "cache")})
     assert r.returncode == 0, r.stderr
     assert f"hellaswag:{hs}" in r.stdout and f"lambada:{lam}" in r.stdout
+
+
+@pytest.mark.slow
+def test_eval_speed_bench_runs(tmp_path):
+    pytest.importorskip("lm_eval")
+    pytest.importorskip("accelerate")
+    out = tmp_path / "speed.json"
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "eval_speed.py"), "--shape", "tiny", "--examples", "3",
+                        "--repeats", "1", "--output", str(out)], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["accuracies_agree"] and data["examples"] == 3 and data["commit"] and data["device"]
+    assert set(data["speedup_vs_lm_eval_hf"]) == {"lm-eval hf", "lm-eval minigpt", "minigpt mc"}
