@@ -3,9 +3,7 @@
 Everything is built on one operation, `score_rows`: the log-likelihood of the last n tokens
 of each of many token rows, batched (rows sorted by length, padded on the right, one forward
 per batch; causal attention keeps the padding out of every real position, so batching does not
-change a score). On top of it:
-
-Only the scored positions get logits (`scored_logits`) and go through the softmax.
+change a score; only the scored positions get logits, `scored_logits`, and a softmax). On top of it:
 
 - `bits_per_byte`: a text scored with a sliding window. The text is preceded by <|endoftext|>
   so every one of its tokens is predicted; the first window predicts `window` tokens, each later
@@ -45,7 +43,6 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from minigpt.model import GPT
-
 from minigpt.tasks import (
     Example,
     Task,
