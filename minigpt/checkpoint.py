@@ -120,12 +120,16 @@ def write_latest(out_dir: str | Path, step: int) -> None:
     atomic_write(Path(out_dir) / LATEST, (checkpoint_name(step) + "\n").encode())
 
 
-def latest_checkpoint(out_dir: str | Path) -> Path | None:
-    """The run's newest complete checkpoint in out_dir, if any (see the module doc)."""
+def run_checkpoints(out_dir: str | Path) -> list[tuple[int, Path]]:
+    """(step, path) of the complete checkpoints of the run's own line (not above `latest`), by step."""
     found = checkpoints(out_dir)
     pointer = read_latest(out_dir) if found else None
-    if pointer is not None:
-        found = [(step, p) for step, p in found if step <= pointer]
+    return found if pointer is None else [(step, p) for step, p in found if step <= pointer]
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    """The run's newest complete checkpoint in out_dir, if any (see the module doc)."""
+    found = run_checkpoints(out_dir)
     return found[-1][1] if found else None
 
 
@@ -259,22 +263,6 @@ def start_branch(out_dir: str | Path, step: int) -> tuple[list[Path], Path | Non
     for p in later:
         os.replace(p, dest / p.name)
     return later, dest
-
-
-def checkpoint_losses(out_dir: str | Path) -> list[tuple[int, Path, float | None]]:
-    """(step, path, the training loss of its step or None) of the run's checkpoints, by step."""
-    latest = latest_checkpoint(out_dir)
-    out = []
-    for step, path in checkpoints(out_dir):
-        if latest is None or step > _step_of(latest.name):
-            continue
-        try:
-            loss = json.loads((path / "train_state.json").read_text()).get("loss")
-        except (OSError, ValueError, AttributeError):
-            loss = None
-        finite = isinstance(loss, (int, float)) and not isinstance(loss, bool) and math.isfinite(loss)
-        out.append((step, path, float(loss) if finite else None))
-    return out
 
 
 @dataclass

@@ -38,13 +38,13 @@ from minigpt.checkpoint import (
     CheckpointError,
     CheckpointWriteError,
     atomic_write,
-    checkpoint_losses,
     latest_checkpoint,
     load_checkpoint,
     prune_checkpoints,
     read_train_state,
     remove_leftovers,
     rng_state,
+    run_checkpoints,
     save_checkpoint,
     set_rng_state,
     start_branch,
@@ -61,8 +61,9 @@ from minigpt.tokenizer import get_encoding
 from minigpt.train_config import ConfigError, Diverged, TrainConfig, TrainError, make_config
 
 MODEL_SHAPE = ("n_layer", "n_head", "n_embd")
-# A checkpoint's loss is sane if it is finite, at most this many nats above the lowest train
-# loss logged up to its step, and at most this many above a uniform guess (ln vocab_size).
+# A checkpoint's weights had a sane loss if the loss they gave (the next step's) was finite, at
+# most this many nats above the lowest train loss logged up to then, and at most this many above
+# a uniform guess (ln vocab_size).
 SANE_LOSS_MARGIN = 1.0
 
 
@@ -349,7 +350,7 @@ class Trainer:
         self.step += 1
         if not (math.isfinite(loss) and math.isfinite(norm)):
             raise Diverged(f"the loss became {loss} (grad norm {norm}) at step {self.step}; training "
-                           f"stopped without saving this state; {self._where_to_resume()}")
+                           f"stopped without saving this state; {self._where_to_resume(loss)}")
         self.last_loss = loss
         tokens_per_sec = self.tokens_per_step / dt
         mfu = None
@@ -359,22 +360,31 @@ class Trainer:
                 "tokens_per_sec": tokens_per_sec, "mfu": mfu, "tokens": self.step * self.tokens_per_step,
                 "stop": stop > 0}
 
-    def _where_to_resume(self) -> str:
-        """After a divergence: the last checkpoint whose loss was sane (SANE_LOSS_MARGIN), or why none is."""
-        found = checkpoint_losses(self.out_dir)
+    def _where_to_resume(self, loss: float) -> str:
+        """After step self.step gave `loss` (not finite): the last checkpoint whose weights had a
+        sane loss, or why none did.
+
+        The loss logged at step k is that of the weights before step k's update, those of
+        checkpoint k-1; so a checkpoint's weights are judged by the next step's loss. The
+        checkpoint just before this step is then never named: resuming from it would meet the
+        same weights and the same batch again, whatever the learning rate.
+        """
+        found = run_checkpoints(self.out_dir)
         if not found:
             return "no checkpoint was written"
-        records = self.log.records if self.runtime.master else []
         uniform = math.log(self.raw_model.config.vocab_size)
-        for step, path, loss in reversed(found):
-            seen = [r["loss"] for r in records if "loss" in r and r["step"] <= step and math.isfinite(r["loss"])]
-            best = min(seen, default=uniform)
-            if loss is not None and loss <= min(best, uniform) + SANE_LOSS_MARGIN:
-                return f"the last checkpoint with a sane loss is {path} (loss {loss:.4g}); resume from it with a lower --lr"
-        step, path, loss = found[-1]
-        shown = "not recorded" if loss is None else f"{loss:.4g}"
-        return (f"no checkpoint has a sane loss (the latest, {path}, has loss {shown}; a uniform guess "
-                f"scores {uniform:.4g}); start again with a lower --lr")
+        records = self.log.records if self.runtime.master else []
+        train_loss = {r["step"]: r["loss"] for r in records if "loss" in r}
+        train_loss[self.step] = loss
+        for step, path in reversed(found):
+            after = train_loss.get(step + 1)
+            seen = [v for s, v in train_loss.items() if s <= step + 1 and math.isfinite(v)]
+            if after is not None and math.isfinite(after) and after <= min(seen + [uniform]) + SANE_LOSS_MARGIN:
+                return (f"the last checkpoint with a sane loss is {path} (the next step's loss was "
+                        f"{after:.4g}); resume from it with a lower --lr")
+        best = min((v for v in train_loss.values() if math.isfinite(v)), default=math.nan)
+        return (f"no checkpoint has a sane loss (the latest is {found[-1][1]}; the lowest loss logged was "
+                f"{best:.4g}, a uniform guess scores {uniform:.4g}); start again with a lower --lr")
 
     @torch.no_grad()
     def evaluate(self) -> float:
