@@ -116,6 +116,8 @@ def load_meta(data_dir: str | Path) -> dict:
         shards = [s for split in ("train", "val") for s in meta["splits"][split]["shards"]]
     except (KeyError, TypeError):
         raise DataError(f"{data_dir / 'meta.json'} lacks the train/val shard lists; {redo}") from None
+    if not all(isinstance(meta["splits"][split]["shards"], list) for split in ("train", "val")):
+        raise DataError(f"{data_dir / 'meta.json'}: each split should hold a list of shards; {redo}")
     problem = _meta_problem(meta, shards)
     if problem:
         raise DataError(f"{data_dir / 'meta.json'}: {problem}; {redo}")
@@ -143,15 +145,6 @@ def _meta_problem(meta: dict, shards: list) -> str | None:
     for key in ("source_id", "source_fingerprint"):
         if not isinstance(meta.get(key), str):
             return f"{key} should be a string, got {meta.get(key)!r}"
-    for split in ("train", "val"):
-        entry = meta["splits"][split]
-        if not isinstance(entry, dict) or not isinstance(entry["shards"], list):
-            return f"splits.{split} should hold a list of shards"
-        for key in ("tokens", "bytes", "documents"):
-            if not _is_int(entry.get(key)):
-                return f"splits.{split}.{key} should be a non-negative integer, got {entry.get(key)!r}"
-        if entry["tokens"] != sum(s.get("tokens", 0) for s in entry["shards"] if isinstance(s, dict)):
-            return f"splits.{split}.tokens is not the sum of its shards' tokens"
     for shard in shards:
         if not isinstance(shard, dict):
             return f"a shard entry should be an object, got {shard!r:.40}"
@@ -162,6 +155,13 @@ def _meta_problem(meta: dict, shards: list) -> str | None:
             return f"{name}: tokens should be a non-negative integer, got {shard.get('tokens')!r}"
         if "max_id" in shard and not _is_int(shard["max_id"]):
             return f"{name}: max_id should be a non-negative integer, got {shard['max_id']!r}"
+    for split in ("train", "val"):
+        entry = meta["splits"][split]
+        for key in ("tokens", "bytes", "documents"):
+            if not _is_int(entry.get(key)):
+                return f"splits.{split}.{key} should be a non-negative integer, got {entry.get(key)!r}"
+        if entry["tokens"] != sum(s["tokens"] for s in entry["shards"]):
+            return f"splits.{split}.tokens is not the sum of its shards' tokens"
     return None
 
 
