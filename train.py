@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "needs no download")
     parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CKPT",
                         help="continue from the latest checkpoint in --out-dir, or from the checkpoint "
-                             "directory CKPT; its settings are kept unless a flag overrides them")
+                             "directory CKPT; its settings are kept unless a flag overrides them. An older "
+                             "CKPT starts a new branch: later checkpoints move to OUT_DIR/superseded/")
     types = typing.get_type_hints(TrainConfig)
     group = parser
     for f in FLAG_FIELDS:

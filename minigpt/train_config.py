@@ -77,7 +77,7 @@ class TrainConfig:
     sample_tokens: int = setting(200, "tokens per sample")
     sample_prompt: str = setting("def", "text the samples continue")
     ckpt_interval: int = setting(300, "write a checkpoint every this many steps")
-    keep_checkpoints: int = setting(2, "keep the newest this many checkpoints (0: all)")
+    keep_checkpoints: int = setting(2, "keep the newest this many checkpoints, and the one resumed from (0: all)")
     stop_at_step: int | None = setting(None, "stop with a checkpoint after this step, keeping the schedule of "
                                              "--max-steps (split a run across jobs; continue with --resume)")
     # system

@@ -532,10 +532,14 @@ def test_half_written_checkpoint_is_ignored(finished_run, tmp_path, capsys):
     (partial / "model.safetensors").write_bytes(b"half a file")
     assert GPT.from_pretrained(out).config.n_embd == 32  # the latest complete one, ckpt_00000004
 
-    # Resume an older checkpoint by path: steps 3 and 4 are replayed and ckpt_00000004 rewritten.
+    # Resume an older checkpoint by path: a new branch; steps 3 and 4 are replayed and the old
+    # ckpt_00000004 is moved aside, not overwritten.
+    old_4 = tree_hashes(out / "ckpt_00000004")
     code, err = run_main(["--resume", str(out / "ckpt_00000002"), "--max-steps", "6"], capsys)
     assert code == 0, err
     assert sorted(p.name for p in out.glob("ckpt_*")) == ["ckpt_00000002", "ckpt_00000004", "ckpt_00000006"]
+    [aside] = (out / "superseded").glob("*/ckpt_00000004")
+    assert tree_hashes(aside) == old_4
     assert not partial.exists()
     resumed = read_log(out)[0]
     assert sorted(resumed) == [1, 2, 3, 4, 5, 6]
