@@ -128,6 +128,10 @@ class Trainer:
                 f"{self.out_dir} already holds checkpoints (latest {latest_checkpoint(self.out_dir).name}); "
                 "pass --resume to continue it, or choose another --out-dir"
             )
+        if resume is not None and Path(resume).parent.resolve() != self.out_dir.resolve() \
+                and latest_checkpoint(self.out_dir) is not None:
+            raise TrainError(f"{self.out_dir} holds checkpoints of another run (latest "
+                             f"{latest_checkpoint(self.out_dir).name}); resume {resume} into another --out-dir")
         ckpt = load_checkpoint(resume) if resume is not None else None
         self.resumed_from = ckpt.path if ckpt is not None else None
         self.complete = ckpt is not None and self._check_resume_step(ckpt)

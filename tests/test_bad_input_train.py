@@ -190,6 +190,9 @@ CASES = {
     "--resume without train_state.json": lambda c: _broken_run(
         c, lambda r: (r / "ckpt_00000004" / "train_state.json").unlink()),
     "--resume with a garbled latest pointer": lambda c: _broken_run(c, lambda r: (r / "latest").write_text("x")),
+    "--resume into an --out-dir holding another run": lambda c: (
+        shutil.copytree(c.finished, c.tmp / "other"),
+        ["--resume", str(c.run() / "ckpt_00000002"), "--out-dir", str(c.tmp / "other"), "--max-steps", "8"])[1],
     "--resume with another --recipe": lambda c: ["--resume", "--out-dir", str(c.run()), "--recipe", "gpt2-124m"],
     "--resume with other model sizes": lambda c: ["--resume", "--out-dir", str(c.run()), "--max-steps", "8",
                                                   "--n-embd", "48"],
