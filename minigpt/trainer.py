@@ -12,8 +12,8 @@ Outputs in out_dir: log.jsonl (one JSON object per step and per evaluation), los
 run.json (config, parameter count, unigram baseline), checkpoints ckpt_<step>/ and the
 `latest` pointer (minigpt/checkpoint.py). Resuming from a checkpoint older than others in
 out_dir starts a new branch: the later checkpoints are moved to out_dir/superseded/, never
-deleted (checkpoint.start_branch). SIGINT or SIGTERM finishes the current step, writes a checkpoint and
-returns; a second one raises KeyboardInterrupt at once.
+deleted (checkpoint.start_branch). SIGINT or SIGTERM finishes the current step, writes a
+checkpoint and returns; a second one raises KeyboardInterrupt at once.
 """
 from __future__ import annotations
 
