@@ -231,6 +231,8 @@ def prepare(
     if reason:
         _info(quiet, f"preparing {out_dir} again: {reason}")
 
+    # A single file is read and split first: an empty or binary one fails before anything is written.
+    single = _split_single_file(files[0][1], val_fraction, max_bytes) if files is not None and len(files) == 1 else None
     out_dir.mkdir(parents=True, exist_ok=True)
     _remove_outputs(out_dir)
     enc = _encoding()
@@ -243,7 +245,7 @@ def prepare(
         tasks = ((str(i), None, text) for i, text in enumerate(_hf_texts(source)))
         total = None
     elif len(files) == 1:
-        tasks = _split_single_file(files[0][1], val_fraction, max_bytes)
+        tasks = single if single is not None else _split_single_file(files[0][1], val_fraction, max_bytes)
         total = sum(len(text.encode("utf-8")) for _, _, text in tasks)
     else:
         tasks = [(key, None, path) for key, path in files]

@@ -313,6 +313,8 @@ def test_unusable_source_is_a_clear_error(tmp_path, case, message):
         prepare(spec, tmp_path / "out", workers=1, quiet=True)
     assert "\n" not in str(info.value)
     assert not (tmp_path / "out" / "meta.json").exists()
+    if case in ("empty file", "binary file", "latin-1 file", "missing path", "glob matching nothing"):
+        assert not (tmp_path / "out").exists()  # refused before anything was written
 
 
 @pytest.mark.parametrize(
