@@ -28,12 +28,16 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from minigpt.checkpoint import latest_checkpoint
+from minigpt import weights
+from minigpt.checkpoint import CheckpointError, latest_checkpoint
 from minigpt.corpus import DataError
 from minigpt.tokenizer import TokenizerUnavailable
 from minigpt.train_config import RECIPES, TrainConfig, TrainError
 from minigpt.trainer import Trainer, run_config
-from minigpt.weights import CheckpointError
+
+# What a run that cannot start or go on raises; each is printed as one line. (weights.py's
+# CheckpointError is checkpoint.py's once weights.py imports it from there.)
+ERRORS = (TrainError, CheckpointError, weights.CheckpointError, DataError, TokenizerUnavailable)
 
 # The flag groups of --help, each starting at a TrainConfig field (the fields are in this order).
 FLAG_GROUPS = {
@@ -47,10 +51,17 @@ FLAG_GROUPS = {
 FLAG_FIELDS = [f for f in dataclasses.fields(TrainConfig) if "help" in f.metadata]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A usage error is one line on stderr (and exit code 2), like every other error of train.py."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     gpt2_124m = textwrap.fill(", ".join(f"{k}={v!r}" for k, v in RECIPES["gpt2-124m"].items()),
                               initial_indent="  gpt2-124m: ", subsequent_indent="    ")
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="train.py",
         description="Pretrain or fine-tune a GPT-2. Every flag left out takes the recipe's value "
                     "(or, with --resume, the checkpoint's); the defaults shown are the cpu recipe.",
@@ -63,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "needs no download")
     parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CKPT",
                         help="continue from the latest checkpoint in --out-dir, or from the checkpoint "
-                             "directory CKPT; its settings are kept unless a flag overrides them")
+                             "directory CKPT; its settings are kept unless a flag overrides them. An older "
+                             "CKPT starts a new branch: later checkpoints move to OUT_DIR/superseded/")
     types = typing.get_type_hints(TrainConfig)
     group = parser
     for f in FLAG_FIELDS:
@@ -90,10 +102,15 @@ def main(argv: list[str] | None = None) -> int:
         cfg, resume = run_config(args.recipe, overrides, args.resume)
         trainer = Trainer(cfg, resume, explicit=frozenset(overrides))
         return trainer.fit()
-    except (TrainError, CheckpointError, DataError, TokenizerUnavailable) as e:
+    except ERRORS as e:
         if master:
             print(f"error: {e}", file=sys.stderr)
         return getattr(e, "exit_code", 2)
+    except OSError as e:  # the disk or the file system failed under the run (a full disk, ...)
+        if master:
+            where = f" ({e.filename})" if e.filename else ""
+            print(f"error: {e.strerror or e}{where}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         if master:
             if trainer is None:

@@ -10,15 +10,33 @@ A checkpoint is a directory `out_dir/ckpt_<step:08d>/`:
                                      optimizer hyper-parameters, python/numpy RNG states
 
 It is written into `out_dir/.tmp_ckpt_<step>/` and renamed to `ckpt_<step>` only when
-complete, so every `ckpt_*` directory is whole even if the process is killed mid-write.
+complete, so every `ckpt_*` directory is whole even if the process is killed mid-write. A
+pruned checkpoint is first renamed to `.trash_ckpt_<step>` and only then deleted, so a kill
+during pruning leaves no partial `ckpt_*` either; leftovers of both kinds are removed later.
 Nothing is ever unpickled: tensors go through safetensors and the rest through JSON.
+
+The latest checkpoint. `out_dir/latest` names the newest checkpoint of the run's own line
+(it is rewritten, atomically, just before each new checkpoint is renamed into place). The
+latest checkpoint is the one of the highest step not above it: the pointed-to one, or the one
+before it if the kill came between the pointer and the rename. Without the file (older runs)
+it is the highest step. --resume, GPT.from_pretrained(out_dir) and the run's summary all use
+latest_checkpoint().
+
+Branches. Resuming from a checkpoint older than others in out_dir starts a new branch of the
+run: start_branch() points `latest` at the checkpoint resumed from and moves the later ones,
+with the old log.jsonl and run.json, into `out_dir/superseded/<time>-after-ckpt_<step>/`.
+Nothing is deleted, and out_dir then holds only the new branch's line, so pruning and
+"latest" never mix the two runs. Pruning keeps the newest `keep` checkpoints and, always,
+the one this process resumed from.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable
@@ -28,12 +46,23 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from minigpt.weights import CheckpointError
-
 CHECKPOINT_PREFIX = "ckpt_"
 STATE_FORMAT_VERSION = 1
 TMP_PREFIX = ".tmp_" + CHECKPOINT_PREFIX  # a checkpoint being written; never loaded
 OLD_PREFIX = ".old_" + CHECKPOINT_PREFIX  # a checkpoint being replaced by one of the same step
+TRASH_PREFIX = ".trash_" + CHECKPOINT_PREFIX  # a pruned checkpoint being deleted
+LATEST = "latest"  # out_dir/latest: the name of the run's newest checkpoint
+SUPERSEDED = "superseded"  # out_dir/superseded/: what a branch moved out of the way
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be found, read, written or matched to the model."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (e.g. the disk is full); the previous ones are intact."""
+
+    exit_code = 1
 
 
 def atomic_write(path: str | Path, content: bytes | Callable[[BinaryIO], object]) -> None:
@@ -41,48 +70,136 @@ def atomic_write(path: str | Path, content: bytes | Callable[[BinaryIO], object]
     rename it to `path`: a reader sees the old file or the whole new one, never a part."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        if isinstance(content, bytes):
-            f.write(content)
-        else:
-            content(f)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            if isinstance(content, bytes):
+                f.write(content)
+            else:
+                content(f)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def checkpoint_name(step: int) -> str:
     return f"{CHECKPOINT_PREFIX}{step:08d}"
 
 
-def _checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
+def _step_of(name: str, prefix: str = CHECKPOINT_PREFIX) -> int | None:
+    suffix = name[len(prefix):]
+    return int(suffix) if name.startswith(prefix) and suffix.isdigit() else None
+
+
+def checkpoints(out_dir: str | Path) -> list[tuple[int, Path]]:
     """(step, path) of every complete checkpoint directory in out_dir, by step."""
-    found = []
-    for p in out_dir.glob(CHECKPOINT_PREFIX + "*"):
-        suffix = p.name[len(CHECKPOINT_PREFIX):]
-        if p.is_dir() and suffix.isdigit():
-            found.append((int(suffix), p))
-    return sorted(found)
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return []
+    found = [(_step_of(p.name), p) for p in out_dir.glob(CHECKPOINT_PREFIX + "*") if p.is_dir()]
+    return sorted((step, p) for step, p in found if step is not None)
+
+
+def read_latest(out_dir: str | Path) -> int | None:
+    """The step out_dir/latest names, or None if there is no such file."""
+    path = Path(out_dir) / LATEST
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"cannot read {path}: {e}") from None
+    step = _step_of(text)
+    if step is None:
+        raise CheckpointError(f"{path} should name a {CHECKPOINT_PREFIX}<step> directory, it holds {text[:40]!r}; "
+                              "delete it to use the highest step")
+    return step
+
+
+def write_latest(out_dir: str | Path, step: int) -> None:
+    atomic_write(Path(out_dir) / LATEST, (checkpoint_name(step) + "\n").encode())
+
+
+def run_checkpoints(out_dir: str | Path) -> list[tuple[int, Path]]:
+    """(step, path) of the complete checkpoints of the run's own line (not above `latest`), by step."""
+    found = checkpoints(out_dir)
+    pointer = read_latest(out_dir) if found else None
+    return found if pointer is None else [(step, p) for step, p in found if step <= pointer]
 
 
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
-    """The checkpoint of the highest step in out_dir, if any (every ckpt_<step> is complete)."""
-    found = _checkpoints(Path(out_dir))
+    """The run's newest complete checkpoint in out_dir, if any (see the module doc)."""
+    found = run_checkpoints(out_dir)
     return found[-1][1] if found else None
+
+
+def _remove_tree(path: Path) -> None:
+    """Delete a directory so that no kill can leave a partial ckpt_<step>: rename, then delete."""
+    if path.name.startswith(CHECKPOINT_PREFIX):
+        trash = path.with_name(TRASH_PREFIX + path.name[len(CHECKPOINT_PREFIX):])
+        if trash.exists():
+            shutil.rmtree(trash)
+        os.replace(path, trash)
+        path = trash
+    shutil.rmtree(path)
+
+
+def remove_leftovers(out_dir: str | Path) -> list[Path]:
+    """Delete what killed writes and prunes left behind (never a complete checkpoint)."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return []
+    stale = [p for prefix in (TMP_PREFIX, OLD_PREFIX, TRASH_PREFIX) for p in out_dir.glob(prefix + "*")
+             if p.is_dir()]
+    for p in stale:
+        shutil.rmtree(p)
+    return stale
 
 
 def save_checkpoint(out_dir: str | Path, step: int, model, optimizer: torch.optim.Optimizer,
                     state: dict, rng: list[tuple[dict, dict]]) -> Path:
     """Write out_dir/ckpt_<step>/ atomically (see the module doc) and return its path.
 
-    `state` holds the JSON-able rest (TrainConfig, data-loader state, ...); `rng` is each
-    rank's rng_state(), in rank order.
+    `state` holds the JSON-able rest (TrainConfig, data-loader state, the step's loss, ...);
+    `rng` is each rank's rng_state(), in rank order. If writing fails (a full disk), the
+    temporary directory is removed and CheckpointWriteError says so in one line; the
+    checkpoints already there are untouched.
     """
     out_dir = Path(out_dir)
     final = out_dir / checkpoint_name(step)
     tmp = out_dir / (TMP_PREFIX + final.name[len(CHECKPOINT_PREFIX):])
-    if tmp.exists():  # left by a run killed while writing this step
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
+    try:
+        if tmp.exists():  # left by a run killed while writing this step
+            shutil.rmtree(tmp)
+        _write_contents(tmp, step, model, optimizer, state, rng)
+        write_latest(out_dir, step)  # names a directory that is complete: only the rename is left
+    except (OSError, SafetensorError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = latest_checkpoint(out_dir)
+        kept = f"the last checkpoint is still {previous}" if previous else "no earlier checkpoint exists"
+        raise CheckpointWriteError(f"cannot write the checkpoint of step {step} in {out_dir} "
+                                   f"({_reason(e)}); {kept}") from None
+    if final.exists():  # cannot happen after start_branch(), kept as a safe replace
+        old = out_dir / (OLD_PREFIX + final.name[len(CHECKPOINT_PREFIX):])
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, final)
+    return final
 
+
+def _reason(e: Exception) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def _write_contents(tmp: Path, step: int, model, optimizer: torch.optim.Optimizer,
+                    state: dict, rng: list[tuple[dict, dict]]) -> None:
+    model.save_pretrained(tmp)
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict] = {}
     opt = optimizer.state_dict()
@@ -106,26 +223,46 @@ def save_checkpoint(out_dir: str | Path, step: int, model, optimizer: torch.opti
     }
     (tmp / "train_state.json").write_text(json.dumps(payload, indent=1) + "\n")  # inside tmp: atomic with it
 
-    if final.exists():  # e.g. resumed from an older checkpoint and reached this step again
-        old = out_dir / (OLD_PREFIX + final.name[len(CHECKPOINT_PREFIX):])
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, final)
-    return final
 
-
-def prune_checkpoints(out_dir: str | Path, keep: int) -> list[Path]:
-    """Delete all but the newest `keep` checkpoints (0 keeps all) and stale temporaries."""
+def prune_checkpoints(out_dir: str | Path, keep: int, protect: Path | None = None) -> list[Path]:
+    """Delete all but the newest `keep` checkpoints (0 keeps all), never `protect` (the one
+    this run resumed from), and remove leftovers of killed writes and prunes."""
     out_dir = Path(out_dir)
-    doomed = [p for _, p in _checkpoints(out_dir)[:-keep]] if keep > 0 else []
-    doomed += [p for prefix in (TMP_PREFIX, OLD_PREFIX) for p in out_dir.glob(prefix + "*") if p.is_dir()]
+    found = checkpoints(out_dir)
+    doomed = [p for _, p in found[:-keep]] if keep > 0 else []
+    if protect is not None:
+        doomed = [p for p in doomed if p.resolve() != Path(protect).resolve()]
     for p in doomed:
-        shutil.rmtree(p)
-    return doomed
+        _remove_tree(p)
+    return doomed + remove_leftovers(out_dir)
+
+
+def start_branch(out_dir: str | Path, step: int) -> tuple[list[Path], Path | None]:
+    """Make out_dir continue from its checkpoint of `step`: a new branch of the run.
+
+    Checkpoints of later steps (a line this run leaves) are moved, with the log.jsonl and
+    run.json that describe them, into out_dir/superseded/<time>-after-ckpt_<step>/; nothing is
+    deleted. `latest` is pointed at `step` first, so a kill part-way still resumes from there.
+    Returns (the checkpoints moved, where to), or ([], None) if there were none.
+    """
+    out_dir = Path(out_dir)
+    later = [p for s, p in checkpoints(out_dir) if s > step]
+    if not later:
+        return [], None
+    write_latest(out_dir, step)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    dest = out_dir / SUPERSEDED / f"{stamp}-after-{checkpoint_name(step)}"
+    n = 1
+    while dest.exists():
+        n += 1
+        dest = dest.with_name(f"{stamp}.{n}-after-{checkpoint_name(step)}")
+    dest.mkdir(parents=True)
+    for name in ("log.jsonl", "run.json"):
+        if (out_dir / name).is_file():
+            shutil.copy2(out_dir / name, dest / name)
+    for p in later:
+        os.replace(p, dest / p.name)
+    return later, dest
 
 
 @dataclass

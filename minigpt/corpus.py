@@ -19,7 +19,9 @@ Empty files are ignored; files that cannot be read or are not UTF-8 text are ski
 warning when they are part of a bigger source, and are an error when they are the source.
 
 Layout of a prepared directory: train_000000.npy, train_000001.npy, ..., val_000000.npy, ...
-(1-D uint16 .npy arrays of `shard_tokens` tokens, the last of each split shorter) and meta.json.
+(1-D uint16 .npy arrays of `shard_tokens` tokens, the last of each split shorter) and meta.json,
+which lists each shard's file, length and largest token id ("max_id": the ids are checked
+against the vocabulary before training without reading the shards).
 Every document is preceded by <|endoftext|> (50256), as in GPT-2, so the shards of a split are
 one stream of documents that may run across shard boundaries.
 
@@ -114,6 +116,11 @@ def load_meta(data_dir: str | Path) -> dict:
         shards = [s for split in ("train", "val") for s in meta["splits"][split]["shards"]]
     except (KeyError, TypeError):
         raise DataError(f"{data_dir / 'meta.json'} lacks the train/val shard lists; {redo}") from None
+    if not all(isinstance(meta["splits"][split]["shards"], list) for split in ("train", "val")):
+        raise DataError(f"{data_dir / 'meta.json'}: each split should hold a list of shards; {redo}")
+    problem = _meta_problem(meta, shards)
+    if problem:
+        raise DataError(f"{data_dir / 'meta.json'}: {problem}; {redo}")
     for shard in shards:
         found = _shard_length(data_dir / shard["file"])
         if found != shard["tokens"]:
@@ -123,6 +130,39 @@ def load_meta(data_dir: str | Path) -> dict:
                 f"{shard['tokens']}; {redo}"
             )
     return meta
+
+
+def _is_int(value, low: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _meta_problem(meta: dict, shards: list) -> str | None:
+    """What is wrong with the types and values of a parsed meta.json, or None."""
+    if not _is_int(meta.get("vocab_size"), 1) or meta["vocab_size"] > 2**16:
+        return f"vocab_size should be an integer in [1, 65536], got {meta.get('vocab_size')!r}"
+    if not _is_int(meta.get("eot_id")) or meta["eot_id"] >= meta["vocab_size"]:
+        return f"eot_id should be an integer below vocab_size, got {meta.get('eot_id')!r}"
+    for key in ("source_id", "source_fingerprint"):
+        if not isinstance(meta.get(key), str):
+            return f"{key} should be a string, got {meta.get(key)!r}"
+    for shard in shards:
+        if not isinstance(shard, dict):
+            return f"a shard entry should be an object, got {shard!r:.40}"
+        name = shard.get("file")
+        if not isinstance(name, str) or not _SHARD_NAME.fullmatch(name) or name.endswith(".tmp"):
+            return f"a shard's file should be a name like train_000000.npy, got {name!r:.40}"
+        if not _is_int(shard.get("tokens")):
+            return f"{name}: tokens should be a non-negative integer, got {shard.get('tokens')!r}"
+        if "max_id" in shard and not _is_int(shard["max_id"]):
+            return f"{name}: max_id should be a non-negative integer, got {shard['max_id']!r}"
+    for split in ("train", "val"):
+        entry = meta["splits"][split]
+        for key in ("tokens", "bytes", "documents"):
+            if not _is_int(entry.get(key)):
+                return f"splits.{split}.{key} should be a non-negative integer, got {entry.get(key)!r}"
+        if entry["tokens"] != sum(s["tokens"] for s in entry["shards"]):
+            return f"splits.{split}.tokens is not the sum of its shards' tokens"
+    return None
 
 
 def bytes_per_token(meta: dict, split: str = "val") -> float:
@@ -191,6 +231,8 @@ def prepare(
     if reason:
         _info(quiet, f"preparing {out_dir} again: {reason}")
 
+    # A single file is read and split first: an empty or binary one fails before anything is written.
+    single = _split_single_file(files[0][1], val_fraction, max_bytes) if files is not None and len(files) == 1 else None
     out_dir.mkdir(parents=True, exist_ok=True)
     _remove_outputs(out_dir)
     enc = _encoding()
@@ -203,7 +245,7 @@ def prepare(
         tasks = ((str(i), None, text) for i, text in enumerate(_hf_texts(source)))
         total = None
     elif len(files) == 1:
-        tasks = _split_single_file(files[0][1], val_fraction, max_bytes)
+        tasks = single if single is not None else _split_single_file(files[0][1], val_fraction, max_bytes)
         total = sum(len(text.encode("utf-8")) for _, _, text in tasks)
     else:
         tasks = [(key, None, path) for key, path in files]
@@ -368,8 +410,9 @@ class _ShardWriter:
 
     def _flush(self) -> None:
         name = f"{self.split}_{len(self.shards):06d}.npy"
-        atomic_write(self.out_dir / name, lambda f: np.save(f, self.buf[: self.fill]))
-        self.shards.append({"file": name, "tokens": self.fill})
+        tokens = self.buf[: self.fill]
+        atomic_write(self.out_dir / name, lambda f: np.save(f, tokens))
+        self.shards.append({"file": name, "tokens": self.fill, "max_id": int(tokens.max())})
         self.tokens += self.fill
         self.fill = 0
 

@@ -37,6 +37,7 @@ class DataLoader:
         if not 0 <= rank < world_size:
             raise DataError(f"rank must be in [0, world_size={world_size}), got {rank}")
         self.data_dir, self.split = Path(data_dir), split
+        self.vocab_size = meta["vocab_size"]
         self.B, self.T, self.rank, self.world_size, self.seed = batch_size, block_size, rank, world_size, seed
         shards = meta["splits"][split]["shards"]
         self._files = [self.data_dir / s["file"] for s in shards]
@@ -129,8 +130,30 @@ class DataLoader:
             tokens = np.load(self._files[i], mmap_mode="r")
             if tokens.dtype != np.uint16 or tokens.shape != (self._lengths[i],):
                 raise DataError(f"{self._files[i]} changed since meta.json was written; prepare it again")
+            _check_ids(self._files[i], tokens, self.vocab_size)  # one pass, as the shard is about to be read
             self._open[i] = tokens
         return self._open[i]
+
+
+def _check_ids(path: Path, tokens: np.ndarray, vocab_size: int) -> None:
+    top = int(tokens.max()) if len(tokens) else 0
+    if top >= vocab_size:
+        raise DataError(f"{path} holds token id {top}, outside the vocabulary of {vocab_size}; prepare it again")
+
+
+def check_token_ids(data_dir: str | Path, meta: dict) -> None:
+    """DataError unless every token id is below meta's vocab_size: the max_id meta.json records
+    for each shard, and the ids actually in the first shard of each split (all of a small
+    corpus). DataLoader checks every other shard when it first reads it."""
+    data_dir = Path(data_dir)
+    for split in ("train", "val"):
+        for i, shard in enumerate(meta["splits"][split]["shards"]):
+            if shard.get("max_id", 0) >= meta["vocab_size"]:
+                raise DataError(f"{data_dir / shard['file']} holds token id {shard['max_id']} (meta.json), "
+                                f"outside the vocabulary of {meta['vocab_size']}; prepare it again")
+            if i == 0:
+                _check_ids(data_dir / shard["file"], np.load(data_dir / shard["file"], mmap_mode="r"),
+                           meta["vocab_size"])
 
 
 def unigram_entropy(data_dir: str | Path, meta: dict, split: str = "train",

@@ -7,6 +7,7 @@ new setting is one line here. The defaults are the `cpu` recipe.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from minigpt.config import GPTConfig
@@ -76,7 +77,7 @@ class TrainConfig:
     sample_tokens: int = setting(200, "tokens per sample")
     sample_prompt: str = setting("def", "text the samples continue")
     ckpt_interval: int = setting(300, "write a checkpoint every this many steps")
-    keep_checkpoints: int = setting(2, "keep the newest this many checkpoints (0: all)")
+    keep_checkpoints: int = setting(2, "keep the newest this many checkpoints, and the one resumed from (0: all)")
     stop_at_step: int | None = setting(None, "stop with a checkpoint after this step, keeping the schedule of "
                                              "--max-steps (split a run across jobs; continue with --resume)")
     # system
@@ -88,6 +89,13 @@ class TrainConfig:
     tensorboard: bool = setting(False, "also log to TensorBoard (in out-dir/tensorboard)")
 
     def __post_init__(self):
+        # nan passes every `<` check and disables what it configures (nan clips nothing): refuse it first.
+        for name in ("lr", "min_lr", "weight_decay", "beta1", "beta2", "grad_clip", "dropout", "peak_flops"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"{name} must be a finite number, got {value!r}")
         if self.min_lr is None:  # the one place min_lr is derived
             self.min_lr = self.lr / 10
         positive = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "max_steps", "eval_steps",
@@ -104,7 +112,9 @@ class TrainConfig:
         if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):
             raise ConfigError(f"need lr > 0 and 0 <= min_lr <= lr, got lr={self.lr}, min_lr={self.min_lr}")
         if self.weight_decay < 0 or self.grad_clip < 0:
-            raise ConfigError("weight_decay and grad_clip must be >= 0")
+            raise ConfigError(f"weight_decay and grad_clip must be >= 0, got {self.weight_decay}, {self.grad_clip}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise ConfigError(f"betas must be in [0, 1), got ({self.beta1}, {self.beta2})")
         if self.stop_at_step is not None and not 0 < self.stop_at_step <= self.max_steps:

@@ -9,9 +9,11 @@ rank 0 writes logs and checkpoints. The other ranks wait for rank 0 at a barrier
 prepares the data (NCCL gives up on a barrier after 10 minutes: prepare a large corpus first).
 
 Outputs in out_dir: log.jsonl (one JSON object per step and per evaluation), loss.png,
-run.json (config, parameter count, unigram baseline) and checkpoints ckpt_<step>/
-(minigpt/checkpoint.py). SIGINT or SIGTERM finishes the current step, writes a checkpoint and
-returns; a second one raises KeyboardInterrupt at once.
+run.json (config, parameter count, unigram baseline), checkpoints ckpt_<step>/ and the
+`latest` pointer (minigpt/checkpoint.py). Resuming from a checkpoint older than others in
+out_dir starts a new branch: the later checkpoints are moved to out_dir/superseded/, never
+deleted (checkpoint.start_branch). SIGINT or SIGTERM finishes the current step, writes a
+checkpoint and returns; a second one raises KeyboardInterrupt at once.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -32,28 +35,47 @@ from tqdm import tqdm
 
 from minigpt.checkpoint import (
     Checkpoint,
+    CheckpointError,
+    CheckpointWriteError,
     atomic_write,
     latest_checkpoint,
     load_checkpoint,
     prune_checkpoints,
     read_train_state,
+    remove_leftovers,
     rng_state,
+    run_checkpoints,
     save_checkpoint,
     set_rng_state,
+    start_branch,
 )
 from minigpt.corpus import bytes_per_token, default_data_dir, load_meta, prepare
 from minigpt.flops import device_peak_flops, flops_per_token
 from minigpt.generate import complete
-from minigpt.loader import DataLoader, unigram_entropy
+from minigpt.loader import DataLoader, check_token_ids, unigram_entropy
 from minigpt.model import GPT
 from minigpt.optim import configure_optimizer, lr_at
 from minigpt.runlog import RunLog, check_loggers_installed, info, open_tensorboard, open_wandb, plot_losses
 from minigpt.runtime import start_runtime
 from minigpt.tokenizer import get_encoding
 from minigpt.train_config import ConfigError, Diverged, TrainConfig, TrainError, make_config
-from minigpt.weights import CheckpointError
 
 MODEL_SHAPE = ("n_layer", "n_head", "n_embd")
+# A checkpoint's weights had a sane loss if the loss they gave (the next step's) was finite, at
+# most this many nats above the lowest train loss logged up to then, and at most this many above
+# a uniform guess (ln vocab_size).
+SANE_LOSS_MARGIN = 1.0
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """ConfigError unless out_dir is, or can be created as, a writable directory (nothing is written)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out-dir {out_dir} is a file, not a directory")
+    existing = next(p for p in [out_dir, *out_dir.absolute().parents] if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"--out-dir {out_dir} cannot be created: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out-dir {out_dir} is not writable ({existing} is read-only)")
 
 
 def run_config(recipe: str | None, overrides: dict, resume: str | None = None) -> tuple[TrainConfig, Path | None]:
@@ -68,7 +90,7 @@ def run_config(recipe: str | None, overrides: dict, resume: str | None = None) -
 
     if resume == "latest":
         out_dir = Path(overrides.get("out_dir", TrainConfig.out_dir))
-        ckpt = latest_checkpoint(out_dir) if out_dir.is_dir() else None
+        ckpt = latest_checkpoint(out_dir)
         if ckpt is None:
             raise TrainError(f"--resume: no checkpoint in {out_dir} (pass --out-dir, or --resume CKPT_DIR)")
     else:
@@ -100,12 +122,22 @@ class Trainer:
         self.device = runtime.device
         self.grad_accum = cfg.grad_accum_steps(runtime.world_size)
         self.out_dir = Path(cfg.out_dir)
+        check_out_dir(self.out_dir)
         if resume is None and latest_checkpoint(self.out_dir) is not None:
             raise TrainError(
                 f"{self.out_dir} already holds checkpoints (latest {latest_checkpoint(self.out_dir).name}); "
                 "pass --resume to continue it, or choose another --out-dir"
             )
+        if resume is not None and Path(resume).parent.resolve() != self.out_dir.resolve() \
+                and latest_checkpoint(self.out_dir) is not None:
+            raise TrainError(f"{self.out_dir} holds checkpoints of another run (latest "
+                             f"{latest_checkpoint(self.out_dir).name}); resume {resume} into another --out-dir")
         ckpt = load_checkpoint(resume) if resume is not None else None
+        self.resumed_from = ckpt.path if ckpt is not None else None
+        self.complete = ckpt is not None and self._check_resume_step(ckpt)
+        if self.complete:  # nothing to do: nothing is built or written
+            self.step = ckpt.step
+            return
         torch.manual_seed(cfg.seed + runtime.rank)
         model = self._build_model(ckpt, explicit)
         cfg = self.cfg  # _build_model takes the model sizes of --init
@@ -114,6 +146,7 @@ class Trainer:
         self.meta = load_meta(self.data_dir)
         if self.meta["vocab_size"] > model.config.vocab_size:
             raise ConfigError(f"the data has {self.meta['vocab_size']} token ids, the model only {model.config.vocab_size}")
+        check_token_ids(self.data_dir, self.meta)
         loader_args = dict(rank=runtime.rank, world_size=runtime.world_size, seed=cfg.seed)
         self.train_loader = DataLoader(self.data_dir, "train", cfg.batch_size, cfg.block_size, **loader_args)
         self.val_loader = DataLoader(self.data_dir, "val", cfg.batch_size, cfg.block_size, **loader_args)
@@ -122,6 +155,7 @@ class Trainer:
         self.raw_model.train()
         self.optimizer = configure_optimizer(self.raw_model, cfg, self.device.type)
         self.step = 0  # optimizer steps done
+        self.last_loss: float | None = None  # of the latest step, recorded in its checkpoint
         if ckpt is not None:
             self._restore(ckpt)
 
@@ -132,6 +166,16 @@ class Trainer:
             self._start_outputs(ckpt, peak_note)
 
     # --- set-up -----------------------------------------------------------------------------------
+    def _check_resume_step(self, ckpt: Checkpoint) -> bool:
+        """True if the checkpoint ends the run (nothing left to do); ConfigError if the
+        steps asked for are behind it."""
+        cfg = self.cfg
+        if ckpt.step > cfg.max_steps:
+            raise ConfigError(f"{ckpt.path} is at step {ckpt.step}, past --max-steps {cfg.max_steps}")
+        if cfg.stop_at_step is not None and cfg.stop_at_step <= ckpt.step:
+            raise ConfigError(f"--stop-at-step {cfg.stop_at_step} is not after {ckpt.path}'s step {ckpt.step}")
+        return ckpt.step == cfg.max_steps
+
     def _prepared_data_dir(self, spec: str) -> Path:
         """A prepared directory as given, or the default directory of a source, prepared on rank 0."""
         path = Path(spec).expanduser()
@@ -214,7 +258,12 @@ class Trainer:
         cfg, runtime = self.cfg, self.runtime
         entropy, counted = unigram_entropy(self.data_dir, self.meta, "train")
         self.unigram = entropy
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"cannot create --out-dir {self.out_dir}: {e.strerror or e}") from None
+        remove_leftovers(self.out_dir)
+        moved, where = start_branch(self.out_dir, ckpt.step) if ckpt else ([], None)
         wandb_run = open_wandb(cfg) if cfg.wandb else None
         tb_writer = open_tensorboard(cfg) if cfg.tensorboard else None
         self.log = RunLog(self.out_dir, ckpt.step if ckpt else None, wandb_run, tb_writer)
@@ -258,6 +307,9 @@ class Trainer:
             info(f"MFU: not reported; {peak_note}")
         if ckpt is not None:
             info(f"resumed from {ckpt.path} at step {ckpt.step}")
+        if moved:
+            info(f"a new branch of the run: {len(moved)} later checkpoint(s) ({moved[0].name}"
+                 f"{f' .. {moved[-1].name}' if len(moved) > 1 else ''}) and the old log moved to {where}")
 
     @property
     def tokens_per_step(self) -> int:
@@ -301,11 +353,9 @@ class Trainer:
         dt = time.perf_counter() - t0
         self.step += 1
         if not (math.isfinite(loss) and math.isfinite(norm)):
-            last_ckpt = latest_checkpoint(self.out_dir)
-            where = (f"the last good checkpoint is {last_ckpt} (resume from it with a lower --lr)"
-                     if last_ckpt else "no checkpoint was written")
             raise Diverged(f"the loss became {loss} (grad norm {norm}) at step {self.step}; training "
-                           f"stopped without saving this state; {where}")
+                           f"stopped without saving this state; {self._where_to_resume(loss)}")
+        self.last_loss = loss
         tokens_per_sec = self.tokens_per_step / dt
         mfu = None
         if self.peak_flops is not None:
@@ -313,6 +363,32 @@ class Trainer:
         return {"step": self.step, "loss": loss, "lr": lr, "grad_norm": norm, "dt": dt,
                 "tokens_per_sec": tokens_per_sec, "mfu": mfu, "tokens": self.step * self.tokens_per_step,
                 "stop": stop > 0}
+
+    def _where_to_resume(self, loss: float) -> str:
+        """After step self.step gave `loss` (not finite): the last checkpoint whose weights had a
+        sane loss, or why none did.
+
+        The loss logged at step k is that of the weights before step k's update, those of
+        checkpoint k-1; so a checkpoint's weights are judged by the next step's loss. The
+        checkpoint just before this step is then never named: resuming from it would meet the
+        same weights and the same batch again, whatever the learning rate.
+        """
+        found = run_checkpoints(self.out_dir)
+        if not found:
+            return "no checkpoint was written"
+        uniform = math.log(self.raw_model.config.vocab_size)
+        records = self.log.records if self.runtime.master else []
+        train_loss = {r["step"]: r["loss"] for r in records if "loss" in r}
+        train_loss[self.step] = loss
+        for step, path in reversed(found):
+            after = train_loss.get(step + 1)
+            seen = [v for s, v in train_loss.items() if s <= step + 1 and math.isfinite(v)]
+            if after is not None and math.isfinite(after) and after <= min(seen + [uniform]) + SANE_LOSS_MARGIN:
+                return (f"the last checkpoint with a sane loss is {path} (the next step's loss was "
+                        f"{after:.4g}); resume from it with a lower --lr")
+        best = min((v for v in train_loss.values() if math.isfinite(v)), default=math.nan)
+        return (f"no checkpoint has a sane loss (the latest is {found[-1][1]}; the lowest loss logged was "
+                f"{best:.4g}, a uniform guess scores {uniform:.4g}); start again with a lower --lr")
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -353,15 +429,24 @@ class Trainer:
             dist.all_gather_object(states, rng)
         else:
             states = [rng]
-        path = None
+        path, error = None, None
         if runtime.master:
             state = {"train_config": self.cfg.to_dict(), "world_size": runtime.world_size,
                      "data_loader": self.train_loader.state_dict(),
-                     "tokens_seen": self.step * self.tokens_per_step}
-            path = save_checkpoint(self.out_dir, self.step, self.raw_model, self.optimizer, state, states)
-            prune_checkpoints(self.out_dir, self.cfg.keep_checkpoints)
-        if runtime.distributed:
-            dist.barrier()
+                     "tokens_seen": self.step * self.tokens_per_step, "loss": self.last_loss}
+            try:
+                path = save_checkpoint(self.out_dir, self.step, self.raw_model, self.optimizer, state, states)
+                prune_checkpoints(self.out_dir, self.cfg.keep_checkpoints, protect=self.resumed_from)
+            except CheckpointWriteError as e:
+                error = str(e)
+            except OSError as e:  # pruning: the new checkpoint is complete
+                error = f"saved {path} but could not delete an old checkpoint ({e.strerror or e})"
+        if runtime.distributed:  # every rank stops if rank 0 could not write
+            box = [error]
+            dist.broadcast_object_list(box, src=0)
+            error = box[0]
+        if error is not None:
+            raise CheckpointWriteError(error)
         return path
 
     # --- the loop ---------------------------------------------------------------------------------
@@ -380,6 +465,11 @@ class Trainer:
     def fit(self) -> int:
         """Train to stop_at_step or max_steps; returns the exit code (128 + signal if interrupted)."""
         cfg, master = self.cfg, self.runtime.master
+        if self.complete:
+            if master:
+                info(f"the run is already complete: {self.resumed_from} is at step {self.step} of "
+                     f"--max-steps {cfg.max_steps}; nothing to do (pass a larger --max-steps to train on)")
+            return 0
         received: list[int] = []
 
         def on_signal(signum, frame):

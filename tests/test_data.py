@@ -313,6 +313,8 @@ def test_unusable_source_is_a_clear_error(tmp_path, case, message):
         prepare(spec, tmp_path / "out", workers=1, quiet=True)
     assert "\n" not in str(info.value)
     assert not (tmp_path / "out" / "meta.json").exists()
+    if case in ("empty file", "binary file", "latin-1 file", "missing path", "glob matching nothing"):
+        assert not (tmp_path / "out").exists()  # refused before anything was written
 
 
 @pytest.mark.parametrize(
@@ -489,6 +491,79 @@ def test_val_reset_restarts_evaluation(prepared):
     assert (val.epoch, val.position) == (0, 0)
     for (xa, ya), (xb, yb) in zip(first, _batches(val, 3)):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_meta_records_each_shards_largest_id(prepared):
+    out, meta, _ = prepared
+    for split in ("train", "val"):
+        for shard in meta["splits"][split]["shards"]:
+            assert shard["max_id"] == int(np.load(out / shard["file"]).max())
+
+
+def _copy(prepared, tmp_path) -> tuple[Path, dict]:
+    out = tmp_path / "copy"
+    shutil.copytree(prepared[0], out)
+    return out, json.loads((out / "meta.json").read_text())
+
+
+MALFORMED_META = {  # a parseable meta.json with the wrong types or values -> the words of the error
+    "a list": (lambda m: [m], "format version"),
+    "file is a number": (lambda m: m["splits"]["train"]["shards"][0].update(file=5), "shard's file"),
+    "file outside the directory": (lambda m: m["splits"]["val"]["shards"][0].update(file="../train_000000.npy"),
+                                   "shard's file"),
+    "vocab_size is a word": (lambda m: m.update(vocab_size="big"), "vocab_size"),
+    "vocab_size too big for uint16": (lambda m: m.update(vocab_size=70000), "vocab_size"),
+    "tokens is a string": (lambda m: m["splits"]["train"]["shards"][1].update(tokens="97"), "tokens"),
+    "max_id is negative": (lambda m: m["splits"]["train"]["shards"][1].update(max_id=-1), "max_id"),
+    "shards is a dict": (lambda m: m["splits"]["val"].update(shards={}), "list of shards"),
+    "split tokens disagree": (lambda m: m["splits"]["val"].update(tokens=1), "sum of its shards"),
+    "source_id is a list": (lambda m: m.update(source_id=[1]), "source_id"),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED_META))
+def test_malformed_meta_is_one_clear_error(prepared, tmp_path, case):
+    out, meta = _copy(prepared, tmp_path)
+    change, words = MALFORMED_META[case]
+    meta = change(meta) or meta
+    (out / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=words) as e:
+        DataLoader(out, "train", 1, 8)
+    assert "\n" not in str(e.value) and "python -m minigpt.data" in str(e.value)
+
+
+def test_token_ids_outside_the_vocabulary_are_refused(prepared, tmp_path):
+    from minigpt.loader import check_token_ids
+
+    out, meta = _copy(prepared, tmp_path)
+    check_token_ids(out, load_meta(out))
+    # A shard of the right length whose ids do not fit the vocabulary: refused up front for the
+    # first shard of a split (read in full) ...
+    first = meta["splits"]["train"]["shards"][0]["file"]
+    tokens = np.load(out / first)
+    bad = tokens.copy()
+    bad[5] = 50300
+    np.save(out / first, bad)
+    with pytest.raises(DataError, match=f"{first} holds token id 50300, outside the vocabulary of 50257"):
+        check_token_ids(out, load_meta(out))
+    np.save(out / first, tokens)
+    # ... from meta.json's max_id for every shard ...
+    meta["splits"]["train"]["shards"][3]["max_id"] = 60000
+    (out / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="token id 60000 .meta.json."):
+        check_token_ids(out, load_meta(out))
+    # ... and, for a later shard whose meta.json is stale, when the loader first reads it.
+    meta["splits"]["train"]["shards"][3]["max_id"] = 100
+    (out / "meta.json").write_text(json.dumps(meta))
+    later = meta["splits"]["train"]["shards"][3]["file"]
+    bad = np.load(out / later).copy()
+    bad[0] = 65535
+    np.save(out / later, bad)
+    check_token_ids(out, load_meta(out))
+    loader = DataLoader(out, "train", 1, 97)
+    with pytest.raises(DataError, match=f"{later} holds token id 65535"):
+        for _ in range(5):
+            loader.next_batch()
 
 
 def test_loader_needs_a_prepared_directory(tmp_path):

@@ -13,12 +13,11 @@ mis-scaled gradient changes them in the third digit or earlier.
 """
 from __future__ import annotations
 
-import hashlib
+import errno
 import importlib.util
 import json
 import math
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -29,30 +28,19 @@ from pathlib import Path
 import pytest
 import torch
 
+from minigpt import checkpoint
+from minigpt.checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints
 from minigpt.config import GPTConfig, preset
-from minigpt.corpus import load_meta, prepare
+from minigpt.corpus import load_meta
 from minigpt.flops import PEAK_FLOPS, device_peak_flops, flops_per_token
 from minigpt.loader import DataLoader, unigram_entropy
 from minigpt.model import GPT
 from minigpt.optim import configure_optimizer, lr_at
 from minigpt.train_config import TrainConfig, make_config
 from minigpt.trainer import Trainer
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_script(path: Path):
-    """A command-line script (not a package module) imported from its file."""
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
+from tiny_run import ROOT, load_script, make_corpus, read_log, tiny_argv, tiny_settings, tree_hashes
 
 train = load_script(ROOT / "train.py")
-
-WORDS = ("the cat dog bird fish sat ran flew swam on under over near a red blue green small big "
-         "mat tree pond house and then while because quickly slowly").split()
 
 
 @pytest.fixture(autouse=True)
@@ -68,46 +56,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     """About 40 KB of made-up sentences, tokenized (roughly 9k train / 1k val tokens)."""
-    root = tmp_path_factory.mktemp("train_data")
-    rng = random.Random(0)
-    lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 10))) + "." for _ in range(1500)]
-    source = root / "corpus.txt"
-    source.write_text("\n".join(lines) + "\n")
-    prepare(str(source), root / "prepared", val_fraction=0.1, workers=1, quiet=True)
-    return root / "prepared"
-
-
-def tiny_settings(data_dir: Path, out_dir: Path, **overrides) -> dict:
-    """A 2-layer, 32-wide model on 4 x 32-token micro-batches (a value of None: left out)."""
-    settings = dict(
-        data=data_dir, out_dir=out_dir, n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=4,
-        max_steps=8, lr=3e-3, warmup_steps=2, eval_interval=0, eval_steps=1, sample_interval=0,
-        sample_tokens=8, ckpt_interval=0, keep_checkpoints=0, seed=7,
-    )
-    settings.update(overrides)
-    return {key: str(value) if isinstance(value, Path) else value
-            for key, value in settings.items() if value is not None}
-
-
-def tiny_argv(data_dir: Path, out_dir: Path, **overrides) -> list[str]:
-    """tiny_settings as train.py flags."""
-    argv = []
-    for key, value in tiny_settings(data_dir, out_dir, **overrides).items():
-        argv += [f"--{key.replace('_', '-')}", str(value)]
-    return argv
-
-
-def read_log(out_dir: Path) -> tuple[dict[int, dict], dict[int, dict]]:
-    """(train records, eval records) of out_dir/log.jsonl, by step."""
-    records = [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines()]
-    return ({r["step"]: r for r in records if "loss" in r}, {r["step"]: r for r in records if "val_loss" in r})
-
-
-def tree_hashes(directory: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(directory.rglob("*")) if p.is_file()
-    }
+    return make_corpus(tmp_path_factory.mktemp("train_data"))
 
 
 def run_main(argv: list[str], capsys) -> tuple[int, str]:
@@ -297,6 +246,135 @@ def test_keeps_the_last_k_checkpoints(data_dir, tmp_path, capsys):
     assert sorted(p.name for p in out.glob("ckpt_*")) == ["ckpt_00000005", "ckpt_00000006"]
 
 
+def names(out: Path) -> list[str]:
+    return sorted(p.name for p in out.glob("ckpt_*"))
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    x = torch.randint(0, 50257, (1, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return torch.equal(GPT.from_pretrained(a).eval()(x), GPT.from_pretrained(b).eval()(x))
+
+
+def test_resume_from_an_older_checkpoint_starts_a_branch(data_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_main(tiny_argv(data_dir, out, max_steps=6, ckpt_interval=2, keep_checkpoints=2), capsys)[0] == 0
+    assert names(out) == ["ckpt_00000004", "ckpt_00000006"]
+    old_log = (out / "log.jsonl").read_text()
+    old_6 = tree_hashes(out / "ckpt_00000006")
+
+    # Resume ckpt_4, keep 2, one more step: ckpt_4 (resumed from) and ckpt_5 (new) stay; the
+    # old run's ckpt_6 is moved aside with its log, not deleted, and is no longer "latest".
+    code, err = run_main(["--resume", str(out / "ckpt_00000004"), "--stop-at-step", "5"], capsys)
+    assert code == 0, err
+    assert names(out) == ["ckpt_00000004", "ckpt_00000005"]
+    [aside] = (out / "superseded").iterdir()
+    assert aside.name.endswith("-after-ckpt_00000004") and "moved to " + str(aside) in err
+    assert tree_hashes(aside / "ckpt_00000006") == old_6
+    assert (aside / "log.jsonl").read_text() == old_log
+    assert sorted(read_log(out)[0]) == [1, 2, 3, 4, 5]
+    # The summary, --resume and from_pretrained(out_dir) all mean the same checkpoint.
+    assert latest_checkpoint(out) == out / "ckpt_00000005"
+    assert (out / "latest").read_text() == "ckpt_00000005\n"
+    assert same_weights(out, out / "ckpt_00000005") and not same_weights(out, aside / "ckpt_00000006")
+    code, err = run_main(["--resume", "--out-dir", str(out), "--stop-at-step", "6"], capsys)
+    assert code == 0 and f"resumed from {out / 'ckpt_00000005'} at step 5" in err
+    # keep 2 from this run (5 and 6); ckpt_5 was resumed from, ckpt_4 is neither.
+    assert names(out) == ["ckpt_00000005", "ckpt_00000006"]
+
+
+def test_stop_after_a_branch_keeps_the_checkpoint_it_saved(data_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_main(tiny_argv(data_dir, out, max_steps=6, ckpt_interval=2), capsys)[0] == 0
+    assert names(out) == ["ckpt_00000002", "ckpt_00000004", "ckpt_00000006"]
+    code = train.main(["--resume", str(out / "ckpt_00000002"), "--stop-at-step", "3", "--keep-checkpoints", "2"])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert f"saved {out / 'ckpt_00000003'}" in captured.err
+    assert names(out) == ["ckpt_00000002", "ckpt_00000003"]
+    assert json.loads(captured.out)["checkpoint"] == str(out / "ckpt_00000003")  # the summary
+    [aside] = (out / "superseded").iterdir()
+    assert sorted(p.name for p in aside.glob("ckpt_*")) == ["ckpt_00000004", "ckpt_00000006"]
+
+
+def test_the_checkpoint_resumed_from_is_never_pruned(data_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = tiny_argv(data_dir, out, max_steps=8, ckpt_interval=1, keep_checkpoints=2)
+    assert run_main(argv + ["--stop-at-step", "4"], capsys)[0] == 0
+    assert names(out) == ["ckpt_00000003", "ckpt_00000004"]
+    assert run_main(["--resume", "--out-dir", str(out)], capsys)[0] == 0
+    assert names(out) == ["ckpt_00000004", "ckpt_00000007", "ckpt_00000008"]
+
+
+def test_pruning_renames_before_it_deletes(tmp_path, monkeypatch):
+    for step in (1, 2, 3):
+        (tmp_path / f"ckpt_{step:08d}").mkdir()
+        for name in ("model.safetensors", "config.json", "train_state.json", "train_state.safetensors"):
+            (tmp_path / f"ckpt_{step:08d}" / name).write_text("x")
+    rmtree = shutil.rmtree
+
+    def killed_halfway(path, *args, **kwargs):  # deletes one file, then the process "dies"
+        next(Path(path).iterdir()).unlink()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", killed_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        prune_checkpoints(tmp_path, keep=2)
+    assert names(tmp_path) == ["ckpt_00000002", "ckpt_00000003"]  # no partial ckpt_00000001
+    assert [p.name for p in tmp_path.glob(".trash_*")] == [".trash_ckpt_00000001"]
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", rmtree)
+    assert latest_checkpoint(tmp_path) == tmp_path / "ckpt_00000003"
+    prune_checkpoints(tmp_path, keep=2)  # the next prune (or the next start) clears the leftover
+    assert not list(tmp_path.glob(".trash_*"))
+
+
+def test_latest_pointer_wins_over_a_higher_step(tmp_path):
+    for step in (2, 4, 6):
+        (tmp_path / f"ckpt_{step:08d}").mkdir()
+    assert latest_checkpoint(tmp_path) == tmp_path / "ckpt_00000006"  # no pointer: the highest step
+    checkpoint.write_latest(tmp_path, 4)
+    assert latest_checkpoint(tmp_path) == tmp_path / "ckpt_00000004"
+    checkpoint.write_latest(tmp_path, 5)  # killed between the pointer and the rename of ckpt_5
+    assert latest_checkpoint(tmp_path) == tmp_path / "ckpt_00000004"
+    (tmp_path / "latest").write_text("garbage\n")
+    with pytest.raises(checkpoint.CheckpointError, match="should name a ckpt_<step>"):
+        latest_checkpoint(tmp_path)
+
+
+def test_disk_full_during_a_checkpoint(data_dir, tmp_path, capsys, monkeypatch):
+    save_file = checkpoint.save_file
+    calls = 0
+
+    def full_disk(tensors, filename, *args, **kwargs):
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # the second checkpoint (step 4): half of its files are written
+            Path(filename).write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), filename)
+        return save_file(tensors, filename, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "save_file", full_disk)
+    out = tmp_path / "run"
+    code, err = run_main(tiny_argv(data_dir, out, max_steps=8, ckpt_interval=2), capsys)
+    assert code == 1
+    assert "Traceback" not in err
+    [line] = [line for line in err.splitlines() if line.startswith("error:")]
+    assert "No space left on device" in line and f"the last checkpoint is still {out / 'ckpt_00000002'}" in line
+    assert names(out) == ["ckpt_00000002"] and not list(out.glob(".tmp_*"))
+    assert load_checkpoint(out / "ckpt_00000002").step == 2
+    assert max(read_log(out)[0]) == 4  # it stopped at the step it could not save
+
+
+def test_resume_of_a_finished_run_says_it_is_complete(finished_run, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    before = tree_hashes(out)
+    code, err = run_main(["--resume", "--out-dir", str(out)], capsys)
+    assert code == 0
+    assert err.count("\n") == 1 and "already complete" in err and "--max-steps 4" in err
+    assert tree_hashes(out) == before
+
+
 def test_log_records(data_dir, tmp_path, capsys):
     out = tmp_path / "run"
     code, err = run_main(tiny_argv(data_dir, out, max_steps=4, eval_interval=2, peak_flops=1e12), capsys)
@@ -358,9 +436,43 @@ def test_nan_loss_stops_training(data_dir, tmp_path, capsys, monkeypatch):
     assert code == 1
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "nan" in lines[0] and "step 5" in lines[0]
-    assert str(out / "ckpt_00000004") in lines[0]
+    # ckpt_4's weights gave the nan of step 5: resuming from it would repeat that step.
+    assert "sane loss is " + str(out / "ckpt_00000002") in lines[0]
     assert sorted(p.name for p in out.glob("ckpt_*")) == ["ckpt_00000002", "ckpt_00000004"]
     assert max(read_log(out)[0]) == 4
+
+
+def test_divergence_names_the_last_checkpoint_with_a_sane_loss(data_dir, tmp_path, capsys, monkeypatch):
+    calls = 0
+    forward = GPT.forward
+
+    def blowing_up(self, idx, targets=None, **kwargs):
+        nonlocal calls
+        value = forward(self, idx, targets, **kwargs)
+        if targets is None:
+            return value
+        calls += 1
+        # Finite but absurd losses from step 5 on (the weights of ckpt_4 and ckpt_6), nan at step 8.
+        return value * (float("nan") if calls == 8 else 1e6 if calls >= 5 else 1.0)
+
+    monkeypatch.setattr(GPT, "forward", blowing_up)
+    out = tmp_path / "run"
+    code, err = run_main(tiny_argv(data_dir, out, max_steps=10, ckpt_interval=2), capsys)
+    assert code == 1
+    [line] = [line for line in err.splitlines() if line.startswith("error:")]
+    assert "sane loss is " + str(out / "ckpt_00000002") in line, line
+    assert sorted(p.name for p in out.glob("ckpt_*")) == ["ckpt_00000002", "ckpt_00000004", "ckpt_00000006"]
+    state = json.loads((out / "ckpt_00000006" / "train_state.json").read_text())
+    assert state["loss"] == read_log(out)[0][6]["loss"] > 1e6  # each checkpoint records its step's loss
+
+
+def test_divergence_with_no_sane_checkpoint_says_so(data_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, err = run_main(tiny_argv(data_dir, out, lr=1e3, warmup_steps=0, ckpt_interval=1, max_steps=30), capsys)
+    assert code == 1
+    [line] = [line for line in err.splitlines() if line.startswith("error:")]
+    assert "no checkpoint has a sane loss" in line, line
+    assert list(out.glob("ckpt_*"))
 
 
 def test_huge_learning_rate_diverges(data_dir, tmp_path, capsys):
@@ -420,10 +532,14 @@ def test_half_written_checkpoint_is_ignored(finished_run, tmp_path, capsys):
     (partial / "model.safetensors").write_bytes(b"half a file")
     assert GPT.from_pretrained(out).config.n_embd == 32  # the latest complete one, ckpt_00000004
 
-    # Resume an older checkpoint by path: steps 3 and 4 are replayed and ckpt_00000004 rewritten.
+    # Resume an older checkpoint by path: a new branch; steps 3 and 4 are replayed and the old
+    # ckpt_00000004 is moved aside, not overwritten.
+    old_4 = tree_hashes(out / "ckpt_00000004")
     code, err = run_main(["--resume", str(out / "ckpt_00000002"), "--max-steps", "6"], capsys)
     assert code == 0, err
     assert sorted(p.name for p in out.glob("ckpt_*")) == ["ckpt_00000002", "ckpt_00000004", "ckpt_00000006"]
+    [aside] = (out / "superseded").glob("*/ckpt_00000004")
+    assert tree_hashes(aside) == old_4
     assert not partial.exists()
     resumed = read_log(out)[0]
     assert sorted(resumed) == [1, 2, 3, 4, 5, 6]
