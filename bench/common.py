@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from minigpt.files import atomic_write
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -47,6 +49,15 @@ def device_name(device: str | torch.device) -> str:
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
+def device_tag(device: str | torch.device) -> str:
+    """A short file-name-safe name of the device: "cpu", or "cuda-" and the GPU's name."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return device.type
+    name = torch.cuda.get_device_name(device).lower()
+    return "cuda-" + "-".join(filter(None, "".join(c if c.isalnum() else " " for c in name).split()))
+
+
 def environment(device: str | torch.device) -> dict:
     """Who, where and with what: attached to every results file."""
     return {
@@ -64,9 +75,4 @@ def environment(device: str | torch.device) -> dict:
 
 
 def write_json(path: str | Path, payload: dict) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, json.dumps(payload, indent=2) + "\n")

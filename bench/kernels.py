@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 import statistics
 import sys
 import time
@@ -49,7 +48,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` and `kernels` imp
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from bench.common import RESULTS_DIR, environment, write_json  # noqa: E402
+from bench.common import RESULTS_DIR, device_tag, environment, write_json  # noqa: E402
 
 # Full sweep on a GPU.
 ATTN_SEQ_LENS = (512, 1024, 2048, 4096, 8192)
@@ -110,12 +109,6 @@ def layer_norm_bytes(M: int, N: int, element_size: int, mode: str) -> int:
     forward = (2 * M * N + 2 * N) * element_size
     backward = (3 * M * N + 3 * N) * element_size
     return forward if mode == "fwd" else forward + backward
-
-
-def device_tag(device: torch.device) -> str:
-    if device.type != "cuda":
-        return device.type
-    return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
 
 
 # ----------------------------------------------------------------------------

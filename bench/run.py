@@ -40,7 +40,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` and `minigpt` imp
 import torch  # noqa: E402
 
 from bench import e2e, report  # noqa: E402
-from bench.common import RESULTS_DIR, environment  # noqa: E402
+from bench.common import RESULTS_DIR, device_tag, environment  # noqa: E402
 from minigpt.config import GPTConfig, preset  # noqa: E402
 from minigpt.model import GPT, triton_unavailable_reason  # noqa: E402
 
@@ -126,13 +126,6 @@ def load_average() -> list[float] | None:
         return [round(x, 2) for x in os.getloadavg()]
     except OSError:
         return None
-
-
-def device_tag(device: torch.device) -> str:
-    if device.type != "cuda":
-        return "cpu"
-    name = torch.cuda.get_device_name(device).lower()
-    return "cuda-" + "".join(c if c.isalnum() else "-" for c in name).strip("-")
 
 
 # ----------------------------------------------------------------------------------------------
