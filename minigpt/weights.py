@@ -141,10 +141,11 @@ def _iter_safetensors(path: Path) -> tuple[dict, Iterator[tuple[str, torch.Tenso
     """Read a .safetensors file one tensor at a time with plain file reads.
 
     The format is an 8-byte little-endian header length, a JSON header giving each
-    tensor's dtype, shape and byte range, then the raw data. The safetensors library
-    memory-maps the whole file, which leaves every page it touches resident: a bf16
-    load of gpt2-xl's 6 GB fp32 file would then peak at the file's size on top of the
-    model. Reading each tensor into its own buffer keeps the peak at one fp32 tensor.
+    tensor's dtype, shape and byte range, then the raw data. The safetensors library's
+    `safe_open` memory-maps the file instead, so every page it touches counts as resident
+    until the mapping goes, and a bf16 load then peaks with the whole fp32 file resident on
+    top of the model. `python bench/load_memory.py` measures both readers side by side
+    (peak resident memory and load time; bench/results/load-memory-*.json).
     """
     try:
         f = open(path, "rb")
