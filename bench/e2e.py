@@ -201,7 +201,7 @@ def bench_train(config: GPTConfig, *, batch_size: int, block_size: int, attn: st
     model = GPT(config, attn_backend=attn, ln_backend=ln).to(device).train()
     data = torch.randint(0, config.vocab_size, (batch_size, block_size + 1), device=device)
     x, y = data[:, :-1], data[:, 1:]
-    loss_fn = model.loss
+    loss_fn = model  # forward(x, targets) returns the loss
     if implementation == "minigpt-plain-loss":
         def loss_fn(x, y):
             logits = model(x)
