@@ -17,8 +17,9 @@ own forward for every step; the transformer itself is written only in minigpt/mo
   greedy choice and bookkeeping included, has fixed shapes: on CUDA it is captured once as
   a CUDA graph and each token costs one replay.
 - On the CPU ("auto" is "eager" there) the cache grows: attention reads the written prefix
-  only, since a graph saves nothing on a CPU and the masked tail of a static cache is wasted
-  reading. The matrix-vector products may go through oneDNN instead of F.linear
+  only. A graph saves nothing on a CPU, so the static cache's fixed shapes buy nothing there
+  and its masked tail is read for nothing; measured side by side, neither mode was reliably
+  faster on a CPU. The matrix-vector products may go through oneDNN instead of F.linear
   (`cpu_linear`): whether that is faster depends on the CPU and the dtype, so "auto" times a
   few steps of each once per model shape, dtype and batch size, and keeps the faster.
 
@@ -109,7 +110,7 @@ class Decoder:
     mode: "eager" runs the step op by op over a growing cache; "static" runs the fixed-shape
     step over the static cache op by op (what "graph" captures: useful to test it without a
     GPU); "graph" replays the fixed-shape step as a CUDA graph (CUDA only); "auto" is "graph"
-    on CUDA and "eager" elsewhere (on a CPU the static cache's masked tail only costs time).
+    on CUDA and "eager" elsewhere (without a graph the static cache's fixed shapes buy nothing).
 
     cpu_linear: how the CPU runs the matrix-vector products: "torch" (F.linear), "onednn"
     (`OneDNNLinear` on the model's weights), "onednn-packed" (on reordered copies of them),

@@ -155,7 +155,7 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         if cache is not None:
-            k, v = cache.update(layer, k, v)  # (B, nh, T_past + T, hs)
+            k, v = cache.update(layer, k, v)  # (B, nh, T_past + T, hs); a static cache: (B, nh, max_len, hs)
         y = ATTENTION[self.backend](q, k, v, visible)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
         return self.resid_dropout(self.c_proj(y))
