@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from minigpt.files import atomic_write
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -48,8 +50,9 @@ def device_name(device: str | torch.device) -> str:
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
-def device_tag(device: torch.device) -> str:
+def device_tag(device: str | torch.device) -> str:
     """The device in a results file name: "cpu", or the GPU's name in lower-case-and-dashes."""
+    device = torch.device(device)
     if device.type != "cuda":
         return device.type
     return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
@@ -72,9 +75,4 @@ def environment(device: str | torch.device) -> dict:
 
 
 def write_json(path: str | Path, payload: dict) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, json.dumps(payload, indent=2) + "\n")

@@ -260,7 +260,7 @@ def hf_twin(model: GPT):
     cfg.pop("architectures")
     with torch.device(param.device):
         hf = GPT2LMHeadModel(GPT2Config(**cfg))
-    result = hf.load_state_dict(hf_state_dict(model), strict=False)
+    result = hf.load_state_dict(hf_state_dict(model.state_dict(), model.config), strict=False)
     if result.unexpected_keys or set(result.missing_keys) - {"lm_head.weight"}:
         raise RuntimeError(f"weights do not map onto GPT2LMHeadModel: {result}")
     hf = hf.to(dtype=param.dtype).eval()

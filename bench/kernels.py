@@ -39,7 +39,6 @@ environment) and a PNG plot next to it; a table on stdout, progress on stderr.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import statistics
 import sys

@@ -1,11 +1,17 @@
-"""Peak memory of loading a checkpoint: does a bf16 load avoid an fp32 copy of the model?
+"""Peak memory and time of loading a checkpoint, with two safetensors readers side by side.
 
-Writes a random-init fp32 checkpoint of a preset's shape (gpt2-xl by default,
-6.2 GB) in the Hugging Face layout, then loads it with GPT.from_pretrained in a
-fresh process per dtype and records that process's peak resident memory (VmHWM
-from /proc/self/status: unlike ru_maxrss, it starts afresh at exec instead of
-inheriting the parent's high-water mark). The model's own size in each dtype is
-recorded beside it.
+Writes a random-init fp32 checkpoint of a preset's shape (gpt2-xl by default) in the
+Hugging Face layout, then loads it with GPT.from_pretrained in a fresh process per
+(reader, dtype, repeat), the readers in alternation, and records that process's load
+time and peak resident memory (VmHWM from /proc/self/status: unlike ru_maxrss, it starts
+afresh at exec instead of inheriting the parent's high-water mark), and the resident
+memory after the load split into anonymous and file-backed pages (RssAnon, RssFile: the
+kernel can drop file-backed pages under pressure, anonymous ones it cannot). The model's
+own size in each dtype is recorded beside it.
+
+Readers: "library" is safetensors' `safe_open(...).get_tensor` (it memory-maps the file);
+"plain-reads" is minigpt.weights' own, which reads each tensor into its own buffer with
+ordinary file reads.
 
     python bench/load_memory.py                   # gpt2-xl, float32 and bfloat16
     python bench/load_memory.py --preset gpt2     # quicker
@@ -14,9 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -24,8 +32,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import RESULTS_DIR, environment, write_json  # noqa: E402
+from minigpt import weights  # noqa: E402
 from minigpt.config import PRESETS, preset  # noqa: E402
+from minigpt.model import GPT  # noqa: E402
 from minigpt.weights import TRANSPOSED  # noqa: E402
+
+READERS = ("library", "plain-reads")
 
 
 def write_random_checkpoint(name: str, directory: Path) -> None:
@@ -50,33 +62,54 @@ def write_random_checkpoint(name: str, directory: Path) -> None:
     (directory / "config.json").write_text(json.dumps(cfg.to_hf_dict()))
 
 
-def peak_rss_bytes() -> int:
-    """This process's peak resident set size."""
+def status_bytes(field: str) -> int:
+    """A memory figure of this process from /proc/self/status (VmHWM: peak resident set)."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status: this benchmark needs Linux")
+    raise RuntimeError(f"no {field} in /proc/self/status: this benchmark needs Linux")
 
 
-def child(path: str, dtype: str) -> None:
-    """Runs in a fresh process: load, then report peak RSS as JSON on stdout."""
-    from minigpt.model import GPT
+def library_reader(path: Path):
+    """(metadata, tensors) through safetensors' safe_open, as weights.read_tensors returns them."""
+    from safetensors import safe_open
 
-    base = peak_rss_bytes()
+    f = safe_open(str(path), framework="pt")
+    return f.metadata() or {}, ((key, f.get_tensor(key)) for key in f.keys())
+
+
+def cpu_model() -> str | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    except OSError:
+        return None
+
+
+def child(path: str, dtype: str, reader: str) -> None:
+    """Runs in a fresh process: load with the given reader, then report as JSON on stdout."""
+    if reader == "library":
+        weights.read_tensors = library_reader  # the one place GPT.from_pretrained reads a file's tensors
+    base = status_bytes("VmHWM")
+    t0 = time.perf_counter()
     model = GPT.from_pretrained(path, dtype=getattr(torch, dtype))
-    peak = peak_rss_bytes()
+    seconds = time.perf_counter() - t0
+    peak = status_bytes("VmHWM")
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    print(json.dumps({"dtype": dtype, "peak_rss_bytes": peak, "rss_before_load_bytes": base,
-                      "model_bytes": model_bytes}))
+    print(json.dumps({"reader": reader, "dtype": dtype, "load_s": seconds, "peak_rss_bytes": peak,
+                      "rss_before_load_bytes": base, "rss_anon_after_bytes": status_bytes("RssAnon"),
+                      "rss_file_after_bytes": status_bytes("RssFile"), "model_bytes": model_bytes}))
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="gpt2-xl", choices=list(PRESETS), help="which shape to write and load")
     p.add_argument("--dtypes", default="bfloat16,float32", help="comma-separated dtypes to load in")
+    p.add_argument("--readers", default=",".join(READERS), help=f"comma-separated readers: {', '.join(READERS)}")
+    p.add_argument("--repeats", type=int, default=2, help="loads per reader and dtype (in alternation)")
     p.add_argument("--out", default=None, help="results JSON (default: bench/results/load-memory-<preset>.json)")
-    p.add_argument("--child", nargs=2, metavar=("PATH", "DTYPE"), help=argparse.SUPPRESS)
+    p.add_argument("--child", nargs=3, metavar=("PATH", "DTYPE", "READER"), help=argparse.SUPPRESS)
     p.add_argument("--write", metavar="DIR", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -93,17 +126,30 @@ def main(argv=None) -> int:
         subprocess.run([sys.executable, __file__, "--preset", args.preset, "--write", tmp], check=True)
         size = (Path(tmp) / "model.safetensors").stat().st_size
         for dtype in args.dtypes.split(","):
-            out = subprocess.run([sys.executable, __file__, "--child", tmp, dtype],
-                                 capture_output=True, text=True, check=True)
-            runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            for _ in range(args.repeats):
+                for reader in args.readers.split(","):
+                    out = subprocess.run([sys.executable, __file__, "--child", tmp, dtype, reader],
+                                         capture_output=True, text=True, check=True)
+                    runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
     gib = 2**30
-    print(f"{'dtype':>9} {'model GiB':>10} {'peak RSS GiB':>13} {'peak / model':>13}")
-    for r in runs:
-        print(f"{r['dtype']:>9} {r['model_bytes'] / gib:>10.2f} {r['peak_rss_bytes'] / gib:>13.2f} "
-              f"{r['peak_rss_bytes'] / r['model_bytes']:>13.2f}")
+    summary = []
+    print(f"{'reader':>12} {'dtype':>9} {'model GiB':>10} {'peak RSS GiB':>13} {'anon GiB':>9} {'file GiB':>9} "
+          f"{'load s':>7}")
+    for dtype in args.dtypes.split(","):
+        for reader in args.readers.split(","):
+            rs = [r for r in runs if r["dtype"] == dtype and r["reader"] == reader]
+            row = {"reader": reader, "dtype": dtype, "model_bytes": rs[0]["model_bytes"],
+                   "peak_rss_bytes_median": statistics.median(r["peak_rss_bytes"] for r in rs),
+                   "rss_anon_after_bytes_median": statistics.median(r["rss_anon_after_bytes"] for r in rs),
+                   "rss_file_after_bytes_median": statistics.median(r["rss_file_after_bytes"] for r in rs),
+                   "load_s_median": statistics.median(r["load_s"] for r in rs)}
+            summary.append(row)
+            print(f"{reader:>12} {dtype:>9} {row['model_bytes'] / gib:>10.2f} {row['peak_rss_bytes_median'] / gib:>13.2f} "
+                  f"{row['rss_anon_after_bytes_median'] / gib:>9.2f} {row['rss_file_after_bytes_median'] / gib:>9.2f} "
+                  f"{row['load_s_median']:>7.2f}")
     path = Path(args.out) if args.out else RESULTS_DIR / f"load-memory-{args.preset}.json"
     write_json(path, {"environment": environment("cpu"), "preset": args.preset, "checkpoint_bytes": size,
-                      "checkpoint_dtype": "float32", "runs": runs})
+                      "checkpoint_dtype": "float32", "cpu": cpu_model(), "summary": summary, "runs": runs})
     print(f"wrote {path}", file=sys.stderr)
     return 0
 

@@ -32,19 +32,19 @@ the one this process resumed from.
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable
 
 import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from minigpt.files import atomic_write
 
 CHECKPOINT_PREFIX = "ckpt_"
 STATE_FORMAT_VERSION = 1
@@ -63,23 +63,6 @@ class CheckpointWriteError(CheckpointError):
     """A checkpoint could not be written (e.g. the disk is full); the previous ones are intact."""
 
     exit_code = 1
-
-
-def atomic_write(path: str | Path, content: bytes | Callable[[BinaryIO], object]) -> None:
-    """Write `content` (bytes, or a function that writes to the open file) to path.tmp, then
-    rename it to `path`: a reader sees the old file or the whole new one, never a part."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            if isinstance(content, bytes):
-                f.write(content)
-            else:
-                content(f)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def checkpoint_name(step: int) -> str:

@@ -56,7 +56,7 @@ from typing import Iterable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from minigpt.checkpoint import atomic_write
+from minigpt.files import atomic_write
 from minigpt.tokenizer import get_encoding
 
 FORMAT_VERSION = 1

@@ -1,48 +1,54 @@
-"""Fast decoding: a preallocated KV cache, a fixed-shape decode step, and CUDA graphs.
+"""Fast decoding: decoding state in device buffers, a static KV cache, and CUDA graphs.
 
-`minigpt.generate.stream` is the readable path: each token runs `model(token, cache)`.
-At batch 1 a 124M model is bound by reading its weights once per token, and on a GPU
-the ~150 small kernels of one step cost more to launch than to run. This module
-removes what is not weight reading:
+`minigpt.generate.stream` is the readable path: each token runs `model(token, cache=cache)`
+and its bookkeeping runs on the host. At batch 1 a 124M model is bound by reading its
+weights once per token, and on a GPU the ~150 small kernels of one step cost more to
+launch than to run. A `Decoder` removes what is not weight reading, and calls the model's
+own forward for every step; the transformer itself is written only in minigpt/model.py.
 
-- The cache is allocated once per `Decoder` (the model's `KVCache`, (L, B, nh, max_len, hs));
-  every step writes one position into it, so decoding never reallocates.
-- The generated sequence, the current token, its position and the rows that are done
-  live in small device buffers that each step updates in place. Nothing is copied to
-  the host while decoding, except one check of "all rows done" every `check_every`
-  steps when an eos_id is given (every step on the CPU, where it costs nothing).
-- On CUDA the step has static shapes (the position is a device tensor; attention runs
-  over the whole cache with a mask from that position), so one step, greedy choice and
-  bookkeeping included, is captured once as a CUDA graph and each token costs one replay.
-- On the CPU the step attends over the written prefix only (a view of the cache),
-  since a graph has nothing to save there and the masked tail is wasted reading. The
-  matrix-vector products go through oneDNN (`OneDNNLinear`) rather than F.linear, whose
-  CPU GEMV streams the weights well below the memory bandwidth; in bf16 on weights
-  reordered once into oneDNN's blocked layout, a copy that costs memory (see its docstring).
+- The cache is allocated once per `Decoder` (the model's `KVCache`); every step writes one
+  position into it, so decoding never reallocates.
+- The generated sequence, the current token and the rows that are done live in small
+  device buffers that each step updates in place. Nothing is copied to the host while
+  decoding, except one check of "all rows done" every `check_every` steps when an eos_id
+  is given (every step on the CPU, where it costs nothing).
+- In the "static" and "graph" modes the cache is the model's static one (its position is a
+  device tensor; attention runs over the whole cache with a visibility mask), so one step,
+  greedy choice and bookkeeping included, has fixed shapes: on CUDA it is captured once as
+  a CUDA graph and each token costs one replay.
+- On the CPU ("auto" is "eager" there) the cache grows: attention reads the written prefix
+  only. A graph saves nothing on a CPU, so the static cache's fixed shapes buy nothing there
+  and its masked tail is read for nothing; measured side by side, neither mode was reliably
+  faster on a CPU. The matrix-vector products may go through oneDNN instead of F.linear
+  (`cpu_linear`): whether that is faster depends on the CPU and the dtype, so "auto" times a
+  few steps of each once per model shape, dtype and batch size, and keeps the faster.
 
-The step reuses the model's own modules (ln_1, ln_2, ln_f, wte, wpe) and reads the weights
-of its linear layers (attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj, and wte as the tied
-lm_head) where they are, so a `Decoder` follows any change to the weights (the bf16 CPU
-path's packed copies are remade when a weight changes).
-Greedy tokens equal those of `generate.stream` (tests/test_decode.py).
+A `Decoder` reads the model's weights where they are, so it follows any change to them
+(the packed oneDNN copies are remade when a weight changes). Greedy tokens equal those of
+`generate.stream` (tests/test_decode.py).
 
     decoder = Decoder(model, batch_size=1, max_len=256)
     out = decoder.generate(idx, max_new_tokens=128, temperature=0)   # (1, T + 128)
 """
 from __future__ import annotations
 
+import contextlib
+import time
 from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
-from minigpt.generate import check_length, sample_next
 from minigpt.model import GPT, KVCache
+from minigpt.sampling import check_length, sample_next
 
 MODES = ("auto", "eager", "static", "graph")
-
-
 CPU_LINEARS = ("auto", "torch", "onednn", "onednn-packed")
+
+
+# ----------------------------------------------------------------------------------------------
+# oneDNN linears: an option of the CPU decoder, chosen by measurement
 
 
 def onednn_unavailable_reason(dtype: torch.dtype) -> str | None:
@@ -56,22 +62,29 @@ def onednn_unavailable_reason(dtype: torch.dtype) -> str | None:
     return None
 
 
-class OneDNNLinear:
-    """F.linear(x, weight, bias) on the CPU through oneDNN's inner product, the op PyTorch's
-    inductor emits for frozen CPU linears.
+class OneDNNLinear(TorchFunctionMode):
+    """While active, every F.linear runs through oneDNN's inner product: the op PyTorch's
+    inductor emits for frozen CPU linears, reached through PyTorch's private mkldnn ops.
 
-    On 2 cores of this project's CPU, a batch-1 fp32 F.linear (MKL's GEMV) streamed the
-    weights at 12-17 GB/s and oneDNN at 19-24 GB/s on the weight as it is. In bf16 oneDNN
-    needs the weight reordered into its blocked layout to go faster (17-24 GB/s against
-    11-16), so `pack=True` keeps one reordered copy of each weight: more memory, remade
-    whenever the weight changes in place (its version counter moves) or is replaced.
+    At batch 1 a CPU linear is a matrix-vector product bound by reading the weight, and
+    on some CPUs oneDNN streams it faster than F.linear's GEMV. `pack=True` keeps one copy
+    of each weight reordered into oneDNN's blocked layout (what its bf16 kernels want): more
+    memory, remade whenever the weight changes in place (its version counter moves) or is
+    replaced.
     """
 
     def __init__(self, pack: bool, batch_size: int):
+        super().__init__()
         self.pack, self.batch_size = pack, batch_size
         self.packed: dict[int, tuple[torch.Tensor, int, torch.Tensor]] = {}  # id(W) -> (W, version, packed W)
 
-    def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.linear:
+            return self.linear(*args, **kwargs)
+        return func(*args, **kwargs)
+
+    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         if self.pack:
             entry = self.packed.get(id(weight))
             if entry is None or entry[0] is not weight or entry[1] != weight._version:
@@ -83,18 +96,26 @@ class OneDNNLinear:
         return y.view(*x.shape[:-1], y.size(-1))
 
 
+# The measured choice of `cpu_linear="auto"`, per (model shape, dtype, batch size, threads).
+_measured_cpu_linear: dict[tuple, str] = {}
+
+
+# ----------------------------------------------------------------------------------------------
+# The decoder
+
+
 class Decoder:
     """Decodes batches of `batch_size` prompts of up to `max_len` tokens (prompt + new).
 
-    mode: "eager" runs the step op by op, attending over the written prefix of the cache;
-    "static" runs the fixed-shape step op by op (what "graph" captures: useful to test it
-    without a GPU); "graph" replays the fixed-shape step as a CUDA graph (CUDA only);
-    "auto" is "graph" on CUDA and "eager" elsewhere.
+    mode: "eager" runs the step op by op over a growing cache; "static" runs the fixed-shape
+    step over the static cache op by op (what "graph" captures: useful to test it without a
+    GPU); "graph" replays the fixed-shape step as a CUDA graph (CUDA only); "auto" is "graph"
+    on CUDA and "eager" elsewhere (without a graph the static cache's fixed shapes buy nothing).
 
     cpu_linear: how the CPU runs the matrix-vector products: "torch" (F.linear), "onednn"
-    (`OneDNNLinear` on the model's weights), "onednn-packed" (on reordered copies of them);
-    "auto" is "onednn" in fp32, "onednn-packed" in bf16, "torch" where oneDNN cannot run.
-    Ignored on a GPU.
+    (`OneDNNLinear` on the model's weights), "onednn-packed" (on reordered copies of them),
+    or "auto": the fastest of those that can run, timed on a few decode steps of this model
+    the first time a decoder of its shape, dtype and batch size decodes. Ignored on a GPU.
 
     A Decoder can be reused for any number of `generate` calls with the same batch size;
     each starts afresh from its prompt.
@@ -115,80 +136,59 @@ class Decoder:
         if model.training:
             raise ValueError("the model is in training mode (dropout is on); call model.eval() first")
         self.model, self.config, self.mode = model, model.config, mode
-        self.linear = F.linear
-        if self.device.type == "cpu" and cpu_linear != "torch":
+        if self.device.type != "cpu":
+            cpu_linear = "torch"
+        elif cpu_linear in ("onednn", "onednn-packed"):
             reason = onednn_unavailable_reason(self.dtype)
-            if reason is not None and cpu_linear != "auto":
+            if reason is not None:
                 raise ValueError(f"cpu_linear={cpu_linear!r} cannot run: {reason}")
-            if reason is None:
-                pack = cpu_linear == "onednn-packed" or (cpu_linear == "auto" and self.dtype == torch.bfloat16)
-                self.linear = OneDNNLinear(pack, batch_size)
         self.max_len = max_len or model.config.block_size
         self.check_every = check_every if self.device.type == "cuda" else 1
         B, dev = batch_size, self.device
-        self.cache = KVCache(model.config, B, self.max_len, device=dev, dtype=self.dtype)
+        self.cache = KVCache(model.config, B, self.max_len, device=dev, dtype=self.dtype, static=mode != "eager")
         # Decoding state, updated in place by every step (so a CUDA graph can own it):
         self.seq = torch.zeros(B, self.max_len, dtype=torch.long, device=dev)  # prompt + new tokens
-        self.token = torch.zeros(B, 1, dtype=torch.long, device=dev)  # the token to feed next...
-        self.pos = torch.zeros(1, dtype=torch.long, device=dev)  # ...and its position
+        self.token = torch.zeros(B, 1, dtype=torch.long, device=dev)  # the token to feed next, at cache.pos
         self.done = torch.zeros(B, dtype=torch.bool, device=dev)  # rows that have produced eos
         self.eos = torch.full((), -1, dtype=torch.long, device=dev)  # -1: no eos, nothing is ever done
         self.length = torch.zeros((), dtype=torch.long, device=dev)  # tokens kept in seq
         self.logits = torch.zeros(B, self.config.vocab_size, dtype=self.dtype, device=dev)
-        self.positions = torch.arange(self.max_len, device=dev).view(1, self.max_len)  # (1, max_len)
         self.graphs: dict[bool, torch.cuda.CUDAGraph] = {}  # greedy? -> captured step
-        self._pos = 0  # the host's copy of pos, for the eager step's cache slices
+        self.cpu_linear = cpu_linear  # "auto" until the first decode measures it
+        self.linears = self._linears(cpu_linear) if cpu_linear != "auto" else contextlib.nullcontext()
 
     @property
     def batch_size(self) -> int:
         return self.seq.size(0)
 
+    def _linears(self, cpu_linear: str):
+        """The context each step runs in: F.linear as it is, or routed through oneDNN."""
+        if cpu_linear == "torch":
+            return contextlib.nullcontext()
+        return OneDNNLinear(pack=cpu_linear == "onednn-packed", batch_size=self.batch_size)
+
     # --- one step -------------------------------------------------------------------------------
     def forward_step(self) -> torch.Tensor:
-        """Logits (B, vocab_size) after feeding `token` at position `pos`; writes its keys/values."""
-        tr = self.model.transformer
-        x = tr.wte(self.token) + tr.wpe(self.pos)  # (B, 1, C)
-        visible = self.positions <= self.pos if self.mode != "eager" else None  # (1, max_len)
-        for layer, block in enumerate(tr.h):
-            x = x + self.attend(block.attn, block.ln_1(x), layer, visible)
-            x = x + self.mlp(block.mlp, block.ln_2(x))
-        x = tr.ln_f(x[:, -1])  # (B, C)
-        return self.linear(x, tr.wte.weight)[:, : self.config.vocab_size]  # the tied lm_head
-
-    def mlp(self, mlp, x: torch.Tensor) -> torch.Tensor:
-        x = F.gelu(self.linear(x, mlp.c_fc.weight, mlp.c_fc.bias), approximate="tanh")  # as MLP.forward
-        return self.linear(x, mlp.c_proj.weight, mlp.c_proj.bias)
-
-    def attend(self, attn, x: torch.Tensor, layer: int, visible: torch.Tensor | None) -> torch.Tensor:
-        B, T, C = x.size()  # T == 1
-        nh, hs = attn.n_head, C // attn.n_head
-        q, k, v = self.linear(x, attn.c_attn.weight, attn.c_attn.bias).split(C, dim=2)
-        q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, 1, hs)
-        cache_k, cache_v = self.cache.k[layer], self.cache.v[layer]  # (B, nh, max_len, hs)
-        cache_k.index_copy_(2, self.pos, k.view(B, T, nh, hs).transpose(1, 2))
-        cache_v.index_copy_(2, self.pos, v.view(B, T, nh, hs).transpose(1, 2))
-        if visible is None:  # eager: the written prefix, a view
-            end = self._pos + 1
-            y = F.scaled_dot_product_attention(q, cache_k[:, :, :end], cache_v[:, :, :end])
-        else:  # static shapes: the whole cache, positions after pos masked out
-            y = F.scaled_dot_product_attention(q, cache_k, cache_v, attn_mask=visible)
-        return self.linear(y.transpose(1, 2).reshape(B, T, C), attn.c_proj.weight, attn.c_proj.bias)
+        """Logits (B, vocab_size) after feeding `token` at the cache's position; writes its keys/values."""
+        with self.linears:
+            return self.model(self.token, cache=self.cache, last_only=True)[:, -1]
 
     def advance(self, next_token: torch.Tensor) -> None:
-        """Append next_token (B,) to the sequence and make it the token to feed next."""
+        """Append next_token (B,) to the sequence, after the positions the cache holds, and make
+        it the token to feed next."""
         still_going = ~self.done.all()
         next_token = torch.where(self.done, self.eos, next_token)  # finished rows repeat eos (no sync)
         self.done |= next_token == self.eos
         self.length += still_going  # the simple path stops once every row is done
-        self.pos += 1
-        self.seq.index_copy_(1, self.pos, next_token[:, None])
+        if self.cache.static:
+            self.seq.index_copy_(1, self.cache.pos, next_token[:, None])
+        else:
+            self.seq[:, self.cache.pos] = next_token
         self.token.copy_(next_token[:, None])
-        self._pos += 1
 
     def greedy_step(self) -> None:
         """One step choosing the most likely token: what a greedy CUDA graph holds."""
-        # argmax in fp32 picks the same token (the cast is exact) and, on the CPU, takes a
-        # third of the time of the bf16 argmax (about 60 µs against 180 µs over 50257 logits)
+        # argmax in fp32 picks the same token (the cast is exact) and is quicker on the CPU than in bf16
         self.advance(self.forward_step().float().argmax(dim=-1))
 
     def logits_step(self) -> None:
@@ -207,37 +207,60 @@ class Decoder:
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             for _ in range(3):
-                self.pos.zero_()  # keeps every write of the warm-up inside the buffers
+                self.cache.reset()  # keeps every write of the warm-up inside the buffers
                 body()
         torch.cuda.current_stream(self.device).wait_stream(side)
-        self.pos.zero_()
+        self.cache.reset()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):  # recorded, not run
             body()
         self.graphs[greedy] = graph
 
+    # --- the oneDNN choice ----------------------------------------------------------------------
+    def measure_cpu_linear(self, steps: int = 3, rounds: int = 3) -> str:
+        """Time greedy decode steps with each runnable cpu_linear, in alternation, and return the
+        fastest (the median over rounds). Leaves the decoding state to be overwritten by a prefill."""
+        candidates = ["torch"]
+        if onednn_unavailable_reason(self.dtype) is None:
+            candidates += ["onednn", "onednn-packed"]
+        if len(candidates) == 1:
+            return "torch"
+        steps = max(1, min(steps, self.max_len - 2))
+        contexts = {name: self._linears(name) for name in candidates}
+        seconds: dict[str, list[float]] = {name: [] for name in candidates}
+        with torch.inference_mode():
+            for warm_up in [True] + [False] * rounds:
+                for name, linears in contexts.items():
+                    self.linears = linears
+                    self.advance(self.prefill(self.seq[:, :1]).argmax(dim=-1))
+                    t0 = time.perf_counter()
+                    for _ in range(steps):
+                        self.greedy_step()
+                    if not warm_up:
+                        seconds[name].append(time.perf_counter() - t0)
+        best = min(candidates, key=lambda name: sorted(seconds[name])[len(seconds[name]) // 2])
+        self.linears = contexts[best]
+        return best
+
+    def choose_cpu_linear(self) -> None:
+        """Settle cpu_linear="auto", measuring once per model shape, dtype, batch size and thread count."""
+        key = (tuple(sorted(self.config.to_dict().items())), self.dtype, self.batch_size, torch.get_num_threads())
+        if key not in _measured_cpu_linear:
+            _measured_cpu_linear[key] = self.measure_cpu_linear()
+        self.cpu_linear = _measured_cpu_linear[key]
+        self.linears = self._linears(self.cpu_linear)
+
     # --- decoding -------------------------------------------------------------------------------
     def prefill(self, idx: torch.Tensor, eos_id: int | None = None) -> torch.Tensor:
-        """Run the prompt idx (B, T) through the model, filling the cache; its last logits (B, V).
-
-        The model's own blocks, with the lm_head applied to the last position only: the
-        logits of the other T - 1 positions would be (B, T - 1, V) of work and memory for nothing.
-        """
+        """Run the prompt idx (B, T) through the model, filling the cache; its last logits (B, V)."""
         B, T = idx.shape
         if B != self.batch_size:
             raise ValueError(f"this Decoder decodes batches of {self.batch_size} rows, got {B}")
         if T > self.max_len:
             raise ValueError(f"the prompt is {T} tokens; this Decoder holds {self.max_len} positions")
-        model, tr = self.model, self.model.transformer
         self.cache.reset()
-        x = tr.wte(idx) + tr.wpe(torch.arange(T, device=idx.device))  # (B, T, C)
-        for layer, block in enumerate(tr.h):
-            x = block(x, self.cache, layer)
-        self.cache.pos = T
-        logits = self.linear(tr.ln_f(x[:, -1]), tr.wte.weight)[:, : self.config.vocab_size]  # (B, V)
+        logits = self.model(idx, cache=self.cache, last_only=True)[:, -1]  # (B, V)
         self.seq[:, :T].copy_(idx)
-        self.pos.fill_(T - 1)  # the last prompt token, already fed
-        self._pos = T - 1
         self.length.fill_(T)
         self.done.zero_()
         self.eos.fill_(-1 if eos_id is None else eos_id)
@@ -260,15 +283,16 @@ class Decoder:
         `check_every` steps when an eos_id is given.
         """
         T = idx.size(1)
-        check_length(self.model, T, max_new_tokens)
+        check_length(self.config.block_size, T, max_new_tokens)
         if T + max_new_tokens > self.max_len:
             raise ValueError(f"prompt ({T} tokens) + max_new_tokens ({max_new_tokens}) exceeds this Decoder's "
                              f"max_len ({self.max_len})")
         if max_new_tokens == 0:
             return
         greedy = temperature == 0
+        if self.cpu_linear == "auto" and max_new_tokens > 1:
+            self.choose_cpu_linear()
         if self.mode == "graph" and max_new_tokens > 1 and greedy not in self.graphs:
-            self.prefill(idx[:, :1])  # resolves the model's backends and runs its kernels once
             self.capture(greedy)
         logits = self.prefill(idx, eos_id)
         self.advance(sample_next(logits, temperature, top_k, top_p, generator))

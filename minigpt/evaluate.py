@@ -1,6 +1,6 @@
 """Scoring a model on the benchmarks the field reports.
 
-Everything is built on one operation, `score_rows`: the log-likelihood of the last n tokens
+Everything is built on one operation, `score_rows` (minigpt/scoring.py): the log-likelihood of the last n tokens
 of each of many token rows, batched (rows sorted by length, padded on the right, one forward
 per batch; causal attention keeps the padding out of every real position, so batching does not
 change a score; only the scored positions get logits, `scored_logits`, and a softmax). On top of it:
@@ -32,17 +32,14 @@ import math
 import platform
 import re
 import subprocess
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from tqdm import tqdm
 
-from minigpt.model import GPT
+from minigpt.scoring import encode, encode_pair, fit_window, rolling_rows, safe_exp, score_rows
 from minigpt.tasks import (
     Example,
     Task,
@@ -56,138 +53,7 @@ from minigpt.tasks import (
 )
 
 # ----------------------------------------------------------------------------------------------
-# Tokenizing context + continuation
-
-
-def encode(enc, text: str) -> list[int]:
-    # "<|endoftext|>" written in a text is the end-of-text token, as Hugging Face's tokenizer reads it.
-    return enc.encode(text, allowed_special="all")
-
-
-def encode_pair(enc, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    """(context tokens, continuation tokens), split as lm-evaluation-harness splits them."""
-    if context == "":
-        cont = encode(enc, continuation)
-        # Conditioned on <|endoftext|>; a continuation that starts with it is conditioned on itself.
-        return (cont[:1], cont[1:]) if cont and cont[0] == enc.eot_token else ([enc.eot_token], cont)
-    n_spaces = len(context) - len(context.rstrip())
-    if n_spaces:
-        context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
-    whole = encode(enc, context + continuation)
-    ctx = encode(enc, context)
-    return ctx, whole[len(ctx):]
-
-
-# ----------------------------------------------------------------------------------------------
-# The one scoring operation
-
-
-@dataclass(frozen=True)
-class Row:
-    """Score the last `n` of `tokens` (the model sees all but the last token)."""
-
-    tokens: list[int]
-    n: int
-
-
-@dataclass(frozen=True)
-class Score:
-    logprob: float  # sum of the n tokens' log-probabilities (natural log)
-    greedy: bool  # whether each of them is the argmax given what precedes it
-
-
-def fit_window(context: list[int], continuation: list[int], block_size: int, where: str = "") -> tuple[Row, bool]:
-    """The row scoring continuation after context, cut from the left to fit the window;
-    and whether it was cut."""
-    if not continuation:
-        raise TaskError(f"{where or 'a request'}: the continuation is empty after tokenization")
-    if len(continuation) > block_size:
-        raise TaskError(f"{where or 'a request'}: the continuation alone is {len(continuation)} tokens, "
-                        f"longer than the model's context window of {block_size}")
-    tokens = context + continuation
-    return Row(tokens[-(block_size + 1):], len(continuation)), len(tokens) > block_size + 1
-
-
-def scored_logits(model, idx: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """model(idx)[b, t]: the logits (N, vocab) at N positions of idx (B, T).
-
-    For minigpt's GPT the tied lm_head multiplies only those positions' hidden states: a
-    multiple-choice row mostly holds context, and for a small model the 50257-wide lm_head is
-    most of the work of a forward. Any other module is called whole.
-    """
-    if isinstance(model, GPT):
-        x = model.hidden_states(idx)[b, t]  # (N, C)
-        return F.linear(x, model.transformer.wte.weight)[:, : model.config.vocab_size]
-    return model(idx)[b, t]
-
-
-def _device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-@torch.no_grad()
-def score_rows(model, rows: Sequence[Row], batch_size: int = 16, progress: bool = False,
-               desc: str | None = None) -> list[Score]:
-    """Log-likelihood of the last n tokens of every row, batch_size rows per forward."""
-    if batch_size < 1:
-        raise ValueError(f"batch size must be at least 1, got {batch_size}")
-    block_size = model.config.block_size
-    for r in rows:
-        if not 1 <= r.n < len(r.tokens) <= block_size + 1:
-            raise ValueError(f"a row of {len(r.tokens)} tokens scoring {r.n} does not fit a window of {block_size}")
-    device = _device(model)
-    # Longest first: rows of a batch have similar lengths (little padding), and a batch too big
-    # for memory fails at once rather than at the end.
-    order = sorted(range(len(rows)), key=lambda i: -len(rows[i].tokens))
-    scores: list[Score | None] = [None] * len(rows)
-    bar = tqdm(total=len(rows), desc=desc, disable=not progress, file=sys.stderr, leave=False)
-    for start in range(0, len(order), batch_size):
-        batch = [rows[i] for i in order[start:start + batch_size]]
-        T = max(len(r.tokens) for r in batch) - 1
-        idx = torch.zeros(len(batch), T, dtype=torch.long)
-        b, t, target = [], [], []
-        for j, r in enumerate(batch):
-            L = len(r.tokens) - 1
-            idx[j, :L] = torch.tensor(r.tokens[:-1])
-            b += [j] * r.n
-            t += range(L - r.n, L)
-            target += r.tokens[-r.n:]
-        # Only the scored positions get logits and go through the softmax, in fp32.
-        picked = scored_logits(model, idx.to(device), torch.tensor(b, device=device),
-                               torch.tensor(t, device=device)).float()  # (N, vocab)
-        target_t = torch.tensor(target, device=device)
-        logp = picked.log_softmax(dim=-1).gather(1, target_t[:, None]).squeeze(1)
-        hit = picked.argmax(dim=-1) == target_t
-        for j, (lp, g) in enumerate(zip(logp.double().cpu().split([r.n for r in batch]),
-                                        hit.cpu().split([r.n for r in batch]))):
-            scores[order[start + j]] = Score(lp.sum().item(), bool(g.all()))
-        bar.update(len(batch))
-    bar.close()
-    return scores  # type: ignore[return-value]
-
-
-# ----------------------------------------------------------------------------------------------
 # Bits per byte
-
-
-def _exp(x: float) -> float:
-    return math.exp(x) if x < 709.0 else math.inf  # a perplexity too large for a float
-
-
-def rolling_rows(tokens: Sequence[int], window: int, stride: int) -> list[Row]:
-    """Rows that predict tokens[1:] once each: the first `window` of them with all the context
-    there is, then `stride` new ones per row, each with `window` tokens of input."""
-    if not 1 <= stride <= window:
-        raise ValueError(f"stride must be between 1 and the window ({window}), got {stride}")
-    tokens = list(tokens)
-    last = len(tokens) - 1  # the predicted positions are 1..last
-    done = min(window, last)
-    rows = [Row(tokens[:done + 1], done)] if done else []
-    while done < last:
-        end = min(done + stride, last)
-        rows.append(Row(tokens[end - window:end + 1], end - done))
-        done = end
-    return rows
 
 
 def bits_per_byte(model, enc, text: str, window: int | None = None, stride: int | None = None,
@@ -203,8 +69,8 @@ def bits_per_byte(model, enc, text: str, window: int | None = None, stride: int 
     nll = -sum(s.logprob for s in score_rows(model, rows, batch_size, progress, desc))
     n_tokens, n_bytes = len(tokens) - 1, len(text.encode("utf-8"))
     n_words = len(re.split(r"\s+", text))  # as lm-evaluation-harness counts words for word_perplexity
-    return {"bpb": nll / math.log(2) / n_bytes, "ppl": _exp(nll / n_tokens),
-            "word_ppl": _exp(nll / n_words), "nll": nll / n_tokens,
+    return {"bpb": nll / math.log(2) / n_bytes, "ppl": safe_exp(nll / n_tokens),
+            "word_ppl": safe_exp(nll / n_words), "nll": nll / n_tokens,
             "tokens": n_tokens, "bytes": n_bytes, "words": n_words, "window": window, "stride": stride, "n": 1}
 
 
@@ -274,7 +140,7 @@ def lambada(model, enc, passages: Sequence[tuple[str, str, str]], batch_size: in
         truncated += cut
     scores = score_rows(model, rows, batch_size, progress, desc)
     mean_ll = sum(s.logprob for s in scores) / len(scores)
-    return {"acc": sum(s.greedy for s in scores) / len(scores), "ppl": _exp(-mean_ll),
+    return {"acc": sum(s.greedy for s in scores) / len(scores), "ppl": safe_exp(-mean_ll),
             "n": len(scores), "truncated": truncated}
 
 

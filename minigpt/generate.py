@@ -2,15 +2,16 @@
 against a KV cache, so each new token costs one position of compute rather than
 the whole context again.
 
-Three layers, each usable alone:
-- `sample_next`: logits -> next token (greedy, temperature, top-k, top-p);
+Two layers, each usable alone:
 - `stream` / `generate`: token ids in, token ids out (a batch of equal-length prompts);
 - `complete`: strings in, strings out, with several samples per prompt, prompts of
   different lengths, stop strings and streaming text.
 
-`stream` is the readable path: one `model(token, cache)` per token. `fast=True` hands
-the same job to `minigpt.decode.Decoder` (fixed-shape steps over a preallocated cache,
-replayed as a CUDA graph on a GPU), which gives the same greedy tokens.
+`stream` is the readable path: one `model(token, cache=cache)` per token. Given a
+`decoder_mode` ("auto", "eager", "static" or "graph"), the same job goes to
+`minigpt.decode.Decoder` in that mode (decoding state kept in device buffers; on a GPU
+fixed-shape steps replayed as a CUDA graph), which gives the same greedy tokens.
+`sample_next` (logits -> next token) lives in minigpt.sampling.
 """
 from __future__ import annotations
 
@@ -18,56 +19,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
+from minigpt.decode import Decoder
 from minigpt.model import GPT, KVCache
-
-
-def sample_next(
-    logits: torch.Tensor,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Pick the next token for each row of logits (B, V). temperature 0 is greedy."""
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be >= 1, got {top_k}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        # Keep the smallest set of most likely tokens whose probability reaches top_p
-        # (the most likely token is always kept).
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = F.softmax(sorted_logits, dim=-1)
-        mass_before = probs.cumsum(dim=-1) - probs
-        sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = F.softmax(logits, dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
-
-
-def check_length(model: GPT, prompt_len: int, max_new_tokens: int) -> None:
-    block = model.config.block_size
-    if prompt_len < 1:
-        raise ValueError("the prompt is empty: give at least one token")
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    if prompt_len > block:
-        raise ValueError(f"the prompt is {prompt_len} tokens, longer than the context window of {block}")
-    if prompt_len + max_new_tokens > block:
-        raise ValueError(
-            f"prompt ({prompt_len} tokens) + max_new_tokens ({max_new_tokens}) exceeds the context window of "
-            f"{block}; ask for at most {block - prompt_len} new tokens"
-        )
+from minigpt.sampling import check_length, sample_next
 
 
 @torch.no_grad()
@@ -80,27 +35,26 @@ def stream(
     top_p: float | None = None,
     generator: torch.Generator | None = None,
     eos_id: int | None = None,
-    fast: bool = False,
+    decoder_mode: str | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every row of idx (B, T), one (B,) tensor per step.
 
     Rows that have produced eos_id keep producing it; the stream ends when every row
-    has, or after max_new_tokens steps. fast=True decodes with minigpt.decode.Decoder.
+    has, or after max_new_tokens steps. decoder_mode: decode with a minigpt.decode.Decoder
+    in that mode instead of the loop below.
     """
     B, T = idx.shape
-    check_length(model, T, max_new_tokens)
+    check_length(model.config.block_size, T, max_new_tokens)
     if max_new_tokens == 0:
         return
-    if fast:
-        from minigpt.decode import Decoder
-
-        decoder = Decoder(model, B, T + max_new_tokens)
+    if decoder_mode is not None:
+        decoder = Decoder(model, B, T + max_new_tokens, mode=decoder_mode)
         yield from decoder.stream(idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                                   generator=generator, eos_id=eos_id)
         return
     dtype = next(model.parameters()).dtype
     cache = KVCache(model.config, B, T + max_new_tokens, device=idx.device, dtype=dtype)
-    logits = model(idx, cache=cache)[:, -1]  # prefill: the whole prompt in one forward
+    logits = model(idx, cache=cache, last_only=True)[:, -1]  # prefill: the whole prompt in one forward
     done = torch.zeros(B, dtype=torch.bool, device=idx.device)
     for step in range(max_new_tokens):
         token = sample_next(logits, temperature, top_k, top_p, generator)
@@ -110,7 +64,7 @@ def stream(
         yield token
         if step == max_new_tokens - 1 or (eos_id is not None and bool(done.all())):
             return
-        logits = model(token[:, None], cache=cache)[:, -1]  # decode: one position per step
+        logits = model(token[:, None], cache=cache, last_only=True)[:, -1]  # decode: one position per step
 
 
 def generate(
@@ -122,18 +76,16 @@ def generate(
     top_p: float | None = None,
     generator: torch.Generator | None = None,
     eos_id: int | None = None,
-    fast: bool = False,
+    decoder_mode: str | None = None,
 ) -> torch.Tensor:
     """idx (B, T) followed by up to max_new_tokens sampled tokens: (B, T + n).
 
     With eos_id, generation ends early once every row has produced it; rows that
-    finished first are padded with eos_id. fast=True decodes with minigpt.decode.Decoder.
+    finished first are padded with eos_id. decoder_mode: as for `stream`.
     """
-    if fast:
-        from minigpt.decode import Decoder
-
-        check_length(model, idx.size(1), max_new_tokens)
-        decoder = Decoder(model, idx.size(0), idx.size(1) + max_new_tokens)
+    if decoder_mode is not None:
+        check_length(model.config.block_size, idx.size(1), max_new_tokens)
+        decoder = Decoder(model, idx.size(0), idx.size(1) + max_new_tokens, mode=decoder_mode)
         return decoder.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                                 generator=generator, eos_id=eos_id)
     tokens = list(stream(model, idx, max_new_tokens, temperature, top_k, top_p, generator, eos_id))
@@ -144,7 +96,7 @@ def generate(
 def generate_uncached(model: GPT, idx: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
     """Greedy decoding that recomputes the whole context every step: the reference
     that cached decoding must reproduce token for token."""
-    check_length(model, idx.size(1), max_new_tokens)
+    check_length(model.config.block_size, idx.size(1), max_new_tokens)
     for _ in range(max_new_tokens):
         next_token = model(idx)[:, -1].argmax(dim=-1, keepdim=True)
         idx = torch.cat([idx, next_token], dim=1)
@@ -164,26 +116,26 @@ class Completion:
     finish_reason: str = "length"  # "length", "eot" or "stop"
 
 
-class _Row:
+class _RowText:
     """Turns one row's tokens into text: whole UTF-8 characters only, cut at stop strings."""
 
     def __init__(self, completion: Completion, enc, stop: Sequence[str], on_text):
-        self.c, self.enc, self.stop, self.on_text = completion, enc, stop, on_text
+        self.completion, self.enc, self.stop, self.on_text = completion, enc, stop, on_text
         self.buf = b""  # bytes of tokens not yet decoded into whole characters
         self.pending = ""  # decoded text held back: it may be the start of a stop string
         self.hold = max((len(s) for s in stop), default=1) - 1
         self.done = False
 
     def emit(self, text: str) -> None:
-        self.c.text += text
+        self.completion.text += text
         if text and self.on_text is not None:
-            self.on_text(self.c, text)
+            self.on_text(self.completion, text)
 
     def push(self, token: int, eot: int | None) -> None:
         if token == eot:
             self.finish("eot")
             return
-        self.c.tokens.append(token)
+        self.completion.tokens.append(token)
         self.buf += self.enc.decode_single_token_bytes(token)
         try:
             self.pending += self.buf.decode("utf-8")
@@ -207,7 +159,7 @@ class _Row:
         self.buf = b""
         self.emit(self.pending)
         self.pending = ""
-        self.c.finish_reason = reason
+        self.completion.finish_reason = reason
         self.done = True
 
 
@@ -226,14 +178,13 @@ def complete(
     stop_at_eot: bool = True,
     batch_size: int | None = None,
     on_text: Callable[[Completion, str], None] | None = None,
-    fast: bool = False,
+    decoder_mode: str | None = None,
 ) -> list[Completion]:
     """Sample num_samples continuations of each prompt.
 
     Prompts of equal token length are decoded together in one batch (up to
     batch_size rows); on_text(completion, new_text) is called as text arrives.
-    Returns the completions ordered by prompt, then sample. fast=True decodes with
-    minigpt.decode.Decoder.
+    Returns the completions ordered by prompt, then sample. decoder_mode: as for `stream`.
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
@@ -246,7 +197,7 @@ def complete(
     eot = enc.eot_token if stop_at_eot else None
     encoded = [enc.encode(p, allowed_special={"<|endoftext|>"}) for p in prompts]
     for ids in encoded:
-        check_length(model, len(ids), max_new_tokens)
+        check_length(model.config.block_size, len(ids), max_new_tokens)
 
     completions = [Completion(p, s) for p in range(len(prompts)) for s in range(num_samples)]
     by_length: dict[int, list[Completion]] = {}
@@ -257,13 +208,13 @@ def complete(
         for start in range(0, len(group), rows_per_batch):
             batch = group[start : start + rows_per_batch]
             idx = torch.tensor([encoded[c.prompt_index] for c in batch], dtype=torch.long, device=device)
-            rows = [_Row(c, enc, stop, on_text) for c in batch]
-            for token in stream(model, idx, max_new_tokens, temperature, top_k, top_p, generator, eot, fast):
+            rows = [_RowText(c, enc, stop, on_text) for c in batch]
+            for token in stream(model, idx, max_new_tokens, temperature, top_k, top_p, generator, eot, decoder_mode):
                 for row, t in zip(rows, token.tolist()):
                     if not row.done:
                         row.push(t, eot)
                 if all(row.done for row in rows):
                     break
             for row in rows:
-                row.finish(row.c.finish_reason)
+                row.finish(row.completion.finish_reason)
     return completions

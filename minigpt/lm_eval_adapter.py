@@ -14,7 +14,8 @@ import torch
 from lm_eval.api.model import LM
 from tqdm import tqdm
 
-from minigpt.evaluate import encode, encode_pair, fit_window, rolling_rows, score_rows
+from minigpt.generate import generate
+from minigpt.scoring import encode, encode_pair, fit_window, rolling_rows, score_rows
 
 
 class MiniGPTLM(LM):
@@ -77,7 +78,7 @@ class MiniGPTLM(LM):
         while len(tokens) - prompt_len < max_new:
             n = min(32, max_new - (len(tokens) - prompt_len))
             idx = torch.tensor([tokens], device=self._device)
-            new = self.model.generate(idx, n, temperature=temperature, eos_id=self.enc.eot_token)[0, len(tokens):]
+            new = generate(self.model, idx, n, temperature=temperature, eos_id=self.enc.eot_token)[0, len(tokens):]
             new = new.tolist()
             if self.enc.eot_token in new:
                 tokens += new[: new.index(self.enc.eot_token)]

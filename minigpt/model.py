@@ -7,9 +7,13 @@ so the released checkpoints load with a small transpose table (minigpt/weights.p
 Shapes use B (batch), T (time), C (channels = n_embd), nh (heads), hs (head size).
 
 Two pieces can be swapped for faster implementations, chosen in one place
-(`resolve_backends`): attention ("math", "sdpa" or "triton") and LayerNorm
-("torch" or "triton"). The "math" attention is the reference the others are
-tested against.
+(`resolve_backends`, run when the backends are set and when the model moves):
+attention ("math", "sdpa" or "triton") and LayerNorm ("torch" or "triton"). The
+"math" attention is the reference the others are tested against.
+
+The same forward serves training, scoring and decoding: given a `KVCache` it
+continues from the positions the cache holds, and the fast decoder of
+minigpt/decode.py calls it with the cache's static mode rather than restating it.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from minigpt import weights
 from minigpt.config import GPTConfig
 from minigpt.loss import linear_cross_entropy, linear_cross_entropy_reference
 
@@ -91,17 +96,27 @@ def causal_mask(Tq: int, Tk: int, device: torch.device) -> torch.Tensor:
     return torch.ones(Tq, Tk, dtype=torch.bool, device=device).tril(diagonal=offset)
 
 
-def attention_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """The reference: softmax(q k^T / sqrt(hs) + causal mask) v, written out."""
+# Every attention takes an optional `visible` (Tq, Tk) boolean mask. None means causal, with the
+# queries the last Tq of the Tk positions; a static KV cache passes its own (see KVCache).
+
+
+def attention_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                   visible: torch.Tensor | None = None) -> torch.Tensor:
+    """The reference: softmax(q k^T / sqrt(hs) + mask) v, written out."""
     Tq, Tk, hs = q.size(-2), k.size(-2), q.size(-1)
+    if visible is None:
+        visible = causal_mask(Tq, Tk, q.device)
     att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (B, nh, Tq, Tk)
-    att = att.masked_fill(~causal_mask(Tq, Tk, q.device), float("-inf"))
+    att = att.masked_fill(~visible, float("-inf"))
     att = F.softmax(att, dim=-1)
     return att @ v  # (B, nh, Tq, hs)
 
 
-def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                   visible: torch.Tensor | None = None) -> torch.Tensor:
     Tq, Tk = q.size(-2), k.size(-2)
+    if visible is not None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=visible)
     if Tq == Tk:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
     if Tq == 1:  # one new token sees every cached position: no mask needed
@@ -110,7 +125,10 @@ def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.T
     return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(Tq, Tk, q.device))
 
 
-def attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     visible: torch.Tensor | None = None) -> torch.Tensor:
+    if visible is not None:  # the flash kernel knows only the causal mask
+        return attention_sdpa(q, k, v, visible)
     from kernels import flash_attention
 
     return flash_attention(q, k, v, causal=True)
@@ -129,15 +147,16 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.backend = "math"  # set by GPT.set_backends
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                visible: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         if cache is not None:
-            k, v = cache.update(layer, k, v)  # (B, nh, T_past + T, hs)
-        y = ATTENTION[self.backend](q, k, v)
+            k, v = cache.update(layer, k, v)  # (B, nh, T_past + T, hs); a static cache: (B, nh, max_len, hs)
+        y = ATTENTION[self.backend](q, k, v, visible)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
         return self.resid_dropout(self.c_proj(y))
 
@@ -182,8 +201,9 @@ class Block(nn.Module):
         self.ln_2 = LayerNorm(config.n_embd, config.layer_norm_epsilon)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache, layer)
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                visible: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer, visible)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -195,31 +215,71 @@ class Block(nn.Module):
 class KVCache:
     """Keys and values of the positions seen so far, for incremental decoding.
 
-    Preallocated once for `max_len` positions so decoding never reallocates:
-    each step writes its new keys/values at `pos` and attends over [0, pos + T).
+    Preallocated once for `max_len` positions, so decoding never reallocates. Two modes:
+
+    - growing (static=False): `pos` is a Python int; a forward of T tokens writes them at
+      [pos, pos + T) and attends over the written prefix [0, pos + T), a view of the cache.
+    - static (static=True): `pos` is a (1,) tensor on the cache's device, and attention runs
+      over all max_len positions with a mask hiding those after each query. Every shape is
+      fixed and nothing is read back to the host, so a decode step can be recorded once as a
+      CUDA graph and replayed (minigpt.decode), with `pos` advanced in place.
     """
 
-    def __init__(self, config: GPTConfig, batch_size: int, max_len: int, device=None, dtype=None):
+    def __init__(self, config: GPTConfig, batch_size: int, max_len: int, device=None, dtype=None,
+                 static: bool = False):
         if max_len > config.block_size:
             raise ValueError(f"KV cache of {max_len} positions exceeds the context window ({config.block_size})")
         shape = (config.n_layer, batch_size, config.n_head, max_len, config.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.max_len = max_len
-        self.pos = 0
+        self.static = static
+        if static:
+            self.pos = torch.zeros(1, dtype=torch.long, device=device)
+            self.key_positions = torch.arange(max_len, device=device)
+        else:
+            self.pos = 0
 
     @property
     def batch_size(self) -> int:
         return self.k.size(1)
 
+    def positions(self, T: int) -> torch.Tensor:
+        """(T,) absolute positions of the next T tokens."""
+        if self.static:
+            return self.pos + torch.arange(T, device=self.pos.device)
+        return torch.arange(self.pos, self.pos + T, device=self.k.device)
+
+    def visible(self, positions: torch.Tensor) -> torch.Tensor | None:
+        """(T, max_len) mask of the keys each query may see in a static cache; None (causal) otherwise."""
+        if not self.static:
+            return None
+        return self.key_positions[None, :] <= positions[:, None]
+
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        end = self.pos + k.size(2)
+        """Write k, v (B, nh, T, hs) at the next T positions; the keys and values to attend over."""
+        T = k.size(2)
+        if self.static:
+            positions = self.positions(T)
+            self.k[layer].index_copy_(2, positions, k)
+            self.v[layer].index_copy_(2, positions, v)
+            return self.k[layer], self.v[layer]
+        end = self.pos + T
         self.k[layer, :, :, self.pos:end] = k
         self.v[layer, :, :, self.pos:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
+    def advance(self, T: int) -> None:
+        if self.static:
+            self.pos.add_(T)
+        else:
+            self.pos += T
+
     def reset(self) -> None:
-        self.pos = 0
+        if self.static:
+            self.pos.zero_()
+        else:
+            self.pos = 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -287,14 +347,16 @@ class GPT(nn.Module):
 
     # --- forward --------------------------------------------------------------------------------
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
+        last_only: bool = False,
     ) -> torch.Tensor:
         """Logits (B, T, vocab_size) for every position of idx (B, T); or, given targets (B, T),
         the mean next-token cross-entropy against them (targets of -100 are ignored).
 
         The loss is F.cross_entropy(self(idx), targets) computed without ever holding all the
         logits (minigpt/loss.py explains how). With a KV cache, idx holds the next T tokens
-        after the cache.pos already seen.
+        after the ones the cache has seen. last_only=True gives the logits (B, 1, vocab_size) of
+        the last position only, all that sampling the next token needs.
         """
         x = self.hidden_states(idx, cache)
         if targets is not None:
@@ -302,29 +364,36 @@ class GPT(nn.Module):
             if torch.compiler.is_compiling():  # Inductor fuses the plain version by itself
                 return linear_cross_entropy_reference(*args)
             return linear_cross_entropy(*args)
+        if last_only:
+            x = x[:, -1:]
         logits = F.linear(x, self.transformer.wte.weight)  # (B, T, padded_vocab): the tied lm_head
         return logits[..., : self.config.vocab_size]
 
     def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """The final hidden states (B, T, C), after ln_f: what the lm_head multiplies."""
         B, T = idx.size()
-        start = 0 if cache is None else cache.pos
-        if start + T > self.config.block_size:
-            raise ValueError(
-                f"sequence of {start + T} tokens exceeds the context window of {self.config.block_size}"
-            )
-        if cache is not None and (start + T > cache.max_len or B != cache.batch_size):
-            raise ValueError(
-                f"KV cache holds {cache.batch_size} x {cache.max_len} positions; "
-                f"cannot add {B} x {T} tokens at position {start}"
-            )
-        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
+        if cache is None:
+            pos = torch.arange(T, dtype=torch.long, device=idx.device)
+            end = T
+        else:
+            # a static cache's position stays on the device: only its own size can be checked here
+            end = T if cache.static else cache.pos + T
+            if end > cache.max_len or B != cache.batch_size:
+                start = "its position" if cache.static else f"position {cache.pos}"
+                raise ValueError(
+                    f"KV cache holds {cache.batch_size} x {cache.max_len} positions; "
+                    f"cannot add {B} x {T} tokens at {start}"
+                )
+            pos = cache.positions(T)
+        if end > self.config.block_size:
+            raise ValueError(f"sequence of {end} tokens exceeds the context window of {self.config.block_size}")
+        visible = None if cache is None else cache.visible(pos)  # (T, max_len) for a static cache
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
         for layer, block in enumerate(self.transformer.h):
-            x = block(x, cache, layer)
+            x = block(x, cache, layer, visible)
         x = self.transformer.ln_f(x)
         if cache is not None:
-            cache.pos += T
+            cache.advance(T)
         return x
 
     def num_params(self, non_embedding: bool = False) -> int:
@@ -332,20 +401,20 @@ class GPT(nn.Module):
 
     # --- weights --------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path, device=None, dtype=None, **backends) -> GPT:
-        """Load OpenAI's GPT-2 (a preset name), a Hugging Face style directory, or a .safetensors file."""
-        from minigpt.weights import load_pretrained
+    def from_pretrained(cls, name_or_path: str | Path, device=None, dtype=None, attn_backend: str = "auto",
+                        ln_backend: str = "auto") -> GPT:
+        """Load OpenAI's GPT-2 (a preset name), a Hugging Face style directory, or a .safetensors file.
 
-        return load_pretrained(name_or_path, device=device, dtype=dtype, **backends)
+        The model is built on the meta device (no memory, no initialisation) and takes the
+        checkpoint's tensors as its parameters, already in `dtype` on `device`.
+        """
+        config, state, source = weights.load_state_dict(name_or_path, dtype=dtype, device=device)
+        with torch.device("meta"):
+            model = cls(config, attn_backend=attn_backend, ln_backend=ln_backend)
+        weights.check_state_dict(state, {k: tuple(v.shape) for k, v in model.state_dict().items()}, config, source)
+        model.load_state_dict(state, strict=True, assign=True)
+        return model.to(device or "cpu").eval()
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write model.safetensors + config.json that transformers' GPT2LMHeadModel loads."""
-        from minigpt.weights import save_pretrained
-
-        save_pretrained(self, directory)
-
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, **kwargs) -> torch.Tensor:
-        """Continue idx (B, T) by max_new_tokens tokens; see minigpt.generate.generate."""
-        from minigpt.generate import generate
-
-        return generate(self, idx, max_new_tokens, **kwargs)
+        weights.save_state_dict(self.state_dict(), self.config, directory)

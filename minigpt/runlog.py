@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global backend state
 from tqdm import tqdm
 
-from minigpt.checkpoint import atomic_write
+from minigpt.files import atomic_write
 from minigpt.train_config import ConfigError, TrainConfig
 
 

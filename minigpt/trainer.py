@@ -37,7 +37,6 @@ from minigpt.checkpoint import (
     Checkpoint,
     CheckpointError,
     CheckpointWriteError,
-    atomic_write,
     latest_checkpoint,
     load_checkpoint,
     prune_checkpoints,
@@ -49,6 +48,7 @@ from minigpt.checkpoint import (
     set_rng_state,
     start_branch,
 )
+from minigpt.files import atomic_write
 from minigpt.corpus import bytes_per_token, default_data_dir, load_meta, prepare
 from minigpt.flops import device_peak_flops, flops_per_token
 from minigpt.generate import complete

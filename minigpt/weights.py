@@ -12,15 +12,15 @@ Real checkpoints come in a few variants, all accepted:
 Nothing is ever unpickled with code execution: safetensors files are plain
 data, and `.bin` files go through `torch.load(weights_only=True)`.
 
-Loading builds the model on the meta device and assigns each tensor already in
-the target dtype, so a bf16 load of gpt2-xl never holds an fp32 copy of the
-model: the peak is the bf16 model plus one fp32 tensor.
+This module reads and writes configs and tensors only; it never builds a model.
+`GPT.from_pretrained` builds one on the meta device and assigns the tensors that
+`load_state_dict` returns, each already converted to the target dtype as it was
+read, so a bf16 load of gpt2-xl never holds an fp32 copy of the model.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import pickle
 import sys
 from collections.abc import Iterator
@@ -28,15 +28,12 @@ from pathlib import Path
 
 import torch
 
+from minigpt.checkpoint import CHECKPOINT_PREFIX, CheckpointError, latest_checkpoint
 from minigpt.config import HUB_REPOS, PRESETS, GPTConfig, preset
+from minigpt.files import atomic_write
 
 TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 IGNORED = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers of old checkpoints
-CHECKPOINT_PREFIX = "ckpt_"  # train.py's checkpoint directories: out_dir/ckpt_00001000/
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be found, read or matched to the model."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -67,20 +64,6 @@ def hub_snapshot(name: str) -> Path:
     return path
 
 
-def latest_checkpoint(directory: Path) -> Path | None:
-    """The newest complete train.py checkpoint under directory, if any.
-
-    train.py writes each checkpoint into a temporary directory and renames it to
-    ckpt_<step> only when it is complete, so every ckpt_<step> is loadable.
-    """
-    steps = []
-    for p in directory.glob(f"{CHECKPOINT_PREFIX}*"):
-        suffix = p.name[len(CHECKPOINT_PREFIX):]
-        if p.is_dir() and suffix.isdigit():
-            steps.append((int(suffix), p))
-    return max(steps)[1] if steps else None
-
-
 def _read_config_json(path: Path) -> GPTConfig:
     try:
         d = json.loads(path.read_text())
@@ -94,7 +77,7 @@ def _read_config_json(path: Path) -> GPTConfig:
         raise CheckpointError(f"{path}: {e}") from None
 
 
-def resolve(name_or_path: str | Path) -> tuple[Path, GPTConfig | None]:
+def find_weights(name_or_path: str | Path) -> tuple[Path, GPTConfig | None]:
     """(weights file, config if one was found beside it) for a preset name or a local path."""
     path = Path(name_or_path).expanduser()
     if not path.exists():
@@ -117,7 +100,7 @@ def resolve(name_or_path: str | Path) -> tuple[Path, GPTConfig | None]:
                 raise CheckpointError(
                     f"{directory} holds no model.safetensors, pytorch_model.bin or {CHECKPOINT_PREFIX}* checkpoint"
                 )
-            return resolve(ckpt)
+            return find_weights(ckpt)
     else:
         directory, weights = path.parent, path
     config_file = directory / "config.json"
@@ -140,10 +123,11 @@ def _iter_safetensors(path: Path) -> tuple[dict, Iterator[tuple[str, torch.Tenso
     """Read a .safetensors file one tensor at a time with plain file reads.
 
     The format is an 8-byte little-endian header length, a JSON header giving each
-    tensor's dtype, shape and byte range, then the raw data. The safetensors library
-    memory-maps the whole file, which leaves every page it touches resident: a bf16
-    load of gpt2-xl's 6 GB fp32 file would then peak at the file's size on top of the
-    model. Reading each tensor into its own buffer keeps the peak at one fp32 tensor.
+    tensor's dtype, shape and byte range, then the raw data. The safetensors library's
+    `safe_open` memory-maps the file instead, so every page it touches counts as resident
+    until the mapping goes, and a bf16 load then peaks with the whole fp32 file resident on
+    top of the model. `python bench/load_memory.py` measures both readers side by side
+    (peak resident memory and load time; bench/results/load-memory-*.json).
     """
     try:
         f = open(path, "rb")
@@ -252,15 +236,18 @@ def _infer_config(shapes: dict[str, tuple[int, ...]], source: Path) -> GPTConfig
     return GPTConfig(block_size=block_size, vocab_size=V, n_layer=n_layer, n_head=heads[C], n_embd=C)
 
 
-def load_pretrained(
-    name_or_path: str | Path, device=None, dtype=None, attn_backend: str = "auto", ln_backend: str = "auto"
-):
-    """A GPT with the weights at name_or_path (see GPT.from_pretrained)."""
-    from minigpt.model import GPT
+def load_state_dict(
+    name_or_path: str | Path, dtype: torch.dtype | None = None, device=None
+) -> tuple[GPTConfig, dict[str, torch.Tensor], Path]:
+    """(config, state dict under our names, weights file) of the checkpoint at name_or_path.
 
+    Tensors are converted to dtype (default float32) as they are read and moved to device
+    (default cpu); the embedding is padded to the config's padded vocabulary. Check the result
+    against a model with `check_state_dict` before loading it.
+    """
     dtype = dtype or torch.float32
     device = torch.device(device or "cpu")
-    weights, config = resolve(name_or_path)
+    weights, config = find_weights(name_or_path)
     metadata, tensors = read_tensors(weights)
     if config is None and "minigpt_config" in metadata:
         config = GPTConfig.from_dict(json.loads(metadata["minigpt_config"]))
@@ -287,10 +274,6 @@ def load_pretrained(
     if config is None:
         config = _infer_config({k: tuple(v.shape) for k, v in state.items()}, weights)
 
-    with torch.device("meta"):
-        model = GPT(config, attn_backend=attn_backend, ln_backend=ln_backend)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-
     # The embedding is stored unpadded; pad it with zero rows to the model's padded width.
     wte = state.get("transformer.wte.weight")
     if lm_head is not None and (wte is None or not torch.equal(lm_head.to(wte.device), wte)):
@@ -298,13 +281,18 @@ def load_pretrained(
     if wte is not None and wte.size(0) == config.vocab_size and config.padded_vocab_size > config.vocab_size:
         pad = wte.new_zeros(config.padded_vocab_size - config.vocab_size, wte.size(1))
         state["transformer.wte.weight"] = torch.cat([wte, pad])
+    return config, state, weights
 
+
+def check_state_dict(state: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]], config: GPTConfig,
+                     source: Path) -> None:
+    """A CheckpointError unless state holds exactly the expected tensor names and shapes."""
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing:
-        raise CheckpointError(f"{weights}: missing tensor(s) {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+        raise CheckpointError(f"{source}: missing tensor(s) {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
     if unexpected:
-        raise CheckpointError(f"{weights}: unexpected tensor(s) {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}")
+        raise CheckpointError(f"{source}: unexpected tensor(s) {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}")
     for name, shape in expected.items():
         got = tuple(state[name].shape)
         if name == "transformer.wte.weight":
@@ -313,21 +301,17 @@ def load_pretrained(
         elif name.endswith(TRANSPOSED):  # report shapes as the checkpoint stores them
             got, shape = got[::-1], shape[::-1]
         if got != shape:
-            raise CheckpointError(f"{weights}: {name} has shape {got} in the checkpoint, the model expects {shape}")
-
-    model.load_state_dict(state, strict=True, assign=True)
-    return model.to(device).eval()
+            raise CheckpointError(f"{source}: {name} has shape {got} in the checkpoint, the model expects {shape}")
 
 
 # ----------------------------------------------------------------------------------------------
 # Saving
 
 
-def hf_state_dict(model) -> dict[str, torch.Tensor]:
-    """The model's weights under transformers' GPT2LMHeadModel names and Conv1D layout."""
-    config = model.config
+def hf_state_dict(state_dict: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
+    """A model's state dict under transformers' GPT2LMHeadModel names and Conv1D layout, on the CPU."""
     out = {}
-    for name, t in model.state_dict().items():
+    for name, t in state_dict.items():
         t = t.detach()
         if name == "transformer.wte.weight":
             t = t[: config.vocab_size]
@@ -337,22 +321,18 @@ def hf_state_dict(model) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_pretrained(model, directory: str | Path) -> None:
+def save_state_dict(state_dict: dict[str, torch.Tensor], config: GPTConfig, directory: str | Path) -> None:
+    """Write model.safetensors + config.json (each atomically) that GPT2LMHeadModel loads."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tensors = hf_state_dict(model)
-    metadata = {"format": "pt", "minigpt_config": json.dumps(model.config.to_dict())}
-    tmp = directory / "model.safetensors.tmp"
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, directory / "model.safetensors")
-    config = model.config.to_hf_dict()
-    config["dtype"] = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
-    config["minigpt"] = model.config.to_dict()
-    tmp = directory / "config.json.tmp"
-    tmp.write_text(json.dumps(config, indent=2) + "\n")
-    os.replace(tmp, directory / "config.json")
+    tensors = hf_state_dict(state_dict, config)
+    metadata = {"format": "pt", "minigpt_config": json.dumps(config.to_dict())}
+    atomic_write(directory / "model.safetensors", lambda f: save_file(tensors, f.name, metadata=metadata))
+    hf_config = config.to_hf_dict()
+    hf_config["dtype"] = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
+    hf_config["minigpt"] = config.to_dict()
+    atomic_write(directory / "config.json", json.dumps(hf_config, indent=2) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from minigpt import GPT, GPTConfig
-from minigpt.decode import Decoder, OneDNNLinear
+from minigpt.decode import Decoder, OneDNNLinear, onednn_unavailable_reason
 from minigpt.generate import complete, generate, generate_uncached, stream
 from minigpt.tokenizer import get_encoding
 
@@ -89,17 +89,18 @@ def test_eos_ends_like_the_simple_path(mode):
     assert torch.equal(streamed, ref[:, 5:])
 
 
-def test_fast_flag_of_generate_stream_and_complete(checkpoint):
+def test_decoder_mode_of_generate_stream_and_complete(checkpoint):
     _, path = checkpoint
     model = GPT.from_pretrained(path)
     idx = torch.randint(0, 50257, (2, 7))
     ref = generate(model, idx, 15, temperature=0)
-    assert torch.equal(generate(model, idx, 15, temperature=0, fast=True), ref)
-    assert torch.equal(torch.stack(list(stream(model, idx, 15, temperature=0, fast=True)), dim=1), ref[:, 7:])
+    assert torch.equal(generate(model, idx, 15, temperature=0, decoder_mode="auto"), ref)
+    assert torch.equal(torch.stack(list(stream(model, idx, 15, temperature=0, decoder_mode="auto")), dim=1),
+                       ref[:, 7:])
     enc = get_encoding("gpt2")
     prompts = ["Hello", "A longer prompt here"]
     slow = complete(model, enc, prompts, 12, num_samples=2, temperature=0, stop_at_eot=False)
-    fast = complete(model, enc, prompts, 12, num_samples=2, temperature=0, stop_at_eot=False, fast=True)
+    fast = complete(model, enc, prompts, 12, num_samples=2, temperature=0, stop_at_eot=False, decoder_mode="auto")
     assert [(c.text, c.tokens) for c in fast] == [(c.text, c.tokens) for c in slow]
 
 
@@ -110,8 +111,10 @@ def test_cpu_linears_agree(checkpoint, dtype):
     idx = torch.randint(0, 50257, (2, 8))
     ref = generate(model, idx, 30, temperature=0)
     auto = Decoder(model, 2, 40)
-    assert isinstance(auto.linear, OneDNNLinear)  # oneDNN is part of the x86 CPU builds of PyTorch
-    assert auto.linear.pack == (dtype == torch.bfloat16)
+    assert torch.equal(auto.generate(idx, 30, temperature=0), ref)
+    assert auto.cpu_linear in ("torch", "onednn", "onednn-packed")  # measured on the first decode
+    assert onednn_unavailable_reason(dtype) is None  # oneDNN is part of the x86 CPU builds of PyTorch
+    assert isinstance(auto.linears, OneDNNLinear) == (auto.cpu_linear != "torch")
     for cpu_linear in ("torch", "onednn", "onednn-packed"):
         decoder = Decoder(model, 2, 40, cpu_linear=cpu_linear)
         assert torch.equal(decoder.generate(idx, 30, temperature=0), ref), cpu_linear

@@ -8,7 +8,8 @@ import torch
 from reference import hf_model, save_hf
 
 from minigpt import GPT, GPTConfig
-from minigpt.generate import complete, generate, generate_uncached, sample_next, stream
+from minigpt.generate import complete, generate, generate_uncached, stream
+from minigpt.sampling import sample_next
 from minigpt.tokenizer import get_encoding
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,8 +90,8 @@ def test_seeded_sampling_is_repeatable(checkpoint):
     assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("fast", [False, True])
-def test_stops_at_eos(fast):
+@pytest.mark.parametrize("decoder_mode", [None, "auto"])
+def test_stops_at_eos(decoder_mode):
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=64, vocab_size=10, n_layer=1, n_head=1, n_embd=8)).eval()
     with torch.no_grad():  # the final LayerNorm outputs all ones, and token 3's embedding is all fives
@@ -98,7 +99,7 @@ def test_stops_at_eos(fast):
         model.transformer.ln_f.bias.fill_(1.0)
         model.transformer.wte.weight[3] = 5.0
     idx = torch.zeros(2, 4, dtype=torch.long)
-    steps = list(stream(model, idx, 20, temperature=0, eos_id=3, fast=fast))
+    steps = list(stream(model, idx, 20, temperature=0, eos_id=3, decoder_mode=decoder_mode))
     assert len(steps) == 1 and steps[0].tolist() == [3, 3]
 
 

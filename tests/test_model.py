@@ -53,6 +53,29 @@ def test_cached_forward_equals_full_forward(tmp_path):
     assert cache.pos == 40
 
 
+def test_static_cache_forward_equals_full_forward(tmp_path):
+    """The static cache (device-side position, masked attention over all its positions) gives the
+    growing cache's logits, whatever stale keys sit past the position."""
+    _, model = load_pair(tmp_path, "odd")
+    idx = torch.randint(0, 50257, (3, 29))
+    cache = KVCache(model.config, batch_size=3, max_len=37, static=True)
+    with torch.no_grad():
+        full = model(idx)
+        for backend in ("math", "sdpa"):
+            model.set_backends(attn=backend)
+            cache.k.normal_()  # stale entries beyond the position must stay invisible
+            cache.v.normal_()
+            cache.reset()
+            parts = [model(idx[:, :11], cache=cache), model(idx[:, 11:14], cache=cache)]
+            parts += [model(idx[:, t : t + 1], cache=cache) for t in range(14, 29)]
+            assert (torch.cat(parts, dim=1) - full).abs().max().item() <= LOGITS_ATOL, backend
+            assert cache.pos.tolist() == [29]
+        cache.reset()
+        last = model(idx, cache=cache, last_only=True)
+    assert last.shape == (3, 1, 50257)
+    assert (last - full[:, -1:]).abs().max().item() <= LOGITS_ATOL
+
+
 def test_backward_math_equals_sdpa():
     torch.manual_seed(1)
     cfg = GPTConfig(block_size=24, vocab_size=97, n_layer=2, n_head=3, n_embd=48)
