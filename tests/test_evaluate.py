@@ -12,19 +12,8 @@ import torch
 from reference import LOGITS_ATOL, hf_model
 
 from minigpt import GPT
-from minigpt.evaluate import (
-    Row,
-    bits_per_byte,
-    choice_metrics,
-    encode_pair,
-    evaluate,
-    lambada,
-    multiple_choice,
-    rolling_rows,
-    score_multiple_choice,
-    score_rows,
-    scored_logits,
-)
+from minigpt.evaluate import bits_per_byte, choice_metrics, evaluate, lambada, multiple_choice, score_multiple_choice
+from minigpt.scoring import Row, encode_pair, rolling_rows, score_rows, scored_logits
 from minigpt.tasks import Example, read_multiple_choice
 from minigpt.tokenizer import get_encoding
 
