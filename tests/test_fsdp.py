@@ -159,7 +159,7 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients():
     y = torch.randint(0, 203, (3, 23))
     calls = []  # the recompute runs each inner block's forward again in the backward pass
     for block in recomputed.transformer.h:
-        block._checkpoint_wrapped_module.register_forward_hook(lambda *_: calls.append(1))
+        block._checkpoint_wrapped_module.register_forward_pre_hook(lambda *_: calls.append(1))
     losses = []
     for model in (plain, recomputed):
         torch.manual_seed(1)  # the same dropout masks: the recompute replays the RNG state
