@@ -20,6 +20,7 @@ bitwise those of the plain model.
 """
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import subprocess
@@ -214,3 +215,19 @@ def test_one_rank_fsdp_runs_and_refuses_a_ddp_checkpoint(data_dir, one_rank_grou
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1, err
     assert "was written with --parallel ddp; resume it with the same" in err
+
+
+def test_full_disk_while_writing_shards_is_one_line(data_dir, one_rank_group, tmp_path, capsys, monkeypatch):
+    from minigpt import parallel
+
+    def no_space(self, plan, planner):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(parallel.dcp.HuggingFaceStorageWriter, "write_data", no_space)
+    out = tmp_path / "run"
+    code = train.main(tiny_argv(data_dir, out, parallel="fsdp", max_steps=2))
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert err.splitlines()[-1] == (f"error: cannot write the checkpoint of step 2 in {out} (No space left on "
+                                    "device); no earlier checkpoint exists")
+    assert not list(out.glob("ckpt_*")) and not list(out.glob(".tmp_*"))
