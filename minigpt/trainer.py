@@ -7,9 +7,9 @@ the model is wrapped in DistributedDataParallel; gradients are all-reduced only 
 micro-step of a step (`no_sync` before it), the logged loss is the mean over ranks, and only
 rank 0 writes logs and checkpoints. With --parallel fsdp the model is sharded with FSDP2
 instead (minigpt/parallel.py): gradient sync is switched off but on the last micro-step,
-every rank writes its shards into the checkpoint and rank 0 the gathered full weights.
-The other ranks wait for rank 0 at a barrier while it
-prepares the data (NCCL gives up on a barrier after 10 minutes: prepare a large corpus first).
+every rank writes its shards into the checkpoint and rank 0 the gathered full weights. The
+other ranks wait for rank 0 at a barrier while it prepares the data (NCCL gives up on a
+barrier after 10 minutes: prepare a large corpus first).
 
 Outputs in out_dir: log.jsonl (one JSON object per step and per evaluation), loss.png,
 run.json (config, parameter count, unigram baseline), checkpoints ckpt_<step>/ and the
