@@ -5,6 +5,7 @@
     python train.py --init gpt2 --data notes/ --max-steps 200 --lr 3e-5   # fine-tune OpenAI's weights
     python train.py --resume                         # continue the latest checkpoint in --out-dir
     torchrun --nproc_per_node=8 train.py --recipe gpt2-124m               # 8 GPUs, DDP
+    torchrun --nproc_per_node=8 train.py --init gpt2-xl --parallel fsdp   # 8 GPUs, FSDP2 (sharded)
 
 A recipe names a complete run (minigpt.train_config.RECIPES); flags override single values.
 Every flag but --recipe and --resume is a TrainConfig field. Ctrl-C (or SIGTERM) finishes the

@@ -9,6 +9,12 @@ A checkpoint is a directory `out_dir/ckpt_<step:08d>/`:
     train_state.json                 the rest: step, TrainConfig, data-loader position,
                                      optimizer hyper-parameters, python/numpy RNG states
 
+An FSDP run (--parallel fsdp) writes the same files, rank 0 gathering the full weights for
+model.safetensors, and also `sharded/`: every rank's shard of the weights and of the AdamW
+moments ("model.<name>", "optimizer.<name>.<moment>"), one safetensors file per rank written
+through torch.distributed.checkpoint. A resume reads its shards from there (on the same number
+of processes); train_state.safetensors then holds only the RNG states.
+
 It is written into `out_dir/.tmp_ckpt_<step>/` and renamed to `ckpt_<step>` only when
 complete, so every `ckpt_*` directory is whole even if the process is killed mid-write. A
 pruned checkpoint is first renamed to `.trash_ckpt_<step>` and only then deleted, so a kill
@@ -53,6 +59,7 @@ OLD_PREFIX = ".old_" + CHECKPOINT_PREFIX  # a checkpoint being replaced by one o
 TRASH_PREFIX = ".trash_" + CHECKPOINT_PREFIX  # a pruned checkpoint being deleted
 LATEST = "latest"  # out_dir/latest: the name of the run's newest checkpoint
 SUPERSEDED = "superseded"  # out_dir/superseded/: what a branch moved out of the way
+SHARDED = "sharded"  # ckpt_<step>/sharded/: an FSDP run's per-rank shards
 
 
 class CheckpointError(ValueError):
@@ -139,29 +146,54 @@ def remove_leftovers(out_dir: str | Path) -> list[Path]:
     return stale
 
 
-def save_checkpoint(out_dir: str | Path, step: int, model, optimizer: torch.optim.Optimizer,
-                    state: dict, rng: list[tuple[dict, dict]]) -> Path:
+def temp_dir(out_dir: str | Path, step: int) -> Path:
+    """Where the checkpoint of `step` is written before it is renamed into place."""
+    return Path(out_dir) / (TMP_PREFIX + checkpoint_name(step)[len(CHECKPOINT_PREFIX):])
+
+
+def start_checkpoint(out_dir: str | Path, step: int) -> Path:
+    """An empty temp_dir(out_dir, step) (what a run killed while writing this step left is removed),
+    for other processes to write their parts into before save_checkpoint(..., started=True)."""
+    tmp = temp_dir(out_dir, step)
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    except OSError as e:
+        raise write_failed(out_dir, step, e) from None
+    return tmp
+
+
+def write_failed(out_dir: str | Path, step: int, e: Exception) -> CheckpointWriteError:
+    """The one-line error of a checkpoint that could not be written; its temporary directory is removed."""
+    shutil.rmtree(temp_dir(out_dir, step), ignore_errors=True)
+    previous = latest_checkpoint(out_dir)
+    kept = f"the last checkpoint is still {previous}" if previous else "no earlier checkpoint exists"
+    return CheckpointWriteError(f"cannot write the checkpoint of step {step} in {out_dir} "
+                                f"({_reason(e)}); {kept}")
+
+
+def save_checkpoint(out_dir: str | Path, step: int, model, optimizer_state: dict,
+                    state: dict, rng: list[tuple[dict, dict]], started: bool = False) -> Path:
     """Write out_dir/ckpt_<step>/ atomically (see the module doc) and return its path.
 
-    `state` holds the JSON-able rest (TrainConfig, data-loader state, the step's loss, ...);
-    `rng` is each rank's rng_state(), in rank order. If writing fails (a full disk), the
-    temporary directory is removed and CheckpointWriteError says so in one line; the
-    checkpoints already there are untouched.
+    `optimizer_state` is optimizer.state_dict() (or, for FSDP, its param_groups with an empty
+    "state": the moments are in the shards); `state` holds the JSON-able rest (TrainConfig,
+    data-loader state, the step's loss, ...); `rng` is each rank's rng_state(), in rank order.
+    With `started`, the temporary directory from start_checkpoint() already holds what the
+    other processes wrote. If writing fails (a full disk), the temporary directory is removed
+    and CheckpointWriteError says so in one line; the checkpoints already there are untouched.
     """
     out_dir = Path(out_dir)
     final = out_dir / checkpoint_name(step)
-    tmp = out_dir / (TMP_PREFIX + final.name[len(CHECKPOINT_PREFIX):])
+    tmp = temp_dir(out_dir, step)
     try:
-        if tmp.exists():  # left by a run killed while writing this step
+        if tmp.exists() and not started:  # left by a run killed while writing this step
             shutil.rmtree(tmp)
-        _write_contents(tmp, step, model, optimizer, state, rng)
+        _write_contents(tmp, step, model, optimizer_state, state, rng)
         write_latest(out_dir, step)  # names a directory that is complete: only the rename is left
     except (OSError, SafetensorError) as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        previous = latest_checkpoint(out_dir)
-        kept = f"the last checkpoint is still {previous}" if previous else "no earlier checkpoint exists"
-        raise CheckpointWriteError(f"cannot write the checkpoint of step {step} in {out_dir} "
-                                   f"({_reason(e)}); {kept}") from None
+        raise write_failed(out_dir, step, e) from None
     if final.exists():  # cannot happen after start_branch(), kept as a safe replace
         old = out_dir / (OLD_PREFIX + final.name[len(CHECKPOINT_PREFIX):])
         if old.exists():
@@ -180,12 +212,10 @@ def _reason(e: Exception) -> str:
     return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
-def _write_contents(tmp: Path, step: int, model, optimizer: torch.optim.Optimizer,
-                    state: dict, rng: list[tuple[dict, dict]]) -> None:
+def _write_contents(tmp: Path, step: int, model, opt: dict, state: dict, rng: list[tuple[dict, dict]]) -> None:
     model.save_pretrained(tmp)
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict] = {}
-    opt = optimizer.state_dict()
     for pid, entries in opt["state"].items():
         for key, value in entries.items():
             if torch.is_tensor(value):

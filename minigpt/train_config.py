@@ -14,6 +14,7 @@ from minigpt.config import GPTConfig
 from minigpt.model import ATTN_BACKENDS, LN_BACKENDS
 
 DTYPES = ("auto", "float32", "bfloat16")
+PARALLEL = ("ddp", "fsdp")
 
 
 class TrainError(Exception):
@@ -84,6 +85,12 @@ class TrainConfig:
     device: str = setting("auto", "auto, cpu, cuda or cuda:N (auto: CUDA if available)")
     dtype: str = setting("auto", "autocast precision (auto: bfloat16 on CUDA, float32 on CPU)", choices=DTYPES)
     compile: bool = setting(False, "torch.compile the model")
+    # scaling out (README, Scaling out)
+    parallel: str = setting("ddp", "how torchrun's processes share the model: ddp (each holds all of it) or fsdp "
+                                   "(FSDP2: parameters, gradients and AdamW state sharded across them)",
+                            choices=PARALLEL)
+    activation_checkpointing: bool = setting(False, "recompute each block's activations in the backward pass "
+                                                    "instead of keeping them (less memory, ~1/3 more compute)")
     peak_flops: float | None = setting(None, "peak FLOP/s of one device, for MFU when it is not in the table")
     wandb: bool = setting(False, "also log to Weights & Biases")
     tensorboard: bool = setting(False, "also log to TensorBoard (in out-dir/tensorboard)")
@@ -121,6 +128,8 @@ class TrainConfig:
             raise ConfigError(f"stop_at_step must be in [1, max_steps={self.max_steps}], got {self.stop_at_step}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.parallel not in PARALLEL:
+            raise ConfigError(f"parallel must be one of {', '.join(PARALLEL)}, got {self.parallel!r}")
         if self.peak_flops is not None and self.peak_flops <= 0:
             raise ConfigError(f"peak_flops must be positive, got {self.peak_flops}")
         self.model_config()  # the model sizes must make a valid GPTConfig

@@ -5,8 +5,11 @@ process reads its own slice of the batch (DataLoader rank/world_size) and accumu
 batch_size x block_size micro-batches until the step's tokens are covered. Under torchrun
 the model is wrapped in DistributedDataParallel; gradients are all-reduced only on the last
 micro-step of a step (`no_sync` before it), the logged loss is the mean over ranks, and only
-rank 0 writes logs and checkpoints. The other ranks wait for rank 0 at a barrier while it
-prepares the data (NCCL gives up on a barrier after 10 minutes: prepare a large corpus first).
+rank 0 writes logs and checkpoints. With --parallel fsdp the model is sharded with FSDP2
+instead (minigpt/parallel.py): gradient sync is switched off but on the last micro-step,
+every rank writes its shards into the checkpoint and rank 0 the gathered full weights. The
+other ranks wait for rank 0 at a barrier while it prepares the data (NCCL gives up on a
+barrier after 10 minutes: prepare a large corpus first).
 
 Outputs in out_dir: log.jsonl (one JSON object per step and per evaluation), loss.png,
 run.json (config, parameter count, unigram baseline), checkpoints ckpt_<step>/ and the
@@ -33,7 +36,9 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+from minigpt import parallel
 from minigpt.checkpoint import (
+    SHARDED,
     Checkpoint,
     CheckpointError,
     CheckpointWriteError,
@@ -47,6 +52,9 @@ from minigpt.checkpoint import (
     save_checkpoint,
     set_rng_state,
     start_branch,
+    start_checkpoint,
+    temp_dir,
+    write_failed,
 )
 from minigpt.files import atomic_write
 from minigpt.corpus import bytes_per_token, default_data_dir, load_meta, prepare
@@ -119,6 +127,10 @@ class Trainer:
         self.cfg = cfg
         check_loggers_installed(cfg)
         self.runtime = runtime = start_runtime(cfg.device, cfg.dtype, cfg.attn_backend, cfg.ln_backend)
+        self.fsdp = cfg.parallel == "fsdp"
+        if self.fsdp and not runtime.distributed:
+            raise ConfigError("--parallel fsdp shards the model across processes: launch it with torchrun "
+                              "(torchrun --nproc-per-node=1 train.py ... runs it in one)")
         self.device = runtime.device
         self.grad_accum = cfg.grad_accum_steps(runtime.world_size)
         self.out_dir = Path(cfg.out_dir)
@@ -153,6 +165,7 @@ class Trainer:
 
         self.raw_model = model.to(self.device)
         self.raw_model.train()
+        self._prepare(self.raw_model)
         self.optimizer = configure_optimizer(self.raw_model, cfg, self.device.type)
         self.step = 0  # optimizer steps done
         self.last_loss: float | None = None  # of the latest step, recorded in its checkpoint
@@ -209,11 +222,21 @@ class Trainer:
             raise ConfigError(f"block_size {cfg.block_size} exceeds the model's context window of {model.config.block_size}")
         return model
 
+    def _prepare(self, model: GPT) -> None:
+        """Activation checkpointing and FSDP sharding, both in place and before the optimizer is
+        built: under FSDP it must hold the sharded parameters."""
+        if self.cfg.activation_checkpointing:
+            parallel.checkpoint_activations(model)
+        if self.fsdp:
+            bf16 = self.device.type == "cuda" and self.runtime.dtype == "bfloat16"
+            parallel.shard(model, self.device, self.runtime.world_size, bf16)
+
     def _wrap(self, model: GPT) -> tuple[torch.nn.Module, torch.nn.Module]:
         """(module for evaluation, module for training steps): compiled if asked, and the latter
-        under DDP with several processes (DDP must see the compiled module's parameters)."""
+        under DDP with several processes (DDP must see the compiled module's parameters). An
+        FSDP model was sharded in place by _prepare: it is compiled, never wrapped."""
         loss_module = torch.compile(model) if self.cfg.compile else model  # module(idx, targets) is the loss
-        if not self.runtime.distributed:
+        if not self.runtime.distributed or self.fsdp:
             return loss_module, loss_module
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         return loss_module, DDP(loss_module, device_ids=device_ids)
@@ -235,9 +258,16 @@ class Trainer:
                 f"{ckpt.path} was written by {saved_world} process(es), this run has {world_size}; "
                 "resume with the same number of processes"
             )
+        sharded = (ckpt.path / SHARDED).is_dir()
+        if sharded != self.fsdp:
+            raise CheckpointError(f"{ckpt.path} was written with --parallel {'fsdp' if sharded else 'ddp'}; "
+                                  f"resume it with the same")
         try:
-            optimizer_state = ckpt.optimizer_state_dict(self.optimizer)
-            self.optimizer.load_state_dict(optimizer_state)
+            if self.fsdp:
+                parallel.load_shards(ckpt.path / SHARDED, self.raw_model, self.optimizer,
+                                     ckpt.state["optimizer"]["param_groups"])
+            else:
+                self.optimizer.load_state_dict(ckpt.optimizer_state_dict(self.optimizer))
             # load_state_dict brings back the saved hyper-parameters; flags given now win
             # (lr is set every step from the schedule).
             decay, no_decay = self.optimizer.param_groups
@@ -245,8 +275,9 @@ class Trainer:
             for group in (decay, no_decay):
                 group["betas"] = (self.cfg.beta1, self.cfg.beta2)
             self.train_loader.load_state_dict(ckpt.state["data_loader"])
-        except (ValueError, KeyError, TypeError) as e:  # DataError is a ValueError
-            raise CheckpointError(f"cannot resume from {ckpt.path}: {e}") from None
+        except (ValueError, KeyError, TypeError, RuntimeError) as e:  # DataError is a ValueError
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"cannot resume from {ckpt.path}: {reason}") from None
         rng = ckpt.rng_state(rank)
         if rng is None or "torch_cpu" not in rng[0]:
             raise CheckpointError(f"{ckpt.path} holds no RNG state for rank {rank}")
@@ -296,7 +327,8 @@ class Trainer:
         info(f"model: {n_params / 1e6:.2f}M parameters ({config.n_layer} layers, {config.n_head} heads, "
              f"{config.n_embd} wide, context {config.block_size})" + (f", from {cfg.init}" if cfg.init else ""))
         info(f"device: {run['device']} x {runtime.world_size}, {runtime.dtype}, attention {attn}, "
-             f"LayerNorm {ln}{', compiled' if cfg.compile else ''}")
+             f"LayerNorm {ln}{', compiled' if cfg.compile else ''}"
+             f"{', FSDP' if self.fsdp else ''}{', activation checkpointing' if cfg.activation_checkpointing else ''}")
         info(f"data: {self.data_dir} ({run['train_tokens']:,} train / {run['val_tokens']:,} val tokens, "
              f"{run['val_bytes_per_token']:.2f} bytes/token)")
         info(f"batch: {cfg.batch_size} x {cfg.block_size} tokens x {self.grad_accum} micro-steps x "
@@ -333,8 +365,13 @@ class Trainer:
             x, y = self.train_loader.next_batch()
             x, y = self._to_device(x), self._to_device(y)
             last = micro == self.grad_accum - 1
-            # Only the last micro-step all-reduces the gradients that the others accumulated.
-            sync = contextlib.nullcontext() if last or not runtime.distributed else self.train_module.no_sync()
+            # Only the last micro-step all-reduces (FSDP: reduce-scatters) the gradients that the
+            # others accumulated.
+            sync = contextlib.nullcontext()
+            if self.fsdp:
+                self.raw_model.set_requires_gradient_sync(last)
+            elif runtime.distributed and not last:
+                sync = self.train_module.no_sync()
             with sync:
                 with runtime.autocast():
                     loss = self.train_module(x, y)
@@ -343,6 +380,7 @@ class Trainer:
         # max_norm inf measures the norm without clipping (the factor is clamped to 1).
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), max_norm)
+        grad_norm = parallel.local_value(grad_norm)  # FSDP: a DTensor, the norm over all shards
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
@@ -407,21 +445,30 @@ class Trainer:
         return total.item()
 
     @torch.no_grad()
-    def sample(self) -> str:
-        """A continuation of sample_prompt, with a fixed seed so that it never touches the training RNG."""
-        cfg = self.cfg
+    def sample(self) -> str | None:
+        """A continuation of sample_prompt, with a fixed seed so that it never touches the training RNG.
+
+        Under FSDP every rank must call it (the weights are gathered); rank 0 samples from a
+        full copy and the others get None.
+        """
+        cfg, model = self.cfg, self.raw_model
+        if self.fsdp:
+            model = parallel.full_copy(self.raw_model)
+            if model is None:
+                return None
+            model.to(self.device)
         prompt_len = len(self.enc.encode(cfg.sample_prompt))
-        n = min(cfg.sample_tokens, self.raw_model.config.block_size - prompt_len)
-        self.raw_model.eval()
+        n = min(cfg.sample_tokens, model.config.block_size - prompt_len)
+        model.eval()
         # In the weights' own precision: the KV cache is kept in that dtype, and a few hundred
         # tokens cost nothing next to a training step.
-        [completion] = complete(self.raw_model, self.enc, [cfg.sample_prompt], n, temperature=0.8,
-                                top_k=200, seed=cfg.seed)
+        [completion] = complete(model, self.enc, [cfg.sample_prompt], n, temperature=0.8, top_k=200, seed=cfg.seed)
         self.raw_model.train()
         return cfg.sample_prompt + completion.text
 
     def save(self) -> Path | None:
-        """Checkpoint the current step (rank 0 writes; every rank contributes its RNG state)."""
+        """Checkpoint the current step (rank 0 writes; every rank contributes its RNG state and,
+        under FSDP, writes its shards)."""
         runtime = self.runtime
         rng = rng_state(self.device)
         if runtime.distributed:
@@ -429,13 +476,19 @@ class Trainer:
             dist.all_gather_object(states, rng)
         else:
             states = [rng]
+        model, optimizer_state = self.raw_model, None
+        if self.fsdp:
+            model, optimizer_state = self._save_shards()
         path, error = None, None
         if runtime.master:
             state = {"train_config": self.cfg.to_dict(), "world_size": runtime.world_size,
                      "data_loader": self.train_loader.state_dict(),
                      "tokens_seen": self.step * self.tokens_per_step, "loss": self.last_loss}
             try:
-                path = save_checkpoint(self.out_dir, self.step, self.raw_model, self.optimizer, state, states)
+                if optimizer_state is None:
+                    optimizer_state = self.optimizer.state_dict()
+                path = save_checkpoint(self.out_dir, self.step, model, optimizer_state, state, states,
+                                       started=self.fsdp)
                 prune_checkpoints(self.out_dir, self.cfg.keep_checkpoints, protect=self.resumed_from)
             except CheckpointWriteError as e:
                 error = str(e)
@@ -448,6 +501,29 @@ class Trainer:
         if error is not None:
             raise CheckpointWriteError(error)
         return path
+
+    def _save_shards(self) -> tuple[GPT | None, dict]:
+        """FSDP: every rank writes its shards into the checkpoint's temporary directory. Returns
+        (on rank 0 the gathered full model, else None; the optimizer state for train_state.json,
+        whose moments are in the shards)."""
+        runtime = self.runtime
+        box = [None]
+        if runtime.master:
+            try:
+                start_checkpoint(self.out_dir, self.step)
+            except CheckpointWriteError as e:
+                box = [str(e)]
+        dist.broadcast_object_list(box, src=0)
+        if box[0] is not None:
+            raise CheckpointWriteError(box[0])
+        try:
+            groups = parallel.save_shards(temp_dir(self.out_dir, self.step) / SHARDED, self.raw_model,
+                                          self.optimizer)
+        except OSError as e:  # raised on every rank, as each rank's write is a collective's part
+            error = write_failed(self.out_dir, self.step, e)
+            dist.barrier()
+            raise error from None
+        return parallel.full_copy(self.raw_model), {"state": {}, "param_groups": groups}
 
     # --- the loop ---------------------------------------------------------------------------------
     def _due(self, interval: int) -> bool:
@@ -501,8 +577,10 @@ class Trainer:
                     bar.update(1)
                 if self._due(cfg.eval_interval):
                     self._evaluate_and_log()
-                if master and self._due(cfg.sample_interval):
-                    info(f"--- sample at step {self.step} ---\n{self.sample()}\n---")
+                if (master or self.fsdp) and self._due(cfg.sample_interval):
+                    text = self.sample()
+                    if master:
+                        info(f"--- sample at step {self.step} ---\n{text}\n---")
                 if self._due(cfg.ckpt_interval) or self.step == cfg.end_step or stopped:
                     path = self.save()
                     if master:
