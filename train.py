@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
         kind = next((t for t in typing.get_args(types[f.name]) if t is not type(None)), types[f.name])
         if kind is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, help=text, **extra)
+        elif typing.get_origin(kind) is list:  # a repeatable flag (action="append")
+            group.add_argument(flag, type=typing.get_args(kind)[0], help=text, **extra)
         else:
             group.add_argument(flag, type=kind, help=text, **extra)
     return parser
