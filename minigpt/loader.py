@@ -15,6 +15,9 @@ import torch
 from minigpt.corpus import DataError, load_meta
 
 ORDERS = ("random", "sequential")  # how DataLoader visits the training windows
+# Each memory map holds a file descriptor. A random order reads rows from every shard, so keep
+# enough open that a corpus of up to this many shards is mapped once.
+MAX_OPEN_SHARDS = 128
 
 
 class DataLoader:
@@ -66,7 +69,8 @@ class DataLoader:
         # Identifies the data in state_dict(): the same shard names and lengths of the same source.
         ident = [meta["source_id"], meta["source_fingerprint"], split, shards]
         self._data_check = hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
-        self._open: dict[int, np.ndarray] = {}  # a few memory-mapped shards, oldest first
+        self._open: dict[int, np.ndarray] = {}  # some memory-mapped shards, oldest first
+        self._checked: set[int] = set()  # shards whose token ids were checked
         self._windows: tuple[int, np.ndarray] | None = None  # (epoch, its shuffled window starts)
         self.reset()
 
@@ -172,12 +176,14 @@ class DataLoader:
 
     def _shard(self, i: int) -> np.ndarray:
         if i not in self._open:
-            if len(self._open) >= 2:  # each map holds a file descriptor; keep only a couple
+            if len(self._open) >= MAX_OPEN_SHARDS:
                 del self._open[next(iter(self._open))]
             tokens = np.load(self._files[i], mmap_mode="r")
             if tokens.dtype != np.uint16 or tokens.shape != (self._lengths[i],):
                 raise DataError(f"{self._files[i]} changed since meta.json was written; prepare it again")
-            _check_ids(self._files[i], tokens, self.vocab_size)  # one pass, as the shard is about to be read
+            if i not in self._checked:  # one pass, the first time the shard is read
+                _check_ids(self._files[i], tokens, self.vocab_size)
+                self._checked.add(i)
             self._open[i] = tokens
         return self._open[i]
 

@@ -17,6 +17,7 @@ import torch
 
 from minigpt import corpus as preparation  # "corpus" is a fixture below
 from minigpt.corpus import DataError, DownloadError, bytes_per_token, load_meta, prepare
+from minigpt import loader as loader_module
 from minigpt.loader import DataLoader
 from minigpt.tokenizer import get_encoding
 
@@ -631,3 +632,13 @@ def test_cli_missing_path_is_one_error_line(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "nope.txt" in lines[0]
     assert not any(tmp_path.iterdir())  # nothing was written
+
+
+def test_random_order_checks_each_shard_once(prepared, monkeypatch):
+    out, meta, stream = prepared
+    checked = []
+    check = loader_module._check_ids
+    monkeypatch.setattr(loader_module, "_check_ids", lambda path, *a: checked.append(path.name) or check(path, *a))
+    loader = DataLoader(out, "train", 2, 16, order="random")
+    _batches(loader, 3 * len(stream) // 32)  # three epochs of rows from all over the shards
+    assert sorted(checked) == sorted(s["file"] for s in meta["splits"]["train"]["shards"])
