@@ -8,6 +8,13 @@ micro-step of a step (`no_sync` before it), the logged loss is the mean over ran
 rank 0 writes logs and checkpoints. The other ranks wait for rank 0 at a barrier while it
 prepares the data (NCCL gives up on a barrier after 10 minutes: prepare a large corpus first).
 
+A run ends at max_steps, or at a budget: --token-budget (tokens of whole steps) or
+--time-budget (seconds spent in train_step, rank 0's clock, broadcast so that every rank stops
+after the same step; evaluation, samples and checkpoints do not count). The training time used
+is saved in each checkpoint's train state, and the LR schedule is a function of the fraction
+of the budget used (optim.lr_at). --eval-task tasks are read in __init__ and scored on rank 0
+at each evaluation (the other ranks wait for it at their next step's all-reduce).
+
 Outputs in out_dir: log.jsonl (one JSON object per step and per evaluation), loss.png,
 run.json (config, parameter count, unigram baseline), checkpoints ckpt_<step>/ and the
 `latest` pointer (minigpt/checkpoint.py). Resuming from a checkpoint older than others in
