@@ -229,3 +229,16 @@ def test_eval_tasks_are_scored_and_logged_at_each_evaluation(data_dir, tmp_path,
     assert (out / "loss.png").stat().st_size > 0
     run = json.loads((out / "run.json").read_text())
     assert run["train_config"]["eval_task"] == tasks
+
+
+def test_loss_plot_takes_one_metric_per_task():
+    from minigpt.runlog import eval_curves
+    records = [{"step": 0, "val_loss": 5.0, "eval/mc:q.jsonl/acc": 0.2, "eval/mc:q.jsonl/acc_norm": 0.3,
+                "eval/bpb:t.txt/bpb": 4.0, "eval/bpb:t.txt/ppl": 90.0, "eval/lm-eval:arc/acc,none": 0.25},
+               {"step": 1, "loss": 4.0},
+               {"step": 2, "val_loss": 4.5, "eval/mc:q.jsonl/acc": 0.4, "eval/mc:q.jsonl/acc_norm": 0.5,
+                "eval/bpb:t.txt/bpb": 3.0, "eval/bpb:t.txt/ppl": 40.0, "eval/lm-eval:arc/acc,none": 0.3}]
+    assert eval_curves(records) == {"mc:q.jsonl acc_norm": [(0, 0.3), (2, 0.5)],
+                                    "bpb:t.txt bpb": [(0, 4.0), (2, 3.0)],
+                                    "lm-eval:arc acc,none": [(0, 0.25), (2, 0.3)]}
+    assert eval_curves(records[1:2]) == {}
