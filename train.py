@@ -3,6 +3,8 @@
     python train.py                                  # recipe "cpu": ~5 minutes on 2 cores, offline
     python train.py --recipe gpt2-124m               # GPT-2 124M on FineWeb-Edu (GPUs)
     python train.py --init gpt2 --data notes/ --max-steps 200 --lr 3e-5   # fine-tune OpenAI's weights
+    python train.py --time-budget 300                # 5 minutes of training steps, the LR schedule over them
+    python train.py --eval-task mc:quiz.jsonl        # also score an eval.py task at each evaluation
     python train.py --resume                         # continue the latest checkpoint in --out-dir
     torchrun --nproc_per_node=8 train.py --recipe gpt2-124m               # 8 GPUs, DDP
     torchrun --nproc_per_node=8 train.py --init gpt2-xl --parallel fsdp   # 8 GPUs, FSDP2 (sharded)
@@ -89,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
         kind = next((t for t in typing.get_args(types[f.name]) if t is not type(None)), types[f.name])
         if kind is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, help=text, **extra)
+        elif typing.get_origin(kind) is list:  # a repeatable flag (action="append")
+            group.add_argument(flag, type=typing.get_args(kind)[0], help=text, **extra)
         else:
             group.add_argument(flag, type=kind, help=text, **extra)
     return parser

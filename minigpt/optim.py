@@ -1,7 +1,8 @@
 """AdamW with weight decay on the matrices only, and the learning-rate schedule.
 
-The schedule is a pure function of the step, so a resumed run gets exactly the learning
-rates of an uninterrupted one.
+The schedule is a pure function of the step and, for a run with a budget, of the fraction of
+the budget used (tokens: a function of the step again; time: the recorded training time, which
+a checkpoint saves), so a resumed run gets the learning rates of an uninterrupted one.
 """
 from __future__ import annotations
 
@@ -31,11 +32,27 @@ def configure_optimizer(model: torch.nn.Module, cfg: TrainConfig, device_type: s
                              fused=device_type in ("cuda", "cpu"))
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Learning rate of update number `step` (0-based): linear warmup, then cosine to min_lr."""
+def lr_at(step: int, cfg: TrainConfig, progress: float | None = None) -> float:
+    """Learning rate of update number `step` (0-based): linear warmup over warmup_steps, then
+    cfg.schedule_kind's decay from lr to min_lr.
+
+    The decay runs over `progress`, the fraction of the budget used before this update, for a
+    run with a budget; else over the steps after the warmup, to max_steps. cosine: half a cosine
+    wave from lr to min_lr; wsd (warmup-stable-decay): lr, then a straight line to min_lr over
+    the last decay_frac of the progress. Past the end (progress >= 1) it is min_lr.
+    """
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    if step >= cfg.max_steps:
+    if progress is None:
+        if step >= cfg.max_steps:
+            return cfg.min_lr
+        progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    if progress >= 1.0:
         return cfg.min_lr
-    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
-    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
+    progress = max(progress, 0.0)
+    if cfg.schedule_kind == "cosine":
+        return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
+    into_decay = progress - (1.0 - cfg.decay_frac)
+    if into_decay <= 0:
+        return cfg.lr
+    return cfg.lr - into_decay / cfg.decay_frac * (cfg.lr - cfg.min_lr)

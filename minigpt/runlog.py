@@ -84,12 +84,38 @@ def check_loggers_installed(cfg: TrainConfig) -> None:
         raise ConfigError("--tensorboard needs the tensorboard package: pip install tensorboard")
 
 
+# The metric loss.png plots for an --eval-task, the first of these it has (lm-eval's are
+# "acc,none", ...: the part before the comma counts).
+PLOTTED_METRICS = ("acc_norm", "acc", "bpb")
+
+
+def eval_curves(records: list[dict]) -> dict[str, list[tuple[int, float]]]:
+    """{"TASK METRIC": [(step, value), ...]}: one metric of each task in the records' "eval/TASK/METRIC"."""
+    metrics: dict[str, set[str]] = {}
+    for r in records:
+        for key in r:
+            if key.startswith("eval/"):
+                task, _, metric = key[len("eval/"):].rpartition("/")
+                metrics.setdefault(task, set()).add(metric)
+    curves = {}
+    for task, names in metrics.items():
+        rank = {m: next((i for i, p in enumerate(PLOTTED_METRICS) if m.split(",")[0] == p), None) for m in names}
+        ranked = sorted((i, m) for m, i in rank.items() if i is not None)
+        if ranked:
+            metric = ranked[0][1]
+            key = f"eval/{task}/{metric}"
+            curves[f"{task} {metric}"] = [(r["step"], r[key]) for r in records if key in r]
+    return curves
+
+
 def plot_losses(records: list[dict], path: str | Path, baseline: float | None = None) -> None:
-    """Train and val loss against step, written atomically to `path` (PNG)."""
+    """Train and val loss against step, and beside them any --eval-task scores, written
+    atomically to `path` (PNG)."""
     train = [(r["step"], r["loss"]) for r in records if "loss" in r]
     val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
-    fig = Figure(figsize=(7, 4.5), dpi=100)
-    ax = fig.add_subplot()
+    curves = eval_curves(records)
+    fig = Figure(figsize=(12, 4.5) if curves else (7, 4.5), dpi=100)
+    ax = fig.add_subplot(1, 2, 1) if curves else fig.add_subplot()
     if train:
         steps, losses = zip(*train)
         ax.plot(steps, losses, lw=0.6, alpha=0.35, color="C0")
@@ -104,5 +130,13 @@ def plot_losses(records: list[dict], path: str | Path, baseline: float | None = 
     ax.set_ylabel("cross-entropy (nats/token)")
     ax.grid(alpha=0.3)
     ax.legend()
+    if curves:
+        ax = fig.add_subplot(1, 2, 2)
+        for label, points in curves.items():
+            ax.plot(*zip(*points), "o-", ms=3, label=label)
+        ax.set_xlabel("step")
+        ax.set_ylabel("eval task score")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png"))

@@ -11,10 +11,12 @@ import math
 from dataclasses import dataclass, field
 
 from minigpt.config import GPTConfig
+from minigpt.loader import ORDERS
 from minigpt.model import ATTN_BACKENDS, LN_BACKENDS
 
 DTYPES = ("auto", "float32", "bfloat16")
 PARALLEL = ("ddp", "fsdp")
+SCHEDULES = ("cosine", "wsd")
 
 
 class TrainError(Exception):
@@ -46,6 +48,9 @@ class TrainConfig:
     data: str = setting("stdlib", "a prepared data directory (with meta.json), or a source for "
                                   "minigpt.data: stdlib, shakespeare, fineweb-edu, openwebtext, a text file/dir/glob")
     out_dir: str = setting("out", "where logs and checkpoints go")
+    data_order: str = setting("random", "order of the training windows: random (every window of the corpus, "
+                                        "shuffled each epoch from --seed) or sequential (the corpus in file "
+                                        "order); validation is always read in order", choices=ORDERS)
     # model: from scratch with these sizes, or the weights of `init`
     init: str | None = setting(None, "start from these weights (gpt2, gpt2-medium, ... or a from_pretrained "
                                      "path) instead of a random init")
@@ -58,14 +63,25 @@ class TrainConfig:
     attn_backend: str = setting("auto", "attention implementation (auto: triton on CUDA)", choices=ATTN_BACKENDS)
     ln_backend: str = setting("auto", "LayerNorm implementation (auto: triton on CUDA)", choices=LN_BACKENDS)
     # optimisation
-    max_steps: int = setting(600, "optimizer steps; the LR schedule ends here")
+    max_steps: int = setting(600, "optimizer steps; the LR schedule ends here (not used with a budget)")
+    time_budget: float | None = setting(
+        None, "train for this many seconds, then stop with an evaluation and a checkpoint; the LR schedule "
+              "runs over the budget. Only the training steps count: data preparation, evaluation, samples "
+              "and checkpoints are excluded")
+    token_budget: int | None = setting(None, "train on this many tokens (whole steps, the last one may go "
+                                             "past it), the LR schedule running over them")
     batch_size: int = setting(2, "rows per micro-batch, per process")
     total_batch_size: int | None = setting(
         None, "tokens per optimizer step, across processes; must be a multiple of batch-size * block-size * "
               "processes (gradient accumulation makes up the rest; default: one micro-batch per process)")
     lr: float = setting(3e-3, "peak learning rate")
-    min_lr: float | None = setting(None, "final learning rate of the cosine decay (default: lr / 10)")
+    min_lr: float | None = setting(None, "final learning rate of the schedule (default: lr / 10)")
     warmup_steps: int = setting(30, "steps of linear warmup")
+    schedule: str | None = setting(None, "LR decay after the warmup: cosine to min-lr, or wsd (warmup-stable-decay: "
+                                         "hold lr, then decay linearly to min-lr over the last --decay-frac of "
+                                         "the run); default wsd with a budget, else cosine", choices=SCHEDULES)
+    decay_frac: float = setting(0.2, "fraction of the run (of its budget, or of the steps after warmup) "
+                                     "that the wsd schedule decays over")
     weight_decay: float = setting(0.1, "AdamW weight decay of the matrices")
     beta1: float = setting(0.9, "AdamW beta1")
     beta2: float = setting(0.95, "AdamW beta2")
@@ -74,6 +90,10 @@ class TrainConfig:
     # evaluation, samples, checkpoints (an interval of 0 means only at the end)
     eval_interval: int = setting(150, "evaluate every this many steps")
     eval_steps: int = setting(20, "val batches (of total-batch-size tokens) per evaluation")
+    eval_task: list[str] | None = setting(
+        None, "also score this eval.py task at each evaluation (repeatable): bpb:PATH, mc:PATH.jsonl, "
+              "hellaswag[:PATH], lambada[:PATH] or lm-eval:TASKS; scored on rank 0 with the GPT-2 tokenizer, "
+              "logged as eval/TASK/METRIC and plotted in loss.png", action="append")
     sample_interval: int = setting(300, "print a sample every this many steps")
     sample_tokens: int = setting(200, "tokens per sample")
     sample_prompt: str = setting("def", "text the samples continue")
@@ -97,7 +117,8 @@ class TrainConfig:
 
     def __post_init__(self):
         # nan passes every `<` check and disables what it configures (nan clips nothing): refuse it first.
-        for name in ("lr", "min_lr", "weight_decay", "beta1", "beta2", "grad_clip", "dropout", "peak_flops"):
+        for name in ("lr", "min_lr", "weight_decay", "beta1", "beta2", "grad_clip", "dropout", "peak_flops",
+                     "time_budget", "decay_frac"):
             value = getattr(self, name)
             if value is None:
                 continue
@@ -124,7 +145,24 @@ class TrainConfig:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise ConfigError(f"betas must be in [0, 1), got ({self.beta1}, {self.beta2})")
-        if self.stop_at_step is not None and not 0 < self.stop_at_step <= self.max_steps:
+        if self.time_budget is not None and self.token_budget is not None:
+            raise ConfigError("give a time budget or a token budget, not both")
+        if self.time_budget is not None and self.time_budget <= 0:
+            raise ConfigError(f"time_budget must be positive, got {self.time_budget}")
+        if self.token_budget is not None and (isinstance(self.token_budget, bool) or self.token_budget < 1):
+            raise ConfigError(f"token_budget must be a positive integer, got {self.token_budget}")
+        if self.schedule is not None and self.schedule not in SCHEDULES:
+            raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if not 0 < self.decay_frac <= 1:
+            raise ConfigError(f"decay_frac must be in (0, 1], got {self.decay_frac}")
+        if self.data_order not in ORDERS:
+            raise ConfigError(f"data_order must be one of {', '.join(ORDERS)}, got {self.data_order!r}")
+        if self.eval_task is not None and (not isinstance(self.eval_task, list)
+                                           or not all(isinstance(t, str) for t in self.eval_task)):
+            raise ConfigError(f"eval_task must be a list of task specs, got {self.eval_task!r}")
+        if self.stop_at_step is not None and self.budgeted and self.stop_at_step < 1:
+            raise ConfigError(f"stop_at_step must be at least 1, got {self.stop_at_step}")
+        if self.stop_at_step is not None and not self.budgeted and not 0 < self.stop_at_step <= self.max_steps:
             raise ConfigError(f"stop_at_step must be in [1, max_steps={self.max_steps}], got {self.stop_at_step}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
@@ -143,13 +181,17 @@ class TrainConfig:
             raise ConfigError(str(e)) from None
 
     @property
-    def tokens_per_micro_batch(self) -> int:
-        return self.batch_size * self.block_size
+    def budgeted(self) -> bool:
+        """True if the run ends at a time or token budget rather than at max_steps."""
+        return self.time_budget is not None or self.token_budget is not None
 
     @property
-    def end_step(self) -> int:
-        """The step this invocation stops at."""
-        return self.stop_at_step if self.stop_at_step is not None else self.max_steps
+    def schedule_kind(self) -> str:
+        return self.schedule or ("wsd" if self.budgeted else "cosine")
+
+    @property
+    def tokens_per_micro_batch(self) -> int:
+        return self.batch_size * self.block_size
 
     def grad_accum_steps(self, world_size: int) -> int:
         """Micro-batches per optimizer step and process, so the global batch is total_batch_size."""

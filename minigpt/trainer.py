@@ -11,6 +11,13 @@ every rank writes its shards into the checkpoint and rank 0 the gathered full we
 other ranks wait for rank 0 at a barrier while it prepares the data (NCCL gives up on a
 barrier after 10 minutes: prepare a large corpus first).
 
+A run ends at max_steps, or at a budget: --token-budget (tokens of whole steps) or
+--time-budget (seconds spent in train_step, rank 0's clock, broadcast so that every rank stops
+after the same step; evaluation, samples and checkpoints do not count). The training time used
+is saved in each checkpoint's train state, and the LR schedule is a function of the fraction
+of the budget used (optim.lr_at). --eval-task tasks are read in __init__ and scored on rank 0
+at each evaluation (the other ranks wait for it at their next step's all-reduce).
+
 Outputs in out_dir: log.jsonl (one JSON object per step and per evaluation), loss.png,
 run.json (config, parameter count, unigram baseline), checkpoints ckpt_<step>/ and the
 `latest` pointer (minigpt/checkpoint.py). Resuming from a checkpoint older than others in
@@ -56,8 +63,10 @@ from minigpt.checkpoint import (
     temp_dir,
     write_failed,
 )
-from minigpt.files import atomic_write
 from minigpt.corpus import bytes_per_token, default_data_dir, load_meta, prepare
+from minigpt.evaluate import LoadedTask, load_task
+from minigpt.evaluate import evaluate as evaluate_tasks
+from minigpt.files import atomic_write
 from minigpt.flops import device_peak_flops, flops_per_token
 from minigpt.generate import complete
 from minigpt.loader import DataLoader, check_token_ids, unigram_entropy
@@ -73,6 +82,10 @@ MODEL_SHAPE = ("n_layer", "n_head", "n_embd")
 # most this many nats above the lowest train loss logged up to then, and at most this many above
 # a uniform guess (ln vocab_size).
 SANE_LOSS_MARGIN = 1.0
+# What times a training step for --time-budget (tests replace it with a fake clock).
+clock = time.perf_counter
+# The --eval-task metrics printed at each evaluation (log.jsonl has them all).
+HEADLINE_METRICS = ("acc", "acc_norm", "bpb")
 
 
 def check_out_dir(out_dir: Path) -> None:
@@ -110,6 +123,7 @@ def run_config(recipe: str | None, overrides: dict, resume: str | None = None) -
         raise TrainError(f"{ckpt} was trained with recipe {saved.get('recipe')!r}; --recipe {recipe} "
                          "cannot change that (override single flags instead)")
     saved["stop_at_step"] = None  # a stop belongs to the invocation that asked for it
+    saved.setdefault("data_order", "sequential")  # the only order before there was a choice
     saved["out_dir"] = str(ckpt.parent)  # unless --out-dir says otherwise: go on where it was
     try:
         return make_config(saved.get("recipe", "cpu"), overrides, saved=saved), ckpt
@@ -146,10 +160,14 @@ class Trainer:
                              f"{latest_checkpoint(self.out_dir).name}); resume {resume} into another --out-dir")
         ckpt = load_checkpoint(resume) if resume is not None else None
         self.resumed_from = ckpt.path if ckpt is not None else None
+        self.train_time = 0.0  # seconds spent in training steps (rank 0's clock), the time budget's measure
+        if ckpt is not None:
+            self.train_time = self._saved_train_time(ckpt)
         self.complete = ckpt is not None and self._check_resume_step(ckpt)
         if self.complete:  # nothing to do: nothing is built or written
             self.step = ckpt.step
             return
+        self.eval_tasks = self._load_eval_tasks()
         torch.manual_seed(cfg.seed + runtime.rank)
         model = self._build_model(ckpt, explicit)
         cfg = self.cfg  # _build_model takes the model sizes of --init
@@ -160,7 +178,8 @@ class Trainer:
             raise ConfigError(f"the data has {self.meta['vocab_size']} token ids, the model only {model.config.vocab_size}")
         check_token_ids(self.data_dir, self.meta)
         loader_args = dict(rank=runtime.rank, world_size=runtime.world_size, seed=cfg.seed)
-        self.train_loader = DataLoader(self.data_dir, "train", cfg.batch_size, cfg.block_size, **loader_args)
+        self.train_loader = DataLoader(self.data_dir, "train", cfg.batch_size, cfg.block_size,
+                                       order=cfg.data_order, **loader_args)
         self.val_loader = DataLoader(self.data_dir, "val", cfg.batch_size, cfg.block_size, **loader_args)
 
         self.raw_model = model.to(self.device)
@@ -183,11 +202,40 @@ class Trainer:
         """True if the checkpoint ends the run (nothing left to do); ConfigError if the
         steps asked for are behind it."""
         cfg = self.cfg
-        if ckpt.step > cfg.max_steps:
-            raise ConfigError(f"{ckpt.path} is at step {ckpt.step}, past --max-steps {cfg.max_steps}")
         if cfg.stop_at_step is not None and cfg.stop_at_step <= ckpt.step:
             raise ConfigError(f"--stop-at-step {cfg.stop_at_step} is not after {ckpt.path}'s step {ckpt.step}")
+        if cfg.budgeted:
+            return self._progress(ckpt.step) >= 1.0
+        if ckpt.step > cfg.max_steps:
+            raise ConfigError(f"{ckpt.path} is at step {ckpt.step}, past --max-steps {cfg.max_steps}")
         return ckpt.step == cfg.max_steps
+
+    def _saved_train_time(self, ckpt: Checkpoint) -> float:
+        value = ckpt.state.get("train_time")
+        if value is None:
+            if self.cfg.time_budget is not None:
+                raise CheckpointError(f"{ckpt.path} does not record its training time, which --time-budget "
+                                      "needs; continue it with --max-steps or --token-budget")
+            return 0.0
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+            raise CheckpointError(f"{ckpt.path}: train_time must be a number of seconds, got {value!r}")
+        return float(value)
+
+    def _load_eval_tasks(self) -> list[LoadedTask]:
+        """The --eval-task data, read on rank 0 (which scores them); a bad task stops every rank."""
+        loaded, error = [], None
+        if self.runtime.master:
+            try:
+                loaded = [load_task(spec) for spec in self.cfg.eval_task or []]
+            except ValueError as e:  # TaskError, and lm-eval's unknown tasks
+                error = f"--eval-task: {e}"
+        if self.runtime.distributed:
+            box = [error]
+            dist.broadcast_object_list(box, src=0)
+            error = box[0]
+        if error is not None:
+            raise ConfigError(error)
+        return loaded
 
     def _prepared_data_dir(self, spec: str) -> Path:
         """A prepared directory as given, or the default directory of a source, prepared on rank 0."""
@@ -331,8 +379,17 @@ class Trainer:
              f"{', FSDP' if self.fsdp else ''}{', activation checkpointing' if cfg.activation_checkpointing else ''}")
         info(f"data: {self.data_dir} ({run['train_tokens']:,} train / {run['val_tokens']:,} val tokens, "
              f"{run['val_bytes_per_token']:.2f} bytes/token)")
+        if cfg.time_budget is not None:
+            length = f"a budget of {cfg.time_budget:g} s of training steps"
+        elif cfg.token_budget is not None:
+            length = f"a budget of {cfg.token_budget:,} tokens ({self._budget_steps()} steps)"
+        else:
+            length = f"{cfg.max_steps} steps"
         info(f"batch: {cfg.batch_size} x {cfg.block_size} tokens x {self.grad_accum} micro-steps x "
-             f"{runtime.world_size} process(es) = {self.tokens_per_step:,} tokens/step, {cfg.max_steps} steps")
+             f"{runtime.world_size} process(es) = {self.tokens_per_step:,} tokens/step, {length}; "
+             f"{cfg.schedule_kind} schedule, {cfg.data_order} data order")
+        if self.eval_tasks:
+            info(f"eval tasks: {', '.join(t.task.name for t in self.eval_tasks)} (at each evaluation)")
         info(f"baseline: unigram entropy of the train tokens {entropy:.4f} nats/token "
              f"(a model that ignores context cannot do better)")
         if self.peak_flops is None:
@@ -347,6 +404,25 @@ class Trainer:
     def tokens_per_step(self) -> int:
         return self.cfg.tokens_per_micro_batch * self.grad_accum * self.runtime.world_size
 
+    # --- the budget -------------------------------------------------------------------------------
+    def _progress(self, step: int | None = None) -> float | None:
+        """Fraction of the budget used after `step` steps (default: those done); None without a budget."""
+        cfg = self.cfg
+        if cfg.time_budget is not None:
+            return self.train_time / cfg.time_budget
+        if cfg.token_budget is not None:
+            return (self.step if step is None else step) * self.tokens_per_step / cfg.token_budget
+        return None
+
+    def _budget_steps(self) -> int:
+        """Steps of a token budget: the last one may go past it."""
+        return -(-self.cfg.token_budget // self.tokens_per_step)
+
+    def _finished(self) -> bool:
+        """True once the run's schedule is over: at max_steps, or with its budget used."""
+        progress = self._progress()
+        return self.step >= self.cfg.max_steps if progress is None else progress >= 1.0
+
     # --- one step ---------------------------------------------------------------------------------
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cuda":
@@ -356,8 +432,8 @@ class Trainer:
     def train_step(self, stop_requested: bool = False) -> dict:
         """One optimizer step over total_batch_size tokens; returns its log record (+ "stop")."""
         cfg, runtime = self.cfg, self.runtime
-        t0 = time.perf_counter()
-        lr = lr_at(self.step, cfg)
+        t0 = clock()
+        lr = lr_at(self.step, cfg, self._progress())
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         loss_sum = torch.zeros((), device=self.device)
@@ -388,7 +464,10 @@ class Trainer:
         stats = torch.stack([loss_sum / self.grad_accum, grad_norm.float().to(self.device),
                              torch.tensor(float(stop_requested), device=self.device)])
         loss, norm, stop = runtime.mean_over_ranks(stats).tolist()  # waits for the step to finish
-        dt = time.perf_counter() - t0
+        dt = clock() - t0
+        if runtime.distributed and cfg.time_budget is not None:
+            dt = self._rank0_value(dt)  # so that every rank stops after the same step
+        self.train_time += dt
         self.step += 1
         if not (math.isfinite(loss) and math.isfinite(norm)):
             raise Diverged(f"the loss became {loss} (grad norm {norm}) at step {self.step}; training "
@@ -398,9 +477,17 @@ class Trainer:
         mfu = None
         if self.peak_flops is not None:
             mfu = self.flops_per_token * tokens_per_sec / (self.peak_flops * runtime.world_size)
-        return {"step": self.step, "loss": loss, "lr": lr, "grad_norm": norm, "dt": dt,
-                "tokens_per_sec": tokens_per_sec, "mfu": mfu, "tokens": self.step * self.tokens_per_step,
-                "stop": stop > 0}
+        record = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": norm, "dt": dt,
+                  "tokens_per_sec": tokens_per_sec, "mfu": mfu, "tokens": self.step * self.tokens_per_step,
+                  "train_time": self.train_time}
+        if cfg.budgeted:
+            record["progress"] = self._progress()
+        return {**record, "stop": stop > 0}
+
+    def _rank0_value(self, value: float) -> float:
+        box = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.broadcast(box, src=0)
+        return box.item()
 
     def _where_to_resume(self, loss: float) -> str:
         """After step self.step gave `loss` (not finite): the last checkpoint whose weights had a
@@ -483,7 +570,8 @@ class Trainer:
         if runtime.master:
             state = {"train_config": self.cfg.to_dict(), "world_size": runtime.world_size,
                      "data_loader": self.train_loader.state_dict(),
-                     "tokens_seen": self.step * self.tokens_per_step, "loss": self.last_loss}
+                     "tokens_seen": self.step * self.tokens_per_step, "loss": self.last_loss,
+                     "train_time": self.train_time}
             try:
                 if optimizer_state is None:
                     optimizer_state = self.optimizer.state_dict()
@@ -527,24 +615,46 @@ class Trainer:
 
     # --- the loop ---------------------------------------------------------------------------------
     def _due(self, interval: int) -> bool:
-        return (interval > 0 and self.step % interval == 0) or self.step == self.cfg.max_steps
+        return (interval > 0 and self.step % interval == 0) or self._finished()
+
+    def score_eval_tasks(self) -> dict[str, float]:
+        """{"eval/TASK/METRIC": value} of the --eval-task tasks (rank 0 only)."""
+        with self.runtime.autocast():
+            results = evaluate_tasks(self.raw_model, self.enc, self.eval_tasks)
+        return {f"eval/{task}/{metric}": value for task, metrics in results.items()
+                for metric, value in metrics.items()
+                if metric != "n" and isinstance(value, (int, float)) and not isinstance(value, bool)}
+
+    def _at_stop(self) -> bool:
+        """True once this invocation is done: the run is finished, or --stop-at-step reached."""
+        cfg = self.cfg
+        return self._finished() or (cfg.stop_at_step is not None and self.step >= cfg.stop_at_step)
 
     def _evaluate_and_log(self) -> None:
         val_loss = self.evaluate()
         if self.runtime.master:
             val_bpb = val_loss / math.log(2) / bytes_per_token(self.meta, "val")
-            self.log.log({"step": self.step, "val_loss": val_loss, "val_bpb": val_bpb})
+            scores = self.score_eval_tasks() if self.eval_tasks else {}
+            self.log.log({"step": self.step, "val_loss": val_loss, "val_bpb": val_bpb, **scores})
+            shown = "".join(f", {k.removeprefix('eval/')} {v:.4f}" for k, v in scores.items()
+                            if k.rsplit("/", 1)[1] in HEADLINE_METRICS)
             info(f"step {self.step}: val loss {val_loss:.4f}, val bpb {val_bpb:.4f} "
-                 f"(unigram baseline {self.unigram:.4f})")
+                 f"(unigram baseline {self.unigram:.4f}){shown}")
             plot_losses(self.log.records, self.out_dir / "loss.png", self.unigram)
 
     def fit(self) -> int:
-        """Train to stop_at_step or max_steps; returns the exit code (128 + signal if interrupted)."""
+        """Train to stop_at_step, max_steps or the budget; returns the exit code (128 + signal if
+        interrupted)."""
         cfg, master = self.cfg, self.runtime.master
         if self.complete:
             if master:
-                info(f"the run is already complete: {self.resumed_from} is at step {self.step} of "
-                     f"--max-steps {cfg.max_steps}; nothing to do (pass a larger --max-steps to train on)")
+                if cfg.budgeted:
+                    flag = "--time-budget" if cfg.time_budget is not None else "--token-budget"
+                    info(f"the run is already complete: {self.resumed_from} used its budget; nothing to do "
+                         f"(pass a larger {flag} to train on)")
+                else:
+                    info(f"the run is already complete: {self.resumed_from} is at step {self.step} of "
+                         f"--max-steps {cfg.max_steps}; nothing to do (pass a larger --max-steps to train on)")
             return 0
         received: list[int] = []
 
@@ -560,19 +670,22 @@ class Trainer:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 previous[sig] = signal.signal(sig, on_signal)
-        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step", file=sys.stderr,
+        total = (None if cfg.time_budget is not None else self._budget_steps() if cfg.budgeted
+                 else cfg.max_steps)
+        bar = tqdm(total=total, initial=self.step, desc="train", unit="step", file=sys.stderr,
                    dynamic_ncols=True, mininterval=0.5, disable=not master)
         try:
             if self.step == 0 and cfg.eval_interval > 0:
                 self._evaluate_and_log()
             stopped = False
-            while self.step < cfg.end_step and not stopped:
+            while not self._at_stop() and not stopped:
                 record = self.train_step(stop_requested=bool(received))
                 stopped = record.pop("stop")
                 if master:
                     self.log.log(record)
                     mfu = f" | mfu {record['mfu']:.1%}" if record["mfu"] is not None else ""
-                    bar.set_postfix_str(f"loss {record['loss']:.4f} | lr {record['lr']:.2e} | "
+                    used = f"{record['progress']:.0%} of budget | " if cfg.budgeted else ""
+                    bar.set_postfix_str(f"{used}loss {record['loss']:.4f} | lr {record['lr']:.2e} | "
                                         f"{record['tokens_per_sec']:,.0f} tok/s{mfu}", refresh=False)
                     bar.update(1)
                 if self._due(cfg.eval_interval):
@@ -581,7 +694,7 @@ class Trainer:
                     text = self.sample()
                     if master:
                         info(f"--- sample at step {self.step} ---\n{text}\n---")
-                if self._due(cfg.ckpt_interval) or self.step == cfg.end_step or stopped:
+                if self._due(cfg.ckpt_interval) or self._at_stop() or stopped:
                     path = self.save()
                     if master:
                         info(f"step {self.step}: saved {path}")
@@ -605,8 +718,9 @@ class Trainer:
             summary = {"step": self.step, "checkpoint": str(last), "unigram_entropy": self.unigram}
             if evals:
                 summary.update(val_loss=evals[-1]["val_loss"], val_bpb=evals[-1]["val_bpb"])
-            if self.step < cfg.max_steps:
-                info(f"stopped at step {self.step} of {cfg.max_steps} (--stop-at-step); continue with --resume")
+            if not self._finished():
+                of = "" if cfg.budgeted else f" of {cfg.max_steps}"
+                info(f"stopped at step {self.step}{of} (--stop-at-step); continue with --resume")
             print(json.dumps(summary))
         return 0
 

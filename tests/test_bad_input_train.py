@@ -150,6 +150,21 @@ CASES = {
     "--device nonsense": lambda c: c.new(device="tpu"),
     "--device cuda without CUDA": lambda c: (pytest.skip("CUDA is available") if torch.cuda.is_available()
                                              else c.new(device="cuda")),
+    # budgets, schedule, data order
+    "--time-budget 0": lambda c: c.new(time_budget=0),
+    "--time-budget nan": lambda c: c.new(time_budget="nan"),
+    "--token-budget 0": lambda c: c.new(token_budget=0),
+    "--time-budget with --token-budget": lambda c: c.new(time_budget=10, token_budget=1000),
+    "--decay-frac 0": lambda c: c.new(decay_frac=0),
+    "--schedule unknown": lambda c: c.new(schedule="linear"),
+    "--data-order unknown": lambda c: c.new(data_order="shuffled"),
+    # --eval-task: read before anything is written
+    "--eval-task unknown": lambda c: c.new() + ["--eval-task", "squad"],
+    "--eval-task a missing file": lambda c: c.new() + ["--eval-task", f"mc:{c.tmp / 'missing.jsonl'}"],
+    "--eval-task not JSONL": lambda c: c.new() + ["--eval-task", f"mc:{_file(c, 'quiz.jsonl', b'{oops')}"],
+    "--eval-task a label out of range": lambda c: c.new() + ["--eval-task", "mc:" + str(_file(
+        c, "quiz.jsonl", b'{"context": "a", "choices": [" b", " c"], "label": 2}\n'))],
+    "--eval-task bpb of a missing file": lambda c: c.new() + ["--eval-task", f"bpb:{c.tmp / 'none.txt'}"],
     # the out dir
     "--out-dir is a file": lambda c: tiny_argv(c.data, _file(c, "taken"), max_steps=4),
     "--out-dir under a file": lambda c: tiny_argv(c.data, _file(c, "taken") / "out", max_steps=4),

@@ -17,6 +17,7 @@ import torch
 
 from minigpt import corpus as preparation  # "corpus" is a fixture below
 from minigpt.corpus import DataError, DownloadError, bytes_per_token, load_meta, prepare
+from minigpt import loader as loader_module
 from minigpt.loader import DataLoader
 from minigpt.tokenizer import get_encoding
 
@@ -426,16 +427,17 @@ def test_seed_moves_later_epochs_only(prepared):
     assert torch.equal(again.next_batch()[0], first[3])
 
 
-def test_state_dict_resumes_exactly(prepared):
+@pytest.mark.parametrize("order", ["sequential", "random"])
+def test_state_dict_resumes_exactly(prepared, order):
     out, meta, stream = prepared
-    a = DataLoader(out, "train", 2, 24, seed=5)
+    a = DataLoader(out, "train", 2, 24, seed=5, order=order)
     _batches(a, 3 * len(stream) // (2 * 24) // 2)  # into the second epoch
     assert a.epoch == 1
     state = json.loads(json.dumps(a.state_dict()))  # plain ints and strings
     assert all(isinstance(v, (int, str)) for v in state.values())
     expected = _batches(a, 150)  # runs through several more epochs
     assert a.epoch >= 3
-    b = DataLoader(out, "train", 2, 24, seed=5)
+    b = DataLoader(out, "train", 2, 24, seed=5, order=order)
     b.load_state_dict(state)
     for (xa, ya), (xb, yb) in zip(expected, _batches(b, 150)):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
@@ -450,6 +452,7 @@ def test_state_dict_from_other_data_or_geometry_is_refused(prepared, corpus, tmp
         DataLoader(out, "train", 2, 16),
         DataLoader(out, "train", 1, 8, world_size=2),
         DataLoader(out, "val", 2, 8),
+        DataLoader(out, "train", 2, 8, order="random"),
     ):
         with pytest.raises(DataError, match="state was saved for"):
             other.load_state_dict(state)
@@ -458,18 +461,55 @@ def test_state_dict_from_other_data_or_geometry_is_refused(prepared, corpus, tmp
         DataLoader(tmp_path / "other", "train", 2, 8).load_state_dict(state)
 
 
+@pytest.mark.parametrize("order", ["sequential", "random"])
 @pytest.mark.parametrize("world_size", [2, 3])
-def test_ranks_together_read_one_big_batch(prepared, world_size):
+def test_ranks_together_read_one_big_batch(prepared, world_size, order):
     out, meta, stream = prepared
     B, T, W = 2, 16, world_size
-    ranks = [DataLoader(out, "train", B, T, rank=r, world_size=W, seed=1) for r in range(W)]
-    single = DataLoader(out, "train", W * B, T, seed=1)
+    ranks = [DataLoader(out, "train", B, T, rank=r, world_size=W, seed=1, order=order) for r in range(W)]
+    single = DataLoader(out, "train", W * B, T, seed=1, order=order)
     for _ in range(3 * len(stream) // (W * B * T)):  # about three epochs
         xs, ys = zip(*(r.next_batch() for r in ranks))
         x, y = single.next_batch()
         assert torch.equal(torch.cat(xs), x) and torch.equal(torch.cat(ys), y)
     assert {r.epoch for r in ranks} == {single.epoch} and single.epoch >= 2
-    assert all(r.state_dict()["position"] == ranks[0].state_dict()["position"] for r in ranks)
+    assert all(r.state_dict() == {**ranks[0].state_dict(), "world_size": W} for r in ranks)
+
+
+def test_random_order_covers_every_document_in_an_epoch(prepared):
+    out, meta, stream = prepared
+    T = 16
+    document = np.cumsum(stream.numpy() == EOT) - 1  # the document each token belongs to
+    n_windows = (len(stream) - 1) // T
+    loader = DataLoader(out, "train", 1, T, seed=3, order="random")
+    reads, read = [], loader._read
+    loader._read = lambda start, n: reads.append((start, n)) or read(start, n)
+    covered = np.zeros(len(stream), dtype=bool)
+    for step in range(n_windows):  # one window a step: an epoch is n_windows steps
+        x, y = loader.next_batch()
+        [(start, n)] = reads[step:]
+        assert n == T + 1
+        assert torch.equal(x[0], stream[start : start + T]) and torch.equal(y[0], stream[start + 1 : start + T + 1])
+        covered[start : start + T + 1] = True
+    assert loader.epoch == 0
+    starts = [s for s, _ in reads]
+    assert sorted(starts) == list(range(0, n_windows * T, T))  # every window once
+    assert set(document[covered]) == set(range(document[-1] + 1))  # so every document was seen
+    # Shuffled: the first tenth of the epoch already reaches into every quarter of the corpus.
+    assert {4 * s // len(stream) for s in starts[: n_windows // 10]} == {0, 1, 2, 3}
+    loader.next_batch()
+    assert loader.epoch == 1 and reads[-1][0] % T != 0  # a new order, at a new offset
+
+
+def test_random_order_follows_the_seed(prepared):
+    out, meta, stream = prepared
+    def first_batches(seed):
+        loader = DataLoader(out, "train", 3, 16, seed=seed, order="random")
+        return torch.cat([x for x, _ in _batches(loader, 5)])
+    assert torch.equal(first_batches(11), first_batches(11))
+    assert not torch.equal(first_batches(11), first_batches(12))
+    with pytest.raises(DataError, match="unknown data order"):
+        DataLoader(out, "train", 3, 16, order="shuffled")
 
 
 def test_dataset_too_small_for_the_batch(prepared):
@@ -592,3 +632,13 @@ def test_cli_missing_path_is_one_error_line(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "nope.txt" in lines[0]
     assert not any(tmp_path.iterdir())  # nothing was written
+
+
+def test_random_order_checks_each_shard_once(prepared, monkeypatch):
+    out, meta, stream = prepared
+    checked = []
+    check = loader_module._check_ids
+    monkeypatch.setattr(loader_module, "_check_ids", lambda path, *a: checked.append(path.name) or check(path, *a))
+    loader = DataLoader(out, "train", 2, 16, order="random")
+    _batches(loader, 3 * len(stream) // 32)  # three epochs of rows from all over the shards
+    assert sorted(checked) == sorted(s["file"] for s in meta["splits"]["train"]["shards"])
