@@ -6,10 +6,16 @@
 
 With one sample, stdout is exactly the prompt followed by the generated text.
 Everything informational (load time, tokens/s) goes to stderr.
+
+Exit codes: 0 done; 2 bad input (one line on stderr saying what is wrong); 141 the reader
+of stdout went away (e.g. `| head -c1`): sampling stops quietly, as it does for Unix tools
+killed by SIGPIPE (the shell reports those as 128 + 13 = 141); 130 interrupted (Ctrl-C).
 """
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
 import time
 
@@ -17,15 +23,56 @@ import torch
 
 from minigpt.generate import Completion, complete
 from minigpt.model import GPT
+from minigpt.sampling import check_sampling
 from minigpt.tokenizer import get_encoding
 from minigpt.weights import CheckpointError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SEPARATOR = "\n" + "-" * 40 + "\n"
+EXIT_BROKEN_PIPE = 141
+EXIT_INTERRUPTED = 130
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """A usage error is one line on stderr (and exit code 2), like every other error of sample.py."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+# --stop takes the escapes a shell does not interpret inside quotes: "\n\n" is two newlines.
+STOP_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+_STOP_ESCAPE = re.compile(r"\\(u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|.|$)", re.DOTALL)
+
+
+def unescape_stop(text: str) -> str:
+    """text with \\n, \\t, \\r, \\\\, \\uXXXX and \\UXXXXXXXX replaced by the characters they name.
+
+    Any other backslash is an error (ValueError), so a string is never half-interpreted.
+    Other characters, including non-ASCII ones, are kept as they are.
+    """
+
+    def replace(match: re.Match) -> str:
+        code = match.group(1)
+        if code in STOP_ESCAPES:
+            return STOP_ESCAPES[code]
+        if len(code) > 1:  # uXXXX or UXXXXXXXX
+            value = int(code[1:], 16)
+            if value > 0x10FFFF or 0xD800 <= value <= 0xDFFF:
+                raise ValueError(f"--stop {text!r}: \\{code} is not a Unicode character")
+            return chr(value)
+        if code == "":
+            raise ValueError(f"--stop {text!r} ends in a lone backslash; write \\\\ for a backslash")
+        if code in "uU":
+            raise ValueError(f"--stop {text!r}: \\{code} needs {4 if code == 'u' else 8} hex digits")
+        raise ValueError(f"--stop {text!r}: unknown escape \\{code}; the escapes are \\n \\t \\r \\\\ "
+                         "\\uXXXX \\UXXXXXXXX (write \\\\ for a backslash)")
+
+    return _STOP_ESCAPE.sub(replace, text)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--init", default="gpt2",
                    help="a preset (gpt2, gpt2-medium, gpt2-large, gpt2-xl; downloaded once), a Hugging Face style "
                         "directory, a .safetensors file, or a train.py --out-dir (its latest checkpoint)")
@@ -39,7 +86,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=None, help="random seed, for repeatable samples")
     p.add_argument("--num-samples", type=int, default=1, help="how many continuations of the prompt")
     p.add_argument("--stop", action="append", default=[],
-                   help="stop a sample when this string appears (not printed); may be given several times")
+                   help="stop a sample when this string appears (not printed); may be given several times. "
+                        "Backslash escapes are interpreted: \\n newline, \\t tab, \\r, \\\\ backslash, "
+                        "\\uXXXX and \\UXXXXXXXX a Unicode character; any other backslash is an error")
     p.add_argument("--ignore-eot", action="store_true", help="keep going past <|endoftext|> instead of stopping")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda if available)")
     p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
@@ -56,29 +105,105 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def read_prompt(args: argparse.Namespace) -> str:
+    """The prompt: --prompt, or the file (or standard input) as UTF-8 text; anything else is refused."""
     if args.prompt_file is None:
         return args.prompt
     if args.prompt_file == "-":
-        return sys.stdin.read()
+        where = "standard input"
+        if sys.stdin is None:  # started with standard input closed (`<&-`)
+            raise ValueError("--prompt-file -: standard input is closed")
+        try:
+            data = sys.stdin.buffer.read()
+        except OSError as e:
+            raise ValueError(f"cannot read standard input: {e.strerror or e}") from None
+    else:
+        where = f"the prompt file {args.prompt_file}"
+        try:
+            with open(args.prompt_file, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise ValueError(f"cannot read the prompt file: {e}") from None
     try:
-        with open(args.prompt_file, encoding="utf-8") as f:
-            return f.read()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"cannot read the prompt file: {e}") from None
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{where} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})") from None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device: use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this PyTorch build has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ValueError(f"--device {name} asks for CUDA, but {why} (PyTorch {torch.__version__}); use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: there are {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"--device {name}: MPS is not available on this machine")
+    elif device.type != "cpu":
+        raise ValueError(f"--device {name!r}: sampling runs on cpu, cuda or mps")
+    return device
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Everything about the flags that can be checked before the model is loaded (ValueError)."""
+    if args.num_samples < 1:
+        raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
+    if args.max_new_tokens < 0:
+        raise ValueError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    if args.seed is not None and not 0 <= args.seed < 2**63 - args.num_samples:
+        raise ValueError(f"--seed must be between 0 and 2**63 - 1, got {args.seed}")
+    check_sampling(args.temperature, args.top_k, args.top_p)
+    args.stop = [unescape_stop(s) for s in args.stop]
+    if "" in args.stop:
+        raise ValueError("--stop must not be empty")
+
+
+def info(message: str) -> None:
+    """A line of information for the user, on stderr (dropped if stderr is closed)."""
+    if sys.stderr is not None:
+        print(message, file=sys.stderr, flush=True)
+
+
+def _detach_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (e.g. captured by a test)
+        pass
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         return run(args)
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as Unix tools do
+        _detach_stdout()
+        return EXIT_BROKEN_PIPE
+    except KeyboardInterrupt:
+        info("error: interrupted")
+        return EXIT_INTERRUPTED
     except (CheckpointError, ValueError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        lines = str(e).strip().splitlines() or [type(e).__name__]
+        info(f"error: {lines[0]}")
+        return 2
+    except OSError as e:  # writing the output failed (a full disk, a closed descriptor)
+        _detach_stdout()
+        info(f"error: cannot write the output: {e.strerror or e}")
         return 2
 
 
 def run(args: argparse.Namespace) -> int:
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
+    check_args(args)
+    if sys.stdout is None:  # started with stdout closed (`>&-`): the samples would go nowhere
+        raise ValueError("standard output is closed; redirect it to a file, e.g. > samples.txt")
+    device = resolve_device(args.device)
     dtype = DTYPES[args.dtype] if args.dtype != "auto" else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     prompt = read_prompt(args)
     use_decoder = args.decode == "fast" or (args.decode == "auto" and device.type == "cpu")
@@ -86,8 +211,8 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     model = GPT.from_pretrained(args.init, device=device, dtype=dtype, attn_backend=args.attn_backend)
     enc = get_encoding("gpt2")
-    print(f"loaded {args.init} ({model.num_params() / 1e6:.1f}M parameters, {dtype}, {device}) "
-          f"in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    info(f"loaded {args.init} ({model.num_params() / 1e6:.1f}M parameters, {dtype}, {device}) "
+         f"in {time.perf_counter() - t0:.1f}s")
 
     out = sys.stdout
 
@@ -117,8 +242,8 @@ def run(args: argparse.Namespace) -> int:
         out.write(SEPARATOR.join(prompt + c.text for c in results))
     out.flush()
     n_tokens = sum(len(c.tokens) for c in results)
-    print(f"\n{len(results)} sample(s), {n_tokens} tokens in {elapsed:.2f}s "
-          f"({n_tokens / max(elapsed, 1e-9):.1f} tok/s, prefill included)", file=sys.stderr)
+    info(f"\n{len(results)} sample(s), {n_tokens} tokens in {elapsed:.2f}s "
+         f"({n_tokens / max(elapsed, 1e-9):.1f} tok/s, prefill included)")
     return 0
 
 

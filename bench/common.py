@@ -18,7 +18,20 @@ import torch
 
 from minigpt.files import atomic_write
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+RESULTS_DIR = Path(__file__).resolve().parent / "results"  # the committed results: written only on request
+RUNS_DIR = Path(__file__).resolve().parent / "runs"  # a folder per run, ignored by git
+
+
+def output_dir(out: Path | None, update_results: bool, name: str) -> Path:
+    """Where a benchmark writes: --out if given, bench/results with --update-results, else a new
+    folder bench/runs/<date>-<time>-<name>/, so an ordinary run never changes a committed file."""
+    if out is not None and update_results:
+        raise ValueError("give --out or --update-results, not both")
+    if update_results:
+        return RESULTS_DIR
+    if out is not None:
+        return out
+    return RUNS_DIR / f"{datetime.datetime.now():%Y%m%d-%H%M%S}-{name}"
 
 
 def _version(dist: str) -> str | None:

@@ -33,8 +33,10 @@ measure: the Triton kernels are skipped (the interpreter is a correctness tool,
 not a speed measurement) and the torch providers run at tiny sizes in float32,
 timed with time.perf_counter (median of repeats), so the script itself is exercised.
 
-Results: bench/results/kernels-<device>.json (every setting, every result, the
-environment) and a PNG plot next to it; a table on stdout, progress on stderr.
+Results: kernels-<device>.json (every setting, every result, the environment) and a PNG
+plot next to it, in --out, or by default a new folder bench/runs/<date>-<time>-kernels/
+(ignored by git); --update-results writes them into bench/results/ instead. A table on
+stdout, progress on stderr.
 """
 from __future__ import annotations
 
@@ -51,7 +53,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` and `kernels` imp
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from bench.common import RESULTS_DIR, device_tag, environment, write_json  # noqa: E402
+from bench.common import RESULTS_DIR, RUNS_DIR, device_tag, environment, output_dir, write_json  # noqa: E402
 
 # Read by kernels/flash_attention.py when a shape is first tuned: the candidates tried per kernel.
 MAX_CONFIGS_ENV = "MINIGPT_AUTOTUNE_MAX_CONFIGS"
@@ -345,13 +347,20 @@ def main(argv=None):
                         help="device to benchmark (default: cuda when available, else cpu)")
     parser.add_argument("--quick", action="store_true",
                         help="a few sizes only; on a CPU the tiny sizes are always used")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR,
-                        help=f"directory for kernels-<device>.json and .png (default: {RESULTS_DIR})")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"directory for kernels-<device>.json and .png (default: a new folder under {RUNS_DIR}, "
+                             "ignored by git)")
+    parser.add_argument("--update-results", action="store_true",
+                        help=f"write into {RESULTS_DIR}, replacing the committed kernel results")
     parser.add_argument("--no-plot", action="store_true", help="write the JSON but not the PNG")
     parser.add_argument("--max-autotune-configs", type=int, default=None, metavar="N",
                         help="autotune each attention kernel over its first N candidates only (bounds the "
                              f"first call per shape; sets {MAX_CONFIGS_ENV}; default: all)")
     args = parser.parse_args(argv)
+    try:
+        args.out = output_dir(args.out, args.update_results, "kernels")
+    except ValueError as e:
+        parser.error(str(e))
     if args.max_autotune_configs is not None:
         if args.max_autotune_configs < 1:
             parser.error("--max-autotune-configs must be at least 1")

@@ -4,6 +4,7 @@
     python bench/run.py --suite sample --full       # every size
     python bench/run.py --suite cpu-targets         # the CPU figures the fast-decoding issue targets
     python bench/run.py --suite train,sample --tiny --out /tmp/b   # seconds: what the tests run
+    python bench/run.py --suite all --update-results  # replace the committed files in bench/results/
 
 Suites:
 - train: tokens/s and MFU of forward + backward + AdamW step (train.py's optimizer and
@@ -25,6 +26,8 @@ against the measured matmul everywhere).
 
 Results: <out>/e2e-<device>.json (environment, settings, every case), .md (tables) and
 .png (throughput against batch size; MFU by backend); cpu-targets.json/.md for that suite.
+<out> is --out, or by default a new folder bench/runs/<date>-<time>-<suites>/ (ignored by
+git); only --update-results writes over the committed files in bench/results/.
 A short table goes to stdout, progress to stderr.
 """
 from __future__ import annotations
@@ -40,7 +43,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` and `minigpt` imp
 import torch  # noqa: E402
 
 from bench import e2e, report  # noqa: E402
-from bench.common import RESULTS_DIR, device_tag, environment  # noqa: E402
+from bench.common import RESULTS_DIR, RUNS_DIR, device_tag, environment, output_dir  # noqa: E402
 from minigpt.config import GPTConfig, preset  # noqa: E402
 from minigpt.model import GPT, triton_unavailable_reason  # noqa: E402
 
@@ -257,7 +260,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="torch CPU threads (default: torch's choice; cpu-targets uses 2 unless given)")
     p.add_argument("--max-contention", type=float, default=0.1,
                    help="rerun a timed repeat when other processes used more than this fraction of the CPUs")
-    p.add_argument("--out", type=Path, default=RESULTS_DIR, help=f"results directory (default: {RESULTS_DIR})")
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"results directory (default: a new folder under {RUNS_DIR}, ignored by git)")
+    p.add_argument("--update-results", action="store_true",
+                   help=f"write into {RESULTS_DIR}, replacing the committed results of these suites")
     p.add_argument("--no-plot", action="store_true", help="write JSON and Markdown but no PNG")
     args = p.parse_args(argv)
     suites = [s.strip() for s in args.suite.split(",") if s.strip()]
@@ -266,6 +272,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     if unknown or not suites:
         p.error(f"unknown suite(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(SUITES)} or all")
     args.suites = list(dict.fromkeys(suites))
+    try:
+        args.out = output_dir(args.out, args.update_results, "-".join(args.suites))
+    except ValueError as e:
+        p.error(str(e))
     return args
 
 

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from minigpt.model import GPT, KVCache
-from minigpt.sampling import check_length, sample_next
+from minigpt.sampling import check_ids, check_length, check_sampling, sample_next
 
 MODES = ("auto", "eager", "static", "graph")
 CPU_LINEARS = ("auto", "torch", "onednn", "onednn-packed")
@@ -282,8 +282,10 @@ class Decoder:
         Nothing here waits for the device except the "all rows done?" check, made every
         `check_every` steps when an eos_id is given.
         """
+        check_ids(idx, self.config.vocab_size)
         T = idx.size(1)
         check_length(self.config.block_size, T, max_new_tokens)
+        check_sampling(temperature, top_k, top_p)
         if T + max_new_tokens > self.max_len:
             raise ValueError(f"prompt ({T} tokens) + max_new_tokens ({max_new_tokens}) exceeds this Decoder's "
                              f"max_len ({self.max_len})")

@@ -22,7 +22,7 @@ import torch
 
 from minigpt.decode import Decoder
 from minigpt.model import GPT, KVCache
-from minigpt.sampling import check_length, sample_next
+from minigpt.sampling import check_ids, check_length, check_sampling, sample_next
 
 
 @torch.no_grad()
@@ -41,10 +41,13 @@ def stream(
 
     Rows that have produced eos_id keep producing it; the stream ends when every row
     has, or after max_new_tokens steps. decoder_mode: decode with a minigpt.decode.Decoder
-    in that mode instead of the loop below.
+    in that mode instead of the loop below. idx must hold ids below model.config.vocab_size
+    (a ValueError otherwise).
     """
+    check_ids(idx, model.config.vocab_size)
     B, T = idx.shape
     check_length(model.config.block_size, T, max_new_tokens)
+    check_sampling(temperature, top_k, top_p)
     if max_new_tokens == 0:
         return
     if decoder_mode is not None:
@@ -84,6 +87,7 @@ def generate(
     finished first are padded with eos_id. decoder_mode: as for `stream`.
     """
     if decoder_mode is not None:
+        check_ids(idx, model.config.vocab_size)
         check_length(model.config.block_size, idx.size(1), max_new_tokens)
         decoder = Decoder(model, idx.size(0), idx.size(1) + max_new_tokens, mode=decoder_mode)
         return decoder.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
@@ -96,6 +100,7 @@ def generate(
 def generate_uncached(model: GPT, idx: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
     """Greedy decoding that recomputes the whole context every step: the reference
     that cached decoding must reproduce token for token."""
+    check_ids(idx, model.config.vocab_size)
     check_length(model.config.block_size, idx.size(1), max_new_tokens)
     for _ in range(max_new_tokens):
         next_token = model(idx)[:, -1].argmax(dim=-1, keepdim=True)

@@ -40,9 +40,13 @@ IGNORED = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers of old chec
 # Finding the files
 
 
-def hub_snapshot(name: str) -> Path:
-    """The local directory of a preset's hub repo, downloading it if it is not cached."""
-    from huggingface_hub import snapshot_download
+def hub_snapshot(name: str, downloading: bool = False) -> Path:
+    """The local directory of a preset's hub repo, downloading it if it is not cached.
+
+    downloading: the caller's whole job is the download (`python -m minigpt.weights download`),
+    so a failure says what the download needs rather than suggesting the download command.
+    """
+    from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     repo = HUB_REPOS[name]
@@ -54,10 +58,17 @@ def hub_snapshot(name: str) -> Path:
     try:
         path = Path(snapshot_download(repo, allow_patterns=patterns))
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as e:
+        if downloading:
+            offline = " (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
+            raise CheckpointError(
+                f"cannot download {repo} from the Hugging Face hub{offline}: {type(e).__name__}; this needs "
+                f"network access to huggingface.co, and the files go to the cache at {constants.HF_HUB_CACHE} "
+                "(set HF_HUB_CACHE to choose another)"
+            ) from None
         raise CheckpointError(
-            f"{name} weights are not in the Hugging Face cache and the hub cannot be reached "
-            f"({type(e).__name__}); on a machine with network run `python -m minigpt.weights download {name}`, "
-            "or pass a local directory or .safetensors file"
+            f"{name} weights are not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and the hub cannot be "
+            f"reached ({type(e).__name__}); on a machine with network run `python -m minigpt.weights download "
+            f"{name}`, or pass a local directory or .safetensors file"
         ) from None
     if not (path / "model.safetensors").is_file():
         raise CheckpointError(f"the hub repo {repo} has no model.safetensors")
@@ -69,12 +80,27 @@ def _read_config_json(path: Path) -> GPTConfig:
         d = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"cannot read {path}: {e}") from None
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{path} holds a JSON {_json_type(d)}, not an object of config fields")
     try:
         if "minigpt" in d:  # written by save_pretrained: the exact GPTConfig
-            return GPTConfig.from_dict(d["minigpt"])
+            return _config_from_dict(d["minigpt"], "its 'minigpt' entry")
         return GPTConfig.from_hf_dict(d)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: {e}") from None
+
+
+def _json_type(value) -> str:
+    """The JSON name of a parsed value's type, for messages."""
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def _config_from_dict(d, what: str) -> GPTConfig:
+    """GPTConfig.from_dict of a parsed JSON value that must be an object (TypeError/ValueError if not)."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{what} is a JSON {_json_type(d)}, not an object of GPTConfig fields")
+    return GPTConfig.from_dict(d)
 
 
 def find_weights(name_or_path: str | Path) -> tuple[Path, GPTConfig | None]:
@@ -136,9 +162,15 @@ def _iter_safetensors(path: Path) -> tuple[dict, Iterator[tuple[str, torch.Tenso
         if not 2 <= n <= min(size - 8, 100_000_000):
             raise ValueError(f"header length {n} does not fit a {size}-byte file")
         header = json.loads(f.read(n))
+        if not isinstance(header, dict):
+            raise ValueError(f"the header is a JSON {_json_type(header)}, not an object")
         metadata = header.pop("__metadata__", None) or {}
+        if not isinstance(metadata, dict):
+            raise ValueError(f"__metadata__ is a JSON {_json_type(metadata)}, not an object")
         entries = []
         for key, info in header.items():
+            if not isinstance(info, dict):
+                raise ValueError(f"the entry of tensor {key} is a JSON {_json_type(info)}, not an object")
             begin, end = info["data_offsets"]
             dtype = SAFETENSORS_DTYPES[info["dtype"]]
             shape = [int(d) for d in info["shape"]]
@@ -167,9 +199,13 @@ def _iter_safetensors(path: Path) -> tuple[dict, Iterator[tuple[str, torch.Tenso
 
 def _iter_sharded(index: Path) -> tuple[dict, Iterator[tuple[str, torch.Tensor]]]:
     try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-    except (OSError, KeyError, TypeError, json.JSONDecodeError) as e:
+        content = json.loads(index.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"cannot read the shard index {index}: {e}") from None
+    weight_map = content.get("weight_map") if isinstance(content, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        found = "no weight_map" if weight_map is None else f"a weight_map that is a JSON {_json_type(weight_map)}"
+        raise CheckpointError(f"{index} is not a shard index: it has {found}, not an object of tensor -> file names")
     shards = sorted(set(weight_map.values()))
 
     def tensors():
@@ -236,6 +272,18 @@ def _infer_config(shapes: dict[str, tuple[int, ...]], source: Path) -> GPTConfig
     return GPTConfig(block_size=block_size, vocab_size=V, n_layer=n_layer, n_head=heads[C], n_embd=C)
 
 
+def _finite(stored: torch.Tensor, converted: torch.Tensor, key: str, source: Path) -> torch.Tensor:
+    """converted (stored in the target dtype), unless it holds NaN or infinity: then a CheckpointError
+    naming the tensor. One pass over each tensor as it is read; a second only to word the error."""
+    if bool(torch.isfinite(converted).all()):
+        return converted
+    if converted.dtype != stored.dtype and bool(torch.isfinite(stored).all()):
+        raise CheckpointError(f"{source}: tensor {key} overflows {str(converted.dtype).removeprefix('torch.')} "
+                              "(its values are finite as stored); load it in a wider dtype")
+    raise CheckpointError(f"{source}: tensor {key} holds NaN or infinite values; the weights are damaged "
+                          "(or were saved after training diverged)")
+
+
 def load_state_dict(
     name_or_path: str | Path, dtype: torch.dtype | None = None, device=None
 ) -> tuple[GPTConfig, dict[str, torch.Tensor], Path]:
@@ -250,7 +298,10 @@ def load_state_dict(
     weights, config = find_weights(name_or_path)
     metadata, tensors = read_tensors(weights)
     if config is None and "minigpt_config" in metadata:
-        config = GPTConfig.from_dict(json.loads(metadata["minigpt_config"]))
+        try:
+            config = _config_from_dict(json.loads(metadata["minigpt_config"]), "its minigpt_config metadata")
+        except (TypeError, ValueError) as e:  # JSONDecodeError is a ValueError
+            raise CheckpointError(f"{weights}: {e}") from None
 
     # Collect tensors under our names, converting each to the target dtype as it is read so
     # that no full-precision copy of the whole model is ever held.
@@ -262,7 +313,8 @@ def load_state_dict(
             continue
         if name in state:
             raise CheckpointError(f"{weights}: tensor {key} appears twice")
-        t = t.to(dtype=dtype) if t.is_floating_point() else t
+        if t.is_floating_point():
+            t = _finite(t, t.to(dtype=dtype), key, weights)
         if name == "lm_head.weight":
             lm_head = t
             continue
@@ -350,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         preset(args.name)
-        print(hub_snapshot(args.name))
+        print(hub_snapshot(args.name, downloading=True))
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

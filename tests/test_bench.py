@@ -92,6 +92,23 @@ def test_bad_suite_is_a_usage_error(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+def test_results_go_to_a_run_folder_unless_asked(monkeypatch, tmp_path, capsys):
+    monkeypatch.syspath_prepend(str(ROOT))
+    from bench import run
+    from bench.common import RESULTS_DIR, RUNS_DIR
+
+    default = run.parse_args(["--suite", "train,sample"]).out
+    assert default.parent == RUNS_DIR and default.name.endswith("-train-sample") and not default.exists()
+    assert run.parse_args(["--update-results"]).out == RESULTS_DIR
+    assert run.parse_args(["--out", str(tmp_path)]).out == tmp_path
+    with pytest.raises(SystemExit) as e:
+        run.parse_args(["--out", str(tmp_path), "--update-results"])
+    assert e.value.code == 2 and "not both" in capsys.readouterr().err
+    assert subprocess.run(["git", "check-ignore", "-q", str(default / "e2e-cpu.json")], cwd=ROOT).returncode == 0
+    assert "--update-results" in subprocess.run([sys.executable, str(ROOT / "bench" / "kernels.py"), "--help"],
+                                                capture_output=True, text=True, check=True).stdout
+
+
 def test_kernels_suite_without_bench_kernels(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT))
     from bench import run
