@@ -226,7 +226,7 @@ class Worker:
         import torch.nn.functional as F
 
         from bench.kernels import bench_attention, bench_layer_norm
-        from kernels import attention_reference, flash_attention, layer_norm
+        from minigpt_kernels import attention_reference, flash_attention, layer_norm
 
         if case["op"] == "attention":
             attend = {

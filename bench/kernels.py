@@ -217,7 +217,7 @@ def bench_copy(device, n_bytes):
 
 def run_kernel_bench(device: str | torch.device, quick: bool) -> dict:
     """Run the sweep on `device` and return the results record (nothing is written)."""
-    from kernels import attention_reference, flash_attention, layer_norm
+    from minigpt_kernels import attention_reference, flash_attention, layer_norm
 
     device = torch.device(device)
     on_gpu = device.type == "cuda"

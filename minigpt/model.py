@@ -129,7 +129,7 @@ def attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                      visible: torch.Tensor | None = None) -> torch.Tensor:
     if visible is not None:  # the flash kernel knows only the causal mask
         return attention_sdpa(q, k, v, visible)
-    from kernels import flash_attention
+    from minigpt_kernels import flash_attention
 
     return flash_attention(q, k, v, causal=True)
 
@@ -187,7 +187,7 @@ class LayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.backend == "triton":
-            from kernels import layer_norm
+            from minigpt_kernels import layer_norm
 
             return layer_norm(x, self.weight, self.bias, self.eps)
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)

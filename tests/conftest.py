@@ -2,7 +2,7 @@
 
 The Triton kernels run under the Triton interpreter on machines without a CUDA GPU.
 TRITON_INTERPRET is read when a kernel is decorated, so it must be set before
-anything imports `kernels` (or triton); conftest.py is imported first by pytest.
+anything imports `minigpt_kernels` (or triton); conftest.py is imported first by pytest.
 """
 import os
 

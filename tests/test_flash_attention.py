@@ -1,4 +1,4 @@
-"""kernels.flash_attention against attention_reference computed in float64.
+"""minigpt_kernels.flash_attention against attention_reference computed in float64.
 
 Without a GPU the kernels run under the Triton interpreter (see conftest.py), on
 small shapes in float32. The CUDA tests run GPT-2 sizes in bfloat16 and float16.
@@ -24,7 +24,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels.flash_attention import _backward, _forward, attention_reference, flash_attention
+from minigpt_kernels.flash_attention import _backward, _forward, attention_reference, flash_attention
 
 TOLERANCES = {  # dtype: (RTOL, ATOL)
     torch.float32: (1e-4, 1e-5),
@@ -240,8 +240,8 @@ def test_unsupported_dtypes_raise(dtypes):
 
 
 def test_cpu_tensors_without_the_interpreter_raise(monkeypatch):
-    # kernels/__init__ rebinds the name `kernels.flash_attention` to the function, so fetch the module.
-    fa = importlib.import_module("kernels.flash_attention")
+    # kernels/__init__ rebinds the name `minigpt_kernels.flash_attention` to the function, so fetch the module.
+    fa = importlib.import_module("minigpt_kernels.flash_attention")
     monkeypatch.setattr(fa, "_kernels_are_interpreted", lambda: False)
     q = torch.zeros(1, 1, 4, 32)
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):

@@ -205,7 +205,7 @@ def test_figures_are_held_to_the_issue_targets(tmp_path):
 
 @pytest.mark.parametrize("value, expected", [("2", [2, 2, 2]), ("0", None), ("three", "error")])
 def test_autotune_cap_keeps_the_first_candidates(value, expected):
-    code = ("import importlib, json\nfa = importlib.import_module(\"kernels.flash_attention\")\n"
+    code = ("import importlib, json\nfa = importlib.import_module(\"minigpt_kernels.flash_attention\")\n"
             "print(json.dumps([[str(c) for c in t.configs] for t in "
             "(fa._attn_fwd_tuned, fa._attn_bwd_dkdv_tuned, fa._attn_bwd_dq_tuned)]))\n"
             "print(json.dumps([[str(c) for c in l] for l in (fa._FWD_CONFIGS, fa._DKDV_CONFIGS, fa._DQ_CONFIGS)]))")

@@ -3,7 +3,7 @@
 The graph is read from the source (every `import` of a minigpt module, at module level or
 inside a function), so an import hidden in a function to break a cycle is still a cycle.
 The modules are found by listing the package directory, so new or split modules are covered.
-The optional `kernels` import (Triton, CUDA only) is not a minigpt module and is not counted.
+The optional `minigpt_kernels` import (Triton, CUDA only) is not a minigpt module and is not counted.
 """
 import ast
 import json

@@ -54,8 +54,8 @@ def compile_for_hopper(fn, dtype: str, constants: dict, num_warps: int, num_stag
 def compile_all() -> list[dict]:
     import triton
 
-    fa = importlib.import_module("kernels.flash_attention")
-    ln = importlib.import_module("kernels.layer_norm")
+    fa = importlib.import_module("minigpt_kernels.flash_attention")
+    ln = importlib.import_module("minigpt_kernels.layer_norm")
     results = []
 
     def record(name, fn, dtype, constants, num_warps=4, num_stages=2):

@@ -1,4 +1,4 @@
-"""kernels.layer_norm against a float64 reference.
+"""minigpt_kernels.layer_norm against a float64 reference.
 
 Each check draws fresh random x, weight, bias and dy in the dtype under test,
 then upcasts those same values to float64 and runs `layer_norm_reference` with
@@ -27,7 +27,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels.layer_norm import MAX_WIDTH, layer_norm, layer_norm_reference
+from minigpt_kernels.layer_norm import MAX_WIDTH, layer_norm, layer_norm_reference
 
 TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-3, torch.bfloat16: 1e-2}
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -208,7 +208,7 @@ def test_cpu_tensor_without_interpreter_is_rejected():
     # TRITON_INTERPRET is read when the kernels are defined, so use a fresh process.
     code = (
         "import torch\n"
-        "from kernels.layer_norm import layer_norm\n"
+        "from minigpt_kernels.layer_norm import layer_norm\n"
         "try:\n"
         "    layer_norm(torch.randn(2, 8), torch.randn(8), torch.randn(8))\n"
         "except RuntimeError as e:\n"
