@@ -36,7 +36,6 @@ import functools
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from importlib import resources
 from pathlib import Path
@@ -45,6 +44,8 @@ import tiktoken
 import tokenizers
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks, load_tiktoken_bpe
 from tiktoken_ext.openai_public import r50k_pat_str  # GPT-2's pre-tokenizer regex
+
+from minigpt.files import atomic_write
 
 EOT_TOKEN = "<|endoftext|>"
 EOT_ID = 50256
@@ -100,16 +101,9 @@ def write_ranks_cache(ranks: dict[bytes, int]) -> None:
         return  # not GPT-2's ranks: nothing the loader would accept
     path = ranks_cache_path()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".gpt2.tiktoken.")
-    except OSError:  # a read-only cache directory: the encoding works without its cache
-        return
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except OSError:  # a full disk: the same
-        Path(tmp).unlink(missing_ok=True)
+        atomic_write(path, data)
+    except OSError:  # a read-only or full disk: the encoding works without its cache
+        pass
 
 
 def gpt2_ranks_from_files(vocab_bpe: str, encoder_json: str) -> dict[bytes, int]:
