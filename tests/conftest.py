@@ -23,3 +23,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the tests of tiny training runs: such models gain nothing from a
+    second thread, and on a CPU shared with other jobs an OpenMP thread waiting for a
+    descheduled sibling made them 5-10x slower. Used with pytest.mark.usefixtures."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

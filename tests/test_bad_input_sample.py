@@ -34,12 +34,7 @@ TINY = dict(block_size=64, n_layer=1, n_head=2, n_embd=16)  # GPT-2's vocabulary
 NAN_KEY = "transformer.h.0.mlp.c_fc.weight"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")

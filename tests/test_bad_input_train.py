@@ -24,12 +24,7 @@ from tiny_run import ROOT, load_script, make_corpus, tiny_argv
 train = load_script(ROOT / "train.py")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from minigpt import trainer as trainer_module
 from minigpt.checkpoint import load_checkpoint
@@ -33,12 +32,7 @@ TOKENS_PER_STEP = 4 * 32  # tiny_settings: batch 4 x block 32, one process
 LR, MIN_LR, WARMUP = 3e-3, 3e-4, 2  # tiny_settings' lr, its default min_lr, its warmup
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -41,12 +41,7 @@ train = load_script(ROOT / "train.py")
 COMMON = dict(batch_size=4, total_batch_size=512, max_steps=6, eval_interval=6, eval_steps=2)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")

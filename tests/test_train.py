@@ -43,14 +43,7 @@ from tiny_run import ROOT, load_script, make_corpus, read_log, tiny_argv, tiny_s
 train = load_script(ROOT / "train.py")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tiny models gain nothing from a second thread, and on a CPU shared with other jobs
-    an OpenMP thread waiting for a descheduled sibling made these tests 5-10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")
