@@ -10,7 +10,7 @@ Stages, in this order (--stages picks some):
    a 1 GiB device copy in GB/s (read + write counted), both the median of triton.testing.do_bench.
 2. pytest: `pytest -m cuda tests/` (kernels in bf16/fp16 at GPT-2 sizes, CUDA-graph decode, the
    124M triton training step against sdpa), JUnit XML kept as pytest-cuda.xml.
-3. kernels: bench/kernels.py's measurements: causal attention, batch 4, 32 heads of d=64, bf16,
+3. kernels: bench/kernel_speed.py's measurements: causal attention, batch 4, 32 heads of d=64, bf16,
    T = 1K/2K/4K, forward and forward + backward TFLOPS of triton, sdpa and the math reference;
    LayerNorm GB/s of triton and torch at 16384 rows, N = 768/1600/4096.
 4. train: bench/e2e.py's bench_train: GPT-2 124M, B=16, T=1024, bf16 autocast, AdamW: tokens/s
@@ -202,7 +202,7 @@ class Worker:
     # env ---------------------------------------------------------------------------------------
     def case_env(self, case: dict) -> dict:
         from bench.common import environment
-        from bench.kernels import bench_copy, time_ms
+        from bench.kernel_speed import bench_copy, time_ms
 
         torch = self.torch
         record = {"environment": environment(self.device), "nvidia_smi": nvidia_smi()}
@@ -225,7 +225,7 @@ class Worker:
     def case_kernels(self, case: dict) -> dict:
         import torch.nn.functional as F
 
-        from bench.kernels import bench_attention, bench_layer_norm
+        from bench.kernel_speed import bench_attention, bench_layer_norm
         from minigpt_kernels import attention_reference, flash_attention, layer_norm
 
         if case["op"] == "attention":

@@ -91,7 +91,7 @@ def markdown(payload: dict) -> str:
         k = payload["kernels"]
         parts += ["## Kernels", ""]
         parts += [f"skipped: {k['skipped']}" if "skipped" in k else
-                  f"See bench/kernels.py; copy bandwidth {k['copy']['gbps']:.1f} GB/s, "
+                  f"See bench/kernel_speed.py; copy bandwidth {k['copy']['gbps']:.1f} GB/s, "
                   f"{len(k['attention'])} attention and {len(k['layer_norm'])} LayerNorm cases in the JSON.", ""]
     return "\n".join(parts)
 
@@ -119,7 +119,7 @@ def stdout_table(payload: dict) -> str:
             out.append(f"kernels: skipped ({k['skipped']})")
         else:
             try:
-                from bench.kernels import format_table
+                from bench.kernel_speed import format_table
             except ImportError:
                 out.append("kernels: see the JSON")
             else:

@@ -13,7 +13,7 @@ Suites:
 - sample: prefill tokens/s, time to first token and decode tokens/s of minigpt.decode
   (greedy) at several batch sizes, beside transformers' GPT2LMHeadModel.generate (its
   default KV cache) on the same random-init weights in the same run, as a ratio.
-- kernels: bench/kernels.py's run_kernel_bench (Triton attention and LayerNorm).
+- kernels: bench/kernel_speed.py's run_kernel_bench (Triton attention and LayerNorm).
 - cpu-targets: GPT-2 124M shape on the CPU: decode at batch 1 (fp32 and bf16, against
   transformers) and one training step at B=4, T=256, with the fp32 matmul ceiling, and the
   same step run with the plain F.cross_entropy loss and by transformers (about 5 minutes).
@@ -188,10 +188,10 @@ def run_sample(device: torch.device, plan: dict, max_contention: float, with_hf:
 
 def run_kernels(device: torch.device, quick: bool) -> dict:
     try:
-        from bench.kernels import run_kernel_bench
+        from bench.kernel_speed import run_kernel_bench
     except ImportError as e:
-        e2e.log(f"kernels suite skipped: bench/kernels.py cannot be imported ({e})")
-        return {"skipped": f"bench/kernels.py cannot be imported: {e}"}
+        e2e.log(f"kernels suite skipped: bench/kernel_speed.py cannot be imported ({e})")
+        return {"skipped": f"bench/kernel_speed.py cannot be imported: {e}"}
     return run_kernel_bench(device, quick)
 
 

@@ -105,7 +105,7 @@ def test_results_go_to_a_run_folder_unless_asked(monkeypatch, tmp_path, capsys):
         run.parse_args(["--out", str(tmp_path), "--update-results"])
     assert e.value.code == 2 and "not both" in capsys.readouterr().err
     assert subprocess.run(["git", "check-ignore", "-q", str(default / "e2e-cpu.json")], cwd=ROOT).returncode == 0
-    assert "--update-results" in subprocess.run([sys.executable, str(ROOT / "bench" / "kernels.py"), "--help"],
+    assert "--update-results" in subprocess.run([sys.executable, str(ROOT / "bench" / "kernel_speed.py"), "--help"],
                                                 capture_output=True, text=True, check=True).stdout
 
 
@@ -113,9 +113,9 @@ def test_kernels_suite_without_bench_kernels(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT))
     from bench import run
 
-    monkeypatch.setitem(sys.modules, "bench.kernels", None)  # as if the file were not there
+    monkeypatch.setitem(sys.modules, "bench.kernel_speed", None)  # as if the file were not there
     result = run.run_kernels(__import__("torch").device("cpu"), quick=True)
-    assert "skipped" in result and "bench/kernels.py" in result["skipped"]
+    assert "skipped" in result and "bench/kernel_speed.py" in result["skipped"]
 
 
 @pytest.mark.parametrize("implementation", ["minigpt", "minigpt-plain-loss", "transformers"])

@@ -225,7 +225,7 @@ def test_every_planned_case_fits_the_benchmark_functions(rehearse):
     """The GPU plan cannot run here: check that its cases still bind to what they call."""
     import inspect
 
-    from bench import e2e, kernels
+    from bench import e2e, kernel_speed
 
     plans = gpu_suite.stage_plans(rehearse)
     assert set(plans) == set(gpu_suite.STAGES)
@@ -240,9 +240,9 @@ def test_every_planned_case_fits_the_benchmark_functions(rehearse):
         assert case["prompt_len"] + case["new_tokens"] + 1 <= config.block_size
         inspect.signature(e2e.bench_sample).bind(None, **gpu_suite.decode_kwargs(case))
     k = plans["kernels"]
-    inspect.signature(kernels.bench_attention).bind("cuda", None, k["attention"]["batch"], k["attention"]["width"],
+    inspect.signature(kernel_speed.bench_attention).bind("cuda", None, k["attention"]["batch"], k["attention"]["width"],
                                                     (1,), (64,), {}, None)
-    inspect.signature(kernels.bench_layer_norm).bind("cuda", None, k["layer_norm"]["rows"], (1,), {}, None)
+    inspect.signature(kernel_speed.bench_layer_norm).bind("cuda", None, k["layer_norm"]["rows"], (1,), {}, None)
     assert k["target_T"] in {c["T"] for c in k["cases"] if c["op"] == "attention"}
     if not rehearse:  # the sizes the targets are stated at
         assert k["target_T"] == 2048 and {c["D"] for c in k["cases"] if c["op"] == "attention"} == {64}

@@ -51,3 +51,10 @@ def test_transformers_gpt2_imports_beside_minigpt():
     result = run_fresh("import minigpt, minigpt_kernels\nfrom transformers import GPT2LMHeadModel, GPT2Config\n"
                        "GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=8, vocab_size=16, n_positions=8))\n")
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_no_script_directory_holds_a_kernels_module():
+    # A script run as `python bench/X.py` has bench/ first on sys.path, so a bench/kernels.py
+    # would be what transformers gets for `import kernels` in that process.
+    for directory in (REPO_ROOT, REPO_ROOT / "bench"):
+        assert not (directory / "kernels.py").exists() and not (directory / "kernels").exists(), directory

@@ -1,7 +1,7 @@
 """Benchmark the Triton kernels against PyTorch: flash attention (TFLOPS) and LayerNorm (GB/s).
 
-    python bench/kernels.py            # on a GPU: the full sweep, bf16
-    python bench/kernels.py --quick    # a few sizes; on a CPU, the only mode (see below)
+    python bench/kernel_speed.py            # on a GPU: the full sweep, bf16
+    python bench/kernel_speed.py --quick    # a few sizes; on a CPU, the only mode (see below)
 
 Attention: causal, bfloat16, batch 4 and H * D = 2048 (32 heads of 64 or 16 of
 128, the Triton fused-attention tutorial's sizes), T from 512 to 8192. Providers:
