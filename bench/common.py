@@ -10,13 +10,12 @@ import json
 import os
 import platform
 import re
-import subprocess
-from importlib import metadata
 from pathlib import Path
 
 import torch
 
 from minigpt.files import atomic_write
+from minigpt.provenance import device_name, git_commit, package_version, utc_now
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"  # the committed results: written only on request
 RUNS_DIR = Path(__file__).resolve().parent / "runs"  # a folder per run, ignored by git
@@ -32,35 +31,6 @@ def output_dir(out: Path | None, update_results: bool, name: str) -> Path:
     if out is not None:
         return out
     return RUNS_DIR / f"{datetime.datetime.now():%Y%m%d-%H%M%S}-{name}"
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-            cwd=Path(__file__).resolve().parent,
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
-            cwd=Path(__file__).resolve().parent,
-        ).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
-def device_name(device: str | torch.device) -> str:
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
 def device_tag(device: str | torch.device) -> str:
@@ -79,11 +49,11 @@ def environment(device: str | torch.device) -> dict:
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
-        "triton": _version("triton"),
-        "transformers": _version("transformers"),
+        "triton": package_version("triton"),
+        "transformers": package_version("transformers"),
         "python": platform.python_version(),
         "commit": git_commit(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": utc_now(),
     }
 
 

@@ -27,18 +27,16 @@ from the left of its context, and the results count how many examples were trunc
 """
 from __future__ import annotations
 
-import datetime
 import math
 import platform
 import re
-import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 import torch
 
+from minigpt.provenance import device_name, git_commit, package_version, utc_now
 from minigpt.scoring import encode, encode_pair, fit_window, rolling_rows, safe_exp, score_rows
 from minigpt.tasks import (
     Example,
@@ -275,33 +273,12 @@ def format_table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def _version(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def _commit() -> str | None:
-    here = Path(__file__).resolve().parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=here)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, cwd=here).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return head.stdout.strip() + ("-dirty" if dirty else "")
-
-
 def run_info(device: torch.device | str) -> dict:
     """device, versions, commit and date: recorded beside every result."""
-    device = torch.device(device)
-    name = (torch.cuda.get_device_name(device) if device.type == "cuda"
-            else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads")
     return {
-        "device": name,
+        "device": device_name(device),
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     **{d: _version(d) for d in ("minigpt", "tiktoken", "lm_eval", "transformers")}},
-        "commit": _commit(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                     **{d: package_version(d) for d in ("minigpt", "tiktoken", "lm_eval", "transformers")}},
+        "commit": git_commit(),
+        "date": utc_now(),
     }

@@ -1,0 +1,45 @@
+"""What a result was measured with: the device, package versions and the git commit.
+
+Recorded beside every evaluation (eval.py --output) and benchmark (bench/) result.
+"""
+from __future__ import annotations
+
+import datetime
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+
+def package_version(dist: str) -> str | None:
+    """The installed version of a distribution, or None if it is not installed."""
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def git_commit() -> str | None:
+    """HEAD of the repository this file is in ("-dirty" if tracked files changed), or None."""
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=here)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=here).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def device_name(device: str | torch.device) -> str:
+    """The GPU's name, or the CPU's with the number of torch threads."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
