@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
 import torch
 
 from minigpt.evaluate import evaluate, format_table, load_task, run_info
+from minigpt.files import atomic_write
 from minigpt.weights import CheckpointError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -98,11 +98,7 @@ def run(args: argparse.Namespace) -> int:
     if args.output:
         payload = {"model": str(args.init), "dtype": str(dtype).removeprefix("torch."), "results": results,
                    **run_info(device)}
-        tmp = args.output + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-        os.replace(tmp, args.output)
+        atomic_write(args.output, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
         print(f"wrote {args.output}", file=sys.stderr)
     return 0
 

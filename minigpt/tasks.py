@@ -18,6 +18,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from minigpt.files import atomic_write
+
 HELLASWAG_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 LAMBADA_URL = "https://openaipublic.blob.core.windows.net/gpt-2/data/lambada_test.jsonl"
 TASK_FORMS = "bpb:PATH, mc:PATH.jsonl, hellaswag[:PATH], lambada[:PATH] or lm-eval:TASK[,TASK...]"
@@ -71,32 +73,37 @@ def download(url: str, name: str, task: str) -> Path:
     path = cache_dir() / name
     if path.is_file():
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".part")
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
+
+    def fetch(f) -> None:
+        with urllib.request.urlopen(url, timeout=60) as response:
             while chunk := response.read(1 << 20):
                 f.write(chunk)
+
+    try:
+        atomic_write(path, fetch)  # a failed download leaves no partial file behind
     except (urllib.error.URLError, OSError) as e:
-        tmp.unlink(missing_ok=True)
         reason = getattr(e, "reason", e)
         raise TaskError(f"cannot download {task} ({reason}): fetch {url} on a machine with network into "
                         f"{path}, or pass --task {task}:PATH to read a local copy") from None
-    os.replace(tmp, path)
     return path
 
 
-def read_jsonl(path: str | Path) -> list[tuple[str, dict]]:
-    """(where, object) for each non-blank line of a JSONL file."""
-    path = Path(path)
+def read_utf8(path: Path) -> str:
+    """The UTF-8 text of a task file, or one line (TaskError) saying why it cannot be read."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise TaskError(f"{path}: no such file") from None
     except UnicodeDecodeError as e:
         raise TaskError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except OSError as e:
         raise TaskError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def read_jsonl(path: str | Path) -> list[tuple[str, dict]]:
+    """(where, object) for each non-blank line of a JSONL file."""
+    path = Path(path)
+    text = read_utf8(path)
     rows = []
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -195,14 +202,7 @@ def read_lambada(path: str | Path) -> list[tuple[str, str, str]]:
 
 def read_text(path: str | Path) -> str:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise TaskError(f"{path}: no such file") from None
-    except UnicodeDecodeError as e:
-        raise TaskError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except OSError as e:
-        raise TaskError(f"{path}: cannot read ({e.strerror})") from None
+    text = read_utf8(path)
     if not text:
         raise TaskError(f"{path}: the file is empty")
     return text
