@@ -299,9 +299,10 @@ class GPT(nn.Module):
                 ln_f=LayerNorm(config.n_embd, config.layer_norm_epsilon),
             )
         )
-        # The lm_head is tied to wte (GPT-2 shares them), so it has no parameter of its own:
-        # forward() multiplies by wte.weight directly, which keeps the tie intact however the
-        # weights are loaded or moved.
+        # GPT-2's lm_head is tied to wte, so it has no parameter of its own: head() multiplies by
+        # wte.weight directly, which keeps the tie intact however the weights are loaded or moved.
+        # A module set here (an untied or a quantized head) takes its place.
+        self.lm_head: nn.Module | None = None
         self.set_backends(attn_backend, ln_backend)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
@@ -360,14 +361,24 @@ class GPT(nn.Module):
         """
         x = self.hidden_states(idx, cache)
         if targets is not None:
-            args = (x.reshape(-1, x.size(-1)), self.transformer.wte.weight, targets.reshape(-1), self.config.vocab_size)
+            args = (x.reshape(-1, x.size(-1)), self.head_weight, targets.reshape(-1), self.config.vocab_size)
             if torch.compiler.is_compiling():  # Inductor fuses the plain version by itself
                 return linear_cross_entropy_reference(*args)
             return linear_cross_entropy(*args)
         if last_only:
             x = x[:, -1:]
-        logits = F.linear(x, self.transformer.wte.weight)  # (B, T, padded_vocab): the tied lm_head
-        return logits[..., : self.config.vocab_size]
+        return self.head(x)[..., : self.config.vocab_size]
+
+    @property
+    def head_weight(self) -> torch.Tensor:
+        """The lm_head's (padded_vocab, C) weight: wte's own when tied."""
+        return self.transformer.wte.weight if self.lm_head is None else self.lm_head.weight
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits over the padded vocabulary (..., padded_vocab) of hidden states x (..., C)."""
+        if self.lm_head is not None:
+            return self.lm_head(x)
+        return F.linear(x, self.transformer.wte.weight)  # the tied lm_head
 
     def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """The final hidden states (B, T, C), after ln_f: what the lm_head multiplies."""

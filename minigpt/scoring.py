@@ -78,13 +78,13 @@ def fit_window(context: list[int], continuation: list[int], block_size: int, whe
 def scored_logits(model, idx: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """model(idx)[b, t]: the logits (N, vocab) at N positions of idx (B, T).
 
-    For minigpt's GPT the tied lm_head multiplies only those positions' hidden states: a
+    For minigpt's GPT the lm_head multiplies only those positions' hidden states: a
     multiple-choice row mostly holds context, and for a small model the 50257-wide lm_head is
     most of the work of a forward. Any other module is called whole.
     """
     if isinstance(model, GPT):
         x = model.hidden_states(idx)[b, t]  # (N, C)
-        return F.linear(x, model.transformer.wte.weight)[:, : model.config.vocab_size]
+        return model.head(x)[:, : model.config.vocab_size]
     return model(idx)[b, t]
 
 
