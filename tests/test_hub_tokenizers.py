@@ -13,6 +13,7 @@ do_lower_case. minigpt encodes with sentencepiece itself, as the model was train
 with AutoTokenizer on text whose characters the vocabulary holds (compared lowercased), and with
 sentencepiece on any text.
 """
+import functools
 import io
 import json
 import random
@@ -155,7 +156,14 @@ def hub_dir(request, tmp_path_factory) -> Path:
 
 
 def auto(directory: Path):
-    return transformers.AutoTokenizer.from_pretrained(str(directory), use_fast=False)
+    """transformers' tokenizer for a directory, as rinna's model card loads it (loaded once per directory:
+    every directory here is written once and never changed)."""
+    return _auto(str(directory))
+
+
+@functools.lru_cache(maxsize=None)
+def _auto(directory: str):
+    return transformers.AutoTokenizer.from_pretrained(directory, use_fast=False)
 
 
 def hf_ids(hf, text: str, add: bool = True) -> list[int]:
