@@ -483,7 +483,8 @@ class HFTokenizer(Tokenizer):
     - tokenizer(text) adds what tokenizer.json's post-processor adds (nothing without one; transformers
       ignores the config's add_bos_token / add_eos_token beside a tokenizer.json); from vocab.json +
       merges.txt, [bos] text [eos] as the config's add_bos_token / add_eos_token say (default neither);
-    - decode cleans up tokenization spaces when clean_up_tokenization_spaces is set (off by default).
+    - decode cleans up tokenization spaces when clean_up_tokenization_spaces is set (off by default),
+      except for a BPE model, unless clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output.
     """
 
     kind = "hf"
@@ -496,7 +497,10 @@ class HFTokenizer(Tokenizer):
         # transformers ignores add_bos_token / add_eos_token beside a tokenizer.json
         if HF_TOKENIZER_FILE not in files and ("add_bos_token" in config.settings or "add_eos_token" in config.settings):
             self._template_post_processor(bool(config.get("add_bos_token")), bool(config.get("add_eos_token")))
-        self.clean_up = bool(config.get("clean_up_tokenization_spaces", False))
+        # transformers skips the clean-up for a BPE (it would join real spaces) unless told to force it
+        force = bool(config.get("clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output", False))
+        bpe = type(tokenizer.model).__name__ == "BPE"
+        self.clean_up = bool(config.get("clean_up_tokenization_spaces", False)) and (force or not bpe)
         self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
         named = {key: tokenizer.token_to_id(text) for key, text in config.special_tokens().items()}
         self.bos_id, self.eos_id = named.get("bos_token"), named.get("eos_token")
@@ -618,6 +622,13 @@ class SentencePieceTokenizer(Tokenizer):
 
     Decoding joins the pieces with "▁" as a space, drops the space the first piece starts with,
     writes special tokens (unk included) as their text, and byte pieces "<0xNN>" as the bytes they are.
+
+    transformers 5 loads its T5Tokenizer for this layout whatever use_fast says, rebuilt as a
+    `tokenizers` Unigram. It gives these ids and this text wherever the vocabulary holds every
+    character (of the lowercased text: it ignores do_lower_case), but it has no byte fallback and
+    its unknown id is T5's 2 (rinna's "<s>"): a character outside the vocabulary becomes id 2, and
+    byte pieces decode as the text "<0xNN>". Here such a character is what sentencepiece, which
+    the model was trained with, makes of it (its bytes, or <unk>).
     """
 
     kind = "sentencepiece"

@@ -35,6 +35,7 @@ COVERED = [
     "どこで生れたかとんと見当がつかぬ。",
     "the quick brown fox jumps over the lazy dog.",
     "東京は晴れ、気温は２５度です！ tokyo is sunny?",
+    "it 's a dog , is n't it ? yes .",  # what clean_up_tokenization_spaces joins
     "全角の句読点「かぎ」（かっこ）、。！？",
     "ａｂｃ全角の英字",  # NFKC makes it "abc"
     "first line\nsecond line\n\nthird  line with   spaces",
@@ -203,6 +204,17 @@ def test_hub_tokenizer_special_ids_equal_auto_tokenizer(hub_dir):
     assert full == [*ours.special_prefix, *plain, *ours.special_suffix] == hf_ids(hf, "dog")
 
 
+@pytest.mark.parametrize("force", [False, True])
+def test_clean_up_tokenization_spaces_as_configured(tmp_path, force):
+    bytelevel_bpe(tmp_path)  # its config sets clean_up_tokenization_spaces, which a BPE ignores unless forced
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    config["clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output"] = force
+    write_json(tmp_path / "tokenizer_config.json", config)
+    ours, text = load_tokenizer(tmp_path), "it 's a dog , is n't it ? yes ."
+    ids = ours.encode(text)
+    assert ours.decode(ids) == auto(tmp_path).decode(ids) == ("it's a dog, isn't it? yes." if force else text)
+
+
 def test_gpt2_files_equal_tiktoken_and_transformers_gpt2_tokenizer(tmp_path):
     gpt2_files(tmp_path, with_config=False)
     ours, tiktoken_gpt2 = load_tokenizer(tmp_path), tokenizer.GPT2Tokenizer()
@@ -348,7 +360,7 @@ def test_rinna_saves_what_auto_tokenizer_reads(rinna_dir, tmp_path):
 # ----------------------------------------------------------------------------------------------
 # Streaming: the pieces add up to decode(all ids), never a broken character
 
-STREAM_TEXTS = ["吾輩は猫である。 the dog", "emoji 😀👍🏽🇯🇵 and 鬱", "日本語とenglishと😀が混ざった文。\n次の行 ok .",
+STREAM_TEXTS = ["吾輩は猫である。 the dog", "emoji 😀👍🏽🇯🇵 and 鬱", "日本語とenglishと😀が混ざった文。\n次の行 ok !",
                 "  spaced   out  ", "猫[CLS]犬</s>end " + "x" * 30 + "漢字😀" * 5]
 
 
@@ -358,6 +370,12 @@ def every_tokenizer(rinna_dir, tmp_path_factory):
         directory = tmp_path_factory.mktemp(name)
         make(directory)
         yield name, load_tokenizer(directory)
+    directory = tmp_path_factory.mktemp("cleanup")  # a clean-up that joins " ." after the fact
+    bytelevel_bpe(directory)
+    config = json.loads((directory / "tokenizer_config.json").read_text())
+    write_json(directory / "tokenizer_config.json",
+               {**config, "clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output": True})
+    yield "cleanup", load_tokenizer(directory)
     for spec in ("gpt2", "char", "bpe:300"):
         yield spec, tokenizer.train_tokenizer(spec, TRAIN)
 
