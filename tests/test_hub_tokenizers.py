@@ -143,10 +143,17 @@ def gpt2_files(directory: Path, with_config: bool, add_bos: bool = False) -> Non
                                                          **({"add_bos_token": True} if add_bos else {})})
 
 
+def gpt2_saved_by_transformers(directory: Path) -> None:
+    """GPT-2's tokenizer as transformers itself saves it (tokenizer.json beside vocab.json + merges.txt)."""
+    gpt2_files(directory, with_config=False)
+    transformers.GPT2Tokenizer.from_pretrained(str(directory)).save_pretrained(str(directory))
+
+
 HUB_KINDS = {"bytelevel-json": bytelevel_bpe, "bytefallback-json": byte_fallback_bpe,
              "gpt2-files": lambda d: gpt2_files(d, with_config=False),
              "gpt2-files-config": lambda d: gpt2_files(d, with_config=True),
-             "gpt2-files-add-bos": lambda d: gpt2_files(d, with_config=True, add_bos=True)}
+             "gpt2-files-add-bos": lambda d: gpt2_files(d, with_config=True, add_bos=True),
+             "gpt2-json": gpt2_saved_by_transformers}
 
 
 @pytest.fixture(scope="module", params=sorted(HUB_KINDS))
@@ -187,7 +194,7 @@ def test_hub_tokenizer_equals_auto_tokenizer(hub_dir, text):
 
 # what tokenizer(text) puts around a text, per directory: (before, after)
 AROUND = {"bytelevel-json": (["<s>"], []), "bytefallback-json": (["<s>"], ["</s>"]), "gpt2-files": ([], []),
-          "gpt2-files-config": ([], []), "gpt2-files-add-bos": ([EOT_TOKEN], [])}
+          "gpt2-files-config": ([], []), "gpt2-files-add-bos": ([EOT_TOKEN], []), "gpt2-json": ([], [])}
 
 
 def test_hub_tokenizer_special_ids_equal_auto_tokenizer(hub_dir):
