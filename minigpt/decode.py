@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from minigpt.model import GPT, KVCache
+from minigpt.quantize import is_quantized
 from minigpt.sampling import check_ids, check_length, check_sampling, sample_next
 
 MODES = ("auto", "eager", "static", "graph")
@@ -223,7 +224,7 @@ class Decoder:
         candidates = ["torch"]
         if onednn_unavailable_reason(self.dtype) is None:
             candidates += ["onednn", "onednn-packed"]
-        if len(candidates) == 1:
+        if len(candidates) == 1 or is_quantized(self.model):  # its linears call no F.linear to route
             return "torch"
         steps = max(1, min(steps, self.max_len - 2))
         contexts = {name: self._linears(name) for name in candidates}
