@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from minigpt import weights
 from minigpt.config import GPTConfig
 from minigpt.loss import linear_cross_entropy, linear_cross_entropy_reference
+from minigpt.quantize import quantize_model
 
 ATTN_BACKENDS = ("auto", "math", "sdpa", "triton")
 LN_BACKENDS = ("auto", "torch", "triton")
@@ -304,11 +305,16 @@ class GPT(nn.Module):
         # A module set here (an untied or a quantized head) takes its place.
         self.lm_head: nn.Module | None = None
         self.set_backends(attn_backend, ln_backend)
+        if self.transformer.wte.weight.device.type != "meta":  # on meta a checkpoint provides every tensor
+            self.init_weights()
+
+    def init_weights(self) -> None:
+        """GPT-2's initialisation, in place."""
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 # GPT-2 scales the residual projections by 1/sqrt(number of residual additions)
-                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * self.config.n_layer))
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -429,3 +435,9 @@ class GPT(nn.Module):
     def save_pretrained(self, directory: str | Path) -> None:
         """Write model.safetensors + config.json that transformers' GPT2LMHeadModel loads."""
         weights.save_state_dict(self.state_dict(), self.config, directory)
+
+    # --- quantization ---------------------------------------------------------------------------
+    def quantize(self, mode: str, group_size: int = 64) -> GPT:
+        """Weight-only int8 or int4 (groups of group_size inputs) for every linear layer and the
+        lm_head, in place, for decoding on the device the model is on (minigpt/quantize.py)."""
+        return quantize_model(self, mode, group_size)
