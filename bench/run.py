@@ -115,7 +115,7 @@ CPU_TARGETS = {
     # int8 / int4: weight-only quantized (minigpt.quantize) bf16 model, against transformers in float32
     "decode": dict(model="124M", batch_size=1, prompt_len=16, new_tokens=128,
                    dtypes=("float32", "bfloat16", "int8", "int4"),
-                   target_ratio={"float32": 1.2, "bfloat16": 2.0, "int8": 3.0, "int4": None}, repeats=7,
+                   target_ratio={"float32": 1.2, "bfloat16": 2.0, "int8": 3.0, "int4": None}, repeats=5,
                    int4_group_size=64),
     "train": dict(model="124M", batch_size=4, block_size=256, attn="sdpa", ln="torch", compile=False,
                   steps=1, repeats=5, warmup=2, target_tokens_per_s=245.0),
@@ -202,7 +202,7 @@ def run_kernels(device: torch.device, quick: bool) -> dict:
     return run_kernel_bench(device, quick)
 
 
-def run_cpu_targets(max_contention: float) -> dict:
+def run_cpu_targets(max_contention: float, parts: tuple[str, ...] = ("decode", "train")) -> dict:
     device = torch.device("cpu")
     spec = CPU_TARGETS
     # The matmul ceiling drifts with the machine (a shared VM's): measured at the start and
@@ -210,7 +210,7 @@ def run_cpu_targets(max_contention: float) -> dict:
     matmuls = [e2e.matmul_peak(device, torch.float32, spec["matmul_n"], repeats=10)]
     out = {"matmul_fp32": matmuls[0], "decode": [], "train": None}
     d = spec["decode"]
-    for dtype_name in d["dtypes"]:
+    for dtype_name in d["dtypes"] if "decode" in parts else ():
         quantized = dtype_name in ("int8", "int4")
         e2e.log(f"cpu-targets decode {d['model']} {dtype_name}")
         hf = None
@@ -241,6 +241,8 @@ def run_cpu_targets(max_contention: float) -> dict:
         record["auto_vs_simple"] = decode_auto_vs_simple(model, d, max_contention)
         out["decode"].append({"model": d["model"], **record})
         del model
+    if "train" not in parts:
+        return out
     t = spec["train"]
     e2e.log(f"cpu-targets train {t}")
     matmuls.append(e2e.matmul_peak(device, torch.float32, spec["matmul_n"], repeats=10))
@@ -317,6 +319,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--update-results", action="store_true",
                    help=f"write into {RESULTS_DIR}, replacing the committed results of these suites")
     p.add_argument("--no-plot", action="store_true", help="write JSON and Markdown but no PNG")
+    p.add_argument("--cpu-targets-parts", default="decode,train",
+                   help="cpu-targets: which halves to run (decode, train; comma-separated); with one of them "
+                        "the files are cpu-targets-<part>.json/.md, so the other half's committed results stay")
     args = p.parse_args(argv)
     suites = [s.strip() for s in args.suite.split(",") if s.strip()]
     suites = [s for name in suites for s in (ALL if name == "all" else (name,))]
@@ -386,9 +391,15 @@ def main(argv=None) -> int:
                                          "token excluded; the ratio is the median of the per-round ratios",
                         "mfu_peak": "fp32 matmul measured in this run (matmul_fp32)",
                         "loadavg_at_start": load_average()}
+        parts = tuple(part.strip() for part in args.cpu_targets_parts.split(",") if part.strip())
+        if not parts or set(parts) - {"decode", "train"}:
+            print(f"error: --cpu-targets-parts {args.cpu_targets_parts!r}: choose decode, train or both", file=sys.stderr)
+            return 2
+        cpu_settings["parts"] = list(parts)
         payload = {"benchmark": "cpu-targets", "environment": environment("cpu"), "settings": cpu_settings,
-                   **run_cpu_targets(args.max_contention)}
-        written += report.write_cpu_targets(payload, args.out / "cpu-targets")
+                   **run_cpu_targets(args.max_contention, parts)}
+        stem = "cpu-targets" if set(parts) == {"decode", "train"} else f"cpu-targets-{parts[0]}"
+        written += report.write_cpu_targets(payload, args.out / stem)
         print(report.cpu_targets_table(payload))
     for path in written:
         e2e.log(f"wrote {path}")

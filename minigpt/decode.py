@@ -251,7 +251,8 @@ class Decoder:
 
     def choose_cpu_linear(self) -> None:
         """Settle cpu_linear="auto", measuring once per model shape, dtype, batch size and thread count."""
-        key = (tuple(sorted(self.config.to_dict().items())), self.dtype, self.batch_size, torch.get_num_threads())
+        key = (tuple(sorted(self.config.to_dict().items())), self.dtype, is_quantized(self.model), self.batch_size,
+               torch.get_num_threads())
         if key not in _measured_cpu_linear:
             _measured_cpu_linear[key] = self.measure_cpu_linear()
         self.cpu_linear = _measured_cpu_linear[key]

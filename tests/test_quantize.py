@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from test_decode import allocations_per_step
 
 from minigpt import GPT, GPTConfig
+from minigpt import decode
 from minigpt.decode import Decoder
 from minigpt.generate import generate
 from minigpt.quantize import QuantizedLinear, quantize_int4, quantize_int8, set_reference
@@ -192,3 +193,16 @@ def test_missing_kernel_is_one_line(monkeypatch):
     with pytest.raises(ValueError, match="cannot run the kernel here: .*_convert_weight_to_int4pack_for_cpu") as e:
         model.quantize("int4", group_size=32)
     assert "\n" not in str(e.value) and model.lm_head is None
+
+
+def test_decoder_does_not_reuse_a_float_models_cpu_linear_choice():
+    """The CPU decoder times F.linear against oneDNN once per model shape and dtype: a quantized model
+    of the same shape has no F.linear to route, and must not inherit the float model's choice."""
+    model = tiny_model(seed=5).to(torch.bfloat16)
+    idx = torch.randint(0, 101, (1, 4))
+    Decoder(model, 1, 16).generate(idx, 4, temperature=0)
+    for key in decode._measured_cpu_linear:  # as if oneDNN had won for the float model
+        decode._measured_cpu_linear[key] = "onednn"
+    decoder = Decoder(model.quantize("int8"), 1, 16)
+    decoder.generate(idx, 4, temperature=0)
+    assert decoder.cpu_linear == "torch"
