@@ -115,7 +115,7 @@ CPU_TARGETS = {
     # int8 / int4: weight-only quantized (minigpt.quantize) bf16 model, against transformers in float32
     "decode": dict(model="124M", batch_size=1, prompt_len=16, new_tokens=128,
                    dtypes=("float32", "bfloat16", "int8", "int4"),
-                   target_ratio={"float32": 1.2, "bfloat16": 2.0, "int8": 3.0, "int4": None}, repeats=5,
+                   target_ratio={"float32": 1.2, "bfloat16": 2.0, "int8": 3.0, "int4": None}, repeats=3,
                    int4_group_size=64),
     "train": dict(model="124M", batch_size=4, block_size=256, attn="sdpa", ln="torch", compile=False,
                   steps=1, repeats=5, warmup=2, target_tokens_per_s=245.0),
