@@ -17,6 +17,7 @@ minigpt/decode.py calls it with the cache's static mode rather than restating it
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import warnings
@@ -25,6 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 from minigpt import weights
 from minigpt.config import GPTConfig
@@ -287,25 +289,42 @@ class KVCache:
 # GPT
 
 
+class SkipMetaInit(TorchFunctionMode):
+    """While active, in-place ops on meta tensors (the initialisers nn.Linear and nn.Embedding run
+    in their constructors) are skipped: a meta tensor has no values to change, and running them
+    there first imports PyTorch's Python reference ops, the larger part of a checkpoint's load time."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        target = args[0] if args else kwargs.get("tensor")  # torch.nn.init passes it by keyword
+        in_place = name.endswith("_") and not name.startswith("__")  # uniform_, normal_, zero_, ...
+        if in_place and isinstance(target, torch.Tensor) and target.is_meta:
+            return target
+        return func(*args, **kwargs)
+
+
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig, attn_backend: str = "auto", ln_backend: str = "auto"):
         super().__init__()
         self.config = config
-        self.transformer = nn.ModuleDict(
-            dict(
-                wte=nn.Embedding(config.padded_vocab_size, config.n_embd),  # token embeddings
-                wpe=nn.Embedding(config.block_size, config.n_embd),  # learned position embeddings
-                drop=nn.Dropout(config.dropout),
-                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-                ln_f=LayerNorm(config.n_embd, config.layer_norm_epsilon),
+        on_meta = torch.empty(0).device.type == "meta"  # built to be loaded into: a checkpoint provides every tensor
+        with SkipMetaInit() if on_meta else contextlib.nullcontext():
+            self.transformer = nn.ModuleDict(
+                dict(
+                    wte=nn.Embedding(config.padded_vocab_size, config.n_embd),  # token embeddings
+                    wpe=nn.Embedding(config.block_size, config.n_embd),  # learned position embeddings
+                    drop=nn.Dropout(config.dropout),
+                    h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                    ln_f=LayerNorm(config.n_embd, config.layer_norm_epsilon),
+                )
             )
-        )
         # GPT-2's lm_head is tied to wte, so it has no parameter of its own: head() multiplies by
         # wte.weight directly, which keeps the tie intact however the weights are loaded or moved.
         # A module set here (an untied or a quantized head) takes its place.
         self.lm_head: nn.Module | None = None
         self.set_backends(attn_backend, ln_backend)
-        if self.transformer.wte.weight.device.type != "meta":  # on meta a checkpoint provides every tensor
+        if not on_meta:
             self.init_weights()
 
     def init_weights(self) -> None:
