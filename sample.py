@@ -101,6 +101,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "minigpt.decode's Decoder (state in device buffers; a CUDA graph of a static-cache step on "
                         "a GPU; on a CPU the faster of F.linear and oneDNN, timed once); both give the same tokens. "
                         "auto: fast on the CPU, simple on a GPU")
+    p.add_argument("--quantize", choices=["int8", "int4"], default=None,
+                   help="weight-only quantization of every linear layer and the lm_head for decoding "
+                        "(minigpt/quantize.py): int8 per output channel, int4 per group of inputs")
+    p.add_argument("--quantize-group-size", type=int, default=64,
+                   help="inputs per int4 scale and zero: 32, 64, 128 or 256, dividing the model's width (default 64)")
     return p.parse_args(argv)
 
 
@@ -210,6 +215,8 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     model = GPT.from_pretrained(args.init, device=device, dtype=dtype, attn_backend=args.attn_backend)
+    if args.quantize:
+        model.quantize(args.quantize, group_size=args.quantize_group_size)
     enc = get_encoding("gpt2")
     info(f"loaded {args.init} ({model.num_params() / 1e6:.1f}M parameters, {dtype}, {device}) "
          f"in {time.perf_counter() - t0:.1f}s")

@@ -218,6 +218,11 @@ CLI_CASES = {
     "--device cuda:7 beyond the GPUs": lambda c: (c.argv() + ["--device", "cuda:7"]
                                                   if torch.cuda.device_count() < 8 else pytest.skip("8 GPUs")),
     "unknown flag": lambda c: c.argv("--temprature", "0"),
+    # quantization (the tiny model is 16 wide)
+    "--quantize int3": lambda c: c.argv("--quantize", "int3"),
+    "--quantize int4 group size 48": lambda c: c.argv("--quantize", "int4", "--quantize-group-size", "48"),
+    "--quantize int4 group size not dividing the width": lambda c: c.argv("--quantize", "int4",
+                                                                        "--quantize-group-size", "32"),
 }
 
 
