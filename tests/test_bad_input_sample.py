@@ -25,7 +25,7 @@ from minigpt.config import GPTConfig
 from minigpt.decode import Decoder
 from minigpt.generate import complete, generate, generate_uncached, stream
 from minigpt.model import GPT
-from minigpt.tokenizer import get_encoding
+from minigpt.tokenizer import GPT2Tokenizer
 from minigpt.weights import CheckpointError
 
 sample = load_script(ROOT / "sample.py")
@@ -392,8 +392,8 @@ API_CASES = {
     "generate: top_p nan": (lambda m: generate(m, _ids([1]), 2, top_p=float("nan")), "top_p"),
     "Decoder.generate: temperature nan": (
         lambda m: Decoder(m, 1, 8).generate(_ids([1]), 2, temperature=float("nan")), "temperature"),
-    "complete: num_samples 0": (lambda m: complete(m, get_encoding("gpt2"), ["x"], 2, num_samples=0), "num_samples"),
-    "complete: an empty stop string": (lambda m: complete(m, get_encoding("gpt2"), ["x"], 2, stop=[""]), "stop"),
+    "complete: num_samples 0": (lambda m: complete(m, GPT2Tokenizer(), ["x"], 2, num_samples=0), "num_samples"),
+    "complete: an empty stop string": (lambda m: complete(m, GPT2Tokenizer(), ["x"], 2, stop=[""]), "stop"),
 }
 
 
@@ -408,7 +408,7 @@ def test_api_bad_input_is_a_value_error(case, model):
 def test_complete_with_a_smaller_vocabulary_than_the_tokenizer():
     model = GPT(GPTConfig(block_size=16, vocab_size=300, n_layer=1, n_head=2, n_embd=16)).eval()
     with pytest.raises(ValueError, match="token id \\d+ is outside the model's vocabulary \\(0..299\\)"):
-        complete(model, get_encoding("gpt2"), ["zebra crossing"], 2)
+        complete(model, GPT2Tokenizer(), ["zebra crossing"], 2)
 
 
 def test_ids_at_the_edge_of_the_vocabulary_are_accepted(model):

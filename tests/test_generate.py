@@ -10,7 +10,7 @@ from reference import hf_model, save_hf
 from minigpt import GPT, GPTConfig
 from minigpt.generate import complete, generate, generate_uncached, stream
 from minigpt.sampling import sample_next
-from minigpt.tokenizer import get_encoding
+from minigpt.tokenizer import GPT2Tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 GPT2_VOCAB = dict(n_positions=96, vocab_size=50257, n_layer=2, n_head=4, n_embd=64)
@@ -48,7 +48,7 @@ def test_cached_equals_uncached(checkpoint):
 
 def test_sample_py_greedy_equals_transformers(checkpoint):
     hf, path = checkpoint
-    enc = get_encoding("gpt2")
+    enc = GPT2Tokenizer()
     prompt = "The capital of France is"
     idx = torch.tensor([enc.encode(prompt)])
     ref = hf.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=20, do_sample=False)
@@ -106,7 +106,7 @@ def test_stops_at_eos(decoder_mode):
 def test_complete_batches_ragged_prompts_and_samples(checkpoint):
     _, path = checkpoint
     model = GPT.from_pretrained(path)
-    enc = get_encoding("gpt2")
+    enc = GPT2Tokenizer()
     prompts = ["Hello", "A longer prompt here", "World"]
     out = complete(model, enc, prompts, 12, num_samples=2, temperature=0, stop_at_eot=False)
     assert [(c.prompt_index, c.sample_index) for c in out] == [(p, s) for p in range(3) for s in range(2)]
@@ -118,7 +118,7 @@ def test_complete_batches_ragged_prompts_and_samples(checkpoint):
 def test_stop_strings_and_streaming(checkpoint):
     _, path = checkpoint
     model = GPT.from_pretrained(path)
-    enc = get_encoding("gpt2")
+    enc = GPT2Tokenizer()
     full = complete(model, enc, ["Once upon"], 30, temperature=0, stop_at_eot=False)[0].text
     stop = full[5:9]
     pieces = []
