@@ -82,7 +82,8 @@ from minigpt.model import GPT
 from minigpt.optim import configure_optimizer, lr_at
 from minigpt.runlog import RunLog, check_loggers_installed, info, open_tensorboard, open_wandb, plot_losses
 from minigpt.runtime import start_runtime
-from minigpt.pretrained import tokenizer_for
+from minigpt.pretrained import check_vocab, tokenizer_for
+from minigpt.weights import find_weights
 from minigpt.tokenizer import Tokenizer, load_tokenizer, parse_tokenizer_kind
 from minigpt.train_config import ConfigError, Diverged, TrainConfig, TrainError, make_config
 
@@ -262,8 +263,11 @@ class Trainer:
         if ckpt is not None:
             try:
                 saved = load_tokenizer(ckpt.path)
-            except ValueError as e:
-                raise CheckpointError(f"cannot resume from {ckpt.path}: {e}") from None
+                _, config = find_weights(ckpt.path)
+                if config is not None:
+                    check_vocab(saved, config.vocab_size, ckpt.path)
+            except ValueError as e:  # CheckpointError is one; the message names the checkpoint
+                raise CheckpointError(f"cannot resume: {e}") from None
         wanted: str | Tokenizer = cfg.tokenizer
         if cfg.init is not None:
             # A fine-tuning run keeps the tokenizer of its weights (a resumed one: the checkpoint's copy).

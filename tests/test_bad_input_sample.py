@@ -157,6 +157,11 @@ class Case:
         DAMAGE[name](path)
         return self.argv("--temperature", "0", init=path)  # greedy: NaN logits would not trip the sampler
 
+    def with_tokenizer_file(self, content: bytes) -> list[str]:
+        path = _copy(self.checkpoint, self.tmp)
+        (path / "minigpt_tokenizer.json").write_bytes(content)
+        return self.argv(init=path)
+
     def file(self, name: str, content: bytes) -> Path:
         path = self.tmp / name
         path.write_bytes(content)
@@ -174,6 +179,11 @@ CLI_CASES = {
     "--init a directory without weights": lambda c: (c.tmp / "empty").mkdir() or c.argv(init=c.tmp / "empty"),
     "--init not a preset or a path": lambda c: ["--init", "gpt3", "--device", "cpu"],
     **{f"--init with {name}": (lambda name: lambda c: c.damaged(name))(name) for name in DAMAGE},
+    # the tokenizer saved beside the weights
+    "--init with a corrupt minigpt_tokenizer.json": lambda c: c.with_tokenizer_file(b"{oops"),
+    "--init with a tokenizer of another vocabulary": lambda c: c.with_tokenizer_file(
+        b'{"kind": "char", "alphabet": "ab"}'),
+    "--init with a bpe tokenizer but no tokenizer.json": lambda c: c.with_tokenizer_file(b'{"kind": "bpe:300"}'),
     # the prompt
     "--prompt longer than the context": lambda c: c.argv("--prompt", "word " * 100),
     "--prompt + --max-new-tokens beyond the context": lambda c: c.argv("--prompt", "word " * 30,
@@ -314,6 +324,59 @@ def test_stop_escapes_reach_the_stop_matcher(checkpoint):
     help_ = subprocess.run([sys.executable, "sample.py", "--help"], cwd=ROOT, capture_output=True, text=True,
                            check=True).stdout
     assert "\\uXXXX" in help_ and "141" in help_
+
+
+# A reply the fake model below spells out token by token, and (--stop, what follows the prompt).
+REPLY = "答えは「はい」。\n次の行\tです"
+STOPS = [
+    ([], REPLY),
+    (["「"], "答えは"),
+    (["。"], "答えは「はい」"),
+    ([r"\n"], "答えは「はい」。"),
+    ([r"。\n"], "答えは「はい」"),
+    ([r"\u300c"], "答えは"),
+    ([r"\t"], "答えは「はい」。\n次の行"),
+    (["ＥＮＤ", "行"], "答えは「はい」。\n次の"),
+]
+
+
+@pytest.fixture(scope="module")
+def char_checkpoint(tmp_path_factory) -> Path:
+    """A tiny model with a char tokenizer that lacks the Japanese characters (byte fallback)."""
+    from minigpt.tokenizer import CharTokenizer
+
+    tokenizer = CharTokenizer("abcdefghij \n")
+    path = tmp_path_factory.mktemp("char_ckpt") / "model"
+    GPT(GPTConfig(block_size=256, vocab_size=tokenizer.vocab_size, n_layer=1, n_head=2, n_embd=16)).save_pretrained(path)
+    tokenizer.save(path)
+    return path
+
+
+@pytest.mark.parametrize("stream_flag", [[], ["--stream"]])
+@pytest.mark.parametrize("stops, kept", STOPS, ids=[repr(s) for s, _ in STOPS])
+def test_multiline_japanese_prompt_file_and_full_width_stops(stops, kept, stream_flag, char_checkpoint, tmp_path,
+                                                             monkeypatch, capsys):
+    """--prompt-file is read exactly (several lines of Japanese), and --stop matches full-width text
+    and escapes in what the checkpoint's own tokenizer decodes, streamed or not."""
+    from minigpt.tokenizer import load_tokenizer
+
+    prompt = "一行目です。\n二行目「引用」\n\n  三行目 😀\n"
+    prompt_file = tmp_path / "prompt.txt"
+    prompt_file.write_bytes(prompt.encode("utf-8"))
+    tokens = load_tokenizer(char_checkpoint).encode(REPLY)
+
+    def fake_stream(model, idx, max_new_tokens, *args, **kwargs):
+        assert load_tokenizer(char_checkpoint).decode(idx[0].tolist()) == prompt
+        for t in tokens[:max_new_tokens]:
+            yield torch.full((idx.size(0),), t)
+
+    monkeypatch.setattr("minigpt.generate.stream", fake_stream)
+    argv = ["--init", str(char_checkpoint), "--device", "cpu", "--prompt-file", str(prompt_file),
+            "--max-new-tokens", str(len(tokens)), *stream_flag]
+    for stop in stops:
+        argv += ["--stop", stop]
+    assert sample.main(argv) == 0
+    assert capsys.readouterr().out == prompt + kept
 
 
 def test_utf8_stdin_is_still_a_prompt(checkpoint):
