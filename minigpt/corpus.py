@@ -319,7 +319,6 @@ def prepare(
         return [(key, None, path) for key, path in files], sum(path.stat().st_size for _, path in files)
 
     if isinstance(tokenizer, str) and name != "gpt2":
-        _info(quiet, f"training a {tokenizer} tokenizer on the train split of {source}")
         seen = 0
 
         def texts() -> Iterator[str]:  # streamed: the corpus is never held whole
@@ -331,6 +330,7 @@ def prepare(
         tok = train_tokenizer(tokenizer, texts())
         if not seen:
             raise DataError(f"no text in the train split of {source} to train a {tokenizer} tokenizer on")
+        _info(quiet, f"trained a {tok.kind} tokenizer ({tok.vocab_size} ids) on the train split of {source}")
     else:
         tok = tokenizer if isinstance(tokenizer, Tokenizer) else GPT2Tokenizer()
     if tok.vocab_size > MAX_VOCAB:

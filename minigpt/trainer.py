@@ -271,7 +271,13 @@ class Trainer:
         wanted: str | Tokenizer = cfg.tokenizer
         if cfg.init is not None:
             # A fine-tuning run keeps the tokenizer of its weights (a resumed one: the checkpoint's copy).
-            wanted = saved if saved is not None else tokenizer_for(cfg.init)
+            if saved is not None:
+                wanted = saved
+            else:
+                try:
+                    wanted = tokenizer_for(cfg.init)
+                except ValueError as e:  # CheckpointError is one
+                    raise CheckpointError(f"--init {cfg.init}: {e}") from None
             if "tokenizer" in explicit and parse_tokenizer_kind(cfg.tokenizer)[0] != wanted.kind.partition(":")[0]:
                 raise ConfigError(f"--tokenizer {cfg.tokenizer}: --init {cfg.init} comes with its own {wanted.kind} "
                                   "tokenizer, which fine-tuning keeps; leave --tokenizer out")
