@@ -89,7 +89,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="stop a sample when this string appears (not printed); may be given several times. "
                         "Backslash escapes are interpreted: \\n newline, \\t tab, \\r, \\\\ backslash, "
                         "\\uXXXX and \\UXXXXXXXX a Unicode character; any other backslash is an error")
-    p.add_argument("--ignore-eot", action="store_true", help="keep going past the end-of-text token (<|endoftext|>) instead of stopping")
+    p.add_argument("--ignore-eot", action="store_true",
+                   help="keep going past the end-of-text token (<|endoftext|>) instead of stopping")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda if available)")
     p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
                    help="weights and activations dtype (auto: bfloat16 on CUDA, float32 on CPU)")

@@ -70,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         out_dir = args.out_dir if args.out_dir is not None else default_data_dir(args.source, args.tokenizer)
+    except DataError as e:  # a --tokenizer that names none
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    try:
         meta = prepare(args.source, out_dir, val_fraction=args.val_fraction,
                        shard_tokens=args.shard_tokens, workers=args.workers, quiet=args.quiet,
                        max_bytes=args.max_bytes, tokenizer=args.tokenizer)
@@ -77,11 +81,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"error: interrupted; {args.out_dir or 'the data directory'} is incomplete and will be prepared again next time",
+        print(f"error: interrupted; {out_dir} is incomplete and will be prepared again next time",
               file=sys.stderr)
         return 130
     splits = meta["splits"]
-    print(f"{out_dir}: {meta['tokenizer_kind']} tokenizer, {splits['train']['tokens']:,} train tokens in {len(splits['train']['shards'])} shard(s), "
+    print(f"{out_dir} ({meta['tokenizer_kind']} tokenizer): {splits['train']['tokens']:,} train tokens in {len(splits['train']['shards'])} shard(s), "
           f"{splits['val']['tokens']:,} val tokens, {bytes_per_token(meta, 'train'):.2f} bytes/token")
     return 0
 

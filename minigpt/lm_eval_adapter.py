@@ -20,7 +20,8 @@ from minigpt.tokenizer import Tokenizer
 
 
 class MiniGPTLM(LM):
-    def __init__(self, model, tokenizer: Tokenizer, batch_size: int = 16, max_gen_toks: int = 256, progress: bool = True):
+    def __init__(self, model, tokenizer: Tokenizer, batch_size: int = 16, max_gen_toks: int = 256,
+                 progress: bool = True):
         super().__init__()
         self.model = model.eval()
         self.tokenizer = tokenizer

@@ -80,12 +80,12 @@ from minigpt.generate import complete
 from minigpt.loader import DataLoader, check_token_ids, unigram_entropy
 from minigpt.model import GPT
 from minigpt.optim import configure_optimizer, lr_at
+from minigpt.pretrained import check_vocab, tokenizer_for
 from minigpt.runlog import RunLog, check_loggers_installed, info, open_tensorboard, open_wandb, plot_losses
 from minigpt.runtime import start_runtime
-from minigpt.pretrained import check_vocab, tokenizer_for
-from minigpt.weights import find_weights
 from minigpt.tokenizer import Tokenizer, load_tokenizer, parse_tokenizer_kind
 from minigpt.train_config import ConfigError, Diverged, TrainConfig, TrainError, make_config
+from minigpt.weights import find_weights
 
 MODEL_SHAPE = ("n_layer", "n_head", "n_embd")
 # A checkpoint's weights had a sane loss if the loss they gave (the next step's) was finite, at
@@ -431,6 +431,7 @@ class Trainer:
             "world_size": runtime.world_size,
             "grad_accum_steps": self.grad_accum,
             "data_dir": str(self.data_dir),
+            "tokenizer": self.tokenizer.kind,
             "train_tokens": self.meta["splits"]["train"]["tokens"],
             "val_tokens": self.meta["splits"]["val"]["tokens"],
             "val_bytes_per_token": bytes_per_token(self.meta, "val"),
@@ -448,7 +449,8 @@ class Trainer:
              f"LayerNorm {ln}{', compiled' if cfg.compile else ''}"
              f"{', FSDP' if self.fsdp else ''}{', activation checkpointing' if cfg.activation_checkpointing else ''}")
         info(f"data: {self.data_dir} ({run['train_tokens']:,} train / {run['val_tokens']:,} val tokens, "
-             f"{run['val_bytes_per_token']:.2f} bytes/token)")
+             f"{run['val_bytes_per_token']:.2f} bytes/token, {self.tokenizer.kind} tokenizer of "
+             f"{self.tokenizer.vocab_size} ids)")
         if cfg.time_budget is not None:
             length = f"a budget of {cfg.time_budget:g} s of training steps"
         elif cfg.token_budget is not None:
@@ -619,7 +621,8 @@ class Trainer:
         model.eval()
         # In the weights' own precision: the KV cache is kept in that dtype, and a few hundred
         # tokens cost nothing next to a training step.
-        [completion] = complete(model, self.tokenizer, [cfg.sample_prompt], n, temperature=0.8, top_k=200, seed=cfg.seed)
+        [completion] = complete(model, self.tokenizer, [cfg.sample_prompt], n, temperature=0.8, top_k=200,
+                                seed=cfg.seed)
         self.raw_model.train()
         return cfg.sample_prompt + completion.text
 

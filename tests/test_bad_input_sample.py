@@ -347,7 +347,8 @@ def char_checkpoint(tmp_path_factory) -> Path:
 
     tokenizer = CharTokenizer("abcdefghij \n")
     path = tmp_path_factory.mktemp("char_ckpt") / "model"
-    GPT(GPTConfig(block_size=256, vocab_size=tokenizer.vocab_size, n_layer=1, n_head=2, n_embd=16)).save_pretrained(path)
+    config = GPTConfig(block_size=256, vocab_size=tokenizer.vocab_size, n_layer=1, n_head=2, n_embd=16)
+    GPT(config).save_pretrained(path)
     tokenizer.save(path)
     return path
 

@@ -147,3 +147,18 @@ def test_each_tokenizer_has_its_own_directory_and_a_changed_one_is_prepared_agai
     assert "prepared with different tokenizer" in capsys.readouterr().err
     assert load_meta(out)["tokenizer"] == "char" and not (out / "tokenizer.json").exists()
     assert isinstance(data_tokenizer(out), CharTokenizer)
+
+
+def test_data_command_line_tokenizer_flag(tmp_path, monkeypatch, capsys):
+    from minigpt import data
+
+    monkeypatch.setenv("MINIGPT_DATA_DIR", str(tmp_path / "cache"))
+    source = tmp_path / "corpus.txt"
+    source.write_text(corpus_text(100), encoding="utf-8")
+    assert data.main([str(source), "--tokenizer", "char", "--workers", "1", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{default_data_dir(str(source), 'char')} (char tokenizer)")
+    for bad in ("foo", "bpe:256", "bpe:x"):
+        assert data.main([str(source), "--tokenizer", bad, "--quiet"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and "tokenizer" in err
