@@ -58,6 +58,7 @@ import os
 import re
 import sys
 import sysconfig
+import tempfile
 import urllib.request
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -137,8 +138,6 @@ def tokenizer_key(tokenizer: str | Tokenizer) -> str:
 
 def tokenizer_hash(tokenizer: Tokenizer) -> str:
     """sha1 of the files tokenizer.save writes: equal for the same tokenizer, whatever its object."""
-    import tempfile
-
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer.save(tmp)
         h = hashlib.sha1()
