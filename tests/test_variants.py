@@ -219,3 +219,108 @@ def test_old_config_dicts_still_load():
     assert (config.mlp_width, config.activation, config.position, config.tie_word_embeddings, config.bias) == \
         (64, "gelu_new", "learned", True, True)
     assert config.hf_incompatibility() is None
+
+
+# ----------------------------------------------------------------------------------------------
+# Hub ids, offline: the cache is a folder made here, and HF_HUB_OFFLINE keeps the network out.
+
+
+@pytest.fixture
+def offline_cache(tmp_path, monkeypatch):
+    import huggingface_hub.constants as c
+
+    cache = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def cache_snapshot(cache, repo: str, refs: tuple[str, ...] = ("main",)):
+    """A snapshot of repo in the hub cache's layout (models--OWNER--NAME/{refs,snapshots}), as a
+    download leaves it; returns the snapshot folder and its commit."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    root = cache / ("models--" + repo.replace("/", "--"))
+    (root / "refs").mkdir(parents=True)
+    for ref in refs:
+        (root / "refs" / ref).write_text(commit)
+    snapshot = root / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    return snapshot, commit
+
+
+@pytest.mark.parametrize("name, parsed", [
+    ("rinna/japanese-gpt2-xsmall", ("rinna/japanese-gpt2-xsmall", None)),
+    ("owner/name@v1.0", ("owner/name", "v1.0")),
+    ("owner/name@refs/pr/3", ("owner/name", "refs/pr/3")),
+    ("Owner_1/my.model-2@0123abc", ("Owner_1/my.model-2", "0123abc")),
+    ("gpt2", None), ("a/b/c", None), ("./a/b", None), ("/abs/path", None), ("a//b", None), ("a/b@", None),
+    ("-a/b", None), ("a/..", None), ("a/b@x@y", None), ("a b/c", None), ("ckpt.safetensors", None),
+])
+def test_hub_id_parsing(name, parsed):
+    from minigpt.weights import parse_hub_id
+
+    assert parse_hub_id(name) == parsed
+
+
+def test_bad_names_are_one_line_errors(offline_cache):
+    for name in ("a/b/c", "no-such-thing", "./x/y"):
+        with pytest.raises(CheckpointError, match="not a hub id OWNER/NAME") as e:
+            GPT.from_pretrained(name)
+        assert "\n" not in str(e.value)
+
+
+def test_uncached_hub_id_offline_says_what_to_run(offline_cache):
+    from minigpt.weights import resolve_directory
+
+    for call in (GPT.from_pretrained, resolve_directory):
+        with pytest.raises(CheckpointError) as e:
+            call("someone/tiny-gpt2@v2")
+        msg = str(e.value)
+        assert "someone/tiny-gpt2 at revision v2" in msg and "\n" not in msg
+        assert "python -m minigpt.weights download someone/tiny-gpt2@v2" in msg
+    # a cached repo whose snapshot lacks weights counts as not downloaded
+    snapshot, _ = cache_snapshot(offline_cache, "someone/configs-only")
+    (snapshot / "config.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="someone/configs-only is not in the Hugging Face cache"):
+        GPT.from_pretrained("someone/configs-only")
+
+
+def test_cached_hub_id_loads_offline(offline_cache):
+    from minigpt.weights import resolve_directory
+
+    hf = hf_variant(4, vocab_size=300, tie_word_embeddings=False, n_inner=72)
+    snapshot, commit = cache_snapshot(offline_cache, "someone/tiny-gpt2", refs=("main", "v1"))
+    hf.save_pretrained(snapshot)
+    (snapshot / "tokenizer.json").write_text("{}")
+    idx = torch.randint(0, 300, (1, 11))
+    with torch.no_grad():
+        ref = hf(idx).logits
+        for name in ("someone/tiny-gpt2", "someone/tiny-gpt2@v1", f"someone/tiny-gpt2@{commit}"):
+            assert (GPT.from_pretrained(name)(idx) - ref).abs().max().item() <= LOGITS_ATOL, name
+            assert resolve_directory(name) == snapshot
+    with pytest.raises(CheckpointError, match="someone/tiny-gpt2 at revision v9 is not in the Hugging Face cache"):
+        GPT.from_pretrained("someone/tiny-gpt2@v9")
+
+
+def test_resolve_directory_of_local_names(tmp_path, offline_cache):
+    from minigpt.weights import resolve_directory
+
+    assert resolve_directory("gpt2") is None  # tiktoken's encoding, nothing to read from disk
+    model = GPT(GPTConfig(block_size=16, vocab_size=64, n_layer=1, n_head=2, n_embd=16))
+    model.save_pretrained(tmp_path / "d")
+    assert resolve_directory(tmp_path / "d") == tmp_path / "d"
+    assert resolve_directory(tmp_path / "d" / "model.safetensors") is None
+    model.save_pretrained(tmp_path / "run" / "ckpt_00000010")
+    assert resolve_directory(tmp_path / "run") == tmp_path / "run" / "ckpt_00000010"
+    with pytest.raises(CheckpointError, match="no such file or directory"):
+        resolve_directory(tmp_path / "nope")
+
+
+def test_download_command_refuses_bad_names(capsys):
+    from minigpt.weights import main
+
+    assert main(["download", "not-a-model"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
