@@ -11,6 +11,12 @@ Two pieces can be swapped for faster implementations, chosen in one place
 attention ("math", "sdpa" or "triton") and LayerNorm ("torch" or "triton"). The
 "math" attention is the reference the others are tested against.
 
+The config's variants (minigpt/config.py) are those of transformers' GPT2LMHeadModel
+(MLP width, activation, attention scaling and fp32 upcast, an untied lm_head), each
+computed as transformers computes it, plus switches GPT-2 lacks for training small
+models: rotary positions instead of wpe, RMS-normalised q and k, and no biases. With
+every switch at its default the model is GPT-2 exactly.
+
 The same forward serves training, scoring and decoding: given a `KVCache` it
 continues from the positions the cache holds, and the fast decoder of
 minigpt/decode.py calls it with the cache's static mode rather than restating it.

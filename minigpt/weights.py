@@ -108,6 +108,7 @@ def hub_snapshot(name: str, downloading: bool = False) -> Path:
         raise CheckpointError(f"the Hugging Face hub has no {what} {where} (or it is private or gated)") from None
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as e:
         offline = " (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
+        why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else type(e).__name__
         if downloading:
             raise CheckpointError(
                 f"cannot download {where} from the Hugging Face hub{offline}: {type(e).__name__}; this needs "
@@ -116,7 +117,7 @@ def hub_snapshot(name: str, downloading: bool = False) -> Path:
             ) from None
         raise CheckpointError(
             f"{where} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and the hub cannot be "
-            f"reached{offline} ({type(e).__name__}); on a machine with network run `python -m minigpt.weights "
+            f"reached ({why}); on a machine with network run `python -m minigpt.weights "
             f"download {name}`, or pass a local directory or .safetensors file"
         ) from None
     if not _has_weights(path):
