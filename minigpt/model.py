@@ -264,10 +264,11 @@ class LayerNorm(nn.Module):
         self.backend = "torch"  # set by GPT.set_backends
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.backend == "triton" and self.bias is not None:  # the kernel always adds a bias
+        if self.backend == "triton":
             from minigpt_kernels import layer_norm
 
-            return layer_norm(x, self.weight, self.bias, self.eps)
+            bias = self.bias if self.bias is not None else torch.zeros_like(self.weight)  # the kernel always adds one
+            return layer_norm(x, self.weight, bias, self.eps)
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
 
 

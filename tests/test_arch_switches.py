@@ -245,10 +245,10 @@ def test_saving(name, tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="interpreter test")
 def test_triton_backends_with_switches():
-    """The flash kernel takes the variants' scale; LayerNorm without bias falls back to torch."""
+    """The flash kernel takes the variants' scale; the LayerNorm kernel runs without a bias too."""
     torch.manual_seed(3)
     cfg = GPTConfig(block_size=24, vocab_size=67, n_layer=2, n_head=2, n_embd=32, position="rope", qk_norm=True,
-                    scale_attn_by_inverse_layer_idx=True, scale_attn_weights=False)
+                    scale_attn_by_inverse_layer_idx=True, scale_attn_weights=False, bias=False)
     model = widened(GPT(cfg, attn_backend="math"))
     idx = torch.randint(0, 67, (1, 17))
     with torch.no_grad():
