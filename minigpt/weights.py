@@ -115,8 +115,9 @@ def hub_snapshot(name: str, downloading: bool = False) -> Path:
                 f"network access to huggingface.co, and the files go to the cache at {constants.HF_HUB_CACHE} "
                 "(set HF_HUB_CACHE to choose another)"
             ) from None
+        local = "" if name in PRESETS else f"there is no local path {name}, and "
         raise CheckpointError(
-            f"{where} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and the hub cannot be "
+            f"{local}{where} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and the hub cannot be "
             f"reached ({why}); on a machine with network run `python -m minigpt.weights "
             f"download {name}`, or pass a local directory or .safetensors file"
         ) from None
