@@ -170,6 +170,14 @@ class _RowText:
         self.done = True
 
 
+def prompt_ids(tokenizer, prompt: str) -> list[int]:
+    """The ids a prompt starts generation from: its text's ids after whatever transformers'
+    tokenizer(text) puts before them (a BOS where the checkpoint adds one), but without the
+    end-of-text some tokenizers append (rinna's models say to leave it out when generating).
+    "<|endoftext|>" and other special tokens written in the prompt are those tokens."""
+    return [*tokenizer.special_prefix, *tokenizer.encode(prompt, allow_special=True)]
+
+
 def complete(
     model: GPT,
     tokenizer: Tokenizer,
@@ -206,7 +214,7 @@ def complete(
     if seed is not None:
         generator = torch.Generator(device=device).manual_seed(seed)
     eot = tokenizer.eot_id if stop_at_eot else None
-    encoded = [tokenizer.encode(p, allow_special=True) for p in prompts]
+    encoded = [prompt_ids(tokenizer, p) for p in prompts]
     for ids in encoded:
         check_length(model.config.block_size, len(ids), max_new_tokens)
 

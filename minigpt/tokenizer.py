@@ -191,6 +191,9 @@ class Tokenizer:
     unk_id: int | None = None
     special_prefix: tuple[int, ...] = ()  # what tokenizer(text) puts before the text's ids...
     special_suffix: tuple[int, ...] = ()  # ...and after them
+    # ids of single bytes (byte fallback): a run of them decodes as one, so text that ends in one
+    # is not final until the run ends
+    byte_ids: frozenset[int] = frozenset()
 
     def encode(self, text: str, allow_special: bool = False, add_special_tokens: bool = False) -> list[int]:
         """Ids of text. With allow_special, special tokens written in the text ("<|endoftext|>",
@@ -288,6 +291,7 @@ class CharTokenizer(Tokenizer):
         self.byte_base = len(alphabet)
         self.eot_id = self.byte_base + BYTE_FALLBACK
         self.vocab_size = self.eot_id + 1
+        self.byte_ids = frozenset(range(self.byte_base, self.eot_id))
         _eot_only(self)
 
     @classmethod
@@ -408,6 +412,7 @@ class BPETokenizer(Tokenizer):
 
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 SPIECE_UNDERLINE = "▁"  # sentencepiece's visible space
+BYTE_PIECE = re.compile(r"<0x[0-9A-F]{2}>")  # a byte-fallback token of tokenizers / sentencepiece
 
 
 def _read_json(path: Path) -> dict:
@@ -511,6 +516,7 @@ class HFTokenizer(Tokenizer):
         self.special_ids = {i for i in map(tokenizer.token_to_id, config.all_special()) if i is not None}
         self.special_ids |= {i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
         self.special_prefix, self.special_suffix = self._added_around()
+        self.byte_ids = frozenset(i for t, i in tokenizer.get_vocab().items() if BYTE_PIECE.fullmatch(t))
 
     @classmethod
     def from_directory(cls, directory: Path) -> HFTokenizer:
@@ -657,6 +663,7 @@ class SentencePieceTokenizer(Tokenizer):
                 self.added[text] = self.sp.get_piece_size() + len(self.added)
         self.added_text = {i: text for text, i in self.added.items()}
         self.vocab_size = self.sp.get_piece_size() + len(self.added)
+        self.byte_ids = frozenset(i for i in range(self.sp.get_piece_size()) if self.sp.IsByte(i))
         named = {key: self._piece_id(text) for key, text in config.special_tokens().items()}
         self.bos_id, self.eos_id = named.get("bos_token"), named.get("eos_token")
         self.pad_id, self.unk_id = named.get("pad_token"), named.get("unk_token")
@@ -837,8 +844,8 @@ class TextStream:
     at the start of a text (sentencepiece drops the space of a leading "▁word"). So each step
     decodes a short window of recent ids whose first tokens are already handed out (left
     context) and hands out what it adds to the text shown so far, holding it back while it
-    ends in an incomplete character (U+FFFD) or in spaces (a clean-up step may still remove a
-    space before punctuation). After each piece the window moves up to the previous piece, so
+    ends in an incomplete character (U+FFFD), in a byte-fallback id (a run of them decodes as
+    one) or in spaces (a clean-up step may still remove a space before punctuation). After each piece the window moves up to the previous piece, so
     the work per token stays small however long the text grows. The pieces add up to
     decode(all ids).
     """
@@ -853,6 +860,8 @@ class TextStream:
     def push(self, token: int) -> str:
         """Add one id; the text that is now final (possibly "")."""
         self.ids.append(token)
+        if token in self.tokenizer.byte_ids:  # its run of bytes may go on
+            return ""
         text = self.tokenizer.decode(self.ids[self.start :])
         if text.endswith("\ufffd") or not text.startswith(self.shown):
             return ""

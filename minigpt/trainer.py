@@ -76,7 +76,7 @@ from minigpt.evaluate import LoadedTask, load_task
 from minigpt.evaluate import evaluate as evaluate_tasks
 from minigpt.files import atomic_write
 from minigpt.flops import device_peak_flops, flops_per_token
-from minigpt.generate import complete
+from minigpt.generate import complete, prompt_ids
 from minigpt.loader import DataLoader, check_token_ids, unigram_entropy
 from minigpt.model import GPT
 from minigpt.optim import configure_optimizer, lr_at
@@ -616,7 +616,7 @@ class Trainer:
             if model is None:
                 return None
             model.to(self.device)
-        prompt_len = len(self.tokenizer.encode(cfg.sample_prompt, allow_special=True))
+        prompt_len = len(prompt_ids(self.tokenizer, cfg.sample_prompt))
         n = min(cfg.sample_tokens, model.config.block_size - prompt_len)
         model.eval()
         # In the weights' own precision: the KV cache is kept in that dtype, and a few hundred

@@ -71,9 +71,12 @@ RINNA_SPECIAL = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", 
 
 @pytest.fixture(scope="module")
 def rinna_dir(tmp_path_factory) -> Path:
+    return rinna_tokenizer(tmp_path_factory.mktemp("rinna"))
+
+
+def rinna_tokenizer(directory: Path) -> Path:
     """A sentencepiece unigram model in rinna's layout: [PAD]=0, <unk>=1, <s>=2, </s>=3, then
     [CLS], [SEP], [MASK] as user-defined pieces, 256 byte pieces, and the learned ones."""
-    directory = tmp_path_factory.mktemp("rinna")
     shuffle = random.Random(0)
     lines = [" ".join(shuffle.sample(CORPUS, 6)) for _ in range(200)]
     model = io.BytesIO()
