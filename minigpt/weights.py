@@ -349,8 +349,9 @@ def _infer_config(shapes: dict[str, tuple[int, ...]], source: Path) -> GPTConfig
 
 def _finite(stored: torch.Tensor, converted: torch.Tensor, key: str, source: Path) -> torch.Tensor:
     """converted (stored in the target dtype), unless it holds NaN or infinity: then a CheckpointError
-    naming the tensor. One pass over each tensor as it is read; a second only to word the error."""
-    if bool(torch.isfinite(converted).all()):
+    naming the tensor. A sum is NaN or infinite whenever an element is (and, rarely, when finite
+    values overflow it), so one fast reduction clears a tensor; the exact checks run only after it."""
+    if bool(torch.isfinite(converted.sum(dtype=torch.float32))) or bool(torch.isfinite(converted).all()):
         return converted
     if converted.dtype != stored.dtype and bool(torch.isfinite(stored).all()):
         raise CheckpointError(f"{source}: tensor {key} overflows {str(converted.dtype).removeprefix('torch.')} "
