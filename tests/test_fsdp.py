@@ -117,6 +117,10 @@ def test_fsdp_resume_from_shards_equals_straight_training(fsdp_run, data_dir, tm
     assert b_eval[6]["val_loss"] == pytest.approx(a_eval[6]["val_loss"], abs=1e-6, rel=0)
 
 
+# what GPT2Tokenizer.save_pretrained writes: transformers reads the export's tokenizer too
+GPT2_TOKENIZER_FILES = ("minigpt_tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json")
+
+
 @pytest.mark.slow
 def test_fsdp_checkpoint_layout_and_full_export(fsdp_run):
     from transformers import GPT2LMHeadModel
@@ -124,7 +128,7 @@ def test_fsdp_checkpoint_layout_and_full_export(fsdp_run):
     ckpt = fsdp_run / "ckpt_00000006"
     assert sorted(p.name for p in fsdp_run.glob("ckpt_*")) == [ckpt.name]
     assert {p.name for p in ckpt.iterdir()} == {"model.safetensors", "config.json", "train_state.json",
-                                                "train_state.safetensors", "sharded", "minigpt_tokenizer.json"}
+                                                "train_state.safetensors", "sharded", *GPT2_TOKENIZER_FILES}
     assert not list(fsdp_run.glob(".tmp_*"))
     # The export is the two ranks' shards put back together (wte without its padding rows).
     shards = [load_file(str(p)) for p in sorted((ckpt / "sharded").glob("*.safetensors"))]
