@@ -17,6 +17,7 @@ from minigpt.model import ATTN_BACKENDS, LN_BACKENDS
 DTYPES = ("auto", "float32", "bfloat16")
 PARALLEL = ("ddp", "fsdp")
 SCHEDULES = ("cosine", "wsd")
+OPTIMIZERS = ("adamw", "muon")  # minigpt.optim builds them
 
 
 class TrainError(Exception):
@@ -85,6 +86,10 @@ class TrainConfig:
     weight_decay: float = setting(0.1, "AdamW weight decay of the matrices")
     beta1: float = setting(0.9, "AdamW beta1")
     beta2: float = setting(0.95, "AdamW beta2")
+    optimizer: str = setting("adamw", "adamw, or muon: torch.optim.Muon for the blocks' matrices (attention and "
+                                      "MLP weights), AdamW for embeddings, head, gains and biases", choices=OPTIMIZERS)
+    muon_lr: float = setting(0.02, "Muon's peak learning rate (the schedule scales it as it scales --lr)")
+    muon_momentum: float = setting(0.95, "Muon's momentum")
     grad_clip: float = setting(1.0, "clip the gradient norm to this (0: no clipping)")
     seed: int = setting(1337, "seed of the init, dropout and the data's epoch offsets")
     # evaluation, samples, checkpoints (an interval of 0 means only at the end)
@@ -118,7 +123,7 @@ class TrainConfig:
     def __post_init__(self):
         # nan passes every `<` check and disables what it configures (nan clips nothing): refuse it first.
         for name in ("lr", "min_lr", "weight_decay", "beta1", "beta2", "grad_clip", "dropout", "peak_flops",
-                     "time_budget", "decay_frac"):
+                     "time_budget", "decay_frac", "muon_lr", "muon_momentum"):
             value = getattr(self, name)
             if value is None:
                 continue
@@ -168,6 +173,13 @@ class TrainConfig:
             raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.parallel not in PARALLEL:
             raise ConfigError(f"parallel must be one of {', '.join(PARALLEL)}, got {self.parallel!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if not (self.muon_lr > 0 and 0 <= self.muon_momentum < 1):
+            raise ConfigError(f"need muon_lr > 0 and muon_momentum in [0, 1), got {self.muon_lr}, {self.muon_momentum}")
+        if self.optimizer == "muon" and self.parallel == "fsdp":
+            raise ConfigError("--optimizer muon does not run under --parallel fsdp (torch.optim.Muon "
+                              "orthogonalises whole matrices, FSDP holds shards of them); use --parallel ddp")
         if self.peak_flops is not None and self.peak_flops <= 0:
             raise ConfigError(f"peak_flops must be positive, got {self.peak_flops}")
         self.model_config()  # the model sizes must make a valid GPTConfig
