@@ -4,10 +4,10 @@
     python bench/push.py --ab         # the recipe A/Bs, each pair at equal wall clock
     python bench/push.py --study      # val bpb against parameters and FLOPs, the compute-optimal frontier
 
-The text is tinyshakespeare (--text, default ../shared/data/tinyshakespeare.txt beside the
-repository, else `train.py --data shakespeare`'s download). It is split as nanoGPT splits it, by
-position: the first 90% trains, the last 10% is held out (minigpt.corpus starts the held-out
-part at a line, a few characters from nanoGPT's cut). Every run is a `train.py` process on one
+The text is tinyshakespeare (--text; default shared/data/tinyshakespeare.txt beside the
+repository or its parent folder, else `train.py --data shakespeare`'s download). It is split as
+nanoGPT splits it, by position: the first 90% trains, the last 10% is held out (minigpt.corpus
+starts the held-out part at a line, a few characters from nanoGPT's cut). Every run is a `train.py` process on one
 thread, and every score is minigpt.evaluate.bits_per_byte (what `eval.py --task bpb:FILE`
 computes) over those same held-out bytes, each model with its own context window.
 
@@ -51,7 +51,9 @@ from bench.common import RESULTS_DIR, environment, write_json  # noqa: E402
 from minigpt.files import atomic_write  # noqa: E402
 from minigpt.train_config import TrainConfig, make_config  # noqa: E402
 
-DEFAULT_TEXT = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+# The shared copy of the text, beside a checkout or beside the folder of its worktrees.
+SHARED_TEXTS = [ROOT.parent / "shared" / "data" / "tinyshakespeare.txt",
+                ROOT.parent.parent / "shared" / "data" / "tinyshakespeare.txt"]
 VAL_FRACTION = 0.1  # nanoGPT's data/shakespeare_char/prepare.py: the last 10% is val
 
 # nanoGPT's CPU recipe (README, "I only have a macbook"), as train.py settings.
@@ -62,17 +64,21 @@ NANOGPT = dict(
     position="learned", bias=False, activation="gelu_new", tie_word_embeddings=True, qk_norm=False,
 )
 
-# minigpt's recipe for a few minutes of one CPU thread on Shakespeare: what won the A/Bs
-# (bench/results/push-ab.md). It runs to a --time-budget, with the wsd schedule.
+# minigpt's recipe for one CPU thread on Shakespeare: nanoGPT's with what won the first A/Bs
+# (bench/results/push-ab.md: lr 3e-3, the wsd schedule, Muon for the blocks' matrices). It runs
+# to a --time-budget.
 MINIGPT = dict(
     tokenizer="char", n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, dropout=0.0,
-    lr=1e-3, min_lr=1e-4, warmup_steps=100, schedule="wsd", decay_frac=0.2,
-    optimizer="adamw", beta1=0.9, beta2=0.99, weight_decay=0.1, grad_clip=1.0,
+    lr=3e-3, min_lr=3e-4, warmup_steps=100, schedule="wsd", decay_frac=0.2,
+    optimizer="muon", muon_lr=0.02, beta1=0.9, beta2=0.99, weight_decay=0.1, grad_clip=1.0,
     position="learned", bias=False, activation="gelu_new", tie_word_embeddings=True, qk_norm=False,
 )
 
 # What every run of this benchmark sets the same way: no samples to speak of, one evaluation at
 # the end (the scores come from the checkpoints), all checkpoints kept.
+# The A/Bs and the study score a run by its closing evaluation over this many val batches
+# (40 x 12 x 64 characters: about a quarter of the held-out text).
+VAL_STEPS = 40
 QUIET = dict(data_order="random", eval_interval=0, eval_steps=20, sample_interval=0, sample_tokens=32,
              sample_prompt="\n", keep_checkpoints=0, seed=1337)
 
@@ -91,12 +97,16 @@ def find_text(path: Path | None) -> Path:
         if not path.is_file():
             raise SystemExit(f"error: --text {path} is not a file")
         return path
-    if DEFAULT_TEXT.is_file():
-        return DEFAULT_TEXT
-    from minigpt.corpus import default_data_dir, prepare
+    for shared in SHARED_TEXTS:
+        if shared.is_file():
+            return shared
+    from minigpt.corpus import DataError, default_data_dir, prepare
 
     out = default_data_dir("shakespeare")
-    prepare("shakespeare", out)  # downloads the text once into `out` (network needed)
+    try:
+        prepare("shakespeare", out)  # downloads the text once into `out` (network needed)
+    except DataError as e:
+        raise SystemExit(f"error: {e}") from None
     return out / "shakespeare.txt"
 
 
@@ -317,19 +327,17 @@ def trajectory(run: dict, text: str) -> list[dict]:
 
 
 def push(text_path: Path, work: Path, nanogpt: dict = NANOGPT, minigpt: dict = MINIGPT,
-         pilot_steps: int = 150, points: int = 12) -> dict:
+         pilot_steps: int = 150, points: int = 8) -> dict:
     """nanoGPT's recipe beside minigpt's at nanoGPT's wall clock, then minigpt's at a third of it."""
-    tokenizers = {nanogpt["tokenizer"], minigpt["tokenizer"]}
-    dirs = {tok: prepare_data(text_path, work, tok) for tok in sorted(tokenizers)}
-    text = held_out_text(dirs[nanogpt["tokenizer"]])
+    dirs = {tok: prepare_data(text_path, work, tok) for tok in sorted({nanogpt["tokenizer"], minigpt["tokenizer"]})}
 
     # 1. A pilot, side by side: nanoGPT's steps per second under this load, for minigpt's budget.
     n_steps = nanogpt["max_steps"]
     pilot = [Arm("pilot-nanogpt", {**nanogpt, "stop_at_step": pilot_steps, "ckpt_interval": 0}),
              Arm("pilot-minigpt", {**minigpt, "time_budget": 20.0, "ckpt_interval": 0})]
-    data = {"pilot-nanogpt": dirs[nanogpt["tokenizer"]], "pilot-minigpt": dirs[minigpt["tokenizer"]]}
     log(f"pilot: {pilot_steps} steps of the nanoGPT recipe beside 20 s of minigpt's")
-    run_side_by_side(pilot, work, data)
+    run_side_by_side(pilot, work, {"pilot-nanogpt": dirs[nanogpt["tokenizer"]],
+                                   "pilot-minigpt": dirs[minigpt["tokenizer"]]})
     p_nano, p_mini = read_run(work / "pilot-nanogpt"), read_run(work / "pilot-minigpt")
     budget = p_nano["train_time"] / p_nano["steps"] * n_steps
     mini_steps = p_mini["steps"] / p_mini["train_time"] * budget
@@ -340,45 +348,65 @@ def push(text_path: Path, work: Path, nanogpt: dict = NANOGPT, minigpt: dict = M
     arms = [Arm("nanogpt", {**nanogpt, "ckpt_interval": max(1, n_steps // points)}),
             Arm("minigpt", {**minigpt, "time_budget": round(budget, 1),
                             "ckpt_interval": max(1, round(mini_steps / points))})]
-    data = {"nanogpt": dirs[nanogpt["tokenizer"]], "minigpt": dirs[minigpt["tokenizer"]]}
     log(f"the two recipes side by side ({budget:.0f} s each)")
-    load = run_side_by_side(arms, work, data)
-    runs = {arm.name: read_run(work / arm.name) for arm in arms}
+    load = run_side_by_side(arms, work, {"nanogpt": dirs[nanogpt["tokenizer"]], "minigpt": dirs[minigpt["tokenizer"]]})
+
+    # 3. minigpt's recipe with a third of nanoGPT's time, beside the start of nanoGPT's run again.
+    load3 = run_third(work, nanogpt, minigpt, dirs)
+    return summarize_push(text_path, work, nanogpt, minigpt, {"main": load, "third": load3})
+
+
+def run_third(work: Path, nanogpt: dict, minigpt: dict, dirs: dict[str, Path]) -> dict:
+    third = read_run(work / "nanogpt")["train_time"] / 3
+    arms = [Arm("nanogpt-again", {**nanogpt, "stop_at_step": max(1, nanogpt["max_steps"] // 3), "ckpt_interval": 0}),
+            Arm("minigpt-third", {**minigpt, "time_budget": round(third, 1), "ckpt_interval": 0})]
+    log(f"minigpt's recipe in a third of the time ({third:.0f} s)")
+    return run_side_by_side(arms, work, {"nanogpt-again": dirs[nanogpt["tokenizer"]],
+                                         "minigpt-third": dirs[minigpt["tokenizer"]]})
+
+
+def summarize_push(text_path: Path, work: Path, nanogpt: dict, minigpt: dict, loads: dict) -> dict:
+    """The comparison from the runs in `work`: each checkpoint scored on the held-out text."""
+    text = held_out_text(work / "data" / nanogpt["tokenizer"].replace(":", ""))
+    p_nano = read_run(work / "pilot-nanogpt")
+    runs = {name: read_run(work / name) for name in ("nanogpt", "minigpt")}
     log("scoring the checkpoints on the held-out text")
-    for name, run in runs.items():
+    for run in runs.values():
         run["trajectory"] = trajectory(run, text)
         run["bpb"] = run["trajectory"][-1]["bpb"]
     nano, mini = runs["nanogpt"], runs["minigpt"]
-
-    # 3. minigpt's recipe with a third of that budget, beside the start of nanoGPT's run again.
-    third = nano["train_time"] / 3
-    arms3 = [Arm("nanogpt-again", {**nanogpt, "stop_at_step": max(1, n_steps // 3), "ckpt_interval": 0}),
-             Arm("minigpt-third", {**minigpt, "time_budget": round(third, 1), "ckpt_interval": 0})]
-    data = {"nanogpt-again": dirs[nanogpt["tokenizer"]], "minigpt-third": dirs[minigpt["tokenizer"]]}
-    log(f"minigpt's recipe in a third of the time ({third:.0f} s)")
-    load3 = run_side_by_side(arms3, work, data)
-    runs3 = {a.name: read_run(work / a.name) for a in arms3}
-    mini3 = runs3["minigpt-third"]
-    mini3["bpb"] = score(mini3["checkpoints"][-1]["path"], text)
-
+    # If minigpt's budget came out longer than nanoGPT's run took, its checkpoint at or before
+    # nanoGPT's time (not yet annealed) is the fair, and pessimistic, figure.
+    within = [p for p in mini["trajectory"] if p["train_time"] <= nano["train_time"] * 1.001]
+    at_nano_time = within[-1] if within else None
+    third = None
+    if (work / "minigpt-third" / "run.json").is_file():
+        third = read_run(work / "minigpt-third")
+        third["bpb"] = score(third["checkpoints"][-1]["path"], text)
+        again = read_run(work / "nanogpt-again")
+        third.update(reaches_nanogpt_bpb=third["bpb"] <= nano["bpb"],
+                     nanogpt_again_s_per_step=again["train_time"] / again["steps"])
+        third.pop("checkpoints")
     reach = time_to_reach(mini["trajectory"], nano["bpb"])
-    for run in (*runs.values(), *runs3.values()):
+    for run in runs.values():
         run.pop("checkpoints")
     return {
         "text": {"path": str(text_path), "sha256": hashlib.sha256(text_path.read_bytes()).hexdigest(),
                  "bytes": text_path.stat().st_size, "held_out_bytes": len(text.encode("utf-8"))},
         "settings": {"nanogpt": nanogpt, "minigpt": minigpt, "common": QUIET},
-        "pilot": {"nanogpt_s_per_step": p_nano["train_time"] / p_nano["steps"], "predicted_budget_s": budget},
-        "load": {"main": load, "third": load3},
+        "pilot": {"nanogpt_s_per_step": p_nano["train_time"] / p_nano["steps"],
+                  "predicted_budget_s": json.loads((work / "minigpt" / "run.json").read_text())
+                  ["train_config"]["time_budget"]},
+        "load": loads,
         "arms": runs,
         "budget_match": mini["train_time"] / nano["train_time"],
         "bpb_ratio": mini["bpb"] / nano["bpb"],
         "bpb_reduction": 1.0 - mini["bpb"] / nano["bpb"],
+        "minigpt_at_nanogpt_time": at_nano_time,
+        "bpb_ratio_at_nanogpt_time": None if at_nano_time is None else at_nano_time["bpb"] / nano["bpb"],
         "time_to_nanogpt_bpb": reach,
         "time_to_nanogpt_bpb_fraction": None if reach is None else reach["interpolated_s"] / nano["train_time"],
-        "third_budget": {**mini3, "reaches_nanogpt_bpb": mini3["bpb"] <= nano["bpb"],
-                         "nanogpt_again_s_per_step": runs3["nanogpt-again"]["train_time"]
-                         / runs3["nanogpt-again"]["steps"]},
+        "third_budget": third,
         "targets": {"bpb_reduction_at_least": 0.10, "time_fraction_at_most": 1 / 3},
     }
 
@@ -386,6 +414,7 @@ def push(text_path: Path, work: Path, nanogpt: dict = NANOGPT, minigpt: dict = M
 # The A/Bs in order: each changes one thing from the recipe that won so far (a dict of
 # settings, or None to keep the winner), B beside A at equal wall clock. The first holds the
 # nanoGPT recipe's settings at a budget.
+# Model size for the budget is the study's question (--study), so it is not among them.
 def ab_plan() -> list[tuple[str, dict | None]]:
     return [
         ("lr 1e-3 -> 3e-3", dict(lr=3e-3, min_lr=3e-4)),
@@ -393,8 +422,6 @@ def ab_plan() -> list[tuple[str, dict | None]]:
         ("optimizer adamw -> muon", dict(optimizer="muon", muon_lr=0.02)),
         ("batch 12 -> 32 rows", dict(batch_size=32)),
         ("block 64 -> 256, rows / 4", None),  # from the winner: the same tokens per step
-        ("width 128 -> 192", dict(n_embd=192, n_head=6)),
-        ("depth 4 -> 6", dict(n_layer=6)),
         ("position learned -> rope", dict(position="rope")),
         ("qk_norm", dict(qk_norm=True)),
         ("activation gelu -> relu2", dict(activation="relu2")),
@@ -417,9 +444,11 @@ def ab_change(name: str, change: dict | None, base: dict) -> dict:
 
 
 def run_ab(text_path: Path, work: Path, budget: float, base: dict, plan: list[tuple[str, dict | None]]) -> dict:
-    """Each A/B side by side at `budget` seconds; B's change is kept when its held-out bpb is lower."""
+    """Each A/B side by side at `budget` seconds; B's change is kept when its val bpb is lower.
+
+    The score is train.py's closing evaluation (val_bpb over the first VAL_STEPS batches of the
+    held-out part): the same text for every run, and no scoring pass of its own."""
     dirs: dict[str, Path] = {}
-    text = None
     results = []
     for i, (name, change) in enumerate(plan):
         change = ab_change(name, change, base)
@@ -427,9 +456,8 @@ def run_ab(text_path: Path, work: Path, budget: float, base: dict, plan: list[tu
         for tok in {base["tokenizer"], cand["tokenizer"]}:
             if tok not in dirs:
                 dirs[tok] = prepare_data(text_path, work, tok)
-        text = text or held_out_text(dirs[base["tokenizer"]])
-        arms = [Arm(f"ab{i:02d}-a", {**base, "time_budget": budget}),
-                Arm(f"ab{i:02d}-b", {**cand, "time_budget": budget})]
+        arms = [Arm(f"ab{i:02d}-a", {**base, "time_budget": budget, "eval_steps": VAL_STEPS}),
+                Arm(f"ab{i:02d}-b", {**cand, "time_budget": budget, "eval_steps": VAL_STEPS})]
         log(f"A/B {i + 1}/{len(plan)}: {name}")
         try:
             load = run_side_by_side(arms, work, {arms[0].name: dirs[base["tokenizer"]],
@@ -440,13 +468,14 @@ def run_ab(text_path: Path, work: Path, budget: float, base: dict, plan: list[tu
             continue
         a, b = (read_run(work / arm.name) for arm in arms)
         for run in (a, b):
-            run["bpb"] = score(run["checkpoints"][-1]["path"], text)
+            run["bpb"] = run["log_val_bpb"]
             run.pop("checkpoints")
         won = b["bpb"] < a["bpb"]
         log(f"  A {a['bpb']:.4f} bpb ({a['steps']} steps), B {b['bpb']:.4f} ({b['steps']} steps): "
             f"{'keep' if won else 'drop'}")
-        results.append({"name": name, "change": change, "a": a, "b": b, "kept": won,
-                         "bpb_ratio": b["bpb"] / a["bpb"], "load": load, "base": dict(base)})
+        results.append({"name": name, "change": change, "a": a, "b": b, "kept": won, "bpb_ratio": b["bpb"] / a["bpb"],
+                        "bpb_source": f"train.py's closing val_bpb over the first {VAL_STEPS} val batches",
+                        "load": load, "base": dict(base)})
         if won:
             base = cand
     return {"budget_s": budget, "results": results, "winner": base}
@@ -455,19 +484,19 @@ def run_ab(text_path: Path, work: Path, budget: float, base: dict, plan: list[tu
 STUDY_SIZES = [  # (n_layer, n_head, n_embd): 0.12M to 3.7M parameters with a char vocabulary
     (2, 2, 64), (3, 3, 96), (4, 4, 160), (6, 4, 224),
 ]
-STUDY_BUDGETS = [30.0, 60.0, 120.0, 240.0]
+STUDY_BUDGETS = [30.0, 60.0, 120.0]
 
 
 def study(text_path: Path, work: Path, base: dict, sizes=STUDY_SIZES, budgets=STUDY_BUDGETS) -> dict:
-    """Every size at every budget (two runs at a time, one thread each); bpb on the held-out text."""
+    """Every size at every budget (two runs at a time, one thread each), scored as the A/Bs are."""
     data_dir = prepare_data(text_path, work, base["tokenizer"])
-    text = held_out_text(data_dir)
     jobs = [(L, H, C, t) for t in budgets for (L, H, C) in sizes]
     # Pair runs of the same budget, so that the two processes of a pair end together.
     points = []
     for i in range(0, len(jobs), 2):
         pair = jobs[i:i + 2]
-        arms = [Arm(f"study-{L}x{C}-{int(t)}s", {**base, "n_layer": L, "n_head": H, "n_embd": C, "time_budget": t})
+        arms = [Arm(f"study-{L}x{C}-{int(t)}s", {**base, "n_layer": L, "n_head": H, "n_embd": C, "time_budget": t,
+                                                    "eval_steps": VAL_STEPS})
                 for L, H, C, t in pair]
         log(f"study: {', '.join(a.name for a in arms)}")
         load = run_side_by_side(arms, work, {a.name: data_dir for a in arms})
@@ -475,7 +504,7 @@ def study(text_path: Path, work: Path, base: dict, sizes=STUDY_SIZES, budgets=ST
             run = read_run(work / arm.name)
             points.append({"n_layer": L, "n_head": H, "n_embd": C, "budget_s": t, "params": run["num_params"],
                            "steps": run["steps"], "tokens": run["tokens"], "train_time": run["train_time"],
-                           "flops": train_flops(run), "bpb": score(run["checkpoints"][-1]["path"], text),
+                           "flops": train_flops(run), "bpb": run["log_val_bpb"],
                            "others_cpu_share": load["others_cpu_share"]})
     return {"base": base, "points": points, **compute_optimal(points)}
 
@@ -484,8 +513,9 @@ def study(text_path: Path, work: Path, base: dict, sizes=STUDY_SIZES, budgets=ST
 # Reports
 
 
-def _fmt_s(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds:.0f} s"
+def notes(r: dict) -> list[str]:
+    """A results file's "notes" (what to know about that run), as Markdown paragraphs."""
+    return [line for note in r.get("notes", []) for line in ("", note)]
 
 
 def push_markdown(r: dict, env: dict) -> str:
@@ -502,26 +532,36 @@ def push_markdown(r: dict, env: dict) -> str:
         "| arm | parameters | steps | tokens | training time | held-out bpb |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-    for label, run in (("nanoGPT recipe", nano), ("minigpt recipe", mini), ("minigpt recipe, 1/3 of the time", third)):
+    rows = [("nanoGPT recipe", nano), ("minigpt recipe", mini)]
+    rows += [("minigpt recipe, 1/3 of the time", third)] if third else []
+    for label, run in rows:
         lines.append(f"| {label} | {run['num_params'] / 1e6:.2f}M | {run['steps']:,} | {run['tokens']:,} | "
                      f"{run['train_time']:.0f} s | {run['bpb']:.4f} |")
     when = "never" if reach is None else (f"{reach['interpolated_s']:.0f} s (checkpoint at {reach['checkpoint_s']:.0f} s), "
                                           f"{r['time_to_nanogpt_bpb_fraction']:.2f} of nanoGPT's time")
-    load = r["load"]["main"]
+    load = r["load"].get("main") or {}
+    at = r["minigpt_at_nanogpt_time"]
     lines += [
         "",
         f"- bpb ratio minigpt / nanoGPT at equal wall clock: **{r['bpb_ratio']:.3f}** "
         f"({r['bpb_reduction']:.1%} lower; target >= 10%)",
+        f"- minigpt's budget / nanoGPT's time: {r['budget_match']:.3f} (the budget was predicted from a pilot); "
+        + ("its last checkpoint within nanoGPT's time: " + f"{at['bpb']:.4f} bpb at {at['train_time']:.0f} s, "
+           f"ratio {r['bpb_ratio_at_nanogpt_time']:.3f}" if at else "no checkpoint within nanoGPT's time"),
         f"- minigpt's run reached nanoGPT's final bpb after **{when}** (target <= 1/3)",
-        f"- minigpt's recipe with a third of the budget: {third['bpb']:.4f} bpb "
-        f"({'reaches' if third['reaches_nanogpt_bpb'] else 'does not reach'} nanoGPT's {nano['bpb']:.4f})",
-        f"- minigpt's budget / nanoGPT's time: {r['budget_match']:.3f} (the budget was predicted from a pilot)",
-        f"- load: other processes used {load['others_cpu_share']:.0%} of the machine's CPU time during the runs "
-        f"(load average {load['load_avg'][0]:.2f})" if load["others_cpu_share"] is not None else "- load: unknown",
+    ]
+    if third:
+        lines.append(f"- minigpt's recipe with a third of nanoGPT's time: {third['bpb']:.4f} bpb "
+                     f"({'reaches' if third['reaches_nanogpt_bpb'] else 'does not reach'} nanoGPT's {nano['bpb']:.4f})")
+    share = load.get("others_cpu_share")
+    lines += [
+        f"- load: other processes used {share:.0%} of the machine's CPU time during the runs "
+        f"(load average {load['load_avg'][0]:.2f})" if share is not None else "- load: not recorded",
         "",
         "Settings (train.py flags): nanoGPT " + json.dumps(r["settings"]["nanogpt"]),
         "",
         "minigpt " + json.dumps(r["settings"]["minigpt"]),
+        *notes(r),
     ]
     return "\n".join(lines) + "\n"
 
@@ -531,7 +571,8 @@ def ab_markdown(r: dict, env: dict) -> str:
         f"# Recipe A/Bs on Shakespeare, {r['budget_s']:.0f} s of training each, side by side",
         "",
         f"{env['cpu_model']}, {env['cpu_count']} cores shared with other work, one thread per run; "
-        f"torch {env['torch']}, commit {env['commit']}, {env['date']}. Held-out bpb on the last 10% of the text. "
+        f"torch {env['torch']}, commit {env['commit']}, {env['date']}. bpb: train.py's closing val_bpb over the first "
+        f"{VAL_STEPS} val batches (of the last 10% of the text). "
         "Each row changes one thing (B) from the recipe that had won so far (A); B is kept if its bpb is lower.",
         "",
         "| A/B | A bpb (steps) | B bpb (steps) | B / A | kept | others' CPU share |",
@@ -541,22 +582,28 @@ def ab_markdown(r: dict, env: dict) -> str:
         if "error" in x:
             lines.append(f"| {x['name']} | | failed: {x['error'][:80]} | | | |")
             continue
-        share = x["load"]["others_cpu_share"]
+        share = (x.get("load") or {}).get("others_cpu_share")
         lines.append(f"| {x['name']} | {x['a']['bpb']:.4f} ({x['a']['steps']}) | {x['b']['bpb']:.4f} "
                      f"({x['b']['steps']}) | {x['bpb_ratio']:.3f} | {'yes' if x['kept'] else 'no'} | "
                      f"{'-' if share is None else f'{share:.0%}'} |")
-    lines += ["", "Winner: " + json.dumps(r["winner"])]
+    sources = sorted({x["bpb_source"] for x in r["results"] if "bpb_source" in x})
+    if sources:
+        lines += ["", "Scored on: " + "; ".join(sources) + "."]
+    if r.get("not_run"):
+        lines += ["", "Not run: " + ", ".join(r["not_run"]) + "."]
+    lines += ["", "Winner: " + json.dumps(r["winner"]), *notes(r)]
     return "\n".join(lines) + "\n"
 
 
 def study_markdown(r: dict, env: dict) -> str:
     lines = [
-        "# Held-out bpb against model size and training budget (Shakespeare, one CPU thread per run)",
+        "# Val bpb against model size and training budget (Shakespeare, one CPU thread per run)",
         "",
         f"{env['cpu_model']}, {env['cpu_count']} cores shared with other work; torch {env['torch']}, commit "
-        f"{env['commit']}, {env['date']}. FLOPs: minigpt.flops.flops_per_token x tokens trained.",
+        f"{env['commit']}, {env['date']}. FLOPs: minigpt.flops.flops_per_token x tokens trained. bpb: "
+        f"train.py's closing val_bpb over the first {VAL_STEPS} val batches (of the last 10% of the text).",
         "",
-        "| budget | layers x width | parameters | steps | train FLOPs | held-out bpb | on the frontier |",
+        "| budget | layers x width | parameters | steps | train FLOPs | val bpb | on the frontier |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     front = {(p["params"], p["budget_s"]) for p in r["frontier"]}
@@ -570,7 +617,7 @@ def study_markdown(r: dict, env: dict) -> str:
     if r["fit"]:
         f = r["fit"]
         lines += ["", f"Fit: N_opt = {f['k']:.3g} * C^{f['a']:.3f} (r^2 {f['r2']:.3f} over {len(r['optima'])} budgets)."]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + notes(r)) + "\n"
 
 
 def plot_push(r: dict, path: Path) -> None:

@@ -162,3 +162,22 @@ def test_study_and_ab_on_tiny_settings(text, tmp_path):
     assert x["kept"] == (x["b"]["bpb"] < x["a"]["bpb"]) and x["a"]["steps"] > 0
     assert ab["winner"]["lr"] == (3e-3 if x["kept"] else base["lr"])
     assert "| lr up |" in push.ab_markdown(ab, env)
+
+
+def test_model_switches_reach_a_new_models_config(tmp_path):
+    argv = ["--position", "rope", "--qk-norm", "--activation", "relu2", "--no-tie-word-embeddings", "--no-bias"]
+    args = train.build_parser().parse_args(argv)
+    overrides = {k: getattr(args, k) for k in ("position", "qk_norm", "activation", "tie_word_embeddings", "bias")}
+    config = push.make_config("cpu", overrides).model_config(vocab_size=100)
+    assert (config.position, config.qk_norm, config.activation, config.tie_word_embeddings, config.bias) == \
+        ("rope", True, "relu2", False, False)
+    default = push.make_config("cpu", {}).model_config()
+    assert (default.position, default.qk_norm, default.activation, default.tie_word_embeddings, default.bias) == \
+        ("learned", False, "gelu_new", True, True)
+
+
+def test_the_cpu_push_recipe_is_the_measured_minigpt_arm():
+    cfg = push.make_config("cpu-push", {})
+    for key, value in push.MINIGPT.items():
+        assert getattr(cfg, key) == value, key
+    assert cfg.data == "shakespeare" and cfg.budgeted
