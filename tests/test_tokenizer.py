@@ -196,8 +196,18 @@ def test_bpe_tokenizer_is_readable_by_transformers(tmp_path):
         assert hf.decode(bpe.encode(text)) == text
 
 
-def test_directory_without_tokenizer_is_gpt2(tmp_path):
+def test_directory_without_tokenizer_is_gpt2_when_its_config_says_so(tmp_path):
+    (tmp_path / "config.json").write_text('{"vocab_size": 50257}')
     assert tokenizer.load_tokenizer(tmp_path).kind == "gpt2"
+
+
+@pytest.mark.parametrize("config", [None, '{"vocab_size": 32000}', '{"n_embd": 8}'])
+def test_directory_without_tokenizer_is_a_one_line_error(tmp_path, config):
+    if config is not None:
+        (tmp_path / "config.json").write_text(config)
+    with pytest.raises(ValueError, match="no tokenizer found") as e:
+        tokenizer.load_tokenizer(tmp_path)
+    assert "\n" not in str(e.value) and "tokenizer.json" in str(e.value) and "spiece.model" in str(e.value)
 
 
 @pytest.mark.parametrize("content, message", [
