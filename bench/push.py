@@ -320,9 +320,20 @@ def compute_optimal(points: list[dict], group: str = "budget_s") -> dict:
 # The three benchmarks
 
 
-def trajectory(run: dict, text: str) -> list[dict]:
+def score_in(work: Path, ckpt: str | Path, text: str) -> float:
+    """score(), remembered in work/scores.json: a checkpoint is scored once, whenever asked."""
+    path = work / "scores.json"
+    known = json.loads(path.read_text()) if path.is_file() else {}
+    key = str(Path(ckpt).resolve())
+    if key not in known:
+        known[key] = score(ckpt, text)
+        atomic_write(path, json.dumps(known, indent=1) + "\n")
+    return known[key]
+
+
+def trajectory(run: dict, text: str, work: Path) -> list[dict]:
     """Held-out bpb of every checkpoint of a run, with the training time it had used."""
-    return [{"step": c["step"], "train_time": c["train_time"], "bpb": score(c["path"], text)}
+    return [{"step": c["step"], "train_time": c["train_time"], "bpb": score_in(work, c["path"], text)}
             for c in run["checkpoints"]]
 
 
@@ -372,7 +383,7 @@ def summarize_push(text_path: Path, work: Path, nanogpt: dict, minigpt: dict, lo
     runs = {name: read_run(work / name) for name in ("nanogpt", "minigpt")}
     log("scoring the checkpoints on the held-out text")
     for run in runs.values():
-        run["trajectory"] = trajectory(run, text)
+        run["trajectory"] = trajectory(run, text, work)
         run["bpb"] = run["trajectory"][-1]["bpb"]
     nano, mini = runs["nanogpt"], runs["minigpt"]
     # If minigpt's budget came out longer than nanoGPT's run took, its checkpoint at or before
@@ -382,7 +393,7 @@ def summarize_push(text_path: Path, work: Path, nanogpt: dict, minigpt: dict, lo
     third = None
     if (work / "minigpt-third" / "run.json").is_file():
         third = read_run(work / "minigpt-third")
-        third["bpb"] = score(third["checkpoints"][-1]["path"], text)
+        third["bpb"] = score_in(work, third["checkpoints"][-1]["path"], text)
         again = read_run(work / "nanogpt-again")
         third.update(reaches_nanogpt_bpb=third["bpb"] <= nano["bpb"],
                      nanogpt_again_s_per_step=again["train_time"] / again["steps"])
