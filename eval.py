@@ -71,7 +71,7 @@ def main(argv=None) -> int:
 def run(args: argparse.Namespace) -> int:
     from minigpt.model import GPT
     from minigpt.tasks import Task
-    from minigpt.tokenizer import get_encoding
+    from minigpt.pretrained import check_vocab, tokenizer_for
 
     for name, value in (("--batch-size", args.batch_size), ("--limit", args.limit), ("--window", args.window),
                         ("--stride", args.stride)):
@@ -85,12 +85,14 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     model = GPT.from_pretrained(args.init, device=device, dtype=dtype, attn_backend=args.attn_backend)
-    enc = get_encoding("gpt2")
-    print(f"loaded {args.init} ({model.num_params() / 1e6:.1f}M parameters, {dtype}, {device}) "
+    tokenizer = tokenizer_for(args.init)  # the one saved with a train.py checkpoint, else GPT-2's
+    check_vocab(tokenizer, model.config.vocab_size, args.init)
+    print(f"loaded {args.init} ({model.num_params() / 1e6:.1f}M parameters, {dtype}, {device}, "
+          f"{tokenizer.kind} tokenizer) "
           f"in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
 
     t0 = time.perf_counter()
-    results = evaluate(model, enc, tasks, limit=args.limit, batch_size=args.batch_size, window=args.window,
+    results = evaluate(model, tokenizer, tasks, limit=args.limit, batch_size=args.batch_size, window=args.window,
                        stride=args.stride, include_path=args.include_path, num_fewshot=args.num_fewshot,
                        progress=not args.no_progress)
     print(f"scored in {time.perf_counter() - t0:.1f}s", file=sys.stderr)

@@ -24,7 +24,7 @@ import torch
 from minigpt.generate import Completion, complete
 from minigpt.model import GPT
 from minigpt.sampling import check_sampling
-from minigpt.tokenizer import get_encoding
+from minigpt.pretrained import check_vocab, tokenizer_for
 from minigpt.weights import CheckpointError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -89,7 +89,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="stop a sample when this string appears (not printed); may be given several times. "
                         "Backslash escapes are interpreted: \\n newline, \\t tab, \\r, \\\\ backslash, "
                         "\\uXXXX and \\UXXXXXXXX a Unicode character; any other backslash is an error")
-    p.add_argument("--ignore-eot", action="store_true", help="keep going past <|endoftext|> instead of stopping")
+    p.add_argument("--ignore-eot", action="store_true",
+                   help="keep going past the end-of-text token (<|endoftext|>) instead of stopping")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda if available)")
     p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
                    help="weights and activations dtype (auto: bfloat16 on CUDA, float32 on CPU)")
@@ -101,6 +102,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "minigpt.decode's Decoder (state in device buffers; a CUDA graph of a static-cache step on "
                         "a GPU; on a CPU the faster of F.linear and oneDNN, timed once); both give the same tokens. "
                         "auto: fast on the CPU, simple on a GPU")
+    p.add_argument("--quantize", choices=["int8", "int4"], default=None,
+                   help="weight-only quantization of every linear layer and the lm_head for decoding "
+                        "(minigpt/quantize.py): int8 per output channel, int4 per group of inputs")
+    p.add_argument("--quantize-group-size", type=int, default=64,
+                   help="inputs per int4 scale and zero: 32, 64, 128 or 256, dividing the model's width (default 64)")
     return p.parse_args(argv)
 
 
@@ -210,8 +216,12 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     model = GPT.from_pretrained(args.init, device=device, dtype=dtype, attn_backend=args.attn_backend)
-    enc = get_encoding("gpt2")
-    info(f"loaded {args.init} ({model.num_params() / 1e6:.1f}M parameters, {dtype}, {device}) "
+    if args.quantize:
+        model.quantize(args.quantize, group_size=args.quantize_group_size)
+    tokenizer = tokenizer_for(args.init)  # the one saved with a train.py checkpoint, else GPT-2's
+    check_vocab(tokenizer, model.config.vocab_size, args.init)
+    info(f"loaded {args.init} ({model.num_params() / 1e6:.1f}M parameters, {dtype}, {device}, "
+         f"{tokenizer.kind} tokenizer" + (f", {args.quantize}" if args.quantize else "") + ") "
          f"in {time.perf_counter() - t0:.1f}s")
 
     out = sys.stdout
@@ -228,7 +238,7 @@ def run(args: argparse.Namespace) -> int:
             out.write((SEPARATOR if i else "") + prompt)
             out.flush()
         results += complete(
-            model, enc, [prompt], args.max_new_tokens,
+            model, tokenizer, [prompt], args.max_new_tokens,
             num_samples=1 if args.stream else args.num_samples,
             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
             seed=None if args.seed is None else args.seed + i,

@@ -4,6 +4,7 @@
     python train.py --recipe gpt2-124m               # GPT-2 124M on FineWeb-Edu (GPUs)
     python train.py --init gpt2 --data notes/ --max-steps 200 --lr 3e-5   # fine-tune OpenAI's weights
     python train.py --time-budget 300                # 5 minutes of training steps, the LR schedule over them
+    python train.py --tokenizer bpe:4096             # a BPE of 4096 tokens trained on the corpus's train split
     python train.py --eval-task mc:quiz.jsonl        # also score an eval.py task at each evaluation
     python train.py --resume                         # continue the latest checkpoint in --out-dir
     torchrun --nproc_per_node=8 train.py --recipe gpt2-124m               # 8 GPUs, DDP

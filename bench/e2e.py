@@ -270,7 +270,7 @@ def hf_twin(model: GPT):
 
 
 def bench_sample(model: GPT, *, batch_size: int, prompt_len: int, new_tokens: int, repeats: int,
-                 with_hf: bool = True, max_contention: float = 1.0, seed: int = 0) -> dict:
+                 with_hf: bool = True, max_contention: float = 1.0, seed: int = 0, hf=None) -> dict:
     """Prefill tokens/s, time to first token and decode tokens/s (greedy), ours and transformers'.
 
     Prefill: one forward of the prompt into an empty cache, logits of the last position only.
@@ -278,7 +278,8 @@ def bench_sample(model: GPT, *, batch_size: int, prompt_len: int, new_tokens: in
     time(generate 1 token), N decode steps with the load, the prefill and the first token
     excluded, measured the same way on both sides. The two sides are timed in alternation,
     round by round, so that a machine whose speed drifts (a shared VM's memory bandwidth
-    does) slows both alike; `ratio` holds the medians of the per-round ratios.
+    does) slows both alike; `ratio` holds the medians of the per-round ratios. `hf` is the
+    transformers model to compare with (default: hf_twin(model), the same weights).
     """
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
@@ -298,7 +299,7 @@ def bench_sample(model: GPT, *, batch_size: int, prompt_len: int, new_tokens: in
                       "generate_full": lambda: decoder.generate(idx, N + 1, temperature=0)}}
     outputs = {}
     if with_hf:
-        hf = hf_twin(model)
+        hf = hf if hf is not None else hf_twin(model)
         mask = torch.ones_like(idx)
 
         def hf_generate(n: int):

@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     from minigpt.evaluate import multiple_choice
     from minigpt.lm_eval_adapter import MiniGPTLM
     from minigpt.tasks import read_multiple_choice
-    from minigpt.tokenizer import get_encoding
+    from minigpt.tokenizer import GPT2Tokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -101,7 +101,7 @@ def main(argv=None) -> int:
 
         hflm = HFLM(pretrained=str(tmp / "ckpt"), batch_size=args.batch_size, device=args.device)
         model = GPT.from_pretrained(tmp / "ckpt", device=args.device).eval()
-        enc = get_encoding("gpt2")
+        enc = GPT2Tokenizer()
         ours_lm = MiniGPTLM(model, enc, batch_size=args.batch_size, progress=False)
         examples = read_multiple_choice(tmp / "task.jsonl")
 

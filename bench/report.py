@@ -198,12 +198,29 @@ def cpu_targets_markdown(payload: dict) -> str:
     for r in payload["decode"]:
         o, h = r["ours"], r["transformers"]
         rows.append([r["dtype"], r["new_tokens"], f"{o['decode_tokens_per_s']:.1f}", f"{h['decode_tokens_per_s']:.1f}",
-                     f"{r['ratio']['decode']:.2f}", f"≥ {r['target_ratio']}", "yes" if r["meets_target"] else "no",
+                     f"{r['ratio']['decode']:.2f}", f"≥ {r['target_ratio']}" if r["target_ratio"] else "none",
+                     {True: "yes", False: "no", None: ""}[r["meets_target"]],
                      f"{r['weight_gb_per_s']:.1f}", r["greedy_tokens_equal"],
                      _contention(o["timings"][f"generate_{r['new_tokens'] + 1}"])])
     parts += [_table(["dtype", "new tokens", "minigpt tok/s", "transformers tok/s", "ratio", "target", "met",
                       "weights GB/s", "greedy = HF", "max contention"], rows), ""]
+    quantized = [r for r in payload["decode"] if r.get("baseline")]
+    if quantized:
+        parts += ["int8 / int4: weight-only quantized (minigpt.quantize; int4 in groups of "
+                  f"{quantized[-1].get('group_size') or 64}) bf16 model, against transformers in "
+                  "float32 on the same float weights (so greedy tokens may differ).", ""]
+    simple = [r for r in payload["decode"] if r.get("auto_vs_simple")]
+    if simple:
+        parts += ["sample.py's `--decode auto` (minigpt.decode.Decoder) against `--decode simple` (one "
+                  "model(token, cache=cache) call per token), timed in alternation:", "",
+                  _table(["dtype", "auto tok/s", "simple tok/s", "auto / simple", "cpu_linear chosen",
+                          "same tokens", "max contention"],
+                         [[r["dtype"], f"{a['auto_decode_tokens_per_s']:.1f}", f"{a['simple_decode_tokens_per_s']:.1f}",
+                           f"{a['ratio']:.2f}", a["cpu_linear"], a["greedy_tokens_equal"], f"{a['max_contention']:.2f}"]
+                          for r in simple for a in [r["auto_vs_simple"]]]), ""]
     t = payload["train"]
+    if t is None:  # the decode half only
+        return "\n".join(parts)
     parts += ["## Training step (B=4, T=256, fp32, AdamW)", "",
               _table(["tok/s", "target", "met", "step s", "FLOPs/token", "fraction of matmul ceiling",
                       "ceiling tok/s", "peak (added) MiB", "max contention"],
@@ -229,8 +246,10 @@ def cpu_targets_table(payload: dict) -> str:
     for r in payload["decode"]:
         out.append(f"decode {r['dtype']:9s} minigpt {r['ours']['decode_tokens_per_s']:6.1f} tok/s  transformers "
                    f"{r['transformers']['decode_tokens_per_s']:6.1f} tok/s  {r['ratio']['decode']:.2f}x "
-                   f"(target {r['target_ratio']}x)")
+                   f"(target {str(r['target_ratio']) + 'x' if r['target_ratio'] else 'none'}; against {r.get('baseline', 'transformers ' + r['dtype'])})")
     t = payload["train"]
+    if t is None:
+        return "\n".join(out)
     out.append(f"train 124M B=4 T=256 fp32: {t['tokens_per_s']:.1f} tok/s (target {t['target_tokens_per_s']}), "
                f"{t['fraction_of_matmul_ceiling']:.2f} of the matmul ceiling")
     for b in payload.get("train_baselines", []):

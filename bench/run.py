@@ -14,8 +14,9 @@ Suites:
   (greedy) at several batch sizes, beside transformers' GPT2LMHeadModel.generate (its
   default KV cache) on the same random-init weights in the same run, as a ratio.
 - kernels: bench/kernel_speed.py's run_kernel_bench (Triton attention and LayerNorm).
-- cpu-targets: GPT-2 124M shape on the CPU: decode at batch 1 (fp32 and bf16, against
-  transformers) and one training step at B=4, T=256, with the fp32 matmul ceiling, and the
+- cpu-targets: GPT-2 124M shape on the CPU: decode at batch 1 (fp32 and bf16 against
+  transformers in the same dtype; int8 and int4 weight-only quantized against transformers
+  fp32; and each as sample.py's --decode auto against --decode simple) and one training step at B=4, T=256, with the fp32 matmul ceiling, and the
   same step run with the plain F.cross_entropy loss and by transformers (about 5 minutes).
 "all" is train, sample and kernels.
 
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 from pathlib import Path
 
@@ -45,6 +47,8 @@ import torch  # noqa: E402
 from bench import e2e, report  # noqa: E402
 from bench.common import RESULTS_DIR, RUNS_DIR, device_tag, environment, output_dir  # noqa: E402
 from minigpt.config import GPTConfig, preset  # noqa: E402
+from minigpt.decode import Decoder  # noqa: E402
+from minigpt.generate import generate  # noqa: E402
 from minigpt.model import GPT, triton_unavailable_reason  # noqa: E402
 
 SUITES = ("train", "sample", "kernels", "cpu-targets")
@@ -108,8 +112,11 @@ PLANS = {
 
 # The CPU figures the fast-decoding issue asks for, with its targets.
 CPU_TARGETS = {
-    "decode": dict(model="124M", batch_size=1, prompt_len=16, new_tokens=128, dtypes=("float32", "bfloat16"),
-                   target_ratio={"float32": 1.1, "bfloat16": 2.0}, repeats=7),
+    # int8 / int4: weight-only quantized (minigpt.quantize) bf16 model, against transformers in float32
+    "decode": dict(model="124M", batch_size=1, prompt_len=16, new_tokens=128,
+                   dtypes=("float32", "bfloat16", "int8", "int4"),
+                   target_ratio={"float32": 1.2, "bfloat16": 2.0, "int8": 3.0, "int4": None}, repeats=3,
+                   int4_group_size=64),
     "train": dict(model="124M", batch_size=4, block_size=256, attn="sdpa", ln="torch", compile=False,
                   steps=1, repeats=5, warmup=2, target_tokens_per_s=245.0),
     "matmul_n": 2048,
@@ -195,7 +202,7 @@ def run_kernels(device: torch.device, quick: bool) -> dict:
     return run_kernel_bench(device, quick)
 
 
-def run_cpu_targets(max_contention: float) -> dict:
+def run_cpu_targets(max_contention: float, parts: tuple[str, ...] = ("decode", "train")) -> dict:
     device = torch.device("cpu")
     spec = CPU_TARGETS
     # The matmul ceiling drifts with the machine (a shared VM's): measured at the start and
@@ -203,19 +210,39 @@ def run_cpu_targets(max_contention: float) -> dict:
     matmuls = [e2e.matmul_peak(device, torch.float32, spec["matmul_n"], repeats=10)]
     out = {"matmul_fp32": matmuls[0], "decode": [], "train": None}
     d = spec["decode"]
-    for dtype_name in d["dtypes"]:
-        model = build_model(d["model"], device, getattr(torch, dtype_name))
+    for dtype_name in d["dtypes"] if "decode" in parts else ():
+        quantized = dtype_name in ("int8", "int4")
         e2e.log(f"cpu-targets decode {d['model']} {dtype_name}")
+        hf = None
+        if quantized:  # transformers has no such CPU path: its float32 model, on the same float weights
+            hf = e2e.hf_twin(build_model(d["model"], device, torch.float32))
+            model = build_model(d["model"], device, torch.bfloat16)
+            model.quantize(dtype_name, group_size=d["int4_group_size"])
+        else:
+            model = build_model(d["model"], device, getattr(torch, dtype_name))
         record = e2e.bench_sample(model, batch_size=d["batch_size"], prompt_len=d["prompt_len"],
-                                  new_tokens=d["new_tokens"], repeats=d["repeats"], max_contention=max_contention)
+                                  new_tokens=d["new_tokens"], repeats=d["repeats"], max_contention=max_contention,
+                                  hf=hf)
+        del hf
+        if quantized:
+            record.update(dtype=dtype_name, activations="bfloat16", baseline="transformers float32",
+                          group_size=d["int4_group_size"] if dtype_name == "int4" else None)
         record["target_ratio"] = d["target_ratio"][dtype_name]
-        record["meets_target"] = record["ratio"]["decode"] >= record["target_ratio"]
-        # bytes of weights read per token: every parameter once (the tied wte as the lm_head)
-        weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        record["meets_target"] = None if record["target_ratio"] is None else \
+            record["ratio"]["decode"] >= record["target_ratio"]
+        # bytes of weights read per token: every parameter once (the tied wte as the lm_head); quantized,
+        # every parameter and buffer but the embeddings (one row of each is read) once
+        tensors = [t for name, t in [*model.named_parameters(), *model.named_buffers()]
+                   if not (quantized and name.startswith(("transformer.wte.", "transformer.wpe.")))]
+        weight_bytes = sum(t.numel() * t.element_size() for t in tensors)
         record["weight_bytes"] = weight_bytes
         record["weight_gb_per_s"] = weight_bytes * record["ours"]["decode_tokens_per_s"] / 1e9
+        e2e.log(f"cpu-targets decode {dtype_name}: --decode auto against --decode simple")
+        record["auto_vs_simple"] = decode_auto_vs_simple(model, d, max_contention)
         out["decode"].append({"model": d["model"], **record})
         del model
+    if "train" not in parts:
+        return out
     t = spec["train"]
     e2e.log(f"cpu-targets train {t}")
     matmuls.append(e2e.matmul_peak(device, torch.float32, spec["matmul_n"], repeats=10))
@@ -242,6 +269,33 @@ def run_cpu_targets(max_contention: float) -> dict:
     return out
 
 
+def decode_auto_vs_simple(model: GPT, d: dict, max_contention: float) -> dict:
+    """Decode tok/s of what sample.py's --decode auto runs on a CPU (minigpt.decode.Decoder, its
+    cpu_linear chosen by timing) and --decode simple (one model(token, cache=cache) per token),
+    timed in alternation; the ratio is the median of the per-round ratios."""
+    B, P, N = d["batch_size"], d["prompt_len"], d["new_tokens"]
+    idx = torch.randint(0, model.config.vocab_size, (B, P), generator=torch.Generator().manual_seed(1))
+    decoder = Decoder(model, B, P + N + 1)
+    fns = {("auto", 1): lambda: decoder.generate(idx, 1, temperature=0),
+           ("auto", N + 1): lambda: decoder.generate(idx, N + 1, temperature=0),
+           ("simple", 1): lambda: generate(model, idx, 1, temperature=0),
+           ("simple", N + 1): lambda: generate(model, idx, N + 1, temperature=0)}
+    same = torch.equal(fns[("auto", N + 1)](), fns[("simple", N + 1)]())
+    t = e2e.time_interleaved(fns, torch.device("cpu"), repeats=d["repeats"], max_contention=max_contention)
+
+    def rates(side: str) -> list[float]:
+        return [B * N / (full - first) for full, first in zip(t[(side, N + 1)]["times_s"], t[(side, 1)]["times_s"])]
+
+    auto, simple = rates("auto"), rates("simple")
+    record = {"auto_decode_tokens_per_s": statistics.median(auto), "simple_decode_tokens_per_s": statistics.median(simple),
+              "ratio": statistics.median(a / s for a, s in zip(auto, simple)), "cpu_linear": decoder.cpu_linear,
+              "greedy_tokens_equal": same,
+              "max_contention": max(c or 0.0 for r in t.values() for c in r["contention"])}
+    e2e.log(f"  auto {record['auto_decode_tokens_per_s']:.1f} tok/s, simple {record['simple_decode_tokens_per_s']:.1f} "
+            f"tok/s: {record['ratio']:.2f}x (cpu_linear {decoder.cpu_linear})")
+    return record
+
+
 # ----------------------------------------------------------------------------------------------
 # Command line
 
@@ -265,6 +319,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--update-results", action="store_true",
                    help=f"write into {RESULTS_DIR}, replacing the committed results of these suites")
     p.add_argument("--no-plot", action="store_true", help="write JSON and Markdown but no PNG")
+    p.add_argument("--cpu-targets-parts", default="decode,train",
+                   help="cpu-targets: which halves to run (decode, train; comma-separated); with one of them "
+                        "the files are cpu-targets-<part>.json/.md, so the other half's committed results stay")
     args = p.parse_args(argv)
     suites = [s.strip() for s in args.suite.split(",") if s.strip()]
     suites = [s for name in suites for s in (ALL if name == "all" else (name,))]
@@ -334,9 +391,15 @@ def main(argv=None) -> int:
                                          "token excluded; the ratio is the median of the per-round ratios",
                         "mfu_peak": "fp32 matmul measured in this run (matmul_fp32)",
                         "loadavg_at_start": load_average()}
+        parts = tuple(part.strip() for part in args.cpu_targets_parts.split(",") if part.strip())
+        if not parts or set(parts) - {"decode", "train"}:
+            print(f"error: --cpu-targets-parts {args.cpu_targets_parts!r}: choose decode, train or both", file=sys.stderr)
+            return 2
+        cpu_settings["parts"] = list(parts)
         payload = {"benchmark": "cpu-targets", "environment": environment("cpu"), "settings": cpu_settings,
-                   **run_cpu_targets(args.max_contention)}
-        written += report.write_cpu_targets(payload, args.out / "cpu-targets")
+                   **run_cpu_targets(args.max_contention, parts)}
+        stem = "cpu-targets" if set(parts) == {"decode", "train"} else f"cpu-targets-{parts[0]}"
+        written += report.write_cpu_targets(payload, args.out / stem)
         print(report.cpu_targets_table(payload))
     for path in written:
         e2e.log(f"wrote {path}")

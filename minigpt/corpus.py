@@ -1,4 +1,4 @@
-"""Corpus preparation: text -> GPT-2 tokens in uint16 shards plus meta.json (minigpt.loader reads them).
+"""Corpus preparation: text -> tokens in uint16 shards plus meta.json (minigpt.loader reads them).
 
 `python -m minigpt.data SOURCE` runs prepare() from the command line.
 
@@ -19,11 +19,20 @@ Empty files are ignored; files that cannot be read or are not UTF-8 text are ski
 warning when they are part of a bigger source, and are an error when they are the source.
 
 Layout of a prepared directory: train_000000.npy, train_000001.npy, ..., val_000000.npy, ...
-(1-D uint16 .npy arrays of `shard_tokens` tokens, the last of each split shorter) and meta.json,
-which lists each shard's file, length and largest token id ("max_id": the ids are checked
-against the vocabulary before training without reading the shards).
-Every document is preceded by <|endoftext|> (50256), as in GPT-2, so the shards of a split are
-one stream of documents that may run across shard boundaries.
+(1-D uint16 .npy arrays of `shard_tokens` tokens, the last of each split shorter), the tokenizer
+the shards were made with (minigpt_tokenizer.json, plus tokenizer.json for a BPE: what
+minigpt.tokenizer.load_tokenizer reads) and meta.json, which names the tokenizer ("tokenizer":
+the --tokenizer value, "tokenizer_kind", vocab_size, eot_id) and lists each shard's file, length
+and largest token id ("max_id": the ids are checked against the vocabulary before training
+without reading the shards).
+Every document is preceded by the end-of-text id (GPT-2's <|endoftext|>, 50256), so the shards of
+a split are one stream of documents that may run across shard boundaries.
+
+The tokenizer: "gpt2" (GPT-2's BPE, the default), "char" or "bpe:N" (see minigpt.tokenizer). A
+char or bpe tokenizer is trained on the documents of the train split only, never on val, so
+val stays unseen. Each tokenizer gets its own directory (default_data_dir), and a directory
+prepared with another tokenizer is prepared again, never mixed. The shards hold uint16 ids: a
+vocabulary of more than 65536 ids is refused.
 
 The train/val split is deterministic. A source with several documents sends a document to val
 when the sha1 of its key (path relative to the source root, or its index in a stream) falls in
@@ -49,6 +58,7 @@ import os
 import re
 import sys
 import sysconfig
+import tempfile
 import urllib.request
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -57,10 +67,19 @@ import numpy as np
 from tqdm import tqdm
 
 from minigpt.files import atomic_write
-from minigpt.tokenizer import get_encoding
+from minigpt.tokenizer import (
+    HF_TOKENIZER_FILE,
+    TOKENIZER_FILE,
+    GPT2Tokenizer,
+    Tokenizer,
+    load_tokenizer,
+    parse_tokenizer_kind,
+    train_tokenizer,
+)
 
 FORMAT_VERSION = 1
-TOKENIZER = "gpt2"
+DEFAULT_TOKENIZER = "gpt2"
+MAX_VOCAB = 2**16  # the shards are uint16
 DEFAULT_VAL_FRACTION = 0.05  # nanoGPT's shakespeare uses 0.1; pass --val-fraction 0.1 to match
 DEFAULT_SHARD_TOKENS = 2**24  # 32 MiB per shard
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -85,19 +104,62 @@ class DownloadError(DataError):
 
 # --- where prepared data lives -----------------------------------------------------------------
 
-def default_data_dir(source: str) -> Path:
-    """$MINIGPT_DATA_DIR/<name>, else ~/.cache/minigpt/data/<name>, for a source spec.
+def default_data_dir(source: str, tokenizer: str | Tokenizer = DEFAULT_TOKENIZER) -> Path:
+    """$MINIGPT_DATA_DIR/<name>, else ~/.cache/minigpt/data/<name>, for a source spec and tokenizer.
 
     A named source keeps its name; a local path or glob gets a slug of its last component plus
     8 hex digits of the sha1 of its absolute form, so two `data/` directories do not collide.
+    Any tokenizer but gpt2 adds its own suffix (stdlib-char, stdlib-bpe4096, ...), so data of
+    different tokenizers never share a directory.
     """
     root = os.environ.get("MINIGPT_DATA_DIR")
     base = Path(root).expanduser() if root else Path.home() / ".cache" / "minigpt" / "data"
+    key = tokenizer_key(tokenizer)
+    suffix = "" if key == DEFAULT_TOKENIZER else "-" + re.sub(r"[^A-Za-z0-9]+", "", key.replace("@", "-"))
     if source in NAMED_SOURCES:
-        return base / source
+        return base / (source + suffix)
     absolute = os.path.abspath(os.path.expanduser(source))
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", os.path.basename(absolute.rstrip(os.sep))).strip("-.")
-    return base / f"{slug[:40] or 'data'}-{_sha1(absolute)[:8]}"
+    return base / f"{slug[:40] or 'data'}-{_sha1(absolute)[:8]}{suffix}"
+
+
+def tokenizer_key(tokenizer: str | Tokenizer) -> str:
+    """What meta.json records as "tokenizer": the --tokenizer value ("gpt2", "char", "bpe:N") for
+    one trained on the data, or the kind and a hash of the saved files ("char@1a2b3c4d5e6f") for
+    a given Tokenizer (a fine-tuned model's). DataError for a value that names no tokenizer."""
+    if isinstance(tokenizer, Tokenizer):
+        return DEFAULT_TOKENIZER if tokenizer.kind == "gpt2" else f"{tokenizer.kind}@{tokenizer_hash(tokenizer)[:12]}"
+    try:
+        name, size = parse_tokenizer_kind(tokenizer)
+    except ValueError as e:
+        raise DataError(str(e)) from None
+    return name if size is None else f"{name}:{size}"
+
+
+def tokenizer_hash(tokenizer: Tokenizer) -> str:
+    """sha1 of the files tokenizer.save writes: equal for the same tokenizer, whatever its object."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save(tmp)
+        h = hashlib.sha1()
+        for path in sorted(Path(tmp).iterdir()):
+            h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def data_tokenizer(data_dir: str | Path, meta: dict | None = None) -> Tokenizer:
+    """The tokenizer a prepared directory's shards were made with (GPT-2's for a directory prepared
+    before tokenizers were saved with the shards); DataError if it is unreadable or does not have
+    the vocabulary meta.json records."""
+    data_dir = Path(data_dir)
+    meta = load_meta(data_dir) if meta is None else meta
+    try:
+        tokenizer = load_tokenizer(data_dir)
+    except ValueError as e:
+        raise DataError(f"{e}; prepare {data_dir} again") from None
+    if tokenizer.vocab_size != meta["vocab_size"]:
+        raise DataError(f"{data_dir}: its tokenizer has {tokenizer.vocab_size} ids, meta.json says "
+                        f"{meta['vocab_size']}; prepare it again")
+    return tokenizer
 
 
 def load_meta(data_dir: str | Path) -> dict:
@@ -187,11 +249,15 @@ def prepare(
     workers: int | None = None,
     quiet: bool = False,
     max_bytes: int | None = None,
+    tokenizer: str | Tokenizer = DEFAULT_TOKENIZER,
 ) -> dict:
     """Tokenize `source` into shards in `out_dir` and return its meta dict; see the module doc.
 
+    `tokenizer` is a --tokenizer value ("gpt2", "char", "bpe:N"; char and bpe are trained on the
+    train split) or a Tokenizer to use as it is (the one of a model being fine-tuned).
     Reuses `out_dir` if it already holds a complete preparation of the same source (same files,
-    sizes and mtimes for local sources) with the same val_fraction, shard_tokens and max_bytes.
+    sizes and mtimes for local sources) with the same tokenizer, val_fraction, shard_tokens and
+    max_bytes.
     `workers` processes tokenize (default min(cpu count, 8); 1 tokenizes in this process).
     `max_bytes` keeps only the first documents, in order, until their text reaches that many
     bytes (a single file is cut at the last line break before it): a deterministic cap for
@@ -213,7 +279,7 @@ def prepare(
         "format_version": FORMAT_VERSION,
         "source_id": ident,
         "source_fingerprint": fingerprint,
-        "tokenizer": TOKENIZER,
+        "tokenizer": tokenizer_key(tokenizer),
         "val_fraction": val_fraction,
         "shard_tokens": shard_tokens,
         "max_bytes": max_bytes,
@@ -233,27 +299,51 @@ def prepare(
 
     # A single file is read and split first: an empty or binary one fails before anything is written.
     single = _split_single_file(files[0][1], val_fraction, max_bytes) if files is not None and len(files) == 1 else None
+    if isinstance(tokenizer, str):
+        name, size = parse_tokenizer_kind(tokenizer)
+        if size is not None and size > MAX_VOCAB:
+            raise DataError(f"--tokenizer {tokenizer}: the shards hold uint16 ids, at most {MAX_VOCAB} tokens")
     out_dir.mkdir(parents=True, exist_ok=True)
     _remove_outputs(out_dir)
-    enc = _encoding()
-    if enc.n_vocab > 2**16:  # the shards are uint16
-        raise DataError(f"tokenizer {TOKENIZER} has {enc.n_vocab} ids, more than uint16 holds")
 
     if source == "shakespeare":
         files = [("input.txt", _download(SHAKESPEARE_URL, out_dir / "shakespeare.txt"))]
-    if files is None:
-        tasks = ((str(i), None, text) for i, text in enumerate(_hf_texts(source)))
-        total = None
-    elif len(files) == 1:
-        tasks = single if single is not None else _split_single_file(files[0][1], val_fraction, max_bytes)
-        total = sum(len(text.encode("utf-8")) for _, _, text in tasks)
+
+    def tasks_and_total() -> tuple[Iterable[tuple], int | None]:
+        if files is None:
+            return ((str(i), None, text) for i, text in enumerate(_hf_texts(source))), None
+        if len(files) == 1:
+            tasks = single if single is not None else _split_single_file(files[0][1], val_fraction, max_bytes)
+            return tasks, sum(len(text.encode("utf-8")) for _, _, text in tasks)
+        return [(key, None, path) for key, path in files], sum(path.stat().st_size for _, path in files)
+
+    if isinstance(tokenizer, str) and name != "gpt2":
+        seen = 0
+
+        def texts() -> Iterator[str]:  # streamed: the corpus is never held whole
+            nonlocal seen
+            for text in _train_texts(tasks_and_total()[0], val_fraction, max_bytes):
+                seen += len(text)
+                yield text
+
+        tok = train_tokenizer(tokenizer, texts())
+        if not seen:
+            raise DataError(f"no text in the train split of {source} to train a {tokenizer} tokenizer on")
+        _info(quiet, f"trained a {tok.kind} tokenizer ({tok.vocab_size} ids) on the train split of {source}")
     else:
-        tasks = [(key, None, path) for key, path in files]
-        total = sum(path.stat().st_size for _, path in files)
+        tok = tokenizer if isinstance(tokenizer, Tokenizer) else GPT2Tokenizer()
+    if tok.vocab_size > MAX_VOCAB:
+        raise DataError(f"the {tok.kind} tokenizer has {tok.vocab_size} ids, more than the {MAX_VOCAB} "
+                        "a uint16 shard holds")
+    if tok.eot_id is None:
+        raise DataError(f"the {tok.kind} tokenizer has no end-of-text id to separate documents with")
+    tok.save(out_dir)
+
+    tasks, total = tasks_and_total()
     bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"tokenizing {source}",
                disable=quiet, file=sys.stderr)
     with bar:
-        splits, skipped = _write_shards(_tokenize_all(tasks, workers), out_dir, val_fraction,
+        splits, skipped = _write_shards(_tokenize_all(tasks, workers, tok, out_dir), out_dir, val_fraction,
                                         shard_tokens, max_bytes, bar)
 
     if skipped:
@@ -272,13 +362,14 @@ def prepare(
     meta = {
         **wanted,
         "source": source,
-        "vocab_size": enc.n_vocab,
-        "eot_id": enc.eot_token,
+        "tokenizer_kind": tok.kind,
+        "vocab_size": tok.vocab_size,
+        "eot_id": tok.eot_id,
         "dtype": "uint16",
         "skipped": skipped,
         "splits": splits,
     }
-    atomic_write(out_dir / "meta.json", json.dumps(meta, indent=2).encode())
+    atomic_write(out_dir / "meta.json", json.dumps(meta, indent=2, ensure_ascii=False).encode())
     _info(quiet, f"wrote {splits['train']['tokens']:,} train and {splits['val']['tokens']:,} "
                  f"val tokens to {out_dir}")
     return meta
@@ -329,15 +420,10 @@ def _write_shards(results: Iterable[tuple], out_dir: Path, val_fraction: float, 
     return {split: w.summary() for split, w in writers.items()}, skipped
 
 
-def _encoding():
-    return get_encoding(TOKENIZER)
+def _read(task: tuple) -> tuple:
+    """(key, split, path or text) -> (key, split, text or None, n_bytes, problem or None).
 
-
-def _tokenize(task: tuple) -> tuple:
-    """(key, split, path or text) -> (key, split, tokens or None, n_bytes, problem or None).
-
-    Runs in the worker processes. tokens is uint16 with <|endoftext|> first, or None for an
-    empty document; problem says why a file was skipped.
+    text is None for an empty document or a skipped file; problem says why a file was skipped.
     """
     key, split, item = task
     if isinstance(item, str):
@@ -357,25 +443,71 @@ def _tokenize(task: tuple) -> tuple:
             return key, split, None, n_bytes, "not UTF-8"
     if not text:
         return key, split, None, 0, None
-    enc = _encoding()
-    # encode_ordinary: a literal "<|endoftext|>" inside a document stays ordinary text, so
-    # 50256 in a shard is always a document boundary.
-    # Every id is below n_vocab <= 2**16 (checked in prepare); numpy also refuses any that is not.
-    tokens = np.array([enc.eot_token, *enc.encode_ordinary(text)], dtype=np.uint16)
+    return key, split, text, n_bytes, None
+
+
+def _train_texts(tasks: Iterable[tuple], val_fraction: float, max_bytes: int | None) -> Iterator[str]:
+    """The texts of the documents _write_shards sends to the train split, routed the same way."""
+    held, val_seen, taken = None, False, 0
+    for task in tasks:
+        key, split, text, n_bytes, problem = _read(task)
+        if problem or text is None:
+            continue
+        if split is None:
+            split = "val" if _in_val(key, val_fraction) else "train"
+        if split == "train":
+            if held is not None:
+                yield held
+            held = text
+        else:
+            val_seen = True
+        taken += n_bytes
+        if max_bytes is not None and taken >= max_bytes:
+            break
+    if held is not None and val_seen:  # else the last document goes to val (see _write_shards)
+        yield held
+
+
+def _tokenize(task: tuple, tokenizer: Tokenizer) -> tuple:
+    """(key, split, path or text) -> (key, split, tokens or None, n_bytes, problem or None).
+
+    tokens is uint16 with the end-of-text id first, or None for an empty document or a
+    skipped file.
+    """
+    key, split, text, n_bytes, problem = _read(task)
+    if text is None:
+        return key, split, None, n_bytes, problem
+    # allow_special=False: a literal "<|endoftext|>" inside a document stays ordinary text, so
+    # the end-of-text id in a shard is always a document boundary.
+    # Every id is below vocab_size <= 2**16 (checked in prepare); numpy also refuses any that is not.
+    tokens = np.array([tokenizer.eot_id, *tokenizer.encode(text)], dtype=np.uint16)
     return key, split, tokens, n_bytes, None
 
 
-def _tokenize_all(tasks: Iterable[tuple], workers: int) -> Iterator[tuple]:
-    """_tokenize over tasks, results in task order, in `workers` processes."""
+_worker_tokenizer: Tokenizer | None = None  # a worker process's tokenizer, read from the data directory
+
+
+def _start_worker(directory: str) -> None:
+    global _worker_tokenizer
+    _worker_tokenizer = load_tokenizer(directory)
+
+
+def _tokenize_in_worker(task: tuple) -> tuple:
+    return _tokenize(task, _worker_tokenizer)
+
+
+def _tokenize_all(tasks: Iterable[tuple], workers: int, tokenizer: Tokenizer, out_dir: Path) -> Iterator[tuple]:
+    """_tokenize over tasks, results in task order, in `workers` processes (which read the
+    tokenizer saved in out_dir)."""
     if workers == 1:
-        yield from map(_tokenize, tasks)
+        yield from (_tokenize(task, tokenizer) for task in tasks)
         return
     # Feed the pool a bounded batch at a time: Pool.imap would otherwise pull a whole
     # streamed dataset into its task queue as fast as it downloads.
-    with multiprocessing.Pool(workers, initializer=_encoding) as pool:
+    with multiprocessing.Pool(workers, initializer=_start_worker, initargs=(str(out_dir),)) as pool:
         tasks = iter(tasks)
         while batch := list(itertools.islice(tasks, 128 * workers)):
-            yield from pool.imap(_tokenize, batch, chunksize=4)
+            yield from pool.imap(_tokenize_in_worker, batch, chunksize=4)
 
 
 def _in_val(key: str, val_fraction: float) -> bool:
@@ -422,8 +554,8 @@ class _ShardWriter:
 
 
 def _remove_outputs(out_dir: Path) -> None:
-    """Delete meta.json first, then shards and leftovers, and nothing else in out_dir."""
-    for name in ("meta.json", "meta.json.tmp"):
+    """Delete meta.json first, then the tokenizer, shards and leftovers, and nothing else in out_dir."""
+    for name in ("meta.json", "meta.json.tmp", TOKENIZER_FILE, HF_TOKENIZER_FILE):
         (out_dir / name).unlink(missing_ok=True)
     for p in out_dir.iterdir():
         if _SHARD_NAME.fullmatch(p.name):

@@ -3,6 +3,7 @@
     python -m minigpt.data                 # the default corpus: this Python's standard library
     python -m minigpt.data shakespeare     # tiny Shakespeare (a download)
     python -m minigpt.data notes/          # your own text: a file, a directory or a glob
+    python -m minigpt.data --tokenizer bpe:4096   # a BPE of 4096 tokens trained on the train split
 
 The sources, the layout of a prepared directory and the train/val split: minigpt/corpus.py.
 """
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from minigpt.corpus import (
     DEFAULT_SHARD_TOKENS,
+    DEFAULT_TOKENIZER,
     DEFAULT_VAL_FRACTION,
     NAMED_SOURCES,
     DataError,
@@ -41,14 +43,19 @@ def _parse_size(text: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m minigpt.data",
-        description="Tokenize a text corpus with GPT-2's BPE into uint16 shards for training.",
+        description="Tokenize a text corpus (with GPT-2's BPE, or a char or BPE tokenizer trained on its "
+                    "train split) into uint16 shards for training.",
     )
     parser.add_argument("source", nargs="?", default="stdlib",
                         help=f"{', '.join(NAMED_SOURCES)}, or a local text file, directory or "
                              f"quoted glob (default: stdlib)")
     parser.add_argument("--out-dir", type=Path, default=None,
                         help="where to write the shards (default: $MINIGPT_DATA_DIR/<name> or "
-                             "~/.cache/minigpt/data/<name>)")
+                             "~/.cache/minigpt/data/<name>; <name>-char, <name>-bpe4096, ... for other tokenizers)")
+    parser.add_argument("--tokenizer", default=DEFAULT_TOKENIZER,
+                        help="gpt2 (GPT-2's BPE), char (the characters of the train split, with byte fallback) "
+                             "or bpe:N (a byte-level BPE of N tokens trained on the train split; 256 < N <= 65536) "
+                             f"(default: {DEFAULT_TOKENIZER})")
     parser.add_argument("--shard-tokens", type=_parse_size, default=DEFAULT_SHARD_TOKENS,
                         help=f"tokens per shard file (default: 2**24 = {DEFAULT_SHARD_TOKENS:,})")
     parser.add_argument("--workers", type=int, default=None,
@@ -61,11 +68,15 @@ def main(argv: list[str] | None = None) -> int:
                              "for a slice of fineweb-edu (default: everything)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or messages on stderr")
     args = parser.parse_args(argv)
-    out_dir = args.out_dir if args.out_dir is not None else default_data_dir(args.source)
+    try:
+        out_dir = args.out_dir if args.out_dir is not None else default_data_dir(args.source, args.tokenizer)
+    except DataError as e:  # a --tokenizer that names none
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     try:
         meta = prepare(args.source, out_dir, val_fraction=args.val_fraction,
                        shard_tokens=args.shard_tokens, workers=args.workers, quiet=args.quiet,
-                       max_bytes=args.max_bytes)
+                       max_bytes=args.max_bytes, tokenizer=args.tokenizer)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -74,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 130
     splits = meta["splits"]
-    print(f"{out_dir}: {splits['train']['tokens']:,} train tokens in {len(splits['train']['shards'])} shard(s), "
+    print(f"{out_dir} ({meta['tokenizer_kind']} tokenizer): {splits['train']['tokens']:,} train tokens in {len(splits['train']['shards'])} shard(s), "
           f"{splits['val']['tokens']:,} val tokens, {bytes_per_token(meta, 'train'):.2f} bytes/token")
     return 0
 

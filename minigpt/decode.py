@@ -21,7 +21,8 @@ own forward for every step; the transformer itself is written only in minigpt/mo
   and its masked tail is read for nothing; measured side by side, neither mode was reliably
   faster on a CPU. The matrix-vector products may go through oneDNN instead of F.linear
   (`cpu_linear`): whether that is faster depends on the CPU and the dtype, so "auto" times a
-  few steps of each once per model shape, dtype and batch size, and keeps the faster.
+  few steps of each once per model shape, dtype and batch size, and keeps the faster (oneDNN
+  only when it is at least 10% faster than F.linear, which is what the simple path runs).
 
 A `Decoder` reads the model's weights where they are, so it follows any change to them
 (the packed oneDNN copies are remade when a weight changes). Greedy tokens equal those of
@@ -41,6 +42,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from minigpt.model import GPT, KVCache
+from minigpt.quantize import is_quantized
 from minigpt.sampling import check_ids, check_length, check_sampling, sample_next
 
 MODES = ("auto", "eager", "static", "graph")
@@ -217,13 +219,15 @@ class Decoder:
         self.graphs[greedy] = graph
 
     # --- the oneDNN choice ----------------------------------------------------------------------
-    def measure_cpu_linear(self, steps: int = 3, rounds: int = 3) -> str:
+    def measure_cpu_linear(self, steps: int = 3, rounds: int = 5, margin: float = 0.1) -> str:
         """Time greedy decode steps with each runnable cpu_linear, in alternation, and return the
-        fastest (the median over rounds). Leaves the decoding state to be overwritten by a prefill."""
+        fastest (the median over rounds); oneDNN only if it beats F.linear by `margin`, so that
+        noise on a busy machine does not pick a path slower than the simple decoder's. Leaves the
+        decoding state to be overwritten by a prefill."""
         candidates = ["torch"]
         if onednn_unavailable_reason(self.dtype) is None:
             candidates += ["onednn", "onednn-packed"]
-        if len(candidates) == 1:
+        if len(candidates) == 1 or is_quantized(self.model):  # its linears call no F.linear to route
             return "torch"
         steps = max(1, min(steps, self.max_len - 2))
         contexts = {name: self._linears(name) for name in candidates}
@@ -238,13 +242,17 @@ class Decoder:
                         self.greedy_step()
                     if not warm_up:
                         seconds[name].append(time.perf_counter() - t0)
-        best = min(candidates, key=lambda name: sorted(seconds[name])[len(seconds[name]) // 2])
+        median = {name: sorted(seconds[name])[len(seconds[name]) // 2] for name in candidates}
+        best = min(candidates, key=median.get)
+        if median[best] > (1 - margin) * median["torch"]:
+            best = "torch"
         self.linears = contexts[best]
         return best
 
     def choose_cpu_linear(self) -> None:
         """Settle cpu_linear="auto", measuring once per model shape, dtype, batch size and thread count."""
-        key = (tuple(sorted(self.config.to_dict().items())), self.dtype, self.batch_size, torch.get_num_threads())
+        key = (tuple(sorted(self.config.to_dict().items())), self.dtype, is_quantized(self.model), self.batch_size,
+               torch.get_num_threads())
         if key not in _measured_cpu_linear:
             _measured_cpu_linear[key] = self.measure_cpu_linear()
         self.cpu_linear = _measured_cpu_linear[key]

@@ -22,8 +22,8 @@ of the context moves to the continuation, the two are encoded together, and the 
 what follows the context's own tokens. An example longer than the context window loses tokens
 from the left of its context, and the results count how many examples were truncated.
 
-`evaluate(model, enc, tasks)` runs a list of task specs (minigpt/tasks.py) and returns
-{task: {metric: value, ..., "n": examples}}.
+`evaluate(model, tokenizer, tasks)` (tokenizer: a minigpt.tokenizer.Tokenizer) runs a list of task
+specs (minigpt/tasks.py) and returns {task: {metric: value, ..., "n": examples}}.
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 from minigpt.provenance import device_name, git_commit, package_version, utc_now
-from minigpt.scoring import encode, encode_pair, fit_window, rolling_rows, safe_exp, score_rows
+from minigpt.scoring import encode, encode_pair, fit_window, rolling_rows, safe_exp, score_rows, start_id
 from minigpt.tasks import (
     Example,
     Task,
@@ -54,15 +54,18 @@ from minigpt.tasks import (
 # Bits per byte
 
 
-def bits_per_byte(model, enc, text: str, window: int | None = None, stride: int | None = None,
+def bits_per_byte(model, tokenizer, text: str, window: int | None = None, stride: int | None = None,
                   batch_size: int = 16, progress: bool = False, desc: str | None = None) -> dict:
     """{"bpb", "ppl" (per token), "word_ppl" (per whitespace-separated word), "nll" (nats/token),
-    "tokens", "bytes", "words", "n": 1} of a text."""
+    "tokens", "bytes", "words", "n": 1} of a text.
+
+    The bytes are the text's UTF-8 bytes, whatever the tokenizer, so figures of models with
+    different tokenizers compare."""
     window = window or model.config.block_size
     if not 1 <= window <= model.config.block_size:
         raise ValueError(f"window must be between 1 and the context window ({model.config.block_size}), got {window}")
     stride = stride or max(1, window // 2)
-    tokens = [enc.eot_token] + encode(enc, text)
+    tokens = [start_id(tokenizer)] + encode(tokenizer, text)
     rows = rolling_rows(tokens, window, stride)
     nll = -sum(s.logprob for s in score_rows(model, rows, batch_size, progress, desc))
     n_tokens, n_bytes = len(tokens) - 1, len(text.encode("utf-8"))
@@ -76,14 +79,14 @@ def bits_per_byte(model, enc, text: str, window: int | None = None, stride: int 
 # Multiple choice
 
 
-def score_multiple_choice(model, enc, examples: Sequence[Example], batch_size: int = 16,
+def score_multiple_choice(model, tokenizer, examples: Sequence[Example], batch_size: int = 16,
                           progress: bool = False, desc: str | None = None) -> tuple[list[list[float]], int]:
     """The log-likelihood of every choice of every example, and how many examples were cut
     to fit the context window. Every choice of every example is one row of `score_rows`."""
     rows, owner, truncated = [], [], set()
     for i, ex in enumerate(examples):
         for choice in ex.choices:
-            context, continuation = encode_pair(enc, ex.context, ex.delimiter + choice)
+            context, continuation = encode_pair(tokenizer, ex.context, ex.delimiter + choice)
             row, cut = fit_window(context, continuation, model.config.block_size, ex.where)
             rows.append(row)
             owner.append(i)
@@ -111,12 +114,12 @@ def choice_metrics(ex: Example, lls: Sequence[float]) -> dict[str, float]:
     }
 
 
-def multiple_choice(model, enc, examples: Sequence[Example], batch_size: int = 16, progress: bool = False,
+def multiple_choice(model, tokenizer, examples: Sequence[Example], batch_size: int = 16, progress: bool = False,
                     desc: str | None = None) -> dict:
     """{"acc", "acc_norm", "acc_bytes", "n", "truncated"} over the examples."""
     if not examples:
         raise TaskError("no examples to score")
-    lls, truncated = score_multiple_choice(model, enc, examples, batch_size, progress, desc)
+    lls, truncated = score_multiple_choice(model, tokenizer, examples, batch_size, progress, desc)
     per = [choice_metrics(ex, ll) for ex, ll in zip(examples, lls)]
     out = {k: sum(p[k] for p in per) / len(per) for k in ("acc", "acc_norm", "acc_bytes")}
     return {**out, "n": len(examples), "truncated": truncated}
@@ -126,14 +129,14 @@ def multiple_choice(model, enc, examples: Sequence[Example], batch_size: int = 1
 # LAMBADA
 
 
-def lambada(model, enc, passages: Sequence[tuple[str, str, str]], batch_size: int = 16,
+def lambada(model, tokenizer, passages: Sequence[tuple[str, str, str]], batch_size: int = 16,
             progress: bool = False, desc: str | None = None) -> dict:
     """{"acc", "ppl", "n", "truncated"} of (where, context, target word) passages."""
     if not passages:
         raise TaskError("no examples to score")
     rows, truncated = [], 0
     for where, context, target in passages:
-        row, cut = fit_window(*encode_pair(enc, context, target), model.config.block_size, where)
+        row, cut = fit_window(*encode_pair(tokenizer, context, target), model.config.block_size, where)
         rows.append(row)
         truncated += cut
     scores = score_rows(model, rows, batch_size, progress, desc)
@@ -170,7 +173,7 @@ def lm_eval_manager(names: Sequence[str], include_path: str | None = None):
     return manager
 
 
-def lm_eval_tasks(model, enc, names: Sequence[str], limit: int | None = None, batch_size: int = 16,
+def lm_eval_tasks(model, tokenizer, names: Sequence[str], limit: int | None = None, batch_size: int = 16,
                   include_path: str | None = None, num_fewshot: int | None = None,
                   progress: bool = False, manager=None) -> dict[str, dict]:
     """lm-evaluation-harness tasks run with lm_eval.simple_evaluate on this model:
@@ -179,7 +182,7 @@ def lm_eval_tasks(model, enc, names: Sequence[str], limit: int | None = None, ba
     from minigpt.lm_eval_adapter import MiniGPTLM
 
     manager = manager or lm_eval_manager(names, include_path)
-    lm = MiniGPTLM(model, enc, batch_size=batch_size, progress=progress)
+    lm = MiniGPTLM(model, tokenizer, batch_size=batch_size, progress=progress)
     out = lm_eval.simple_evaluate(model=lm, tasks=list(names), limit=limit, num_fewshot=num_fewshot,
                                   task_manager=manager, log_samples=False, bootstrap_iters=0)
     results = {}
@@ -224,7 +227,7 @@ def lm_eval_names(task: Task) -> list[str]:
     return [n.strip() for n in task.arg.split(",") if n.strip()]
 
 
-def evaluate(model, enc, tasks: Sequence[str | Task | LoadedTask], limit: int | None = None,
+def evaluate(model, tokenizer, tasks: Sequence[str | Task | LoadedTask], limit: int | None = None,
              batch_size: int = 16, window: int | None = None, stride: int | None = None,
              include_path: str | None = None, num_fewshot: int | None = None,
              progress: bool = False) -> dict[str, dict]:
@@ -243,13 +246,13 @@ def evaluate(model, enc, tasks: Sequence[str | Task | LoadedTask], limit: int | 
             task, data = lt.task, lt.data
             kw = dict(batch_size=batch_size, progress=progress, desc=task.name)
             if task.kind == "bpb":
-                results[task.name] = bits_per_byte(model, enc, data, window, stride, **kw)
+                results[task.name] = bits_per_byte(model, tokenizer, data, window, stride, **kw)
             elif task.kind in ("mc", "hellaswag"):
-                results[task.name] = multiple_choice(model, enc, data, **kw)
+                results[task.name] = multiple_choice(model, tokenizer, data, **kw)
             elif task.kind == "lambada":
-                results[task.name] = lambada(model, enc, data, **kw)
+                results[task.name] = lambada(model, tokenizer, data, **kw)
             else:
-                results.update(lm_eval_tasks(model, enc, lm_eval_names(task), limit, batch_size, include_path,
+                results.update(lm_eval_tasks(model, tokenizer, lm_eval_names(task), limit, batch_size, include_path,
                                              num_fewshot, progress, manager=data))
     finally:
         model.train(was_training)

@@ -23,6 +23,7 @@ import torch
 from minigpt.decode import Decoder
 from minigpt.model import GPT, KVCache
 from minigpt.sampling import check_ids, check_length, check_sampling, sample_next
+from minigpt.tokenizer import TextStream, Tokenizer
 
 
 @torch.no_grad()
@@ -122,11 +123,11 @@ class Completion:
 
 
 class _RowText:
-    """Turns one row's tokens into text: whole UTF-8 characters only, cut at stop strings."""
+    """Turns one row's tokens into text: whole characters only (TextStream), cut at stop strings."""
 
-    def __init__(self, completion: Completion, enc, stop: Sequence[str], on_text):
-        self.completion, self.enc, self.stop, self.on_text = completion, enc, stop, on_text
-        self.buf = b""  # bytes of tokens not yet decoded into whole characters
+    def __init__(self, completion: Completion, tokenizer: Tokenizer, stop: Sequence[str], on_text):
+        self.completion, self.stop, self.on_text = completion, stop, on_text
+        self.text = TextStream(tokenizer)
         self.pending = ""  # decoded text held back: it may be the start of a stop string
         self.hold = max((len(s) for s in stop), default=1) - 1
         self.done = False
@@ -141,12 +142,10 @@ class _RowText:
             self.finish("eot")
             return
         self.completion.tokens.append(token)
-        self.buf += self.enc.decode_single_token_bytes(token)
-        try:
-            self.pending += self.buf.decode("utf-8")
-            self.buf = b""
-        except UnicodeDecodeError:  # a character split across tokens: wait for the rest
+        new = self.text.push(token)  # "" while a character is still split across tokens
+        if not new:
             return
+        self.pending += new
         hits = [i for i in (self.pending.find(s) for s in self.stop) if i >= 0]
         if hits:
             self.pending = self.pending[: min(hits)]
@@ -160,8 +159,11 @@ class _RowText:
     def finish(self, reason: str) -> None:
         if self.done:
             return
-        self.pending += self.buf.decode("utf-8", errors="replace")
-        self.buf = b""
+        if reason != "stop":  # text after a stop string is dropped with it
+            self.pending += self.text.flush()
+            hits = [i for i in (self.pending.find(s) for s in self.stop) if i >= 0]
+            if hits:
+                self.pending, reason = self.pending[: min(hits)], "stop"
         self.emit(self.pending)
         self.pending = ""
         self.completion.finish_reason = reason
@@ -170,7 +172,7 @@ class _RowText:
 
 def complete(
     model: GPT,
-    enc,
+    tokenizer: Tokenizer,
     prompts: Sequence[str],
     max_new_tokens: int,
     *,
@@ -190,6 +192,10 @@ def complete(
     Prompts of equal token length are decoded together in one batch (up to
     batch_size rows); on_text(completion, new_text) is called as text arrives.
     Returns the completions ordered by prompt, then sample. decoder_mode: as for `stream`.
+    Text is decoded with tokenizer (minigpt.tokenizer.TextStream), so a character split over
+    several tokens is handed out whole; with stop_at_eot a row ends at tokenizer.eot_id (a
+    tokenizer without one, eot_id None, never stops early). "<|endoftext|>" written in a prompt
+    is the end-of-text token.
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
@@ -199,8 +205,8 @@ def complete(
     generator = None
     if seed is not None:
         generator = torch.Generator(device=device).manual_seed(seed)
-    eot = enc.eot_token if stop_at_eot else None
-    encoded = [enc.encode(p, allowed_special={"<|endoftext|>"}) for p in prompts]
+    eot = tokenizer.eot_id if stop_at_eot else None
+    encoded = [tokenizer.encode(p, allow_special=True) for p in prompts]
     for ids in encoded:
         check_length(model.config.block_size, len(ids), max_new_tokens)
 
@@ -213,7 +219,7 @@ def complete(
         for start in range(0, len(group), rows_per_batch):
             batch = group[start : start + rows_per_batch]
             idx = torch.tensor([encoded[c.prompt_index] for c in batch], dtype=torch.long, device=device)
-            rows = [_RowText(c, enc, stop, on_text) for c in batch]
+            rows = [_RowText(c, tokenizer, stop, on_text) for c in batch]
             for token in stream(model, idx, max_new_tokens, temperature, top_k, top_p, generator, eot, decoder_mode):
                 for row, t in zip(rows, token.tolist()):
                     if not row.done:

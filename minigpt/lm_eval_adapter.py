@@ -1,7 +1,7 @@
 """A minigpt model as an lm-evaluation-harness model (lm_eval.api.model.LM).
 
     from minigpt.lm_eval_adapter import MiniGPTLM
-    lm_eval.simple_evaluate(model=MiniGPTLM(model, enc), tasks=["hellaswag"])
+    lm_eval.simple_evaluate(model=MiniGPTLM(model, tokenizer), tasks=["hellaswag"])
 
 Requests are scored by minigpt.evaluate (batched, only the scored positions through the
 softmax), with the tokenization and truncation of lm-evaluation-harness's own `hf` model, so the
@@ -15,14 +15,16 @@ from lm_eval.api.model import LM
 from tqdm import tqdm
 
 from minigpt.generate import generate
-from minigpt.scoring import encode, encode_pair, fit_window, rolling_rows, score_rows
+from minigpt.scoring import encode, encode_pair, fit_window, rolling_rows, score_rows, start_id
+from minigpt.tokenizer import Tokenizer
 
 
 class MiniGPTLM(LM):
-    def __init__(self, model, enc, batch_size: int = 16, max_gen_toks: int = 256, progress: bool = True):
+    def __init__(self, model, tokenizer: Tokenizer, batch_size: int = 16, max_gen_toks: int = 256,
+                 progress: bool = True):
         super().__init__()
         self.model = model.eval()
-        self.enc = enc
+        self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.max_gen_toks = max_gen_toks
         self.progress = progress
@@ -32,8 +34,18 @@ class MiniGPTLM(LM):
     def max_length(self) -> int:
         return self.model.config.block_size
 
+    @property
+    def eot_token_id(self) -> int | None:
+        return self.tokenizer.eot_id
+
+    def tok_encode(self, string: str, **kwargs) -> list[int]:
+        return encode(self.tokenizer, string)
+
+    def tok_decode(self, tokens, **kwargs) -> str:
+        return self.tokenizer.decode(tokens)
+
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
-        rows = [fit_window(*encode_pair(self.enc, *req.args), self.max_length)[0] for req in requests]
+        rows = [fit_window(*encode_pair(self.tokenizer, *req.args), self.max_length)[0] for req in requests]
         scores = score_rows(self.model, rows, self.batch_size, self.progress and not disable_tqdm, "loglikelihood")
         out = [(s.logprob, s.greedy) for s in scores]
         for req, answer in zip(requests, out):
@@ -45,7 +57,7 @@ class MiniGPTLM(LM):
         rows, owner = [], []
         for i, req in enumerate(requests):
             (text,) = req.args
-            windows = rolling_rows([self.enc.eot_token] + encode(self.enc, text), self.max_length, self.max_length)
+            windows = rolling_rows([start_id(self.tokenizer)] + self.tok_encode(text), self.max_length, self.max_length)
             rows += windows
             owner += [i] * len(windows)
         scores = score_rows(self.model, rows, self.batch_size, self.progress and not disable_tqdm, "rolling")
@@ -72,20 +84,21 @@ class MiniGPTLM(LM):
         max_new = min(int(kwargs.pop("max_gen_toks", self.max_gen_toks)), self.max_length - 1)
         temperature = float(kwargs.pop("temperature", 0.0)) if kwargs.pop("do_sample", False) else 0.0
         # The prompt keeps its last tokens, leaving room for the generation (as lm-eval's hf model).
-        tokens = encode(self.enc, context)[-(self.max_length - max_new):] or [self.enc.eot_token]
+        eot = self.tokenizer.eot_id
+        tokens = self.tok_encode(context)[-(self.max_length - max_new):] or [start_id(self.tokenizer)]
         prompt_len, generated = len(tokens), ""
         # A chunk at a time, so generation stops soon after a stop string appears.
         while len(tokens) - prompt_len < max_new:
             n = min(32, max_new - (len(tokens) - prompt_len))
             idx = torch.tensor([tokens], device=self._device)
-            new = generate(self.model, idx, n, temperature=temperature, eos_id=self.enc.eot_token)[0, len(tokens):]
+            new = generate(self.model, idx, n, temperature=temperature, eos_id=eot)[0, len(tokens):]
             new = new.tolist()
-            if self.enc.eot_token in new:
-                tokens += new[: new.index(self.enc.eot_token)]
-                generated = self.enc.decode(tokens[prompt_len:])
+            if eot is not None and eot in new:
+                tokens += new[: new.index(eot)]
+                generated = self.tok_decode(tokens[prompt_len:])
                 break
             tokens += new
-            generated = self.enc.decode(tokens[prompt_len:])
+            generated = self.tok_decode(tokens[prompt_len:])
             if any(s in generated for s in until):
                 break
         for s in until:

@@ -17,6 +17,7 @@ minigpt/decode.py calls it with the cache's static mode rather than restating it
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import warnings
@@ -25,10 +26,12 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 from minigpt import weights
 from minigpt.config import GPTConfig
 from minigpt.loss import linear_cross_entropy, linear_cross_entropy_reference
+from minigpt.quantize import quantize_model
 
 ATTN_BACKENDS = ("auto", "math", "sdpa", "triton")
 LN_BACKENDS = ("auto", "torch", "triton")
@@ -286,29 +289,51 @@ class KVCache:
 # GPT
 
 
+class SkipMetaInit(TorchFunctionMode):
+    """While active, in-place ops on meta tensors (the initialisers nn.Linear and nn.Embedding run
+    in their constructors) are skipped: a meta tensor has no values to change, and running them
+    there first imports PyTorch's Python reference ops, the larger part of a checkpoint's load time."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        target = args[0] if args else kwargs.get("tensor")  # torch.nn.init passes it by keyword
+        in_place = name.endswith("_") and not name.startswith("__")  # uniform_, normal_, zero_, ...
+        if in_place and isinstance(target, torch.Tensor) and target.is_meta:
+            return target
+        return func(*args, **kwargs)
+
+
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig, attn_backend: str = "auto", ln_backend: str = "auto"):
         super().__init__()
         self.config = config
-        self.transformer = nn.ModuleDict(
-            dict(
-                wte=nn.Embedding(config.padded_vocab_size, config.n_embd),  # token embeddings
-                wpe=nn.Embedding(config.block_size, config.n_embd),  # learned position embeddings
-                drop=nn.Dropout(config.dropout),
-                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-                ln_f=LayerNorm(config.n_embd, config.layer_norm_epsilon),
+        on_meta = torch.empty(0).device.type == "meta"  # built to be loaded into: a checkpoint provides every tensor
+        with SkipMetaInit() if on_meta else contextlib.nullcontext():
+            self.transformer = nn.ModuleDict(
+                dict(
+                    wte=nn.Embedding(config.padded_vocab_size, config.n_embd),  # token embeddings
+                    wpe=nn.Embedding(config.block_size, config.n_embd),  # learned position embeddings
+                    drop=nn.Dropout(config.dropout),
+                    h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                    ln_f=LayerNorm(config.n_embd, config.layer_norm_epsilon),
+                )
             )
-        )
         # GPT-2's lm_head is tied to wte, so it has no parameter of its own: head() multiplies by
         # wte.weight directly, which keeps the tie intact however the weights are loaded or moved.
         # A module set here (an untied or a quantized head) takes its place.
         self.lm_head: nn.Module | None = None
         self.set_backends(attn_backend, ln_backend)
+        if not on_meta:
+            self.init_weights()
+
+    def init_weights(self) -> None:
+        """GPT-2's initialisation, in place."""
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 # GPT-2 scales the residual projections by 1/sqrt(number of residual additions)
-                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * self.config.n_layer))
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -429,3 +454,9 @@ class GPT(nn.Module):
     def save_pretrained(self, directory: str | Path) -> None:
         """Write model.safetensors + config.json that transformers' GPT2LMHeadModel loads."""
         weights.save_state_dict(self.state_dict(), self.config, directory)
+
+    # --- quantization ---------------------------------------------------------------------------
+    def quantize(self, mode: str, group_size: int = 64) -> GPT:
+        """Weight-only int8 or int4 (groups of group_size inputs) for every linear layer and the
+        lm_head, in place, for decoding on the device the model is on (minigpt/quantize.py)."""
+        return quantize_model(self, mode, group_size)

@@ -21,27 +21,37 @@ from tqdm import tqdm
 
 from minigpt.model import GPT
 from minigpt.tasks import TaskError
+from minigpt.tokenizer import Tokenizer
 
 # ----------------------------------------------------------------------------------------------
 # Tokenizing context + continuation
 
 
-def encode(enc, text: str) -> list[int]:
+def encode(tokenizer: Tokenizer, text: str) -> list[int]:
     # "<|endoftext|>" written in a text is the end-of-text token, as Hugging Face's tokenizer reads it.
-    return enc.encode(text, allowed_special="all")
+    return tokenizer.encode(text, allow_special=True)
 
 
-def encode_pair(enc, context: str, continuation: str) -> tuple[list[int], list[int]]:
+def start_id(tokenizer: Tokenizer) -> int:
+    """The id a text is conditioned on when nothing comes before it: the end-of-text id."""
+    if tokenizer.eot_id is None:
+        raise TaskError(f"the {tokenizer.kind} tokenizer has no end-of-text id to condition a text's "
+                        "first token on")
+    return tokenizer.eot_id
+
+
+def encode_pair(tokenizer: Tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
     """(context tokens, continuation tokens), split as lm-evaluation-harness splits them."""
     if context == "":
-        cont = encode(enc, continuation)
+        cont = encode(tokenizer, continuation)
         # Conditioned on <|endoftext|>; a continuation that starts with it is conditioned on itself.
-        return (cont[:1], cont[1:]) if cont and cont[0] == enc.eot_token else ([enc.eot_token], cont)
+        eot = tokenizer.eot_id
+        return (cont[:1], cont[1:]) if cont and cont[0] == eot else ([start_id(tokenizer)], cont)
     n_spaces = len(context) - len(context.rstrip())
     if n_spaces:
         context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
-    whole = encode(enc, context + continuation)
-    ctx = encode(enc, context)
+    whole = encode(tokenizer, context + continuation)
+    ctx = encode(tokenizer, context)
     return ctx, whole[len(ctx):]
 
 

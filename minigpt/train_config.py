@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from minigpt.config import GPTConfig
 from minigpt.loader import ORDERS
 from minigpt.model import ATTN_BACKENDS, LN_BACKENDS
+from minigpt.tokenizer import parse_tokenizer_kind
 
 DTYPES = ("auto", "float32", "bfloat16")
 PARALLEL = ("ddp", "fsdp")
@@ -48,6 +49,10 @@ class TrainConfig:
     # data and output
     data: str = setting("stdlib", "a prepared data directory (with meta.json), or a source for "
                                   "minigpt.data: stdlib, shakespeare, fineweb-edu, openwebtext, a text file/dir/glob")
+    tokenizer: str = setting("gpt2", "gpt2 (GPT-2's BPE), char (the characters of the train split, with byte "
+                                     "fallback) or bpe:N (a byte-level BPE of N tokens, 256 < N <= 65536, trained on "
+                                     "the train split); saved with the data and every checkpoint. With --init the "
+                                     "model's own tokenizer is used")
     out_dir: str = setting("out", "where logs and checkpoints go")
     data_order: str = setting("random", "order of the training windows: random (every window of the corpus, "
                                         "shuffled each epoch from --seed) or sequential (the corpus in file "
@@ -97,7 +102,7 @@ class TrainConfig:
     eval_steps: int = setting(20, "val batches (of total-batch-size tokens) per evaluation")
     eval_task: list[str] | None = setting(
         None, "also score this eval.py task at each evaluation (repeatable): bpb:PATH, mc:PATH.jsonl, "
-              "hellaswag[:PATH], lambada[:PATH] or lm-eval:TASKS; scored on rank 0 with the GPT-2 tokenizer, "
+              "hellaswag[:PATH], lambada[:PATH] or lm-eval:TASKS; scored on rank 0 with the run's tokenizer, "
               "logged as eval/TASK/METRIC and plotted in loss.png", action="append")
     sample_interval: int = setting(300, "print a sample every this many steps")
     sample_tokens: int = setting(200, "tokens per sample")
@@ -160,6 +165,12 @@ class TrainConfig:
             raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if not 0 < self.decay_frac <= 1:
             raise ConfigError(f"decay_frac must be in (0, 1], got {self.decay_frac}")
+        try:
+            _, size = parse_tokenizer_kind(self.tokenizer)
+        except (AttributeError, TypeError, ValueError) as e:
+            raise ConfigError(f"tokenizer: {e}") from None
+        if size is not None and size > 2**16:
+            raise ConfigError(f"tokenizer {self.tokenizer}: the data shards hold uint16 ids, at most 65536 tokens")
         if self.data_order not in ORDERS:
             raise ConfigError(f"data_order must be one of {', '.join(ORDERS)}, got {self.data_order!r}")
         if self.eval_task is not None and (not isinstance(self.eval_task, list)
@@ -184,11 +195,12 @@ class TrainConfig:
             raise ConfigError(f"peak_flops must be positive, got {self.peak_flops}")
         self.model_config()  # the model sizes must make a valid GPTConfig
 
-    def model_config(self) -> GPTConfig:
-        """The GPTConfig of a model trained from scratch with these settings."""
+    def model_config(self, vocab_size: int = GPTConfig.vocab_size) -> GPTConfig:
+        """The GPTConfig of a model trained from scratch with these settings and a tokenizer of
+        vocab_size ids."""
         try:
-            return GPTConfig(block_size=self.block_size, n_layer=self.n_layer, n_head=self.n_head,
-                             n_embd=self.n_embd, dropout=self.dropout)
+            return GPTConfig(block_size=self.block_size, vocab_size=vocab_size, n_layer=self.n_layer,
+                             n_head=self.n_head, n_embd=self.n_embd, dropout=self.dropout)
         except ValueError as e:
             raise ConfigError(str(e)) from None
 

@@ -63,7 +63,15 @@ from minigpt.checkpoint import (
     temp_dir,
     write_failed,
 )
-from minigpt.corpus import bytes_per_token, default_data_dir, load_meta, prepare
+from minigpt.corpus import (
+    bytes_per_token,
+    data_tokenizer,
+    default_data_dir,
+    load_meta,
+    prepare,
+    tokenizer_hash,
+    tokenizer_key,
+)
 from minigpt.evaluate import LoadedTask, load_task
 from minigpt.evaluate import evaluate as evaluate_tasks
 from minigpt.files import atomic_write
@@ -72,10 +80,12 @@ from minigpt.generate import complete
 from minigpt.loader import DataLoader, check_token_ids, unigram_entropy
 from minigpt.model import GPT
 from minigpt.optim import configure_optimizer, lr_at, set_hyperparameters
+from minigpt.pretrained import check_vocab, tokenizer_for
 from minigpt.runlog import RunLog, check_loggers_installed, info, open_tensorboard, open_wandb, plot_losses
 from minigpt.runtime import start_runtime
-from minigpt.tokenizer import get_encoding
+from minigpt.tokenizer import Tokenizer, load_tokenizer, parse_tokenizer_kind
 from minigpt.train_config import ConfigError, Diverged, TrainConfig, TrainError, make_config
+from minigpt.weights import find_weights
 
 MODEL_SHAPE = ("n_layer", "n_head", "n_embd")
 # A checkpoint's weights had a sane loss if the loss they gave (the next step's) was finite, at
@@ -169,13 +179,16 @@ class Trainer:
             return
         self.eval_tasks = self._load_eval_tasks()
         torch.manual_seed(cfg.seed + runtime.rank)
+        self.data_dir, self.tokenizer = self._data_and_tokenizer(ckpt, explicit)
+        self.meta = load_meta(self.data_dir)
         model = self._build_model(ckpt, explicit)
         cfg = self.cfg  # _build_model takes the model sizes of --init
 
-        self.data_dir = self._prepared_data_dir(cfg.data)
-        self.meta = load_meta(self.data_dir)
         if self.meta["vocab_size"] > model.config.vocab_size:
             raise ConfigError(f"the data has {self.meta['vocab_size']} token ids, the model only {model.config.vocab_size}")
+        if self.tokenizer.vocab_size != model.config.vocab_size:
+            raise ConfigError(f"the {self.tokenizer.kind} tokenizer of {self.data_dir} has {self.tokenizer.vocab_size} "
+                              f"ids, the model {model.config.vocab_size}")
         check_token_ids(self.data_dir, self.meta)
         loader_args = dict(rank=runtime.rank, world_size=runtime.world_size, seed=cfg.seed)
         self.train_loader = DataLoader(self.data_dir, "train", cfg.batch_size, cfg.block_size,
@@ -237,14 +250,72 @@ class Trainer:
             raise ConfigError(error)
         return loaded
 
-    def _prepared_data_dir(self, spec: str) -> Path:
-        """A prepared directory as given, or the default directory of a source, prepared on rank 0."""
+    def _data_and_tokenizer(self, ckpt: Checkpoint | None, explicit: frozenset[str]) -> tuple[Path, Tokenizer]:
+        """(prepared data directory, the run's tokenizer).
+
+        A new run from scratch prepares its data with --tokenizer (char and bpe are trained on the
+        train split); a run from --init tokenizes with the model's own tokenizer (asking for
+        another kind is an error); a resumed run does what it did at first, and its data's
+        tokenizer must be the one saved in the checkpoint.
+        """
+        cfg = self.cfg
+        saved = None
+        if ckpt is not None:
+            try:
+                saved = load_tokenizer(ckpt.path)
+                _, config = find_weights(ckpt.path)
+                if config is not None:
+                    check_vocab(saved, config.vocab_size, ckpt.path)
+            except ValueError as e:  # CheckpointError is one; the message names the checkpoint
+                raise CheckpointError(f"cannot resume: {e}") from None
+        wanted: str | Tokenizer = cfg.tokenizer
+        if cfg.init is not None:
+            # A fine-tuning run keeps the tokenizer of its weights (a resumed one: the checkpoint's copy).
+            if saved is not None:
+                wanted = saved
+            else:
+                try:
+                    wanted = tokenizer_for(cfg.init)
+                except ValueError as e:  # CheckpointError is one
+                    raise CheckpointError(f"--init {cfg.init}: {e}") from None
+            if "tokenizer" in explicit and parse_tokenizer_kind(cfg.tokenizer)[0] != wanted.kind.partition(":")[0]:
+                raise ConfigError(f"--tokenizer {cfg.tokenizer}: --init {cfg.init} comes with its own {wanted.kind} "
+                                  "tokenizer, which fine-tuning keeps; leave --tokenizer out")
+            self.cfg = cfg = dataclasses.replace(cfg, tokenizer=wanted.kind)
+        data_dir = self._prepared_data_dir(cfg.data, wanted, "tokenizer" in explicit)
+        tokenizer = data_tokenizer(data_dir)
+        prepared_with = load_meta(data_dir).get("tokenizer", "gpt2")
+        if cfg.init is None and prepared_with != tokenizer_key(cfg.tokenizer) and "@" not in prepared_with:
+            self.cfg = dataclasses.replace(cfg, tokenizer=prepared_with)  # a --data directory's own tokenizer
+        if saved is not None and tokenizer_hash(saved) != tokenizer_hash(tokenizer):
+            raise CheckpointError(f"{ckpt.path} was trained with another {saved.kind} tokenizer than the one of "
+                                  f"its data in {data_dir} ({tokenizer.kind}); was the data prepared again?")
+        return data_dir, tokenizer
+
+    def _prepared_data_dir(self, spec: str, tokenizer: str | Tokenizer, explicit: bool) -> Path:
+        """A prepared directory as given, or the default directory of a source and tokenizer,
+        prepared on rank 0.
+
+        A directory given as --data keeps the tokenizer it was prepared with, unless the run
+        needs another (an explicit --tokenizer, the --init model's): that is an error, as
+        training on ids of another tokenizer would silently learn nonsense.
+        """
         path = Path(spec).expanduser()
         if (path / "meta.json").is_file():
+            meta = load_meta(path)
+            if isinstance(tokenizer, Tokenizer):
+                mismatch = tokenizer_hash(data_tokenizer(path, meta)) != tokenizer_hash(tokenizer)
+            else:
+                mismatch = explicit and meta.get("tokenizer") != tokenizer_key(tokenizer)
+            if mismatch:
+                need = tokenizer.kind if isinstance(tokenizer, Tokenizer) else tokenizer
+                raise ConfigError(f"--data {path} was prepared with the {meta.get('tokenizer')} tokenizer, this run "
+                                  f"needs {need}; pass the source instead of the prepared directory, and it is "
+                                  "prepared with that tokenizer")
             return path
-        out = default_data_dir(spec)
+        out = default_data_dir(spec, tokenizer)
         if self.runtime.master:
-            prepare(spec, out)
+            prepare(spec, out, tokenizer=tokenizer)
         if self.runtime.distributed:
             dist.barrier()
         return out
@@ -265,7 +336,7 @@ class Trainer:
                 model.load_state_dict(state)
             self.cfg = dataclasses.replace(cfg, **{k: getattr(model.config, k) for k in MODEL_SHAPE})
         else:
-            model = GPT(cfg.model_config(), **backends)
+            model = GPT(cfg.model_config(self.tokenizer.vocab_size), **backends)
         if cfg.block_size > model.config.block_size:
             raise ConfigError(f"block_size {cfg.block_size} exceeds the model's context window of {model.config.block_size}")
         return model
@@ -344,7 +415,6 @@ class Trainer:
         wandb_run = open_wandb(cfg) if cfg.wandb else None
         tb_writer = open_tensorboard(cfg) if cfg.tensorboard else None
         self.log = RunLog(self.out_dir, ckpt.step if ckpt else None, wandb_run, tb_writer)
-        self.enc = get_encoding("gpt2")  # for the samples
 
         config = self.raw_model.config
         n_params = config.num_params()
@@ -359,6 +429,7 @@ class Trainer:
             "world_size": runtime.world_size,
             "grad_accum_steps": self.grad_accum,
             "data_dir": str(self.data_dir),
+            "tokenizer": self.tokenizer.kind,
             "train_tokens": self.meta["splits"]["train"]["tokens"],
             "val_tokens": self.meta["splits"]["val"]["tokens"],
             "val_bytes_per_token": bytes_per_token(self.meta, "val"),
@@ -376,7 +447,8 @@ class Trainer:
              f"LayerNorm {ln}{', compiled' if cfg.compile else ''}"
              f"{', FSDP' if self.fsdp else ''}{', activation checkpointing' if cfg.activation_checkpointing else ''}")
         info(f"data: {self.data_dir} ({run['train_tokens']:,} train / {run['val_tokens']:,} val tokens, "
-             f"{run['val_bytes_per_token']:.2f} bytes/token)")
+             f"{run['val_bytes_per_token']:.2f} bytes/token, {self.tokenizer.kind} tokenizer of "
+             f"{self.tokenizer.vocab_size} ids)")
         if cfg.time_budget is not None:
             length = f"a budget of {cfg.time_budget:g} s of training steps"
         elif cfg.token_budget is not None:
@@ -541,12 +613,13 @@ class Trainer:
             if model is None:
                 return None
             model.to(self.device)
-        prompt_len = len(self.enc.encode(cfg.sample_prompt))
+        prompt_len = len(self.tokenizer.encode(cfg.sample_prompt, allow_special=True))
         n = min(cfg.sample_tokens, model.config.block_size - prompt_len)
         model.eval()
         # In the weights' own precision: the KV cache is kept in that dtype, and a few hundred
         # tokens cost nothing next to a training step.
-        [completion] = complete(model, self.enc, [cfg.sample_prompt], n, temperature=0.8, top_k=200, seed=cfg.seed)
+        [completion] = complete(model, self.tokenizer, [cfg.sample_prompt], n, temperature=0.8, top_k=200,
+                                seed=cfg.seed)
         self.raw_model.train()
         return cfg.sample_prompt + completion.text
 
@@ -572,8 +645,11 @@ class Trainer:
             try:
                 if optimizer_state is None:
                     optimizer_state = self.optimizer.state_dict()
+                if not self.fsdp:  # (FSDP: _save_shards started it)
+                    start_checkpoint(self.out_dir, self.step)
+                self._save_tokenizer(temp_dir(self.out_dir, self.step))
                 path = save_checkpoint(self.out_dir, self.step, model, optimizer_state, state, states,
-                                       started=self.fsdp)
+                                       started=True)
                 prune_checkpoints(self.out_dir, self.cfg.keep_checkpoints, protect=self.resumed_from)
             except CheckpointWriteError as e:
                 error = str(e)
@@ -586,6 +662,13 @@ class Trainer:
         if error is not None:
             raise CheckpointWriteError(error)
         return path
+
+    def _save_tokenizer(self, directory: Path) -> None:
+        """The run's tokenizer beside the weights, so sample.py, eval.py and --resume find it."""
+        try:
+            self.tokenizer.save(directory)
+        except OSError as e:
+            raise write_failed(self.out_dir, self.step, e) from None
 
     def _save_shards(self) -> tuple[GPT | None, dict]:
         """FSDP: every rank writes its shards into the checkpoint's temporary directory. Returns
@@ -617,7 +700,7 @@ class Trainer:
     def score_eval_tasks(self) -> dict[str, float]:
         """{"eval/TASK/METRIC": value} of the --eval-task tasks (rank 0 only)."""
         with self.runtime.autocast():
-            results = evaluate_tasks(self.raw_model, self.enc, self.eval_tasks)
+            results = evaluate_tasks(self.raw_model, self.tokenizer, self.eval_tasks)
         return {f"eval/{task}/{metric}": value for task, metrics in results.items()
                 for metric, value in metrics.items()
                 if metric != "n" and isinstance(value, (int, float)) and not isinstance(value, bool)}

@@ -25,7 +25,7 @@ from minigpt.config import GPTConfig
 from minigpt.decode import Decoder
 from minigpt.generate import complete, generate, generate_uncached, stream
 from minigpt.model import GPT
-from minigpt.tokenizer import get_encoding
+from minigpt.tokenizer import GPT2Tokenizer
 from minigpt.weights import CheckpointError
 
 sample = load_script(ROOT / "sample.py")
@@ -157,6 +157,11 @@ class Case:
         DAMAGE[name](path)
         return self.argv("--temperature", "0", init=path)  # greedy: NaN logits would not trip the sampler
 
+    def with_tokenizer_file(self, content: bytes) -> list[str]:
+        path = _copy(self.checkpoint, self.tmp)
+        (path / "minigpt_tokenizer.json").write_bytes(content)
+        return self.argv(init=path)
+
     def file(self, name: str, content: bytes) -> Path:
         path = self.tmp / name
         path.write_bytes(content)
@@ -174,6 +179,11 @@ CLI_CASES = {
     "--init a directory without weights": lambda c: (c.tmp / "empty").mkdir() or c.argv(init=c.tmp / "empty"),
     "--init not a preset or a path": lambda c: ["--init", "gpt3", "--device", "cpu"],
     **{f"--init with {name}": (lambda name: lambda c: c.damaged(name))(name) for name in DAMAGE},
+    # the tokenizer saved beside the weights
+    "--init with a corrupt minigpt_tokenizer.json": lambda c: c.with_tokenizer_file(b"{oops"),
+    "--init with a tokenizer of another vocabulary": lambda c: c.with_tokenizer_file(
+        b'{"kind": "char", "alphabet": "ab"}'),
+    "--init with a bpe tokenizer but no tokenizer.json": lambda c: c.with_tokenizer_file(b'{"kind": "bpe:300"}'),
     # the prompt
     "--prompt longer than the context": lambda c: c.argv("--prompt", "word " * 100),
     "--prompt + --max-new-tokens beyond the context": lambda c: c.argv("--prompt", "word " * 30,
@@ -218,6 +228,11 @@ CLI_CASES = {
     "--device cuda:7 beyond the GPUs": lambda c: (c.argv() + ["--device", "cuda:7"]
                                                   if torch.cuda.device_count() < 8 else pytest.skip("8 GPUs")),
     "unknown flag": lambda c: c.argv("--temprature", "0"),
+    # quantization (the tiny model is 16 wide)
+    "--quantize int3": lambda c: c.argv("--quantize", "int3"),
+    "--quantize int4 group size 48": lambda c: c.argv("--quantize", "int4", "--quantize-group-size", "48"),
+    "--quantize int4 group size not dividing the width": lambda c: c.argv("--quantize", "int4",
+                                                                        "--quantize-group-size", "32"),
 }
 
 
@@ -316,6 +331,60 @@ def test_stop_escapes_reach_the_stop_matcher(checkpoint):
     assert "\\uXXXX" in help_ and "141" in help_
 
 
+# A reply the fake model below spells out token by token, and (--stop, what follows the prompt).
+REPLY = "答えは「はい」。\n次の行\tです"
+STOPS = [
+    ([], REPLY),
+    (["「"], "答えは"),
+    (["。"], "答えは「はい」"),
+    ([r"\n"], "答えは「はい」。"),
+    ([r"。\n"], "答えは「はい」"),
+    ([r"\u300c"], "答えは"),
+    ([r"\t"], "答えは「はい」。\n次の行"),
+    (["ＥＮＤ", "行"], "答えは「はい」。\n次の"),
+]
+
+
+@pytest.fixture(scope="module")
+def char_checkpoint(tmp_path_factory) -> Path:
+    """A tiny model with a char tokenizer that lacks the Japanese characters (byte fallback)."""
+    from minigpt.tokenizer import CharTokenizer
+
+    tokenizer = CharTokenizer("abcdefghij \n")
+    path = tmp_path_factory.mktemp("char_ckpt") / "model"
+    config = GPTConfig(block_size=256, vocab_size=tokenizer.vocab_size, n_layer=1, n_head=2, n_embd=16)
+    GPT(config).save_pretrained(path)
+    tokenizer.save(path)
+    return path
+
+
+@pytest.mark.parametrize("stream_flag", [[], ["--stream"]])
+@pytest.mark.parametrize("stops, kept", STOPS, ids=[repr(s) for s, _ in STOPS])
+def test_multiline_japanese_prompt_file_and_full_width_stops(stops, kept, stream_flag, char_checkpoint, tmp_path,
+                                                             monkeypatch, capsys):
+    """--prompt-file is read exactly (several lines of Japanese), and --stop matches full-width text
+    and escapes in what the checkpoint's own tokenizer decodes, streamed or not."""
+    from minigpt.tokenizer import load_tokenizer
+
+    prompt = "一行目です。\n二行目「引用」\n\n  三行目 😀\n"
+    prompt_file = tmp_path / "prompt.txt"
+    prompt_file.write_bytes(prompt.encode("utf-8"))
+    tokens = load_tokenizer(char_checkpoint).encode(REPLY)
+
+    def fake_stream(model, idx, max_new_tokens, *args, **kwargs):
+        assert load_tokenizer(char_checkpoint).decode(idx[0].tolist()) == prompt
+        for t in tokens[:max_new_tokens]:
+            yield torch.full((idx.size(0),), t)
+
+    monkeypatch.setattr("minigpt.generate.stream", fake_stream)
+    argv = ["--init", str(char_checkpoint), "--device", "cpu", "--prompt-file", str(prompt_file),
+            "--max-new-tokens", str(len(tokens)), *stream_flag]
+    for stop in stops:
+        argv += ["--stop", stop]
+    assert sample.main(argv) == 0
+    assert capsys.readouterr().out == prompt + kept
+
+
 def test_utf8_stdin_is_still_a_prompt(checkpoint):
     proc = _run(f"printf 'caf\\xc3\\xa9' | {_sample_cmd(checkpoint)} --prompt-file - --temperature 0")
     assert proc.returncode == 0, proc.stderr
@@ -392,8 +461,8 @@ API_CASES = {
     "generate: top_p nan": (lambda m: generate(m, _ids([1]), 2, top_p=float("nan")), "top_p"),
     "Decoder.generate: temperature nan": (
         lambda m: Decoder(m, 1, 8).generate(_ids([1]), 2, temperature=float("nan")), "temperature"),
-    "complete: num_samples 0": (lambda m: complete(m, get_encoding("gpt2"), ["x"], 2, num_samples=0), "num_samples"),
-    "complete: an empty stop string": (lambda m: complete(m, get_encoding("gpt2"), ["x"], 2, stop=[""]), "stop"),
+    "complete: num_samples 0": (lambda m: complete(m, GPT2Tokenizer(), ["x"], 2, num_samples=0), "num_samples"),
+    "complete: an empty stop string": (lambda m: complete(m, GPT2Tokenizer(), ["x"], 2, stop=[""]), "stop"),
 }
 
 
@@ -408,7 +477,7 @@ def test_api_bad_input_is_a_value_error(case, model):
 def test_complete_with_a_smaller_vocabulary_than_the_tokenizer():
     model = GPT(GPTConfig(block_size=16, vocab_size=300, n_layer=1, n_head=2, n_embd=16)).eval()
     with pytest.raises(ValueError, match="token id \\d+ is outside the model's vocabulary \\(0..299\\)"):
-        complete(model, get_encoding("gpt2"), ["zebra crossing"], 2)
+        complete(model, GPT2Tokenizer(), ["zebra crossing"], 2)
 
 
 def test_ids_at_the_edge_of_the_vocabulary_are_accepted(model):

@@ -178,6 +178,28 @@ CASES = {
     "meta.json garbled": lambda c: tiny_argv(_garble(c.data_copy()), c.out),
     "a shard with ids beyond the vocabulary": _shard_out_of_vocabulary,
     "a shard of the wrong length": lambda c: tiny_argv(_shorten_shard(c.data_copy()), c.out),
+    # --tokenizer
+    "--tokenizer bpe:0": lambda c: c.new(tokenizer="bpe:0"),
+    "--tokenizer bpe:abc": lambda c: c.new(tokenizer="bpe:abc"),
+    "--tokenizer bpe:100 (below the byte alphabet)": lambda c: c.new(tokenizer="bpe:100"),
+    "--tokenizer bpe: beyond uint16": lambda c: c.new(tokenizer="bpe:70000"),
+    "--tokenizer foo": lambda c: c.new(tokenizer="foo"),
+    "--tokenizer char on an empty corpus": lambda c: (
+        (c.tmp / "corpus").mkdir(), _file(c, "corpus/a.txt", b""), _file(c, "corpus/b.txt", b""),
+        tiny_argv(c.tmp / "corpus", c.out, tokenizer="char"))[3],
+    "--init whose minigpt_tokenizer.json is corrupt": lambda c: (
+        (c.weights(block_size=64, n_layer=2, n_head=2, n_embd=32) / "minigpt_tokenizer.json").write_text("{oops"),
+        c.new(init=c.tmp / "init"))[1],
+    "--tokenizer char for --data prepared with gpt2": lambda c: c.new(tokenizer="char"),
+    "--tokenizer char with --init of a gpt2 model": lambda c: c.new(
+        init=c.weights(block_size=64, n_layer=2, n_head=2, n_embd=32), tokenizer="char"),
+    "--resume a checkpoint with a corrupt minigpt_tokenizer.json": lambda c: _broken_run(
+        c, lambda r: (r / "ckpt_00000004" / "minigpt_tokenizer.json").write_text("{oops")),
+    "--resume a checkpoint whose tokenizer has another vocabulary": lambda c: _broken_run(
+        c, lambda r: (r / "ckpt_00000004" / "minigpt_tokenizer.json").write_text(
+            '{"kind": "char", "alphabet": "abc"}')),
+    "--resume a checkpoint with an unknown tokenizer kind": lambda c: _broken_run(
+        c, lambda r: (r / "ckpt_00000004" / "minigpt_tokenizer.json").write_text('{"kind": "wordpiece"}')),
     # --init
     "--init does not exist": lambda c: c.new(init=c.tmp / "nothing-here"),
     "--init a directory without weights": lambda c: (c.tmp / "empty").mkdir() or c.new(init=c.tmp / "empty"),

@@ -23,7 +23,7 @@ from minigpt.checkpoint import load_checkpoint
 from minigpt.evaluate import evaluate
 from minigpt.model import GPT
 from minigpt.optim import lr_at
-from minigpt.tokenizer import get_encoding
+from minigpt.tokenizer import GPT2Tokenizer
 from minigpt.train_config import ConfigError, TrainConfig
 from tiny_run import ROOT, load_script, make_corpus, read_log, tiny_argv
 
@@ -215,7 +215,7 @@ def test_eval_tasks_are_scored_and_logged_at_each_evaluation(data_dir, tmp_path,
     assert evals[0][f"eval/{tasks[1]}/bpb"] > evals[6][f"eval/{tasks[1]}/bpb"]  # it learned
     # The scores at step 6 are those of the step-6 checkpoint, scored on its own.
     model = GPT.from_pretrained(out / "ckpt_00000006")
-    direct = evaluate(model, get_encoding("gpt2"), tasks)
+    direct = evaluate(model, GPT2Tokenizer(), tasks)
     for task in tasks:
         for metric, value in direct[task].items():
             if metric != "n" and isinstance(value, float):

@@ -95,9 +95,9 @@ def count_tokenize(monkeypatch):
     calls = []
     original = preparation._tokenize
 
-    def counting(task):
+    def counting(task, tokenizer):
         calls.append(task[0])
-        return original(task)
+        return original(task, tokenizer)
 
     monkeypatch.setattr(preparation, "_tokenize", counting)
     return calls
@@ -231,11 +231,11 @@ def test_interrupted_or_damaged_output_is_redone(corpus, tmp_path, monkeypatch, 
     original = preparation._tokenize
     seen = []
 
-    def interrupt(task):
+    def interrupt(task, tokenizer):
         seen.append(task)
         if len(seen) == 8:
             raise KeyboardInterrupt
-        return original(task)
+        return original(task, tokenizer)
 
     monkeypatch.setattr(preparation, "_tokenize", interrupt)
     with pytest.raises(KeyboardInterrupt):

@@ -8,7 +8,7 @@ from torch.utils._pytree import tree_flatten
 from minigpt import GPT, GPTConfig
 from minigpt.decode import Decoder, OneDNNLinear, onednn_unavailable_reason
 from minigpt.generate import complete, generate, generate_uncached, stream
-from minigpt.tokenizer import get_encoding
+from minigpt.tokenizer import GPT2Tokenizer
 
 GPT2_VOCAB = dict(n_positions=96, vocab_size=50257, n_layer=2, n_head=4, n_embd=64)
 CPU_MODES = ("eager", "static")  # "static" is the step a CUDA graph captures, run op by op
@@ -97,7 +97,7 @@ def test_decoder_mode_of_generate_stream_and_complete(checkpoint):
     assert torch.equal(generate(model, idx, 15, temperature=0, decoder_mode="auto"), ref)
     assert torch.equal(torch.stack(list(stream(model, idx, 15, temperature=0, decoder_mode="auto")), dim=1),
                        ref[:, 7:])
-    enc = get_encoding("gpt2")
+    enc = GPT2Tokenizer()
     prompts = ["Hello", "A longer prompt here"]
     slow = complete(model, enc, prompts, 12, num_samples=2, temperature=0, stop_at_eot=False)
     fast = complete(model, enc, prompts, 12, num_samples=2, temperature=0, stop_at_eot=False, decoder_mode="auto")

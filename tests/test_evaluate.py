@@ -15,7 +15,7 @@ from minigpt import GPT
 from minigpt.evaluate import bits_per_byte, choice_metrics, evaluate, lambada, multiple_choice, score_multiple_choice
 from minigpt.scoring import Row, encode_pair, rolling_rows, score_rows, scored_logits
 from minigpt.tasks import Example, read_multiple_choice
-from minigpt.tokenizer import get_encoding
+from minigpt.tokenizer import GPT2Tokenizer
 
 # A small context window, so that long examples are cut and texts need many windows.
 CONFIG = dict(n_positions=48, vocab_size=50257, n_layer=2, n_head=2, n_embd=32)
@@ -89,21 +89,21 @@ def reference_loglikelihood(hf, tok, context, continuation):
 
 
 def test_tokenizers_agree(tok):
-    enc = get_encoding("gpt2")
+    enc = GPT2Tokenizer()
     for text in [TEXT, " leading", "trailing ", "日本語", "a  b\n\n c"]:
-        assert enc.encode(text, allowed_special="all") == tok.encode(text)
+        assert enc.encode(text, allow_special=True) == tok.encode(text)
 
 
 def test_encode_pair_moves_the_trailing_space():
-    enc = get_encoding("gpt2")
+    enc = GPT2Tokenizer()
     ctx, cont = encode_pair(enc, "Answer: ", "blue")
     assert enc.decode(ctx) == "Answer:" and enc.decode(cont) == " blue"
-    assert encode_pair(enc, "", " x") == ([enc.eot_token], enc.encode(" x"))
+    assert encode_pair(enc, "", " x") == ([enc.eot_id], enc.encode(" x"))
 
 
 def test_choice_loglikelihoods_and_metrics_match_transformers(models, tok):
     hf, model, _ = models
-    enc = get_encoding("gpt2")
+    enc = GPT2Tokenizer()
     exs = examples()
     lls, truncated = score_multiple_choice(model, enc, exs, batch_size=5)
     assert truncated == 1
@@ -130,7 +130,7 @@ def test_acc_bytes_differs_from_acc_norm_on_japanese():
 
 def test_batching_does_not_change_scores(models):
     _, model, _ = models
-    enc = get_encoding("gpt2")
+    enc = GPT2Tokenizer()
     one, _ = score_multiple_choice(model, enc, examples(), batch_size=1)
     many, _ = score_multiple_choice(model, enc, examples(), batch_size=7)
     for a, b in zip(one, many):
@@ -140,7 +140,7 @@ def test_batching_does_not_change_scores(models):
 
 def test_score_rows_greedy(models):
     hf, model, _ = models
-    enc = get_encoding("gpt2")
+    enc = GPT2Tokenizer()
     prompt = enc.encode("Once upon a time")
     with torch.no_grad():
         ids = torch.tensor([prompt])
@@ -171,7 +171,7 @@ def reference_nll(hf, ids, window, stride):
 @pytest.mark.parametrize("window,stride", [(48, 48), (48, 16), (20, 7), (48, 1)])
 def test_bits_per_byte_matches_transformers(models, tok, window, stride):
     hf, model, _ = models
-    enc = get_encoding("gpt2")
+    enc = GPT2Tokenizer()
     text = TEXT if stride > 1 else TEXT[:300]
     got = bits_per_byte(model, enc, text, window=window, stride=stride, batch_size=3)
     ids = [50256] + tok.encode(text)
@@ -191,7 +191,7 @@ def test_stride_one_is_every_token_with_the_full_window(models, tok):
     for p in range(1, len(ids)):
         ctx = ids[max(0, p - window):p]
         nll -= hf(torch.tensor([ctx])).logits[0, -1].double().log_softmax(-1)[ids[p]].item()
-    got = bits_per_byte(model, get_encoding("gpt2"), text, window=window, stride=1, batch_size=8)
+    got = bits_per_byte(model, GPT2Tokenizer(), text, window=window, stride=1, batch_size=8)
     assert got["nll"] * got["tokens"] == pytest.approx(nll, abs=LOGITS_ATOL * len(ids))
 
 
@@ -207,7 +207,7 @@ def test_rolling_rows_predict_every_token_once(n, window, stride):
 
 def test_lambada_matches_transformers(models, tok):
     hf, model, _ = models
-    enc = get_encoding("gpt2")
+    enc = GPT2Tokenizer()
     passages = [("p:1", "He opened the door and saw his old", " friend"), ("p:2", "日本の首都は", " 東京"),
                 ("p:3", "word " * 60 + "and the last", " word")]
     got = lambada(model, enc, passages, batch_size=2)
@@ -225,7 +225,7 @@ def test_japanese_jsonl_round_trips(tmp_path, models):
     exs = read_multiple_choice(path)
     assert [(e.context, list(e.choices), e.label) for e in exs] == [(r["context"], r["choices"], r["label"]) for r in rows]
     assert exs[1].where == f"{path}:2"
-    enc = get_encoding("gpt2")
+    enc = GPT2Tokenizer()
     assert enc.decode(sum(encode_pair(enc, exs[0].context, exs[0].choices[0]), [])) == rows[0]["context"] + "富士山"
     results = evaluate(model, enc, [f"mc:{path}"])
     assert results[f"mc:{path}"]["n"] == 2
@@ -238,7 +238,7 @@ def test_evaluate_restores_training_mode(models, tmp_path):
     path.write_text("hello world, hello world")
     model.train()
     try:
-        out = evaluate(model, get_encoding("gpt2"), [f"bpb:{path}"], limit=11)
+        out = evaluate(model, GPT2Tokenizer(), [f"bpb:{path}"], limit=11)
         assert model.training and out[f"bpb:{path}"]["bytes"] == 11
     finally:
         model.eval()

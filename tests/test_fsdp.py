@@ -124,7 +124,7 @@ def test_fsdp_checkpoint_layout_and_full_export(fsdp_run):
     ckpt = fsdp_run / "ckpt_00000006"
     assert sorted(p.name for p in fsdp_run.glob("ckpt_*")) == [ckpt.name]
     assert {p.name for p in ckpt.iterdir()} == {"model.safetensors", "config.json", "train_state.json",
-                                                "train_state.safetensors", "sharded"}
+                                                "train_state.safetensors", "sharded", "minigpt_tokenizer.json"}
     assert not list(fsdp_run.glob(".tmp_*"))
     # The export is the two ranks' shards put back together (wte without its padding rows).
     shards = [load_file(str(p)) for p in sorted((ckpt / "sharded").glob("*.safetensors"))]

@@ -10,7 +10,7 @@ from reference import hf_model, save_hf
 from minigpt import GPT, GPTConfig
 from minigpt.generate import complete, generate, generate_uncached, stream
 from minigpt.sampling import sample_next
-from minigpt.tokenizer import get_encoding
+from minigpt.tokenizer import GPT2Tokenizer, Tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 GPT2_VOCAB = dict(n_positions=96, vocab_size=50257, n_layer=2, n_head=4, n_embd=64)
@@ -48,7 +48,7 @@ def test_cached_equals_uncached(checkpoint):
 
 def test_sample_py_greedy_equals_transformers(checkpoint):
     hf, path = checkpoint
-    enc = get_encoding("gpt2")
+    enc = GPT2Tokenizer()
     prompt = "The capital of France is"
     idx = torch.tensor([enc.encode(prompt)])
     ref = hf.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=20, do_sample=False)
@@ -106,7 +106,7 @@ def test_stops_at_eos(decoder_mode):
 def test_complete_batches_ragged_prompts_and_samples(checkpoint):
     _, path = checkpoint
     model = GPT.from_pretrained(path)
-    enc = get_encoding("gpt2")
+    enc = GPT2Tokenizer()
     prompts = ["Hello", "A longer prompt here", "World"]
     out = complete(model, enc, prompts, 12, num_samples=2, temperature=0, stop_at_eot=False)
     assert [(c.prompt_index, c.sample_index) for c in out] == [(p, s) for p in range(3) for s in range(2)]
@@ -118,7 +118,7 @@ def test_complete_batches_ragged_prompts_and_samples(checkpoint):
 def test_stop_strings_and_streaming(checkpoint):
     _, path = checkpoint
     model = GPT.from_pretrained(path)
-    enc = get_encoding("gpt2")
+    enc = GPT2Tokenizer()
     full = complete(model, enc, ["Once upon"], 30, temperature=0, stop_at_eot=False)[0].text
     stop = full[5:9]
     pieces = []
@@ -179,3 +179,76 @@ def test_bfloat16_cpu_sampling(checkpoint):
         capture_output=True, text=True, check=True,
     )
     assert out.stdout.startswith("x")
+
+
+# ----------------------------------------------------------------------------------------------
+# Text out of any tokenizer: whole characters, stop strings over full-width text and newlines
+
+BPE_TRAINING_TEXT = "the cat sat on the mat. " * 40  # ASCII only: Japanese is spelled in bytes
+
+
+def _tokenizers():
+    from minigpt.tokenizer import BPETokenizer, CharTokenizer
+
+    return {"gpt2": GPT2Tokenizer(), "char": CharTokenizer("abc 。"),  # 「」 and the kana: byte fallback
+            "bpe": BPETokenizer.train([BPE_TRAINING_TEXT], 300)}
+
+
+REPLY = "答えは「はい」。\n次の行 😀 end"
+# (stop strings, the text complete() keeps, finish reason)
+STOP_CASES = [
+    ((), REPLY, "length"),
+    (("「",), "答えは", "stop"),
+    (("。",), "答えは「はい」", "stop"),
+    (("\n",), "答えは「はい」。", "stop"),
+    (("。\n次",), "答えは「はい」", "stop"),
+    (("😀",), "答えは「はい」。\n次の行 ", "stop"),
+    (("」", "は"), "答え", "stop"),  # the earliest of several
+    (("ＥＮＤ",), REPLY, "length"),  # full-width, never produced
+]
+
+
+@pytest.mark.parametrize("stop, kept, reason", STOP_CASES, ids=[repr(c[0]) for c in STOP_CASES])
+@pytest.mark.parametrize("kind", ["gpt2", "char", "bpe"])
+def test_complete_streams_whole_characters_and_stops_on_them(kind, stop, kept, reason, monkeypatch):
+    """The model is replaced by the tokens of REPLY, so the stop matching and the decoding are
+    checked exactly: split characters (several byte tokens each) are handed out whole, never as U+FFFD."""
+    tokenizer = _tokenizers()[kind]
+    tokens = tokenizer.encode(REPLY)
+    assert len(tokens) > len(REPLY) // 2 and tokenizer.decode(tokens) == REPLY
+
+    def fake_stream(model, idx, max_new_tokens, *args, **kwargs):
+        for t in tokens[:max_new_tokens]:
+            yield torch.full((idx.size(0),), t)
+
+    monkeypatch.setattr("minigpt.generate.stream", fake_stream)
+    model = GPT(GPTConfig(block_size=256, vocab_size=tokenizer.vocab_size, n_layer=1, n_head=1, n_embd=8))
+    pieces = []
+    [c] = complete(model, tokenizer, ["Q:"], len(tokens), stop=list(stop), on_text=lambda c, t: pieces.append(t))
+    assert (c.text, c.finish_reason) == (kept, reason)
+    assert "".join(pieces) == kept and not any("\ufffd" in p for p in pieces)
+
+
+class NoEndOfText(Tokenizer):
+    """A tokenizer's ids and text, without an end-of-text id (as some tokenizers have none)."""
+
+    def __init__(self, inner: Tokenizer):
+        self.inner, self.kind, self.vocab_size, self.eot_id = inner, inner.kind, inner.vocab_size, None
+
+    def encode(self, text: str, allow_special: bool = False) -> list[int]:
+        return self.inner.encode(text)
+
+    def decode(self, ids) -> str:
+        return self.inner.decode(ids)
+
+
+def test_eot_id_none_never_stops_early(monkeypatch):
+    tokenizer = _tokenizers()["char"]
+    tokens = tokenizer.encode("abc") + [tokenizer.eot_id] + tokenizer.encode("cab")
+    monkeypatch.setattr("minigpt.generate.stream",
+                        lambda model, idx, n, *a, **k: (torch.full((1,), t) for t in tokens[:n]))
+    model = GPT(GPTConfig(block_size=64, vocab_size=tokenizer.vocab_size, n_layer=1, n_head=1, n_embd=8))
+    [stopped] = complete(model, tokenizer, ["a"], len(tokens))
+    assert (stopped.text, stopped.finish_reason) == ("abc", "eot")
+    [kept] = complete(model, NoEndOfText(tokenizer), ["a"], len(tokens))
+    assert (kept.text, kept.finish_reason) == ("abc<|endoftext|>cab", "length")

@@ -19,7 +19,7 @@ from lm_eval.tasks import TaskManager  # noqa: E402
 
 from minigpt.evaluate import bits_per_byte, evaluate  # noqa: E402
 from minigpt.lm_eval_adapter import MiniGPTLM  # noqa: E402
-from minigpt.tokenizer import get_encoding  # noqa: E402
+from minigpt.tokenizer import GPT2Tokenizer  # noqa: E402
 
 ROWS = [
     {"context": "The capital of France is", "choices": [" Paris", " London", " a city of lights"], "label": 0},
@@ -71,17 +71,17 @@ def test_multiple_choice_equals_lm_eval_hf(models, custom_task, hflm, monkeypatc
     _, model, _ = models
     data, include = custom_task
     want, want_lls = run_task(hflm, include)
-    got, got_lls = run_task(MiniGPTLM(model, get_encoding("gpt2"), batch_size=3, progress=False), include)
+    got, got_lls = run_task(MiniGPTLM(model, GPT2Tokenizer(), batch_size=3, progress=False), include)
     for a, b in zip(got_lls, want_lls):
         assert a == pytest.approx(b, abs=LOGITS_ATOL)
     for metric in ("acc,none", "acc_norm,none", "acc_bytes,none"):
         assert got[metric] == want[metric]
     # minigpt's own mc task on the same file gives the same accuracies
-    ours = evaluate(model, get_encoding("gpt2"), [f"mc:{data}"])[f"mc:{data}"]
+    ours = evaluate(model, GPT2Tokenizer(), [f"mc:{data}"])[f"mc:{data}"]
     assert {k: ours[k] for k in ("acc", "acc_norm", "acc_bytes")} == {
         k: want[k + ",none"] for k in ("acc", "acc_norm", "acc_bytes")}
     # ... and so does the lm-eval: task of evaluate()
-    through = evaluate(model, get_encoding("gpt2"), ["lm-eval:minigpt_quiz"], include_path=str(include))
+    through = evaluate(model, GPT2Tokenizer(), ["lm-eval:minigpt_quiz"], include_path=str(include))
     assert through["lm-eval:minigpt_quiz"]["acc"] == want["acc,none"]
     assert through["lm-eval:minigpt_quiz"]["n"] == len(ROWS)
 
@@ -92,7 +92,7 @@ def requests(kind, args):
 
 def test_loglikelihood_rolling_and_bpb_equal_lm_eval_hf(models, hflm):  # noqa: F811
     _, model, _ = models
-    enc = get_encoding("gpt2")
+    enc = GPT2Tokenizer()
     texts = [TEXT, "short", TEXT[:150]]
     want = hflm.loglikelihood_rolling(requests("loglikelihood_rolling", [(t,) for t in texts]), disable_tqdm=True)
     lm = MiniGPTLM(model, enc, batch_size=2, progress=False)
@@ -108,7 +108,7 @@ def test_loglikelihood_with_empty_context_equals_lm_eval_hf(models, hflm):  # no
     _, model, _ = models
     args = [("", " hello there"), ("", "<|endoftext|> after the marker"), ("Some ", "text"), ("x" * 300, " y")]
     want = hflm.loglikelihood(requests("loglikelihood", args), disable_tqdm=True)
-    got = MiniGPTLM(model, get_encoding("gpt2"), progress=False).loglikelihood(requests("loglikelihood", args))
+    got = MiniGPTLM(model, GPT2Tokenizer(), progress=False).loglikelihood(requests("loglikelihood", args))
     for (a, ga), (b, gb) in zip(got, want):
         assert a == pytest.approx(b, abs=LOGITS_ATOL) and ga == gb
 
@@ -119,5 +119,5 @@ def test_generate_until_equals_lm_eval_hf(models, hflm):  # noqa: F811
     args = [("Once upon a time", {"until": ["\n"], "max_gen_toks": 12, "do_sample": False}),
             ("The list: 1, 2,", {"until": [","], "max_gen_toks": 40, "do_sample": False})]
     want = hflm.generate_until(requests("generate_until", args), disable_tqdm=True)
-    got = MiniGPTLM(model, get_encoding("gpt2"), progress=False).generate_until(requests("generate_until", args))
+    got = MiniGPTLM(model, GPT2Tokenizer(), progress=False).generate_until(requests("generate_until", args))
     assert got == want

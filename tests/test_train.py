@@ -228,7 +228,8 @@ def test_checkpoint_loads_with_from_pretrained(data_dir, tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded(x), trainer.raw_model(x))
     names = {p.name for p in (out / "ckpt_00000004").iterdir()}
-    assert names == {"model.safetensors", "config.json", "train_state.safetensors", "train_state.json"}
+    assert names == {"model.safetensors", "config.json", "train_state.safetensors", "train_state.json",
+                     "minigpt_tokenizer.json"}
     assert not list(out.glob(".tmp_*"))
     assert (out / "loss.png").stat().st_size > 0
 
