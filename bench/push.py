@@ -338,15 +338,18 @@ def trajectory(run: dict, text: str, work: Path) -> list[dict]:
 
 
 def push(text_path: Path, work: Path, nanogpt: dict = NANOGPT, minigpt: dict = MINIGPT,
-         pilot_steps: int = 150, points: int = 8) -> dict:
-    """nanoGPT's recipe beside minigpt's at nanoGPT's wall clock, then minigpt's at a third of it."""
+         pilot_steps: int = 150, points: int = 8, pilot_budget: float = 20.0) -> dict:
+    """nanoGPT's recipe beside minigpt's at nanoGPT's wall clock, then minigpt's at a third of it.
+
+    A pilot first runs pilot_steps of nanoGPT's beside pilot_budget seconds of minigpt's, to
+    predict how long nanoGPT's run will take and how many steps minigpt's makes in that time."""
     dirs = {tok: prepare_data(text_path, work, tok) for tok in sorted({nanogpt["tokenizer"], minigpt["tokenizer"]})}
 
     # 1. A pilot, side by side: nanoGPT's steps per second under this load, for minigpt's budget.
     n_steps = nanogpt["max_steps"]
     pilot = [Arm("pilot-nanogpt", {**nanogpt, "stop_at_step": pilot_steps, "ckpt_interval": 0}),
-             Arm("pilot-minigpt", {**minigpt, "time_budget": 20.0, "ckpt_interval": 0})]
-    log(f"pilot: {pilot_steps} steps of the nanoGPT recipe beside 20 s of minigpt's")
+             Arm("pilot-minigpt", {**minigpt, "time_budget": pilot_budget, "ckpt_interval": 0})]
+    log(f"pilot: {pilot_steps} steps of the nanoGPT recipe beside {pilot_budget:g} s of minigpt's")
     run_side_by_side(pilot, work, {"pilot-nanogpt": dirs[nanogpt["tokenizer"]],
                                    "pilot-minigpt": dirs[minigpt["tokenizer"]]})
     p_nano, p_mini = read_run(work / "pilot-nanogpt"), read_run(work / "pilot-minigpt")
@@ -667,7 +670,7 @@ def plot_study(r: dict, path: Path) -> None:
     ax1.set_xlabel("parameters")
     ax2.set_xlabel("training FLOPs")
     for ax in (ax1, ax2):
-        ax.set_ylabel("held-out bits per byte")
+        ax.set_ylabel("val bits per byte")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     if r["fit"]:
