@@ -213,7 +213,7 @@ def _reason(e: Exception) -> str:
 
 
 def _write_contents(tmp: Path, step: int, model, opt: dict, state: dict, rng: list[tuple[dict, dict]]) -> None:
-    model.save_pretrained(tmp)
+    model.save_pretrained(tmp, transformers_only=False)
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict] = {}
     for pid, entries in opt["state"].items():

@@ -6,6 +6,13 @@ import math
 from dataclasses import dataclass
 
 
+# Activations by their transformers (ACT2FN) names; "relu2" is ReLU squared. The model
+# implements each (minigpt/model.py ACTIVATIONS); these are the names a config may hold.
+ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu", "quick_gelu", "relu", "relu2", "silu",
+               "swish", "tanh")
+POSITIONS = ("learned", "rope")
+
+
 @dataclass
 class GPTConfig:
     block_size: int = 1024  # context length (HF: n_positions)
@@ -20,12 +27,30 @@ class GPTConfig:
     # logits are cut back to vocab_size, so the model's outputs do not change.
     pad_vocab_multiple: int = 64
 
+    # --- variants of GPT2LMHeadModel (the defaults are GPT-2's) --------------------------------
+    n_inner: int | None = None  # MLP hidden width; None means 4 * n_embd
+    activation: str = "gelu_new"  # the MLP's nonlinearity, by transformers' name (ACTIVATIONS)
+    scale_attn_weights: bool = True  # scores times 1/sqrt(head_dim); False: unscaled
+    scale_attn_by_inverse_layer_idx: bool = False  # scores of layer i also divided by i + 1
+    reorder_and_upcast_attn: bool = False  # scores and softmax in float32 whatever the model's dtype
+    tie_word_embeddings: bool = True  # the lm_head is wte; False: a separate (vocab, C) matrix, no bias
+    # Token ids the checkpoint names (config.json); carried through for export and tokenizers.
+    bos_token_id: int | None = 50256
+    eos_token_id: int | list[int] | None = 50256
+    pad_token_id: int | None = None
+
+    # --- switches for training small models, with no GPT2LMHeadModel equivalent ---------------
+    position: str = "learned"  # "learned": GPT-2's wpe table; "rope": rotary q, k and no wpe
+    rope_theta: float = 10000.0  # the rotary base: pair j turns by pos * rope_theta^(-2j/head_dim)
+    qk_norm: bool = False  # q and k RMS-normalised per head (no weights) before the scores
+    bias: bool = True  # False: no bias in any Linear layer or LayerNorm
+
     def __post_init__(self):
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "pad_vocab_multiple"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
-        for name in ("layer_norm_epsilon", "dropout"):
+        for name in ("layer_norm_epsilon", "dropout", "rope_theta"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
                 raise ValueError(f"GPTConfig.{name} must be a finite number, got {value!r}")
@@ -35,10 +60,46 @@ class GPTConfig:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.n_inner is not None and (not isinstance(self.n_inner, int) or isinstance(self.n_inner, bool)
+                                         or self.n_inner < 1):
+            raise ValueError(f"GPTConfig.n_inner must be a positive integer or None (4 * n_embd), got {self.n_inner!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"GPTConfig.activation {self.activation!r} is not one of {', '.join(ACTIVATIONS)}")
+        for name in ("scale_attn_weights", "scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn",
+                     "tie_word_embeddings", "qk_norm", "bias"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"GPTConfig.{name} must be true or false, got {getattr(self, name)!r}")
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            value = getattr(self, name)
+            ids = value if isinstance(value, list) and name == "eos_token_id" else [value]
+            if value is not None and not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+                what = "a token id, a list of them" if name == "eos_token_id" else "a token id"
+                raise ValueError(f"GPTConfig.{name} must be {what} (an integer >= 0) or None, got {value!r}")
+        if self.position not in POSITIONS:
+            raise ValueError(f"GPTConfig.position must be one of {', '.join(POSITIONS)}, got {self.position!r}")
+        if self.position == "rope":
+            if self.head_dim % 2:
+                raise ValueError(f"rotary positions turn pairs of channels: head_dim ({self.head_dim}) must be even")
+            if not self.rope_theta > 1:
+                raise ValueError(f"rope_theta must be > 1, got {self.rope_theta}")
 
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
+
+    @property
+    def mlp_width(self) -> int:
+        """The MLP's hidden width: n_inner, or GPT-2's 4 * n_embd."""
+        return 4 * self.n_embd if self.n_inner is None else self.n_inner
+
+    @property
+    def attn_scale(self) -> float:
+        """The factor on q k^T of layer 0; layer i divides it by i + 1 with scale_attn_by_inverse_layer_idx."""
+        return 1.0 / math.sqrt(self.head_dim) if self.scale_attn_weights else 1.0
+
+    def layer_attn_scale(self, layer: int) -> float:
+        scale = self.attn_scale
+        return scale / (layer + 1) if self.scale_attn_by_inverse_layer_idx else scale
 
     @property
     def padded_vocab_size(self) -> int:
@@ -46,17 +107,36 @@ class GPTConfig:
         return (self.vocab_size + m - 1) // m * m
 
     def num_params(self, non_embedding: bool = False) -> int:
-        """Parameter count of the model this config describes (unpadded vocabulary)."""
-        C, L = self.n_embd, self.n_layer
-        per_block = 2 * 2 * C + (C * 3 * C + 3 * C) + (C * C + C) + (C * 4 * C + 4 * C) + (4 * C * C + C)
-        n = L * per_block + 2 * C + self.block_size * C
+        """Parameter count of the model this config describes (unpadded vocabulary).
+
+        non_embedding=True leaves out the token embedding wte (an untied lm_head is counted)."""
+        C, L, F, b = self.n_embd, self.n_layer, self.mlp_width, int(self.bias)
+        norm = C + b * C  # a LayerNorm's gain and bias
+        attn = C * 3 * C + b * 3 * C + C * C + b * C  # c_attn, c_proj
+        mlp = C * F + b * F + F * C + b * C  # c_fc, c_proj
+        n = L * (2 * norm + attn + mlp) + norm  # the blocks and ln_f
+        if self.position == "learned":
+            n += self.block_size * C  # wpe
+        if not self.tie_word_embeddings:
+            n += self.vocab_size * C  # lm_head
         return n if non_embedding else n + self.vocab_size * C
+
+    def hf_incompatibility(self) -> str | None:
+        """Why GPT2LMHeadModel cannot compute this model (the first switch that is on), or None if it can."""
+        if self.position != "learned":
+            return f"position={self.position!r} (GPT2LMHeadModel has learned positions only)"
+        if self.qk_norm:
+            return "qk_norm=True (GPT2LMHeadModel does not normalise q and k)"
+        if not self.bias:
+            return "bias=False (GPT2LMHeadModel always has biases)"
+        return None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "GPTConfig":
+        """The inverse of to_dict; fields missing from d (a config saved before they existed) keep their defaults."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
@@ -65,52 +145,71 @@ class GPTConfig:
 
     # --- the Hugging Face config.json of GPT2LMHeadModel -------------------------------------
     def to_hf_dict(self) -> dict:
+        """transformers' GPT2Config of this model; a ValueError if it has none (hf_incompatibility)."""
+        reason = self.hf_incompatibility()
+        if reason is not None:
+            raise ValueError(f"this model has no transformers GPT2LMHeadModel equivalent: {reason}")
         return {
             "architectures": ["GPT2LMHeadModel"],
             "model_type": "gpt2",
-            "activation_function": "gelu_new",
+            "activation_function": self.activation,
             "n_positions": self.block_size,
             "n_ctx": self.block_size,
             "vocab_size": self.vocab_size,
             "n_layer": self.n_layer,
             "n_head": self.n_head,
             "n_embd": self.n_embd,
+            "n_inner": self.n_inner,
             "layer_norm_epsilon": self.layer_norm_epsilon,
             "attn_pdrop": 0.0,
             "embd_pdrop": self.dropout,
             "resid_pdrop": self.dropout,
-            "bos_token_id": 50256,
-            "eos_token_id": 50256,
-            "tie_word_embeddings": True,
-            "scale_attn_weights": True,
-            "scale_attn_by_inverse_layer_idx": False,
-            "reorder_and_upcast_attn": False,
-            "n_inner": None,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
+            "pad_token_id": self.pad_token_id,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "scale_attn_weights": self.scale_attn_weights,
+            "scale_attn_by_inverse_layer_idx": self.scale_attn_by_inverse_layer_idx,
+            "reorder_and_upcast_attn": self.reorder_and_upcast_attn,
         }
 
     @classmethod
     def from_hf_dict(cls, d: dict) -> "GPTConfig":
-        """Read a transformers GPT2Config dict, refusing variants this model does not implement."""
+        """Read a transformers GPT2Config dict, refusing fields that change the maths in a way this model does not.
+
+        Absent fields take GPT2Config's defaults. n_ctx is ignored, as transformers ignores it: the
+        position table has n_positions rows (n_ctx is used only when n_positions is absent). Dropout
+        probabilities and the fields of other heads (summary_*) do not change the language model's outputs.
+        """
         if d.get("model_type", "gpt2") != "gpt2":
             raise ValueError(f"config.json is for model_type {d.get('model_type')!r}, not 'gpt2'")
+        if d.get("add_cross_attention"):
+            raise ValueError("config.json sets add_cross_attention, which this model does not implement")
         act = d.get("activation_function", "gelu_new")
-        if act not in ("gelu_new", "gelu_pytorch_tanh"):
-            raise ValueError(f"config.json activation_function {act!r} is not GPT-2's tanh GELU")
-        n_embd = d.get("n_embd", 768)
-        if d.get("n_inner") not in (None, 4 * n_embd):
-            raise ValueError(f"config.json n_inner={d['n_inner']} is not 4*n_embd, unsupported")
-        if d.get("scale_attn_by_inverse_layer_idx") or d.get("reorder_and_upcast_attn"):
-            raise ValueError("config.json asks for an attention variant GPT-2 does not use")
-        if d.get("scale_attn_weights") is False or d.get("tie_word_embeddings") is False:
-            raise ValueError("config.json asks for unscaled attention or untied lm_head, unsupported")
-        return cls(
+        if act not in ACTIVATIONS:
+            raise ValueError(f"config.json activation_function {act!r} is not implemented; "
+                             f"supported: {', '.join(ACTIVATIONS)}")
+        fields = dict(
             block_size=d.get("n_positions", d.get("n_ctx", 1024)),
             vocab_size=d.get("vocab_size", 50257),
             n_layer=d.get("n_layer", 12),
             n_head=d.get("n_head", 12),
-            n_embd=n_embd,
+            n_embd=d.get("n_embd", 768),
             layer_norm_epsilon=d.get("layer_norm_epsilon", 1e-5),
+            n_inner=d.get("n_inner"),
+            activation=act,
+            scale_attn_weights=d.get("scale_attn_weights", True),
+            scale_attn_by_inverse_layer_idx=d.get("scale_attn_by_inverse_layer_idx", False),
+            reorder_and_upcast_attn=d.get("reorder_and_upcast_attn", False),
+            tie_word_embeddings=d.get("tie_word_embeddings", True),
+            bos_token_id=d.get("bos_token_id", 50256),
+            eos_token_id=d.get("eos_token_id", 50256),
+            pad_token_id=d.get("pad_token_id"),
         )
+        try:
+            return cls(**fields)
+        except ValueError as e:
+            raise ValueError(f"config.json: {e}".replace("GPTConfig.", "")) from None
 
 
 # OpenAI's released sizes: (n_layer, n_head, n_embd); all have 1024 positions and 50257 tokens.

@@ -68,7 +68,7 @@ from tqdm import tqdm
 
 from minigpt.files import atomic_write
 from minigpt.tokenizer import (
-    HF_TOKENIZER_FILE,
+    OWN_TOKENIZER_FILES,
     TOKENIZER_FILE,
     GPT2Tokenizer,
     Tokenizer,
@@ -555,7 +555,7 @@ class _ShardWriter:
 
 def _remove_outputs(out_dir: Path) -> None:
     """Delete meta.json first, then the tokenizer, shards and leftovers, and nothing else in out_dir."""
-    for name in ("meta.json", "meta.json.tmp", TOKENIZER_FILE, HF_TOKENIZER_FILE):
+    for name in ("meta.json", "meta.json.tmp", *OWN_TOKENIZER_FILES):
         (out_dir / name).unlink(missing_ok=True)
     for p in out_dir.iterdir():
         if _SHARD_NAME.fullmatch(p.name):

@@ -10,14 +10,19 @@ def flops_per_token(config: GPTConfig, seq_len: int) -> float:
     """Training FLOPs per token: 6N for the matmuls of forward + backward, plus attention.
 
     N counts every parameter that takes part in a matmul per token: all of them except the
-    position embedding (a lookup). The token embedding is counted once, for the tied lm_head
-    matmul (its lookup on the way in is free). Biases and LayerNorm gains ride along at 6
-    FLOPs each, which is negligible. Attention adds 12 * n_layer * n_embd * T (PaLM's
-    appendix B, as in nanoGPT): q @ k^T and att @ v over all T positions, x3 for backward,
-    counted without the causal half-saving. The padded vocabulary rows are not counted:
-    this is the model's work, not the hardware's.
+    position embedding (a lookup). The token embedding is counted once: for the tied lm_head
+    matmul (its lookup on the way in is free), or, untied, as the lm_head's own matrix in its
+    place. Biases and LayerNorm gains ride along at 6 FLOPs each, which is negligible; so do
+    the elementwise rotary embedding and q/k norm. Attention adds 12 * n_layer * n_embd * T
+    (PaLM's appendix B, as in nanoGPT): q @ k^T and att @ v over all T positions, x3 for
+    backward, counted without the causal half-saving. The padded vocabulary rows are not
+    counted: this is the model's work, not the hardware's.
     """
-    n = config.num_params() - config.block_size * config.n_embd
+    n = config.num_params()
+    if config.position == "learned":
+        n -= config.block_size * config.n_embd  # wpe: a lookup
+    if not config.tie_word_embeddings:
+        n -= config.vocab_size * config.n_embd  # wte is only a lookup; the lm_head does the matmul
     return 6 * n + 12 * config.n_layer * config.n_embd * seq_len
 
 

@@ -11,6 +11,12 @@ Two pieces can be swapped for faster implementations, chosen in one place
 attention ("math", "sdpa" or "triton") and LayerNorm ("torch" or "triton"). The
 "math" attention is the reference the others are tested against.
 
+The config's variants (minigpt/config.py) are those of transformers' GPT2LMHeadModel
+(MLP width, activation, attention scaling and fp32 upcast, an untied lm_head), each
+computed as transformers computes it, plus switches GPT-2 lacks for training small
+models: rotary positions instead of wpe, RMS-normalised q and k, and no biases. With
+every switch at its default the model is GPT-2 exactly.
+
 The same forward serves training, scoring and decoding: given a `KVCache` it
 continues from the positions the cache holds, and the fast decoder of
 minigpt/decode.py calls it with the cache's static mode rather than restating it.
@@ -101,65 +107,103 @@ def causal_mask(Tq: int, Tk: int, device: torch.device) -> torch.Tensor:
 
 # Every attention takes an optional `visible` (Tq, Tk) boolean mask. None means causal, with the
 # queries the last Tq of the Tk positions; a static KV cache passes its own (see KVCache).
+# `scale` multiplies q k^T (None: 1/sqrt(hs)); `upcast` forms the scores and their softmax in
+# float32 and casts the probabilities back to v's dtype, as transformers' reorder_and_upcast_attn.
 
 
 def attention_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                   visible: torch.Tensor | None = None) -> torch.Tensor:
-    """The reference: softmax(q k^T / sqrt(hs) + mask) v, written out."""
+                   visible: torch.Tensor | None = None, scale: float | None = None,
+                   upcast: bool = False) -> torch.Tensor:
+    """The reference: softmax(q k^T * scale + mask) v, written out."""
     Tq, Tk, hs = q.size(-2), k.size(-2), q.size(-1)
     if visible is None:
         visible = causal_mask(Tq, Tk, q.device)
-    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (B, nh, Tq, Tk)
+    if scale is None:
+        scale = 1.0 / math.sqrt(hs)
+    if upcast:
+        q, k = q.float(), k.float()
+    att = (q @ k.transpose(-2, -1)) * scale  # (B, nh, Tq, Tk)
     att = att.masked_fill(~visible, float("-inf"))
-    att = F.softmax(att, dim=-1)
+    att = F.softmax(att, dim=-1).to(v.dtype)
     return att @ v  # (B, nh, Tq, hs)
 
 
 def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                   visible: torch.Tensor | None = None) -> torch.Tensor:
+                   visible: torch.Tensor | None = None, scale: float | None = None,
+                   upcast: bool = False) -> torch.Tensor:
+    if upcast and q.dtype != torch.float32:  # sdpa keeps the scores in q's dtype (or its own choice)
+        return attention_math(q, k, v, visible, scale, upcast)
     Tq, Tk = q.size(-2), k.size(-2)
     if visible is not None:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=visible)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=visible, scale=scale)
     if Tq == Tk:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
     if Tq == 1:  # one new token sees every cached position: no mask needed
-        return F.scaled_dot_product_attention(q, k, v)
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)
     # is_causal aligns the mask top-left; a cache needs it bottom-right, so pass it explicitly
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(Tq, Tk, q.device))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(Tq, Tk, q.device), scale=scale)
 
 
 def attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                     visible: torch.Tensor | None = None) -> torch.Tensor:
-    if visible is not None:  # the flash kernel knows only the causal mask
-        return attention_sdpa(q, k, v, visible)
+                     visible: torch.Tensor | None = None, scale: float | None = None,
+                     upcast: bool = False) -> torch.Tensor:
+    # The flash kernel knows only the causal mask. It keeps its scores in float32 but casts the
+    # probabilities differently from an upcast softmax, so that variant goes to the reference.
+    if visible is not None or (upcast and q.dtype != torch.float32):
+        return attention_sdpa(q, k, v, visible, scale, upcast)
     from minigpt_kernels import flash_attention
 
-    return flash_attention(q, k, v, causal=True)
+    return flash_attention(q, k, v, causal=True, sm_scale=scale)
 
 
 ATTENTION = {"math": attention_math, "sdpa": attention_sdpa, "triton": attention_triton}
 
 
+def rotary_angles(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin (T, hs/2), float32, of the angles pos * theta^(-2j/hs) for positions (T,)."""
+    inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+    angles = positions.to(torch.float32)[:, None] * inv_freq[None, :]
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Rotate each pair (x[..., j], x[..., j + hs/2]) of x (B, nh, T, hs) by its angle, in float32."""
+    cos, sin = rope
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
+
+
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config: GPTConfig):
+    def __init__(self, config: GPTConfig, layer_idx: int = 0):
         super().__init__()
         self.n_head = config.n_head
         self.n_embd = config.n_embd
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q, k, v for all heads at once
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v for all heads at once
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
+        # None is the backends' own 1/sqrt(hs): GPT-2's scaling takes the kernels' default path
+        scale = config.layer_attn_scale(layer_idx)
+        self.scale = None if scale == 1.0 / math.sqrt(config.head_dim) else scale
+        self.upcast = config.reorder_and_upcast_attn
+        self.qk_norm_eps = config.layer_norm_epsilon if config.qk_norm else None
         self.backend = "math"  # set by GPT.set_backends
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
-                visible: torch.Tensor | None = None) -> torch.Tensor:
+                visible: torch.Tensor | None = None,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        if self.qk_norm_eps is not None:  # RMSNorm without weights, per head: bounded scores
+            q = F.rms_norm(q, (q.size(-1),), eps=self.qk_norm_eps)
+            k = F.rms_norm(k, (k.size(-1),), eps=self.qk_norm_eps)
+        if rope is not None:  # the rotation of the tokens' absolute positions; cached keys keep theirs
+            q, k = apply_rotary(q, rope), apply_rotary(k, rope)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, nh, T_past + T, hs); a static cache: (B, nh, max_len, hs)
-        y = ATTENTION[self.backend](q, k, v, visible)
+        y = ATTENTION[self.backend](q, k, v, visible, self.scale, self.upcast)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
         return self.resid_dropout(self.c_proj(y))
 
@@ -168,23 +212,57 @@ class CausalSelfAttention(nn.Module):
 # MLP, LayerNorm, Block
 
 
+def gelu_fast(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x)))
+
+
+def quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.sigmoid(1.702 * x)
+
+
+def relu2(x: torch.Tensor) -> torch.Tensor:
+    return torch.square(F.relu(x))
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    # transformers' gelu_new writes this tanh approximation out; the fused op is the same function
+    # (GPT-2 used it), equal to within float rounding
+    return F.gelu(x, approximate="tanh")
+
+
+# The MLP nonlinearities, under the names transformers' ACT2FN gives them.
+ACTIVATIONS = {
+    "gelu_new": gelu_tanh,
+    "gelu_pytorch_tanh": gelu_tanh,
+    "gelu_fast": gelu_fast,
+    "gelu": F.gelu,  # the exact, erf form
+    "quick_gelu": quick_gelu,
+    "relu": F.relu,
+    "relu2": relu2,  # ReLU squared (Primer; modded-nanogpt)
+    "silu": F.silu,
+    "swish": F.silu,
+    "tanh": torch.tanh,
+}
+
+
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.c_fc = nn.Linear(config.n_embd, config.mlp_width, bias=config.bias)
+        self.c_proj = nn.Linear(config.mlp_width, config.n_embd, bias=config.bias)
+        self.act = ACTIVATIONS[config.activation]
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.gelu(self.c_fc(x), approximate="tanh")  # GPT-2 used the tanh approximation
+        x = self.act(self.c_fc(x))
         return self.dropout(self.c_proj(x))
 
 
 class LayerNorm(nn.Module):
-    def __init__(self, ndim: int, eps: float):
+    def __init__(self, ndim: int, eps: float, bias: bool = True):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(ndim))
-        self.bias = nn.Parameter(torch.zeros(ndim))
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
         self.eps = eps
         self.backend = "torch"  # set by GPT.set_backends
 
@@ -192,21 +270,23 @@ class LayerNorm(nn.Module):
         if self.backend == "triton":
             from minigpt_kernels import layer_norm
 
-            return layer_norm(x, self.weight, self.bias, self.eps)
+            bias = self.bias if self.bias is not None else torch.zeros_like(self.weight)  # the kernel always adds one
+            return layer_norm(x, self.weight, bias, self.eps)
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
 
 
 class Block(nn.Module):
-    def __init__(self, config: GPTConfig):
+    def __init__(self, config: GPTConfig, layer_idx: int = 0):
         super().__init__()
-        self.ln_1 = LayerNorm(config.n_embd, config.layer_norm_epsilon)
-        self.attn = CausalSelfAttention(config)
-        self.ln_2 = LayerNorm(config.n_embd, config.layer_norm_epsilon)
+        self.ln_1 = LayerNorm(config.n_embd, config.layer_norm_epsilon, config.bias)
+        self.attn = CausalSelfAttention(config, layer_idx)
+        self.ln_2 = LayerNorm(config.n_embd, config.layer_norm_epsilon, config.bias)
         self.mlp = MLP(config)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
-                visible: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache, layer, visible)
+                visible: torch.Tensor | None = None,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer, visible, rope)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -310,19 +390,21 @@ class GPT(nn.Module):
         self.config = config
         on_meta = torch.empty(0).device.type == "meta"  # built to be loaded into: a checkpoint provides every tensor
         with SkipMetaInit() if on_meta else contextlib.nullcontext():
-            self.transformer = nn.ModuleDict(
-                dict(
-                    wte=nn.Embedding(config.padded_vocab_size, config.n_embd),  # token embeddings
-                    wpe=nn.Embedding(config.block_size, config.n_embd),  # learned position embeddings
-                    drop=nn.Dropout(config.dropout),
-                    h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-                    ln_f=LayerNorm(config.n_embd, config.layer_norm_epsilon),
-                )
+            modules = dict(wte=nn.Embedding(config.padded_vocab_size, config.n_embd))  # token embeddings
+            if config.position == "learned":  # with rope, positions enter as rotations of q and k instead
+                modules["wpe"] = nn.Embedding(config.block_size, config.n_embd)  # learned position embeddings
+            modules.update(
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
+                ln_f=LayerNorm(config.n_embd, config.layer_norm_epsilon, config.bias),
             )
-        # GPT-2's lm_head is tied to wte, so it has no parameter of its own: head() multiplies by
-        # wte.weight directly, which keeps the tie intact however the weights are loaded or moved.
-        # A module set here (an untied or a quantized head) takes its place.
-        self.lm_head: nn.Module | None = None
+            self.transformer = nn.ModuleDict(modules)
+            # GPT-2's lm_head is tied to wte, so it has no parameter of its own: head() multiplies by
+            # wte.weight directly, which keeps the tie intact however the weights are loaded or moved.
+            # A module set here (an untied or a quantized head) takes its place.
+            self.lm_head: nn.Module | None = None
+            if not config.tie_word_embeddings:  # padded like wte; the padded rows' logits are cut off
+                self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
         self.set_backends(attn_backend, ln_backend)
         if not on_meta:
             self.init_weights()
@@ -339,7 +421,8 @@ class GPT(nn.Module):
     def _init_weights(module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            torch.nn.init.zeros_(module.bias)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
@@ -424,9 +507,15 @@ class GPT(nn.Module):
         if end > self.config.block_size:
             raise ValueError(f"sequence of {end} tokens exceeds the context window of {self.config.block_size}")
         visible = None if cache is None else cache.visible(pos)  # (T, max_len) for a static cache
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        x = self.transformer.wte(idx)  # (B, T, C)
+        rope = None
+        if self.config.position == "rope":
+            rope = rotary_angles(pos, self.config.head_dim, self.config.rope_theta)  # (T, hs/2) each
+        else:
+            x = x + self.transformer.wpe(pos)
+        x = self.transformer.drop(x)
         for layer, block in enumerate(self.transformer.h):
-            x = block(x, cache, layer, visible)
+            x = block(x, cache, layer, visible, rope)
         x = self.transformer.ln_f(x)
         if cache is not None:
             cache.advance(T)
@@ -451,9 +540,14 @@ class GPT(nn.Module):
         model.load_state_dict(state, strict=True, assign=True)
         return model.to(device or "cpu").eval()
 
-    def save_pretrained(self, directory: str | Path) -> None:
-        """Write model.safetensors + config.json that transformers' GPT2LMHeadModel loads."""
-        weights.save_state_dict(self.state_dict(), self.config, directory)
+    def save_pretrained(self, directory: str | Path, transformers_only: bool = True) -> None:
+        """Write model.safetensors + config.json that transformers' GPT2LMHeadModel loads.
+
+        A model with a switch GPT2LMHeadModel lacks (config.hf_incompatibility()) is a ValueError,
+        unless transformers_only=False: then config.json holds only minigpt's own config, which
+        from_pretrained reads and transformers refuses (training checkpoints are written so).
+        """
+        weights.save_state_dict(self.state_dict(), self.config, directory, transformers_only)
 
     # --- quantization ---------------------------------------------------------------------------
     def quantize(self, mode: str, group_size: int = 64) -> GPT:

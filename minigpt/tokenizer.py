@@ -165,6 +165,8 @@ HF_TOKENIZER_FILE = "tokenizer.json"  # HF tokenizers' own format (read by trans
 HF_CONFIG_FILE = "tokenizer_config.json"  # transformers' settings: special tokens, what tokenizer(text) adds
 SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
 ADDED_TOKENS_FILE = "added_tokens.json"
+# every file save_pretrained of a gpt2, char or bpe tokenizer writes (a data dir removes them all)
+OWN_TOKENIZER_FILES = (TOKENIZER_FILE, HF_TOKENIZER_FILE, HF_CONFIG_FILE, "vocab.json", "merges.txt")
 BYTE_FALLBACK = 256  # ids a "char" tokenizer keeps for the UTF-8 bytes of characters it lacks
 
 
@@ -751,7 +753,7 @@ def parse_tokenizer_kind(spec: str) -> tuple[str, int | None]:
     name, _, size = spec.partition(":")
     if name == "bpe":
         if not size.isdigit() or int(size) <= BYTE_FALLBACK:
-            raise ValueError(f"bpe:N needs a vocabulary size N above {BYTE_FALLBACK} (its byte alphabet), got {spec!r}")
+            raise ValueError(f"tokenizer bpe:N needs a vocabulary size N above {BYTE_FALLBACK} (its byte alphabet), got {spec!r}")
         return "bpe", int(size)
     raise ValueError(f"unknown tokenizer {spec!r}; choose {TOKENIZER_KINDS}")
 

@@ -7,7 +7,11 @@ those are transposed on the way in and out. Everything else maps one to one.
 Real checkpoints come in a few variants, all accepted:
 - keys with or without the `transformer.` prefix;
 - the legacy attention-mask buffers `attn.bias` / `attn.masked_bias` (ignored);
-- `lm_head.weight` present (it must equal wte) or absent (tied).
+- `lm_head.weight` present (it must equal wte when the config ties them) or absent (tied);
+- one file, or shards named by a `model.safetensors.index.json` / `pytorch_model.bin.index.json`.
+
+A name is a local path, one of OpenAI's presets (`gpt2`, ...), or a hub id `OWNER/NAME` or
+`OWNER/NAME@REVISION`, downloaded once into the Hugging Face cache and read from there after.
 
 Nothing is ever unpickled with code execution: safetensors files are plain
 data, and `.bin` files go through `torch.load(weights_only=True)`.
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import pickle
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,45 +39,117 @@ from minigpt.files import atomic_write
 
 TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 IGNORED = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers of old checkpoints
+PADDED = ("transformer.wte.weight", "lm_head.weight")  # (vocab, C), padded to the model's padded vocabulary
 
 
 # ----------------------------------------------------------------------------------------------
 # Finding the files
 
 
-def hub_snapshot(name: str, downloading: bool = False) -> Path:
-    """The local directory of a preset's hub repo, downloading it if it is not cached.
+# What a hub id brings down: the config, the weights and the tokenizer files, nothing else.
+HUB_CONFIG_FILES = ["config.json", "generation_config.json"]
+HUB_TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                       "vocab.json", "merges.txt", "spiece.model", "*.model"]
+HUB_SAFETENSORS = ["model*.safetensors", "model.safetensors.index.json"]
+HUB_TORCH_BIN = ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
+HUB_ID = re.compile(r"(?P<repo>[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*)(?:@(?P<revision>[^@\s]+))?")
+
+
+def parse_hub_id(name: str) -> tuple[str, str | None] | None:
+    """(repo id, revision or None) of "OWNER/NAME" or "OWNER/NAME@REVISION"; None if name is not of that form."""
+    m = HUB_ID.fullmatch(name)
+    if m is None or name.startswith(("./", "../")) or ".." in m["repo"] or m["repo"].endswith((".", "-")):
+        return None
+    return m["repo"], m["revision"]
+
+
+def _has_weights(directory: Path) -> bool:
+    return any((directory / f).is_file() for f in WEIGHT_FILES)
+
+
+def hub_snapshot(name: str, downloading: bool = False) -> Path:
+    """The local directory of a preset's or a hub id's snapshot, downloading it if it is not cached.
+
+    A preset (`gpt2`, ...) brings config.json and model.safetensors; a hub id `OWNER/NAME[@REVISION]`
+    also the tokenizer files and generation_config.json, and its weights as safetensors where the
+    repo has them, else as pytorch_model*.bin. The cache is tried first, so once downloaded
+    nothing goes to the network.
     downloading: the caller's whole job is the download (`python -m minigpt.weights download`),
     so a failure says what the download needs rather than suggesting the download command.
     """
-    from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub import HfApi, constants, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError, \
+        RevisionNotFoundError
 
-    repo = HUB_REPOS[name]
-    patterns = ["config.json", "model.safetensors"]
+    if name in PRESETS:
+        repo, revision, patterns = HUB_REPOS[name], None, ["config.json", "model.safetensors"]
+    else:
+        parsed = parse_hub_id(name)
+        if parsed is None:
+            raise CheckpointError(f"{name!r} is not a preset ({', '.join(PRESETS)}) or a hub id OWNER/NAME[@REVISION]")
+        repo, revision = parsed
+        patterns = HUB_CONFIG_FILES + HUB_TOKENIZER_FILES
+    where = repo if revision is None else f"{repo} at revision {revision}"
     try:
-        return Path(snapshot_download(repo, allow_patterns=patterns, local_files_only=True))
+        path = Path(snapshot_download(repo, revision=revision, allow_patterns=patterns, local_files_only=True))
+        if _has_weights(path):
+            return path
     except LocalEntryNotFoundError:
         pass
     try:
-        path = Path(snapshot_download(repo, allow_patterns=patterns))
+        if name not in PRESETS:  # prefer safetensors: ask which weight files the repo has
+            files = HfApi().list_repo_files(repo, revision=revision)
+            patterns = patterns + (HUB_SAFETENSORS if any(f.endswith(".safetensors") for f in files) else HUB_TORCH_BIN)
+        path = Path(snapshot_download(repo, revision=revision, allow_patterns=patterns))
+    except (RepositoryNotFoundError, RevisionNotFoundError) as e:
+        what = "revision" if isinstance(e, RevisionNotFoundError) else "repository"
+        raise CheckpointError(f"the Hugging Face hub has no {what} {where} (or it is private or gated)") from None
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as e:
+        offline = " (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
+        why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else type(e).__name__
         if downloading:
-            offline = " (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
             raise CheckpointError(
-                f"cannot download {repo} from the Hugging Face hub{offline}: {type(e).__name__}; this needs "
+                f"cannot download {where} from the Hugging Face hub{offline}: {type(e).__name__}; this needs "
                 f"network access to huggingface.co, and the files go to the cache at {constants.HF_HUB_CACHE} "
                 "(set HF_HUB_CACHE to choose another)"
             ) from None
+        local = "" if name in PRESETS else f"there is no local path {name}, and "
         raise CheckpointError(
-            f"{name} weights are not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and the hub cannot be "
-            f"reached ({type(e).__name__}); on a machine with network run `python -m minigpt.weights download "
-            f"{name}`, or pass a local directory or .safetensors file"
+            f"{local}{where} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and the hub cannot be "
+            f"reached ({why}); on a machine with network run `python -m minigpt.weights "
+            f"download {name}`, or pass a local directory or .safetensors file"
         ) from None
-    if not (path / "model.safetensors").is_file():
-        raise CheckpointError(f"the hub repo {repo} has no model.safetensors")
+    if not _has_weights(path):
+        raise CheckpointError(f"the hub repo {where} has no model.safetensors or pytorch_model.bin weights")
     return path
+
+
+def resolve_directory(name_or_path: str | Path) -> Path | None:
+    """The local directory holding the config and tokenizer files of a local directory or a hub id
+    (downloaded once); None for a preset name (GPT-2's tiktoken encoding) and for a single weights file.
+
+    A train.py output directory resolves to its latest checkpoint.
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if (path / "config.json").is_file() or _has_weights(path):
+            return path
+        return latest_checkpoint(path) or path
+    if path.exists():
+        return None
+    name = str(name_or_path)
+    if name in PRESETS:
+        return None
+    if parse_hub_id(name) is None:
+        raise CheckpointError(_not_found(name))
+    return hub_snapshot(name)
+
+
+def _not_found(name: str) -> str:
+    return (f"{name}: no such file or directory, not a preset ({', '.join(PRESETS)}) and not a hub id "
+            "OWNER/NAME[@REVISION]")
 
 
 def _read_config_json(path: Path) -> GPTConfig:
@@ -107,24 +184,19 @@ def find_weights(name_or_path: str | Path) -> tuple[Path, GPTConfig | None]:
     """(weights file, config if one was found beside it) for a preset name or a local path."""
     path = Path(name_or_path).expanduser()
     if not path.exists():
-        if str(name_or_path) in PRESETS:
-            path = hub_snapshot(str(name_or_path))
-        else:
-            raise CheckpointError(
-                f"{name_or_path}: no such file or directory, and not a preset ({', '.join(PRESETS)})"
-            )
+        name = str(name_or_path)
+        if name not in PRESETS and parse_hub_id(name) is None:
+            raise CheckpointError(_not_found(name))
+        path = hub_snapshot(name)
     if path.is_dir():
         directory = path
-        weights = next(
-            (directory / f for f in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-             if (directory / f).is_file()),
-            None,
-        )
+        weights = next((directory / f for f in WEIGHT_FILES if (directory / f).is_file()), None)
         if weights is None:
             ckpt = latest_checkpoint(directory)
             if ckpt is None:
                 raise CheckpointError(
-                    f"{directory} holds no model.safetensors, pytorch_model.bin or {CHECKPOINT_PREFIX}* checkpoint"
+                    f"{directory} holds no model.safetensors, pytorch_model.bin (or their shard index) or "
+                    f"{CHECKPOINT_PREFIX}* checkpoint"
                 )
             return find_weights(ckpt)
     else:
@@ -207,10 +279,13 @@ def _iter_sharded(index: Path) -> tuple[dict, Iterator[tuple[str, torch.Tensor]]
         found = "no weight_map" if weight_map is None else f"a weight_map that is a JSON {_json_type(weight_map)}"
         raise CheckpointError(f"{index} is not a shard index: it has {found}, not an object of tensor -> file names")
     shards = sorted(set(weight_map.values()))
+    for shard in shards:
+        if Path(shard).name != shard or not (index.parent / shard).is_file():
+            raise CheckpointError(f"{index} names shard {shard!r}, which is not a file beside it")
 
     def tensors():
-        for shard in shards:
-            yield from _iter_safetensors(index.parent / shard)[1]
+        for shard in shards:  # each shard in its own format: .safetensors or .bin
+            yield from read_tensors(index.parent / shard)[1]
 
     return {}, tensors()
 
@@ -233,7 +308,7 @@ def _iter_torch_bin(path: Path) -> tuple[dict, Iterator[tuple[str, torch.Tensor]
 
 
 def read_tensors(weights: Path) -> tuple[dict, Iterator[tuple[str, torch.Tensor]]]:
-    if weights.name.endswith(".safetensors.index.json"):
+    if weights.name.endswith((".safetensors.index.json", ".bin.index.json")):
         return _iter_sharded(weights)
     if weights.suffix == ".safetensors":
         return _iter_safetensors(weights)
@@ -326,13 +401,18 @@ def load_state_dict(
     if config is None:
         config = _infer_config({k: tuple(v.shape) for k, v in state.items()}, weights)
 
-    # The embedding is stored unpadded; pad it with zero rows to the model's padded width.
     wte = state.get("transformer.wte.weight")
-    if lm_head is not None and (wte is None or not torch.equal(lm_head.to(wte.device), wte)):
-        raise CheckpointError(f"{weights}: lm_head.weight differs from wte.weight; only tied heads are supported")
-    if wte is not None and wte.size(0) == config.vocab_size and config.padded_vocab_size > config.vocab_size:
-        pad = wte.new_zeros(config.padded_vocab_size - config.vocab_size, wte.size(1))
-        state["transformer.wte.weight"] = torch.cat([wte, pad])
+    if config.tie_word_embeddings:
+        if lm_head is not None and (wte is None or not torch.equal(lm_head.to(wte.device), wte)):
+            raise CheckpointError(f"{weights}: lm_head.weight differs from wte.weight, but the config ties them "
+                                  "(tie_word_embeddings is true)")
+    elif lm_head is not None:
+        state["lm_head.weight"] = lm_head.to(device).contiguous()
+    # The embedding (and an untied lm_head) is stored unpadded; pad with zero rows to the padded width.
+    for name in PADDED:
+        t = state.get(name)
+        if t is not None and t.dim() == 2 and t.size(0) == config.vocab_size < config.padded_vocab_size:
+            state[name] = torch.cat([t, t.new_zeros(config.padded_vocab_size - config.vocab_size, t.size(1))])
     return config, state, weights
 
 
@@ -347,7 +427,7 @@ def check_state_dict(state: dict[str, torch.Tensor], expected: dict[str, tuple[i
         raise CheckpointError(f"{source}: unexpected tensor(s) {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}")
     for name, shape in expected.items():
         got = tuple(state[name].shape)
-        if name == "transformer.wte.weight":
+        if name in PADDED:
             got = (got[0] - (config.padded_vocab_size - config.vocab_size), got[1])
             shape = (config.vocab_size, shape[1])
         elif name.endswith(TRANSPOSED):  # report shapes as the checkpoint stores them
@@ -365,7 +445,7 @@ def hf_state_dict(state_dict: dict[str, torch.Tensor], config: GPTConfig) -> dic
     out = {}
     for name, t in state_dict.items():
         t = t.detach()
-        if name == "transformer.wte.weight":
+        if name in PADDED:
             t = t[: config.vocab_size]
         elif name.endswith(TRANSPOSED):
             t = t.t()
@@ -373,15 +453,24 @@ def hf_state_dict(state_dict: dict[str, torch.Tensor], config: GPTConfig) -> dic
     return out
 
 
-def save_state_dict(state_dict: dict[str, torch.Tensor], config: GPTConfig, directory: str | Path) -> None:
-    """Write model.safetensors + config.json (each atomically) that GPT2LMHeadModel loads."""
+def save_state_dict(state_dict: dict[str, torch.Tensor], config: GPTConfig, directory: str | Path,
+                    transformers_only: bool = True) -> None:
+    """Write model.safetensors + config.json (each atomically) that GPT2LMHeadModel loads.
+
+    A config GPT2LMHeadModel cannot compute (config.hf_incompatibility()) is a ValueError naming the
+    switch, unless transformers_only=False: then config.json holds only the "minigpt" entry, which
+    from_pretrained reads and transformers refuses for want of a model_type.
+    """
     from safetensors.torch import save_file
 
+    reason = config.hf_incompatibility()
+    if reason is not None and transformers_only:
+        raise ValueError(f"cannot save in transformers' GPT2LMHeadModel format: {reason}")
     directory = Path(directory)
     tensors = hf_state_dict(state_dict, config)
     metadata = {"format": "pt", "minigpt_config": json.dumps(config.to_dict())}
     atomic_write(directory / "model.safetensors", lambda f: save_file(tensors, f.name, metadata=metadata))
-    hf_config = config.to_hf_dict()
+    hf_config = {} if reason is not None else config.to_hf_dict()
     hf_config["dtype"] = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
     hf_config["minigpt"] = config.to_dict()
     atomic_write(directory / "config.json", json.dumps(hf_config, indent=2) + "\n")
@@ -394,16 +483,18 @@ def save_state_dict(state_dict: dict[str, torch.Tensor], config: GPTConfig, dire
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m minigpt.weights",
-        description="Download OpenAI's GPT-2 weights into the Hugging Face cache, for later offline use.",
+        description="Download GPT-2 weights (OpenAI's or any GPT-2 model on the hub) into the Hugging Face "
+                    "cache, for later offline use.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    dl = sub.add_parser("download", help="fetch config.json and model.safetensors of a preset")
-    dl.add_argument("name", choices=list(PRESETS), help="which GPT-2 size")
+    dl = sub.add_parser("download", help="fetch the config and weights of a preset, or of a hub id with its tokenizer")
+    dl.add_argument("name", help=f"a preset ({', '.join(PRESETS)}) or a hub id OWNER/NAME[@REVISION]")
     args = parser.parse_args(argv)
     try:
-        preset(args.name)
+        if args.name not in PRESETS and parse_hub_id(args.name) is None:
+            preset(args.name)  # the one-line error listing the presets
         print(hub_snapshot(args.name, downloading=True))
-    except CheckpointError as e:
+    except (CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -143,9 +143,13 @@ def test_each_tokenizer_has_its_own_directory_and_a_changed_one_is_prepared_agai
     source.write_text(corpus_text(100), encoding="utf-8")
     out = tmp_path / "prepared"
     prepare(str(source), out, tokenizer="bpe:300", workers=1)
+    prepare(str(source), out, tokenizer="gpt2", workers=1)
+    assert (out / "merges.txt").exists()
     prepare(str(source), out, tokenizer="char", workers=1)
     assert "prepared with different tokenizer" in capsys.readouterr().err
-    assert load_meta(out)["tokenizer"] == "char" and not (out / "tokenizer.json").exists()
+    assert load_meta(out)["tokenizer"] == "char"
+    assert not (out / "merges.txt").exists() and not (out / "vocab.json").exists()  # nothing of gpt2's is left
+    assert json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))["model"]["merges"] == []
     assert isinstance(data_tokenizer(out), CharTokenizer)
 
 

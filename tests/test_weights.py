@@ -120,7 +120,7 @@ def test_bad_paths_and_configs(tmp_path):
         GPT.from_pretrained(tmp_path)
     hf = hf_model(**CONFIGS["small-vocab"])
     save_hf(hf, tmp_path)
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "activation_function": "relu"}))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "activation_function": "mish"}))
     with pytest.raises(CheckpointError, match="activation_function"):
         GPT.from_pretrained(tmp_path)
     (tmp_path / "config.json").write_text("{not json")
