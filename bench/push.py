@@ -360,7 +360,7 @@ def push(text_path: Path, work: Path, nanogpt: dict = NANOGPT, minigpt: dict = M
 
     # 2. The two recipes side by side, minigpt's to nanoGPT's (predicted) wall clock.
     arms = [Arm("nanogpt", {**nanogpt, "ckpt_interval": max(1, n_steps // points)}),
-            Arm("minigpt", {**minigpt, "time_budget": round(budget, 1),
+            Arm("minigpt", {**minigpt, "time_budget": max(0.1, round(budget, 1)),
                             "ckpt_interval": max(1, round(mini_steps / points))})]
     log(f"the two recipes side by side ({budget:.0f} s each)")
     load = run_side_by_side(arms, work, {"nanogpt": dirs[nanogpt["tokenizer"]], "minigpt": dirs[minigpt["tokenizer"]]})
@@ -373,7 +373,7 @@ def push(text_path: Path, work: Path, nanogpt: dict = NANOGPT, minigpt: dict = M
 def run_third(work: Path, nanogpt: dict, minigpt: dict, dirs: dict[str, Path]) -> dict:
     third = read_run(work / "nanogpt")["train_time"] / 3
     arms = [Arm("nanogpt-again", {**nanogpt, "stop_at_step": max(1, nanogpt["max_steps"] // 3), "ckpt_interval": 0}),
-            Arm("minigpt-third", {**minigpt, "time_budget": round(third, 1), "ckpt_interval": 0})]
+            Arm("minigpt-third", {**minigpt, "time_budget": max(0.1, round(third, 1)), "ckpt_interval": 0})]
     log(f"minigpt's recipe in a third of the time ({third:.0f} s)")
     return run_side_by_side(arms, work, {"nanogpt-again": dirs[nanogpt["tokenizer"]],
                                          "minigpt-third": dirs[minigpt["tokenizer"]]})

@@ -10,7 +10,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from minigpt.config import GPTConfig
+from minigpt.config import ACTIVATIONS, POSITIONS, GPTConfig
 from minigpt.loader import ORDERS
 from minigpt.model import ATTN_BACKENDS, LN_BACKENDS
 from minigpt.tokenizer import parse_tokenizer_kind
@@ -66,6 +66,14 @@ class TrainConfig:
     block_size: int = setting(256, "tokens per training row (and the context of a new model); with --init, "
                                    "at most the model's context window")
     dropout: float = setting(0.0, "dropout on embeddings and residual branches")
+    # switches of a new model (the defaults are GPT-2's); a checkpoint or --init model keeps its own
+    position: str = setting("learned", "positions: learned (GPT-2's table) or rope (rotary q and k, no table)",
+                            choices=POSITIONS)
+    qk_norm: bool = setting(False, "RMS-normalise q and k per head before the attention scores")
+    activation: str = setting("gelu_new", "the MLP's nonlinearity (relu2: ReLU squared)", choices=ACTIVATIONS)
+    tie_word_embeddings: bool = setting(True, "the lm_head is the token embedding, as in GPT-2 "
+                                              "(--no-tie-word-embeddings: a matrix of its own)")
+    bias: bool = setting(True, "biases in the Linear layers and LayerNorms, as in GPT-2 (--no-bias: none)")
     attn_backend: str = setting("auto", "attention implementation (auto: triton on CUDA)", choices=ATTN_BACKENDS)
     ln_backend: str = setting("auto", "LayerNorm implementation (auto: triton on CUDA)", choices=LN_BACKENDS)
     # optimisation
@@ -200,7 +208,9 @@ class TrainConfig:
         vocab_size ids."""
         try:
             return GPTConfig(block_size=self.block_size, vocab_size=vocab_size, n_layer=self.n_layer,
-                             n_head=self.n_head, n_embd=self.n_embd, dropout=self.dropout)
+                             n_head=self.n_head, n_embd=self.n_embd, dropout=self.dropout,
+                             position=self.position, qk_norm=self.qk_norm, activation=self.activation,
+                             tie_word_embeddings=self.tie_word_embeddings, bias=self.bias)
         except ValueError as e:
             raise ConfigError(str(e)) from None
 
@@ -248,6 +258,17 @@ RECIPES: dict[str, dict] = {
     # so the budget is tokens (~300k); small batches learned more from them than big ones
     # (README, Training). A 256-token context leaves room for 200-token samples.
     "cpu": {},
+    # Shakespeare on one CPU thread for a fixed time: nanoGPT's CPU recipe (4 layers, width 128,
+    # 12 rows) with what won bench/push.py's A/Bs at equal wall clock: a 512-token BPE with a
+    # 32-token context (about nanoGPT's 64 characters), lr 3e-3, the wsd schedule over the budget,
+    # Muon for the blocks' matrices (bench/results/push.md). Not the `cpu` defaults: those train
+    # on GPT-2 tokens of the standard library, where these were not measured (README, Training).
+    "cpu-push": dict(
+        data="shakespeare", tokenizer="bpe:512", n_layer=4, n_head=4, n_embd=128, block_size=32, batch_size=12,
+        time_budget=300.0, lr=3e-3, min_lr=3e-4, warmup_steps=100, schedule="wsd", decay_frac=0.2,
+        optimizer="muon", muon_lr=0.02, beta2=0.99, bias=False, eval_interval=500, sample_interval=0,
+        sample_prompt="\n", ckpt_interval=1000,
+    ),
     # GPT-2 124M on 10B tokens of FineWeb-Edu: the build-nanogpt / llm.c recipe for GPUs.
     # 2**19 tokens per step in micro-batches of 64 x 1024 (gradient accumulation makes up the
     # rest on fewer than 8 GPUs); 19073 steps is one pass over the 10B-token sample.
