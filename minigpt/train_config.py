@@ -10,7 +10,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from minigpt.config import GPTConfig
+from minigpt.config import ACTIVATIONS, POSITIONS, GPTConfig
 from minigpt.loader import ORDERS
 from minigpt.model import ATTN_BACKENDS, LN_BACKENDS
 from minigpt.tokenizer import parse_tokenizer_kind
@@ -18,6 +18,7 @@ from minigpt.tokenizer import parse_tokenizer_kind
 DTYPES = ("auto", "float32", "bfloat16")
 PARALLEL = ("ddp", "fsdp")
 SCHEDULES = ("cosine", "wsd")
+OPTIMIZERS = ("adamw", "muon")  # minigpt.optim builds them
 
 
 class TrainError(Exception):
@@ -65,6 +66,14 @@ class TrainConfig:
     block_size: int = setting(256, "tokens per training row (and the context of a new model); with --init, "
                                    "at most the model's context window")
     dropout: float = setting(0.0, "dropout on embeddings and residual branches")
+    # switches of a new model (the defaults are GPT-2's); a checkpoint or --init model keeps its own
+    position: str = setting("learned", "positions: learned (GPT-2's table) or rope (rotary q and k, no table)",
+                            choices=POSITIONS)
+    qk_norm: bool = setting(False, "RMS-normalise q and k per head before the attention scores")
+    activation: str = setting("gelu_new", "the MLP's nonlinearity (relu2: ReLU squared)", choices=ACTIVATIONS)
+    tie_word_embeddings: bool = setting(True, "the lm_head is the token embedding, as in GPT-2 "
+                                              "(--no-tie-word-embeddings: a matrix of its own)")
+    bias: bool = setting(True, "biases in the Linear layers and LayerNorms, as in GPT-2 (--no-bias: none)")
     attn_backend: str = setting("auto", "attention implementation (auto: triton on CUDA)", choices=ATTN_BACKENDS)
     ln_backend: str = setting("auto", "LayerNorm implementation (auto: triton on CUDA)", choices=LN_BACKENDS)
     # optimisation
@@ -90,6 +99,10 @@ class TrainConfig:
     weight_decay: float = setting(0.1, "AdamW weight decay of the matrices")
     beta1: float = setting(0.9, "AdamW beta1")
     beta2: float = setting(0.95, "AdamW beta2")
+    optimizer: str = setting("adamw", "adamw, or muon: torch.optim.Muon for the blocks' matrices (attention and "
+                                      "MLP weights), AdamW for embeddings, head, gains and biases", choices=OPTIMIZERS)
+    muon_lr: float = setting(0.02, "Muon's peak learning rate (the schedule scales it as it scales --lr)")
+    muon_momentum: float = setting(0.95, "Muon's momentum")
     grad_clip: float = setting(1.0, "clip the gradient norm to this (0: no clipping)")
     seed: int = setting(1337, "seed of the init, dropout and the data's epoch offsets")
     # evaluation, samples, checkpoints (an interval of 0 means only at the end)
@@ -123,7 +136,7 @@ class TrainConfig:
     def __post_init__(self):
         # nan passes every `<` check and disables what it configures (nan clips nothing): refuse it first.
         for name in ("lr", "min_lr", "weight_decay", "beta1", "beta2", "grad_clip", "dropout", "peak_flops",
-                     "time_budget", "decay_frac"):
+                     "time_budget", "decay_frac", "muon_lr", "muon_momentum"):
             value = getattr(self, name)
             if value is None:
                 continue
@@ -179,6 +192,13 @@ class TrainConfig:
             raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.parallel not in PARALLEL:
             raise ConfigError(f"parallel must be one of {', '.join(PARALLEL)}, got {self.parallel!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if not (self.muon_lr > 0 and 0 <= self.muon_momentum < 1):
+            raise ConfigError(f"need muon_lr > 0 and muon_momentum in [0, 1), got {self.muon_lr}, {self.muon_momentum}")
+        if self.optimizer == "muon" and self.parallel == "fsdp":
+            raise ConfigError("--optimizer muon does not run under --parallel fsdp (torch.optim.Muon "
+                              "orthogonalises whole matrices, FSDP holds shards of them); use --parallel ddp")
         if self.peak_flops is not None and self.peak_flops <= 0:
             raise ConfigError(f"peak_flops must be positive, got {self.peak_flops}")
         self.model_config()  # the model sizes must make a valid GPTConfig
@@ -188,7 +208,9 @@ class TrainConfig:
         vocab_size ids."""
         try:
             return GPTConfig(block_size=self.block_size, vocab_size=vocab_size, n_layer=self.n_layer,
-                             n_head=self.n_head, n_embd=self.n_embd, dropout=self.dropout)
+                             n_head=self.n_head, n_embd=self.n_embd, dropout=self.dropout,
+                             position=self.position, qk_norm=self.qk_norm, activation=self.activation,
+                             tie_word_embeddings=self.tie_word_embeddings, bias=self.bias)
         except ValueError as e:
             raise ConfigError(str(e)) from None
 
@@ -236,6 +258,17 @@ RECIPES: dict[str, dict] = {
     # so the budget is tokens (~300k); small batches learned more from them than big ones
     # (README, Training). A 256-token context leaves room for 200-token samples.
     "cpu": {},
+    # Shakespeare on one CPU thread for a fixed time: nanoGPT's CPU recipe (4 layers, width 128,
+    # 12 rows) with what won bench/push.py's A/Bs at equal wall clock: a 512-token BPE with a
+    # 32-token context (about nanoGPT's 64 characters), lr 3e-3, the wsd schedule over the budget,
+    # Muon for the blocks' matrices (bench/results/push.md). Not the `cpu` defaults: those train
+    # on GPT-2 tokens of the standard library, where these were not measured (README, Training).
+    "cpu-push": dict(
+        data="shakespeare", tokenizer="bpe:512", n_layer=4, n_head=4, n_embd=128, block_size=32, batch_size=12,
+        time_budget=300.0, lr=3e-3, min_lr=3e-4, warmup_steps=100, schedule="wsd", decay_frac=0.2,
+        optimizer="muon", muon_lr=0.02, beta2=0.99, bias=False, eval_interval=500, sample_interval=0,
+        sample_prompt="\n", ckpt_interval=1000,
+    ),
     # GPT-2 124M on 10B tokens of FineWeb-Edu: the build-nanogpt / llm.c recipe for GPUs.
     # 2**19 tokens per step in micro-batches of 64 x 1024 (gradient accumulation makes up the
     # rest on fewer than 8 GPUs); 19073 steps is one pass over the 10B-token sample.

@@ -79,7 +79,7 @@ from minigpt.flops import device_peak_flops, flops_per_token
 from minigpt.generate import complete, prompt_ids
 from minigpt.loader import DataLoader, check_token_ids, unigram_entropy
 from minigpt.model import GPT
-from minigpt.optim import configure_optimizer, lr_at
+from minigpt.optim import configure_optimizer, lr_at, set_hyperparameters
 from minigpt.pretrained import check_vocab, tokenizer_for
 from minigpt.runlog import RunLog, check_loggers_installed, info, open_tensorboard, open_wandb, plot_losses
 from minigpt.runtime import start_runtime
@@ -377,6 +377,9 @@ class Trainer:
                 f"{ckpt.path} was written by {saved_world} process(es), this run has {world_size}; "
                 "resume with the same number of processes"
             )
+        saved_optimizer = ckpt.train_config.get("optimizer", "adamw")
+        if saved_optimizer != self.cfg.optimizer:
+            raise CheckpointError(f"{ckpt.path} was trained with --optimizer {saved_optimizer}; resume it with the same")
         sharded = (ckpt.path / SHARDED).is_dir()
         if sharded != self.fsdp:
             raise CheckpointError(f"{ckpt.path} was written with --parallel {'fsdp' if sharded else 'ddp'}; "
@@ -387,12 +390,7 @@ class Trainer:
                                      ckpt.state["optimizer"]["param_groups"])
             else:
                 self.optimizer.load_state_dict(ckpt.optimizer_state_dict(self.optimizer))
-            # load_state_dict brings back the saved hyper-parameters; flags given now win
-            # (lr is set every step from the schedule).
-            decay, no_decay = self.optimizer.param_groups
-            decay["weight_decay"] = self.cfg.weight_decay
-            for group in (decay, no_decay):
-                group["betas"] = (self.cfg.beta1, self.cfg.beta2)
+            set_hyperparameters(self.optimizer, self.cfg)  # flags given now win over the saved ones
             self.train_loader.load_state_dict(ckpt.state["data_loader"])
         except (ValueError, KeyError, TypeError, RuntimeError) as e:  # DataError is a ValueError
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -506,8 +504,7 @@ class Trainer:
         cfg, runtime = self.cfg, self.runtime
         t0 = clock()
         lr = lr_at(self.step, cfg, self._progress())
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        set_hyperparameters(self.optimizer, cfg, lr)
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(self.grad_accum):
             x, y = self.train_loader.next_batch()
