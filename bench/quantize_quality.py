@@ -25,16 +25,19 @@ import torch  # noqa: E402
 
 from bench.common import environment, output_dir, write_json  # noqa: E402
 from minigpt.evaluate import bits_per_byte  # noqa: E402
+from minigpt.corpus import data_tokenizer  # noqa: E402
 from minigpt.model import GPT  # noqa: E402
-from minigpt.tokenizer import get_encoding  # noqa: E402
+from minigpt.pretrained import check_vocab, tokenizer_for  # noqa: E402
 
 DEFAULT_DATA = Path.home() / ".cache" / "minigpt" / "data" / "stdlib"
 
 
-def held_out_text(data_dir: Path, max_bytes: int, enc) -> str:
-    """Whole documents from the start of the corpus's validation split, up to max_bytes of text."""
+def held_out_text(data_dir: Path, max_bytes: int) -> str:
+    """Whole documents from the start of the corpus's validation split, up to max_bytes of text,
+    decoded with the tokenizer the shards were made with."""
+    enc = data_tokenizer(data_dir)
     tokens = np.load(data_dir / "val_000000.npy", mmap_mode="r")
-    eot, docs, size, start = enc.eot_token, [], 0, 0
+    eot, docs, size, start = enc.eot_id, [], 0, 0
     ends = np.flatnonzero(np.asarray(tokens[: 4 * max_bytes]) == eot)
     for end in list(ends) + [None]:
         doc = enc.decode([int(t) for t in tokens[start:end] if t != eot])
@@ -67,16 +70,19 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=None, help="results directory (default: a new bench/runs/ folder)")
     p.add_argument("--update-results", action="store_true", help="write bench/results/quantize-quality.json")
     args = p.parse_args(argv)
-    enc = get_encoding("gpt2")
-    texts = {f"{args.data.name} val": held_out_text(args.data, args.max_bytes, enc)}
+    tokenizer = tokenizer_for(args.init)  # the model's own, which scores every variant
+    texts = {f"{args.data.name} val": held_out_text(args.data, args.max_bytes)}
     if args.extra_text:
         texts[args.extra_text.name] = args.extra_text.read_text(encoding="utf-8")[: args.max_bytes]
-    rows = []
+    rows, config = [], None
     for name, extra, model in variants(args.init, [int(g) for g in args.group_sizes.split(",")]):
+        if config is None:
+            check_vocab(tokenizer, model.config.vocab_size, args.init)
+            config = model.config.to_dict()
         for text_name, text in texts.items():
             t0 = time.perf_counter()
             with torch.inference_mode():
-                r = bits_per_byte(model, enc, text)
+                r = bits_per_byte(model, tokenizer, text)
             rows.append({"model": name, **extra, "text": text_name, **r, "seconds": time.perf_counter() - t0})
             print(f"{name:10s} {text_name:24s} {r['bpb']:.4f} bits/byte", file=sys.stderr)
     base = {row["text"]: row["bpb"] for row in rows if row["model"] == "float32"}
@@ -87,7 +93,7 @@ def main(argv=None) -> int:
     payload = {"benchmark": "quantize-quality", "environment": environment("cpu"),
                "settings": {"init": str(args.init), "data": str(args.data), "max_bytes": args.max_bytes,
                             "texts": {k: len(v.encode("utf-8")) for k, v in texts.items()}},
-               "config": GPT.from_pretrained(args.init).config.to_dict(), "results": rows}
+               "config": config, "results": rows}
     path = write_json(out / "quantize-quality.json", payload)
     print(f"{'model':10s} {'text':24s} bits/byte  vs float32")
     for row in rows:

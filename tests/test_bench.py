@@ -137,3 +137,31 @@ def test_train_step_of_each_implementation(monkeypatch, implementation):
         e2e.bench_train(config, batch_size=2, block_size=16, attn="sdpa", ln="torch", compile=False,
                         device=torch.device("cpu"), dtype=torch.float32, steps=1, repeats=1, warmup=1,
                         peak=1e9, implementation="nope")
+
+
+def test_quantize_quality_scores_every_variant_with_the_models_tokenizer(tmp_path):
+    """bench/quantize_quality.py end to end on a tiny char model and a corpus prepared for it."""
+    from bench import quantize_quality
+    from minigpt.config import GPTConfig
+    import torch
+
+    from minigpt.corpus import data_tokenizer, prepare
+    from minigpt.model import GPT
+
+    source = tmp_path / "corpus.txt"
+    source.write_text("".join(f"document {i}: the quick brown fox, 富士山.\n" for i in range(400)), encoding="utf-8")
+    data = tmp_path / "data"
+    prepare(str(source), data, tokenizer="char", workers=1, quiet=True)
+    tokenizer = data_tokenizer(data)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=64, vocab_size=tokenizer.vocab_size, n_layer=1, n_head=2, n_embd=64))
+    init = tmp_path / "model"
+    model.save_pretrained(init)
+    tokenizer.save_pretrained(init)
+    out = tmp_path / "results"
+    assert quantize_quality.main(["--init", str(init), "--data", str(data), "--max-bytes", "2000",
+                                  "--group-sizes", "32", "--out", str(out)]) == 0
+    payload = json.loads((out / "quantize-quality.json").read_text())
+    assert [r["model"] for r in payload["results"]] == ["float32", "bfloat16", "int8", "int4-g32"]
+    assert payload["config"]["vocab_size"] == tokenizer.vocab_size
+    assert all(math.isfinite(r["bpb"]) and r["bpb"] > 0 for r in payload["results"])
