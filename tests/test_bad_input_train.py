@@ -132,6 +132,14 @@ CASES = {
     "--dropout -0.1": lambda c: c.new(dropout=-0.1),
     "--peak-flops inf": lambda c: c.new(peak_flops="inf"),
     "--peak-flops 0": lambda c: c.new(peak_flops=0),
+    # the optimizer and the architecture switches of a new model
+    "--optimizer sgd": lambda c: c.new() + ["--optimizer", "sgd"],
+    "--muon-lr 0": lambda c: c.new(optimizer="muon", muon_lr=0),
+    "--muon-lr nan": lambda c: c.new(optimizer="muon", muon_lr="nan"),
+    "--muon-momentum 1": lambda c: c.new(optimizer="muon", muon_momentum=1.0),
+    "--optimizer muon --parallel fsdp": lambda c: c.new(optimizer="muon", parallel="fsdp"),
+    "--position alibi": lambda c: c.new() + ["--position", "alibi"],
+    "--activation mish": lambda c: c.new() + ["--activation", "mish"],
     # other settings
     "unknown recipe": lambda c: c.new() + ["--recipe", "gpt5"],
     "unknown flag": lambda c: c.new() + ["--learning-rate", "1"],
