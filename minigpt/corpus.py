@@ -152,10 +152,13 @@ def data_tokenizer(data_dir: str | Path, meta: dict | None = None) -> Tokenizer:
     the vocabulary meta.json records."""
     data_dir = Path(data_dir)
     meta = load_meta(data_dir) if meta is None else meta
-    try:
-        tokenizer = load_tokenizer(data_dir)
-    except ValueError as e:
-        raise DataError(f"{e}; prepare {data_dir} again") from None
+    if meta.get("tokenizer", "gpt2") == "gpt2" and not (data_dir / TOKENIZER_FILE).exists():
+        tokenizer: Tokenizer = GPT2Tokenizer()  # prepared before the shards carried their tokenizer
+    else:
+        try:
+            tokenizer = load_tokenizer(data_dir)
+        except ValueError as e:
+            raise DataError(f"{e}; prepare {data_dir} again") from None
     if tokenizer.vocab_size != meta["vocab_size"]:
         raise DataError(f"{data_dir}: its tokenizer has {tokenizer.vocab_size} ids, meta.json says "
                         f"{meta['vocab_size']}; prepare it again")

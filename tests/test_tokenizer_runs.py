@@ -17,7 +17,7 @@ import pytest
 from minigpt.corpus import data_tokenizer, default_data_dir, load_meta, prepare
 from minigpt.evaluate import bits_per_byte
 from minigpt.model import GPT
-from minigpt.tokenizer import TOKENIZER_FILE, CharTokenizer, load_tokenizer
+from minigpt.tokenizer import TOKENIZER_FILE, CharTokenizer, GPT2Tokenizer, load_tokenizer
 from tiny_run import ROOT, load_script, read_log, tiny_argv
 
 train = load_script(ROOT / "train.py")
@@ -166,3 +166,15 @@ def test_data_command_line_tokenizer_flag(tmp_path, monkeypatch, capsys):
         assert data.main([str(source), "--tokenizer", bad, "--quiet"]) == 1
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1 and "tokenizer" in err
+
+
+def test_a_gpt2_directory_prepared_before_tokenizer_files_is_still_gpt2(tmp_path):
+    """Data prepared by an older minigpt has meta.json and shards but no tokenizer file."""
+    source = tmp_path / "corpus.txt"
+    source.write_text(corpus_text(20), encoding="utf-8")
+    out = tmp_path / "prepared"
+    prepare(str(source), out, tokenizer="gpt2", workers=1)
+    for p in out.iterdir():
+        if p.suffix in (".json", ".txt") and p.name != "meta.json":
+            p.unlink()
+    assert isinstance(data_tokenizer(out), GPT2Tokenizer)
