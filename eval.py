@@ -25,9 +25,9 @@ import time
 
 import torch
 
-from minigpt.evaluate import evaluate, format_table, load_task, run_info
+from minigpt.eval.evaluate import evaluate, format_table, load_task, run_info
 from minigpt.files import atomic_write
-from minigpt.weights import CheckpointError
+from minigpt.model.weights import CheckpointError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -69,9 +69,9 @@ def main(argv=None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from minigpt.model import GPT
-    from minigpt.tasks import Task
-    from minigpt.pretrained import check_vocab, tokenizer_for
+    from minigpt.model.model import GPT
+    from minigpt.eval.tasks import Task
+    from minigpt.tokenizers.lookup import check_vocab, tokenizer_for
 
     for name, value in (("--batch-size", args.batch_size), ("--limit", args.limit), ("--window", args.window),
                         ("--stride", args.stride)):

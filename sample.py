@@ -21,11 +21,11 @@ import time
 
 import torch
 
-from minigpt.generate import Completion, complete
-from minigpt.model import GPT
-from minigpt.sampling import check_sampling
-from minigpt.pretrained import check_vocab, tokenizer_for
-from minigpt.weights import CheckpointError
+from minigpt.generate.simple import Completion, complete
+from minigpt.model.model import GPT
+from minigpt.generate.sampling import check_sampling
+from minigpt.tokenizers.lookup import check_vocab, tokenizer_for
+from minigpt.model.weights import CheckpointError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SEPARATOR = "\n" + "-" * 40 + "\n"
@@ -98,8 +98,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="attention implementation (auto: triton on CUDA, sdpa elsewhere)")
     p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     p.add_argument("--decode", default="auto", choices=["auto", "simple", "fast"],
-                   help="simple: one model(token, cache=cache) call per token (minigpt.generate); fast: "
-                        "minigpt.decode's Decoder (state in device buffers; a CUDA graph of a static-cache step on "
+                   help="simple: one model(token, cache=cache) call per token (minigpt.generate.simple); fast: "
+                        "minigpt.generate.decoder's Decoder (state in device buffers; a CUDA graph of a static-cache step on "
                         "a GPU; on a CPU the faster of F.linear and oneDNN, timed once); both give the same tokens. "
                         "auto: fast on the CPU, simple on a GPU")
     p.add_argument("--quantize", choices=["int8", "int4"], default=None,

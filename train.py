@@ -10,7 +10,7 @@
     torchrun --nproc_per_node=8 train.py --recipe gpt2-124m               # 8 GPUs, DDP
     torchrun --nproc_per_node=8 train.py --init gpt2-xl --parallel fsdp   # 8 GPUs, FSDP2 (sharded)
 
-A recipe names a complete run (minigpt.train_config.RECIPES); flags override single values.
+A recipe names a complete run (minigpt.train.config.RECIPES); flags override single values.
 Every flag but --recipe and --resume is a TrainConfig field. Ctrl-C (or SIGTERM) finishes the
 current step, writes a checkpoint and exits; a second Ctrl-C quits at once without saving.
 """
@@ -32,12 +32,12 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from minigpt import weights
-from minigpt.checkpoint import CheckpointError, latest_checkpoint
-from minigpt.corpus import DataError
-from minigpt.tokenizer import TokenizerUnavailable
-from minigpt.train_config import RECIPES, TrainConfig, TrainError
-from minigpt.trainer import Trainer, run_config
+from minigpt.model import weights
+from minigpt.train.checkpoint import CheckpointError, latest_checkpoint
+from minigpt.data.corpus import DataError
+from minigpt.tokenizers.tokenizer import TokenizerUnavailable
+from minigpt.train.config import RECIPES, TrainConfig, TrainError
+from minigpt.train.trainer import Trainer, run_config
 
 # What a run that cannot start or go on raises; each is printed as one line. (weights.py's
 # CheckpointError is checkpoint.py's once weights.py imports it from there.)

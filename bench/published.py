@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=int, default=None, help="passed to eval.py (a quick partial run)")
     args = p.parse_args(argv)
 
-    from minigpt.tasks import cache_dir
+    from minigpt.eval.tasks import cache_dir
 
     cache = cache_dir()
     cache.mkdir(parents=True, exist_ok=True)

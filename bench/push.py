@@ -6,9 +6,9 @@
 
 The text is tinyshakespeare (--text; default shared/data/tinyshakespeare.txt beside the
 repository or its parent folder, else `train.py --data shakespeare`'s download). It is split as
-nanoGPT splits it, by position: the first 90% trains, the last 10% is held out (minigpt.corpus
+nanoGPT splits it, by position: the first 90% trains, the last 10% is held out (minigpt.data.corpus
 starts the held-out part at a line, a few characters from nanoGPT's cut). Every run is a `train.py` process on one
-thread, and every score is minigpt.evaluate.bits_per_byte (what `eval.py --task bpb:FILE`
+thread, and every score is minigpt.eval.evaluate.bits_per_byte (what `eval.py --task bpb:FILE`
 computes) over those same held-out bytes, each model with its own context window.
 
 Runs that are compared go side by side, two processes at once, each on one thread, so that they
@@ -49,7 +49,7 @@ if str(ROOT) not in sys.path:  # run as a script: the repository's package, not 
 
 from bench.common import RESULTS_DIR, environment, write_json  # noqa: E402
 from minigpt.files import atomic_write  # noqa: E402
-from minigpt.train_config import TrainConfig, make_config  # noqa: E402
+from minigpt.train.config import TrainConfig, make_config  # noqa: E402
 
 # The shared copy of the text, beside a checkout or beside the folder of its worktrees.
 SHARED_TEXTS = [ROOT.parent / "shared" / "data" / "tinyshakespeare.txt",
@@ -100,7 +100,7 @@ def find_text(path: Path | None) -> Path:
     for shared in SHARED_TEXTS:
         if shared.is_file():
             return shared
-    from minigpt.corpus import DataError, default_data_dir, prepare
+    from minigpt.data.corpus import DataError, default_data_dir, prepare
 
     out = default_data_dir("shakespeare")
     try:
@@ -112,7 +112,7 @@ def find_text(path: Path | None) -> Path:
 
 def prepare_data(text: Path, work: Path, tokenizer: str) -> Path:
     """The text tokenized with `tokenizer` (trained on the train part), split 90/10 by position."""
-    from minigpt.corpus import prepare
+    from minigpt.data.corpus import prepare
 
     out = work / "data" / tokenizer.replace(":", "")
     prepare(str(text), out, val_fraction=VAL_FRACTION, workers=1, quiet=True, tokenizer=tokenizer)
@@ -121,7 +121,7 @@ def prepare_data(text: Path, work: Path, tokenizer: str) -> Path:
 
 def held_out_text(data_dir: Path) -> str:
     """The held-out part of the text, decoded from the val shards (their leading end of text dropped)."""
-    from minigpt.corpus import data_tokenizer, load_meta
+    from minigpt.data.corpus import data_tokenizer, load_meta
 
     meta = load_meta(data_dir)
     tok = data_tokenizer(data_dir, meta)
@@ -211,7 +211,7 @@ def run_side_by_side(arms: list[Arm], work: Path, data_dirs: dict[str, Path]) ->
 
 def read_run(out_dir: Path) -> dict:
     """What a finished run wrote: run.json's facts, the last train record, the checkpoints."""
-    from minigpt.checkpoint import checkpoints, read_train_state
+    from minigpt.train.checkpoint import checkpoints, read_train_state
 
     run = json.loads((out_dir / "run.json").read_text())
     records = [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines()]
@@ -232,9 +232,9 @@ def score(ckpt: str | Path, text: str) -> float:
     """Bits per byte of `text` under a checkpoint (its own tokenizer and context window)."""
     import torch
 
-    from minigpt.evaluate import bits_per_byte
-    from minigpt.model import GPT
-    from minigpt.tokenizer import load_tokenizer
+    from minigpt.eval.evaluate import bits_per_byte
+    from minigpt.model.model import GPT
+    from minigpt.tokenizers.tokenizer import load_tokenizer
 
     model = GPT.from_pretrained(ckpt)
     model.eval()
@@ -541,7 +541,7 @@ def push_markdown(r: dict, env: dict) -> str:
         f"{env['cpu_model']}, {env['cpu_count']} cores shared with other work; each run on one thread, "
         f"the two arms side by side. torch {env['torch']}, commit {env['commit']}, {env['date']}.",
         f"Held-out text: the last 10% of tinyshakespeare ({r['text']['held_out_bytes']:,} bytes), "
-        "scored with minigpt.evaluate.bits_per_byte.",
+        "scored with minigpt.eval.evaluate.bits_per_byte.",
         "",
         "| arm | parameters | steps | tokens | training time | held-out bpb |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -614,7 +614,7 @@ def study_markdown(r: dict, env: dict) -> str:
         "# Val bpb against model size and training budget (Shakespeare, one CPU thread per run)",
         "",
         f"{env['cpu_model']}, {env['cpu_count']} cores shared with other work; torch {env['torch']}, commit "
-        f"{env['commit']}, {env['date']}. FLOPs: minigpt.flops.flops_per_token x tokens trained. bpb: "
+        f"{env['commit']}, {env['date']}. FLOPs: minigpt.train.flops.flops_per_token x tokens trained. bpb: "
         f"train.py's closing val_bpb over the first {VAL_STEPS} val batches (of the last 10% of the text).",
         "",
         "| budget | layers x width | parameters | steps | train FLOPs | val bpb | on the frontier |",

@@ -6,8 +6,8 @@
 The text is the start of the validation split of a prepared corpus (default: the stdlib corpus
 train.py's cpu recipe trains on, ~/.cache/minigpt/data/stdlib; its documents never appear in
 training), decoded back to text; optionally a second text file (e.g. out-of-domain prose).
-Each is scored with minigpt.evaluate.bits_per_byte by the model in float32, bfloat16, and
-int8 / int4 (several group sizes) of minigpt.quantize on the bf16 model. JSON to
+Each is scored with minigpt.eval.evaluate.bits_per_byte by the model in float32, bfloat16, and
+int8 / int4 (several group sizes) of minigpt.generate.quantize on the bf16 model. JSON to
 bench/runs/<date>-<time>-quantize-quality/ (or bench/results/ with --update-results).
 """
 from __future__ import annotations
@@ -24,10 +24,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.common import environment, output_dir, write_json  # noqa: E402
-from minigpt.evaluate import bits_per_byte  # noqa: E402
-from minigpt.corpus import data_tokenizer  # noqa: E402
-from minigpt.model import GPT  # noqa: E402
-from minigpt.pretrained import check_vocab, tokenizer_for  # noqa: E402
+from minigpt.eval.evaluate import bits_per_byte  # noqa: E402
+from minigpt.data.corpus import data_tokenizer  # noqa: E402
+from minigpt.model.model import GPT  # noqa: E402
+from minigpt.tokenizers.lookup import check_vocab, tokenizer_for  # noqa: E402
 
 DEFAULT_DATA = Path.home() / ".cache" / "minigpt" / "data" / "stdlib"
 

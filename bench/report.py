@@ -85,7 +85,7 @@ def markdown(payload: dict) -> str:
                   f"MFU against: {payload['peak']['source']} ({payload['peak']['flops'] / 1e12:.3g} TFLOP/s); "
                   "'of matmul' against the measured matmul.", "", train_table(payload["train"]), ""]
     if "sample" in payload:
-        parts += ["## Sampling: minigpt.decode against transformers' generate (greedy, same weights)", "",
+        parts += ["## Sampling: minigpt.generate.decoder against transformers' generate (greedy, same weights)", "",
                   f"Decode: {payload['settings']['decode_method']}.", "", sample_table(payload["sample"]), ""]
     if "kernels" in payload:
         k = payload["kernels"]
@@ -206,12 +206,12 @@ def cpu_targets_markdown(payload: dict) -> str:
                       "weights GB/s", "greedy = HF", "max contention"], rows), ""]
     quantized = [r for r in payload["decode"] if r.get("baseline")]
     if quantized:
-        parts += ["int8 / int4: weight-only quantized (minigpt.quantize; int4 in groups of "
+        parts += ["int8 / int4: weight-only quantized (minigpt.generate.quantize; int4 in groups of "
                   f"{quantized[-1].get('group_size') or 64}) bf16 model, against transformers in "
                   "float32 on the same float weights (so greedy tokens may differ).", ""]
     simple = [r for r in payload["decode"] if r.get("auto_vs_simple")]
     if simple:
-        parts += ["sample.py's `--decode auto` (minigpt.decode.Decoder) against `--decode simple` (one "
+        parts += ["sample.py's `--decode auto` (minigpt.generate.decoder.Decoder) against `--decode simple` (one "
                   "model(token, cache=cache) call per token), timed in alternation:", "",
                   _table(["dtype", "auto tok/s", "simple tok/s", "auto / simple", "cpu_linear chosen",
                           "same tokens", "max contention"],

@@ -10,7 +10,7 @@ Suites:
 - train: tokens/s and MFU of forward + backward + AdamW step (train.py's optimizer and
   gradient clipping) for several models, batch and block sizes, attention/LayerNorm
   backends, with and without torch.compile. bf16 autocast on CUDA, fp32 on a CPU.
-- sample: prefill tokens/s, time to first token and decode tokens/s of minigpt.decode
+- sample: prefill tokens/s, time to first token and decode tokens/s of minigpt.generate.decoder
   (greedy) at several batch sizes, beside transformers' GPT2LMHeadModel.generate (its
   default KV cache) on the same random-init weights in the same run, as a ratio.
 - kernels: bench/kernel_speed.py's run_kernel_bench (Triton attention and LayerNorm).
@@ -20,8 +20,8 @@ Suites:
   same step run with the plain F.cross_entropy loss and by transformers (about 5 minutes).
 "all" is train, sample and kernels.
 
-MFU: FLOPs per token from minigpt.flops.flops_per_token (6N + attention), against the
-datasheet bf16 peak of a known GPU (minigpt.flops.PEAK_FLOPS), or else against an
+MFU: FLOPs per token from minigpt.train.flops.flops_per_token (6N + attention), against the
+datasheet bf16 peak of a known GPU (minigpt.train.flops.PEAK_FLOPS), or else against an
 fp32 (CPU) or bf16 (GPU) matmul measured in the same run ("matmul_fraction" is reported
 against the measured matmul everywhere).
 
@@ -46,10 +46,10 @@ import torch  # noqa: E402
 
 from bench import e2e, report  # noqa: E402
 from bench.common import RESULTS_DIR, RUNS_DIR, device_tag, environment, output_dir  # noqa: E402
-from minigpt.config import GPTConfig, preset  # noqa: E402
-from minigpt.decode import Decoder  # noqa: E402
-from minigpt.generate import generate  # noqa: E402
-from minigpt.model import GPT, triton_unavailable_reason  # noqa: E402
+from minigpt.model.config import GPTConfig, preset  # noqa: E402
+from minigpt.generate.decoder import Decoder  # noqa: E402
+from minigpt.generate.simple import generate  # noqa: E402
+from minigpt.model.model import GPT, triton_unavailable_reason  # noqa: E402
 
 SUITES = ("train", "sample", "kernels", "cpu-targets")
 ALL = ("train", "sample", "kernels")
@@ -112,7 +112,7 @@ PLANS = {
 
 # The CPU figures the fast-decoding issue asks for, with its targets.
 CPU_TARGETS = {
-    # int8 / int4: weight-only quantized (minigpt.quantize) bf16 model, against transformers in float32
+    # int8 / int4: weight-only quantized (minigpt.generate.quantize) bf16 model, against transformers in float32
     "decode": dict(model="124M", batch_size=1, prompt_len=16, new_tokens=128,
                    dtypes=("float32", "bfloat16", "int8", "int4"),
                    target_ratio={"float32": 1.2, "bfloat16": 2.0, "int8": 3.0, "int4": None}, repeats=3,
@@ -270,7 +270,7 @@ def run_cpu_targets(max_contention: float, parts: tuple[str, ...] = ("decode", "
 
 
 def decode_auto_vs_simple(model: GPT, d: dict, max_contention: float) -> dict:
-    """Decode tok/s of what sample.py's --decode auto runs on a CPU (minigpt.decode.Decoder, its
+    """Decode tok/s of what sample.py's --decode auto runs on a CPU (minigpt.generate.decoder.Decoder, its
     cpu_linear chosen by timing) and --decode simple (one model(token, cache=cache) per token),
     timed in alternation; the ratio is the median of the per-round ratios."""
     B, P, N = d["batch_size"], d["prompt_len"], d["new_tokens"]

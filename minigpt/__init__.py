@@ -1,5 +1,5 @@
 """minigpt: a compact GPT-2 in pure PyTorch, with Triton kernels on CUDA."""
-from minigpt.config import PRESETS, GPTConfig
-from minigpt.model import GPT, KVCache
+from minigpt.model.config import PRESETS, GPTConfig
+from minigpt.model.model import GPT, KVCache
 
 __all__ = ["GPT", "GPTConfig", "KVCache", "PRESETS"]

@@ -26,8 +26,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from minigpt import checkpoint  # noqa: E402
-from minigpt.model import GPT  # noqa: E402
+from minigpt.train import checkpoint  # noqa: E402
+from minigpt.model.model import GPT  # noqa: E402
 
 counts: Counter = Counter()
 kind_at, _, n_at = os.environ.get("FAULT_AT", "").partition(":")

@@ -16,13 +16,15 @@ PACKAGE = ROOT / "minigpt"
 
 # Imports of minigpt modules made inside a function (module -> imported module). The only one is
 # the adapter that needs the optional lm-eval package; the edge still counts in the graph.
-KNOWN_FUNCTION_LEVEL = {("minigpt.evaluate", "minigpt.lm_eval_adapter")}
+KNOWN_FUNCTION_LEVEL = {("minigpt.eval.evaluate", "minigpt.eval.lm_eval_adapter")}
 
 
 def module_names() -> dict[str, Path]:
     """Every module of the package (name -> file), found by listing its directory."""
     names = {}
     for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name == "__main__.py":  # a package's `python -m` entry point: it runs when imported
+            continue
         parts = path.relative_to(ROOT).with_suffix("").parts
         if parts[-1] == "__init__":
             parts = parts[:-1]
@@ -47,7 +49,7 @@ def imports_of(name: str, path: Path, modules: set[str]) -> list[tuple[str, bool
                 if child.level:  # a relative import: resolve it against this module's package
                     anchor = package.split(".")[: len(package.split(".")) - (child.level - 1)]
                     base = ".".join(anchor + ([base] if base else []))
-                # `from minigpt import weights` imports the module minigpt.weights
+                # `from minigpt import weights` imports the module minigpt.model.weights
                 targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in child.names]
             for target in targets:
                 # the longest minigpt module that the dotted name starts with
@@ -107,11 +109,11 @@ def closure(graph: dict[str, set[str]], name: str) -> set[str]:
 
 def test_the_package_is_found_and_the_graph_is_read():
     graph, _ = import_graph()
-    for name in ("minigpt", "minigpt.config", "minigpt.model", "minigpt.weights", "minigpt.sampling",
-                 "minigpt.generate", "minigpt.decode", "minigpt.files"):
+    for name in ("minigpt", "minigpt.model.config", "minigpt.model.model", "minigpt.model.weights", "minigpt.generate.sampling",
+                 "minigpt.generate.simple", "minigpt.generate.decoder", "minigpt.files"):
         assert name in graph, name
-    assert "minigpt.config" in graph["minigpt.model"]  # the reader sees real edges
-    assert graph["minigpt.config"] & {"minigpt.model", "minigpt.weights"} == set()
+    assert "minigpt.model.config" in graph["minigpt.model.model"]  # the reader sees real edges
+    assert graph["minigpt.model.config"] & {"minigpt.model.model", "minigpt.model.weights"} == set()
 
 
 def test_the_cycle_check_can_fail():
@@ -134,10 +136,10 @@ def test_imports_are_acyclic():
 
 def test_the_model_layer_imports_one_way():
     graph, _ = import_graph()
-    assert "minigpt.model" not in closure(graph, "minigpt.weights")  # weights reads tensors, never the model
-    assert "minigpt.generate" not in closure(graph, "minigpt.model")
-    assert "minigpt.generate" not in closure(graph, "minigpt.decode")
-    assert closure(graph, "minigpt.sampling") <= {"minigpt.config"}
+    assert "minigpt.model.model" not in closure(graph, "minigpt.model.weights")  # weights reads tensors, never the model
+    assert "minigpt.generate.simple" not in closure(graph, "minigpt.model.model")
+    assert "minigpt.generate.simple" not in closure(graph, "minigpt.generate.decoder")
+    assert closure(graph, "minigpt.generate.sampling") <= {"minigpt.model.config"}
 
 
 def test_no_new_minigpt_imports_inside_functions():
@@ -147,7 +149,7 @@ def test_no_new_minigpt_imports_inside_functions():
 
 SCRIPT = """
 import importlib, json, sys
-order, allowed = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+order, allowed = json.load(sys.stdin)
 problems = []
 for name in order:
     before = {m for m in sys.modules if m == "minigpt" or m.startswith("minigpt.")}
@@ -161,7 +163,7 @@ print(json.dumps(problems))
 
 
 def run_imports(order: list[str], allowed: dict[str, list[str]]) -> list[str]:
-    out = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(order), json.dumps(allowed)], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-c", SCRIPT], input=json.dumps([order, allowed]), cwd=ROOT,
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -170,7 +172,17 @@ def run_imports(order: list[str], allowed: dict[str, list[str]]) -> list[str]:
 def test_each_module_imports_in_a_fresh_interpreter():
     graph, _ = import_graph()
     order = dependency_order(graph)
-    # Importing minigpt.x runs minigpt/__init__.py first, so what the package imports may load too.
-    allowed = {name: sorted(closure(graph, name) | closure(graph, "minigpt") | {"minigpt"}) for name in order}
+    # Importing minigpt.x.y runs minigpt/__init__.py and minigpt/x/__init__.py first, so what those
+    # packages import may load too, and so may the packages above every module loaded.
+    def with_packages(names: set[str]) -> set[str]:
+        return names | {".".join(n.split(".")[:i]) for n in names for i in range(1, n.count(".") + 1)}
+
+    def packages_of(name: str) -> set[str]:
+        return {".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)}
+
+    allowed = {}
+    for name in order:
+        above = set().union(*(closure(graph, p) | {p} for p in packages_of(name)))
+        allowed[name] = sorted(with_packages(closure(graph, name) | above))
     assert run_imports(order, allowed) == []  # bottom up: each loads only what is below it
     assert run_imports(order[::-1], allowed) == []  # top down: what a cycle would break

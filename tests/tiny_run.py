@@ -7,7 +7,7 @@ import json
 import random
 from pathlib import Path
 
-from minigpt.corpus import prepare
+from minigpt.data.corpus import prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 

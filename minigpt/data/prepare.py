@@ -1,0 +1,94 @@
+"""Prepare a corpus for training from the command line (minigpt.data.corpus does the work).
+
+    python -m minigpt.data                 # the default corpus: this Python's standard library
+    python -m minigpt.data shakespeare     # tiny Shakespeare (a download)
+    python -m minigpt.data notes/          # your own text: a file, a directory or a glob
+    python -m minigpt.data --tokenizer bpe:4096   # a BPE of 4096 tokens trained on the train split
+
+The sources, the layout of a prepared directory and the train/val split: minigpt/corpus.py.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from minigpt.data.corpus import (
+    DEFAULT_SHARD_TOKENS,
+    DEFAULT_TOKENIZER,
+    DEFAULT_VAL_FRACTION,
+    NAMED_SOURCES,
+    DataError,
+    bytes_per_token,
+    default_data_dir,
+    prepare,
+)
+
+
+def _parse_size(text: str) -> int:
+    """'1000', '64M', '2G', '2**24' -> int."""
+    units = {"k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+    text = text.strip().lower()
+    try:
+        if "**" in text:
+            base, exp = text.split("**")
+            return int(base) ** int(exp)
+        if text[-1:] in units:
+            return int(float(text[:-1]) * units[text[-1]])
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 1000000, 64M or 2**24)") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m minigpt.data",
+        description="Tokenize a text corpus (with GPT-2's BPE, or a char or BPE tokenizer trained on its "
+                    "train split) into uint16 shards for training.",
+    )
+    parser.add_argument("source", nargs="?", default="stdlib",
+                        help=f"{', '.join(NAMED_SOURCES)}, or a local text file, directory or "
+                             f"quoted glob (default: stdlib)")
+    parser.add_argument("--out-dir", type=Path, default=None,
+                        help="where to write the shards (default: $MINIGPT_DATA_DIR/<name> or "
+                             "~/.cache/minigpt/data/<name>; <name>-char, <name>-bpe4096, ... for other tokenizers)")
+    parser.add_argument("--tokenizer", default=DEFAULT_TOKENIZER,
+                        help="gpt2 (GPT-2's BPE), char (the characters of the train split, with byte fallback) "
+                             "or bpe:N (a byte-level BPE of N tokens trained on the train split; 256 < N <= 65536) "
+                             f"(default: {DEFAULT_TOKENIZER})")
+    parser.add_argument("--shard-tokens", type=_parse_size, default=DEFAULT_SHARD_TOKENS,
+                        help=f"tokens per shard file (default: 2**24 = {DEFAULT_SHARD_TOKENS:,})")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="tokenizer processes (default: min(cpu count, 8); 1 = no subprocesses)")
+    parser.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION,
+                        help=f"share of documents (or of a single file's tail) held out for "
+                             f"validation (default: {DEFAULT_VAL_FRACTION})")
+    parser.add_argument("--max-bytes", type=_parse_size, default=None,
+                        help="keep only the first documents, up to this many bytes of text, e.g. 2G "
+                             "for a slice of fineweb-edu (default: everything)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or messages on stderr")
+    args = parser.parse_args(argv)
+    try:
+        out_dir = args.out_dir if args.out_dir is not None else default_data_dir(args.source, args.tokenizer)
+    except DataError as e:  # a --tokenizer that names none
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    try:
+        meta = prepare(args.source, out_dir, val_fraction=args.val_fraction,
+                       shard_tokens=args.shard_tokens, workers=args.workers, quiet=args.quiet,
+                       max_bytes=args.max_bytes, tokenizer=args.tokenizer)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"error: interrupted; {out_dir} is incomplete and will be prepared again next time",
+              file=sys.stderr)
+        return 130
+    splits = meta["splits"]
+    print(f"{out_dir} ({meta['tokenizer_kind']} tokenizer): {splits['train']['tokens']:,} train tokens in {len(splits['train']['shards'])} shard(s), "
+          f"{splits['val']['tokens']:,} val tokens, {bytes_per_token(meta, 'train'):.2f} bytes/token")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Evaluation: the tasks, scoring a model on them, and the lm-evaluation-harness adapter."""

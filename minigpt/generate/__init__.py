@@ -1,0 +1,1 @@
+"""Generation: the simple token-by-token loop, the fast decoder, sampling and quantization."""

@@ -1,0 +1,335 @@
+"""Fast decoding: decoding state in device buffers, a static KV cache, and CUDA graphs.
+
+`minigpt.generate.simple.stream` is the readable path: each token runs `model(token, cache=cache)`
+and its bookkeeping runs on the host. At batch 1 a 124M model is bound by reading its
+weights once per token, and on a GPU the ~150 small kernels of one step cost more to
+launch than to run. A `Decoder` removes what is not weight reading, and calls the model's
+own forward for every step; the transformer itself is written only in minigpt/model.py.
+
+- The cache is allocated once per `Decoder` (the model's `KVCache`); every step writes one
+  position into it, so decoding never reallocates.
+- The generated sequence, the current token and the rows that are done live in small
+  device buffers that each step updates in place. Nothing is copied to the host while
+  decoding, except one check of "all rows done" every `check_every` steps when an eos_id
+  is given (every step on the CPU, where it costs nothing).
+- In the "static" and "graph" modes the cache is the model's static one (its position is a
+  device tensor; attention runs over the whole cache with a visibility mask), so one step,
+  greedy choice and bookkeeping included, has fixed shapes: on CUDA it is captured once as
+  a CUDA graph and each token costs one replay.
+- On the CPU ("auto" is "eager" there) the cache grows: attention reads the written prefix
+  only. A graph saves nothing on a CPU, so the static cache's fixed shapes buy nothing there
+  and its masked tail is read for nothing; measured side by side, neither mode was reliably
+  faster on a CPU. The matrix-vector products may go through oneDNN instead of F.linear
+  (`cpu_linear`): whether that is faster depends on the CPU and the dtype, so "auto" times a
+  few steps of each once per model shape, dtype and batch size, and keeps the faster (oneDNN
+  only when it is at least 10% faster than F.linear, which is what the simple path runs).
+
+A `Decoder` reads the model's weights where they are, so it follows any change to them
+(the packed oneDNN copies are remade when a weight changes). Greedy tokens equal those of
+`generate.stream` (tests/test_decode.py).
+
+    decoder = Decoder(model, batch_size=1, max_len=256)
+    out = decoder.generate(idx, max_new_tokens=128, temperature=0)   # (1, T + 128)
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+from minigpt.model.model import GPT, KVCache
+from minigpt.generate.quantize import is_quantized
+from minigpt.generate.sampling import check_ids, check_length, check_sampling, sample_next
+
+MODES = ("auto", "eager", "static", "graph")
+CPU_LINEARS = ("auto", "torch", "onednn", "onednn-packed")
+
+
+# ----------------------------------------------------------------------------------------------
+# oneDNN linears: an option of the CPU decoder, chosen by measurement
+
+
+def onednn_unavailable_reason(dtype: torch.dtype) -> str | None:
+    """Why `OneDNNLinear` cannot run weights of this dtype on this CPU, or None if it can."""
+    if not torch.backends.mkldnn.is_available():
+        return "this PyTorch build has no oneDNN (mkldnn)"
+    if dtype not in (torch.float32, torch.bfloat16):
+        return f"the oneDNN linears are used for float32 and bfloat16 only, not {dtype}"
+    if dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return "this CPU has no oneDNN bfloat16 support"
+    return None
+
+
+class OneDNNLinear(TorchFunctionMode):
+    """While active, every F.linear runs through oneDNN's inner product: the op PyTorch's
+    inductor emits for frozen CPU linears, reached through PyTorch's private mkldnn ops.
+
+    At batch 1 a CPU linear is a matrix-vector product bound by reading the weight, and
+    on some CPUs oneDNN streams it faster than F.linear's GEMV. `pack=True` keeps one copy
+    of each weight reordered into oneDNN's blocked layout (what its bf16 kernels want): more
+    memory, remade whenever the weight changes in place (its version counter moves) or is
+    replaced.
+    """
+
+    def __init__(self, pack: bool, batch_size: int):
+        super().__init__()
+        self.pack, self.batch_size = pack, batch_size
+        self.packed: dict[int, tuple[torch.Tensor, int, torch.Tensor]] = {}  # id(W) -> (W, version, packed W)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.linear:
+            return self.linear(*args, **kwargs)
+        return func(*args, **kwargs)
+
+    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        if self.pack:
+            entry = self.packed.get(id(weight))
+            if entry is None or entry[0] is not weight or entry[1] != weight._version:
+                blocked = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), self.batch_size)
+                entry = self.packed[id(weight)] = (weight, weight._version, blocked)
+            weight = entry[2]
+        rows = x.reshape(-1, x.size(-1))
+        y = torch.ops.mkldnn._linear_pointwise(rows, weight, bias, "none", [], "")
+        return y.view(*x.shape[:-1], y.size(-1))
+
+
+# The measured choice of `cpu_linear="auto"`, per (model shape, dtype, batch size, threads).
+_measured_cpu_linear: dict[tuple, str] = {}
+
+
+# ----------------------------------------------------------------------------------------------
+# The decoder
+
+
+class Decoder:
+    """Decodes batches of `batch_size` prompts of up to `max_len` tokens (prompt + new).
+
+    mode: "eager" runs the step op by op over a growing cache; "static" runs the fixed-shape
+    step over the static cache op by op (what "graph" captures: useful to test it without a
+    GPU); "graph" replays the fixed-shape step as a CUDA graph (CUDA only); "auto" is "graph"
+    on CUDA and "eager" elsewhere (without a graph the static cache's fixed shapes buy nothing).
+
+    cpu_linear: how the CPU runs the matrix-vector products: "torch" (F.linear), "onednn"
+    (`OneDNNLinear` on the model's weights), "onednn-packed" (on reordered copies of them),
+    or "auto": the fastest of those that can run, timed on a few decode steps of this model
+    the first time a decoder of its shape, dtype and batch size decodes. Ignored on a GPU.
+
+    A Decoder can be reused for any number of `generate` calls with the same batch size;
+    each starts afresh from its prompt.
+    """
+
+    def __init__(self, model: GPT, batch_size: int, max_len: int | None = None, mode: str = "auto",
+                 check_every: int = 16, cpu_linear: str = "auto"):
+        if mode not in MODES:
+            raise ValueError(f"unknown decode mode {mode!r}; choose from {', '.join(MODES)}")
+        if cpu_linear not in CPU_LINEARS:
+            raise ValueError(f"unknown cpu_linear {cpu_linear!r}; choose from {', '.join(CPU_LINEARS)}")
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        if mode == "auto":
+            mode = "graph" if self.device.type == "cuda" else "eager"
+        if mode == "graph" and self.device.type != "cuda":
+            raise ValueError(f"mode 'graph' needs the model on a CUDA device (it is on {self.device.type})")
+        if model.training:
+            raise ValueError("the model is in training mode (dropout is on); call model.eval() first")
+        self.model, self.config, self.mode = model, model.config, mode
+        if self.device.type != "cpu":
+            cpu_linear = "torch"
+        elif cpu_linear in ("onednn", "onednn-packed"):
+            reason = onednn_unavailable_reason(self.dtype)
+            if reason is not None:
+                raise ValueError(f"cpu_linear={cpu_linear!r} cannot run: {reason}")
+        self.max_len = max_len or model.config.block_size
+        self.check_every = check_every if self.device.type == "cuda" else 1
+        B, dev = batch_size, self.device
+        self.cache = KVCache(model.config, B, self.max_len, device=dev, dtype=self.dtype, static=mode != "eager")
+        # Decoding state, updated in place by every step (so a CUDA graph can own it):
+        self.seq = torch.zeros(B, self.max_len, dtype=torch.long, device=dev)  # prompt + new tokens
+        self.token = torch.zeros(B, 1, dtype=torch.long, device=dev)  # the token to feed next, at cache.pos
+        self.done = torch.zeros(B, dtype=torch.bool, device=dev)  # rows that have produced eos
+        self.eos = torch.full((), -1, dtype=torch.long, device=dev)  # -1: no eos, nothing is ever done
+        self.length = torch.zeros((), dtype=torch.long, device=dev)  # tokens kept in seq
+        self.logits = torch.zeros(B, self.config.vocab_size, dtype=self.dtype, device=dev)
+        self.graphs: dict[bool, torch.cuda.CUDAGraph] = {}  # greedy? -> captured step
+        self.cpu_linear = cpu_linear  # "auto" until the first decode measures it
+        self.linears = self._linears(cpu_linear) if cpu_linear != "auto" else contextlib.nullcontext()
+
+    @property
+    def batch_size(self) -> int:
+        return self.seq.size(0)
+
+    def _linears(self, cpu_linear: str):
+        """The context each step runs in: F.linear as it is, or routed through oneDNN."""
+        if cpu_linear == "torch":
+            return contextlib.nullcontext()
+        return OneDNNLinear(pack=cpu_linear == "onednn-packed", batch_size=self.batch_size)
+
+    # --- one step -------------------------------------------------------------------------------
+    def forward_step(self) -> torch.Tensor:
+        """Logits (B, vocab_size) after feeding `token` at the cache's position; writes its keys/values."""
+        with self.linears:
+            return self.model(self.token, cache=self.cache, last_only=True)[:, -1]
+
+    def advance(self, next_token: torch.Tensor) -> None:
+        """Append next_token (B,) to the sequence, after the positions the cache holds, and make
+        it the token to feed next."""
+        still_going = ~self.done.all()
+        next_token = torch.where(self.done, self.eos, next_token)  # finished rows repeat eos (no sync)
+        self.done |= next_token == self.eos
+        self.length += still_going  # the simple path stops once every row is done
+        if self.cache.static:
+            self.seq.index_copy_(1, self.cache.pos, next_token[:, None])
+        else:
+            self.seq[:, self.cache.pos] = next_token
+        self.token.copy_(next_token[:, None])
+
+    def greedy_step(self) -> None:
+        """One step choosing the most likely token: what a greedy CUDA graph holds."""
+        # argmax in fp32 picks the same token (the cast is exact) and is quicker on the CPU than in bf16
+        self.advance(self.forward_step().float().argmax(dim=-1))
+
+    def logits_step(self) -> None:
+        """One step up to the logits: what a sampling CUDA graph holds (the sampler runs after it)."""
+        self.logits.copy_(self.forward_step())
+
+    # --- CUDA graphs ----------------------------------------------------------------------------
+    def capture(self, greedy: bool) -> None:
+        """Record one step as a CUDA graph, warmed up on a side stream first as the PyTorch docs ask.
+
+        Done before a prefill: the warm-up writes into the cache and the state, and the prefill
+        then overwrites all of it that a step reads.
+        """
+        body = self.greedy_step if greedy else self.logits_step
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                self.cache.reset()  # keeps every write of the warm-up inside the buffers
+                body()
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        self.cache.reset()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):  # recorded, not run
+            body()
+        self.graphs[greedy] = graph
+
+    # --- the oneDNN choice ----------------------------------------------------------------------
+    def measure_cpu_linear(self, steps: int = 3, rounds: int = 5, margin: float = 0.1) -> str:
+        """Time greedy decode steps with each runnable cpu_linear, in alternation, and return the
+        fastest (the median over rounds); oneDNN only if it beats F.linear by `margin`, so that
+        noise on a busy machine does not pick a path slower than the simple decoder's. Leaves the
+        decoding state to be overwritten by a prefill."""
+        candidates = ["torch"]
+        if onednn_unavailable_reason(self.dtype) is None:
+            candidates += ["onednn", "onednn-packed"]
+        if len(candidates) == 1 or is_quantized(self.model):  # its linears call no F.linear to route
+            return "torch"
+        steps = max(1, min(steps, self.max_len - 2))
+        contexts = {name: self._linears(name) for name in candidates}
+        seconds: dict[str, list[float]] = {name: [] for name in candidates}
+        with torch.inference_mode():
+            for warm_up in [True] + [False] * rounds:
+                for name, linears in contexts.items():
+                    self.linears = linears
+                    self.advance(self.prefill(self.seq[:, :1]).argmax(dim=-1))
+                    t0 = time.perf_counter()
+                    for _ in range(steps):
+                        self.greedy_step()
+                    if not warm_up:
+                        seconds[name].append(time.perf_counter() - t0)
+        median = {name: sorted(seconds[name])[len(seconds[name]) // 2] for name in candidates}
+        best = min(candidates, key=median.get)
+        if median[best] > (1 - margin) * median["torch"]:
+            best = "torch"
+        self.linears = contexts[best]
+        return best
+
+    def choose_cpu_linear(self) -> None:
+        """Settle cpu_linear="auto", measuring once per model shape, dtype, batch size and thread count."""
+        key = (tuple(sorted(self.config.to_dict().items())), self.dtype, is_quantized(self.model), self.batch_size,
+               torch.get_num_threads())
+        if key not in _measured_cpu_linear:
+            _measured_cpu_linear[key] = self.measure_cpu_linear()
+        self.cpu_linear = _measured_cpu_linear[key]
+        self.linears = self._linears(self.cpu_linear)
+
+    # --- decoding -------------------------------------------------------------------------------
+    def prefill(self, idx: torch.Tensor, eos_id: int | None = None) -> torch.Tensor:
+        """Run the prompt idx (B, T) through the model, filling the cache; its last logits (B, V)."""
+        B, T = idx.shape
+        if B != self.batch_size:
+            raise ValueError(f"this Decoder decodes batches of {self.batch_size} rows, got {B}")
+        if T > self.max_len:
+            raise ValueError(f"the prompt is {T} tokens; this Decoder holds {self.max_len} positions")
+        self.cache.reset()
+        logits = self.model(idx, cache=self.cache, last_only=True)[:, -1]  # (B, V)
+        self.seq[:, :T].copy_(idx)
+        self.length.fill_(T)
+        self.done.zero_()
+        self.eos.fill_(-1 if eos_id is None else eos_id)
+        return logits
+
+    @torch.inference_mode()  # as a decorator, so it holds only while the generator runs
+    def steps(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        generator: torch.Generator | None = None,
+        eos_id: int | None = None,
+    ) -> Iterator[int]:
+        """Decode, yielding after each new token the column of `seq` that holds it.
+
+        Nothing here waits for the device except the "all rows done?" check, made every
+        `check_every` steps when an eos_id is given.
+        """
+        check_ids(idx, self.config.vocab_size)
+        T = idx.size(1)
+        check_length(self.config.block_size, T, max_new_tokens)
+        check_sampling(temperature, top_k, top_p)
+        if T + max_new_tokens > self.max_len:
+            raise ValueError(f"prompt ({T} tokens) + max_new_tokens ({max_new_tokens}) exceeds this Decoder's "
+                             f"max_len ({self.max_len})")
+        if max_new_tokens == 0:
+            return
+        greedy = temperature == 0
+        if self.cpu_linear == "auto" and max_new_tokens > 1:
+            self.choose_cpu_linear()
+        if self.mode == "graph" and max_new_tokens > 1 and greedy not in self.graphs:
+            self.capture(greedy)
+        logits = self.prefill(idx, eos_id)
+        self.advance(sample_next(logits, temperature, top_k, top_p, generator))
+        yield T
+        for step in range(1, max_new_tokens):
+            if eos_id is not None and step % self.check_every == 0 and bool(self.done.all()):
+                return
+            if self.mode == "graph":
+                self.graphs[greedy].replay()
+            elif greedy:
+                self.greedy_step()
+            else:
+                self.logits_step()
+            if not greedy:
+                self.advance(sample_next(self.logits, temperature, top_k, top_p, generator))
+            yield T + step
+
+    def stream(self, idx: torch.Tensor, max_new_tokens: int, **sampling) -> Iterator[torch.Tensor]:
+        """Like `generate.stream`: the next token (B,) of every row, step by step. On CUDA the
+        stream may run on for up to check_every - 1 steps (of eos only) after every row is done."""
+        for column in self.steps(idx, max_new_tokens, **sampling):
+            yield self.seq[:, column].clone()
+
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, **sampling) -> torch.Tensor:
+        """idx (B, T) followed by up to max_new_tokens tokens: (B, T + n), as `generate.generate`."""
+        for _ in self.steps(idx, max_new_tokens, **sampling):
+            pass
+        if max_new_tokens == 0:
+            return idx.clone()
+        return self.seq[:, : int(self.length)].clone()

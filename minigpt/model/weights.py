@@ -1,0 +1,505 @@
+"""Loading and saving GPT-2 weights in the Hugging Face layout.
+
+OpenAI's checkpoints (as published on the Hugging Face hub) store the four big
+projections as `Conv1D` weights of shape (in, out); nn.Linear wants (out, in), so
+those are transposed on the way in and out. Everything else maps one to one.
+
+Real checkpoints come in a few variants, all accepted:
+- keys with or without the `transformer.` prefix;
+- the legacy attention-mask buffers `attn.bias` / `attn.masked_bias` (ignored);
+- `lm_head.weight` present (it must equal wte when the config ties them) or absent (tied);
+- one file, or shards named by a `model.safetensors.index.json` / `pytorch_model.bin.index.json`.
+
+A name is a local path, one of OpenAI's presets (`gpt2`, ...), or a hub id `OWNER/NAME` or
+`OWNER/NAME@REVISION`, downloaded once into the Hugging Face cache and read from there after.
+
+Nothing is ever unpickled with code execution: safetensors files are plain
+data, and `.bin` files go through `torch.load(weights_only=True)`.
+
+This module reads and writes configs and tensors only; it never builds a model.
+`GPT.from_pretrained` builds one on the meta device and assigns the tensors that
+`load_state_dict` returns, each already converted to the target dtype as it was
+read, so a bf16 load of gpt2-xl never holds an fp32 copy of the model.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from minigpt.train.checkpoint import CHECKPOINT_PREFIX, CheckpointError, latest_checkpoint
+from minigpt.model.config import HUB_REPOS, PRESETS, GPTConfig, preset
+from minigpt.files import atomic_write
+
+TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+IGNORED = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers of old checkpoints
+PADDED = ("transformer.wte.weight", "lm_head.weight")  # (vocab, C), padded to the model's padded vocabulary
+
+
+# ----------------------------------------------------------------------------------------------
+# Finding the files
+
+
+# What a hub id brings down: the config, the weights and the tokenizer files, nothing else.
+HUB_CONFIG_FILES = ["config.json", "generation_config.json"]
+HUB_TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                       "vocab.json", "merges.txt", "spiece.model", "*.model"]
+HUB_SAFETENSORS = ["model*.safetensors", "model.safetensors.index.json"]
+HUB_TORCH_BIN = ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+HUB_ID = re.compile(r"(?P<repo>[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*)(?:@(?P<revision>[^@\s]+))?")
+
+
+def parse_hub_id(name: str) -> tuple[str, str | None] | None:
+    """(repo id, revision or None) of "OWNER/NAME" or "OWNER/NAME@REVISION"; None if name is not of that form."""
+    m = HUB_ID.fullmatch(name)
+    if m is None or name.startswith(("./", "../")) or ".." in m["repo"] or m["repo"].endswith((".", "-")):
+        return None
+    return m["repo"], m["revision"]
+
+
+def _has_weights(directory: Path) -> bool:
+    return any((directory / f).is_file() for f in WEIGHT_FILES)
+
+
+def hub_snapshot(name: str, downloading: bool = False) -> Path:
+    """The local directory of a preset's or a hub id's snapshot, downloading it if it is not cached.
+
+    A preset (`gpt2`, ...) brings config.json and model.safetensors; a hub id `OWNER/NAME[@REVISION]`
+    also the tokenizer files and generation_config.json, and its weights as safetensors where the
+    repo has them, else as pytorch_model*.bin. The cache is tried first, so once downloaded
+    nothing goes to the network.
+    downloading: the caller's whole job is the download (`python -m minigpt.model.weights download`),
+    so a failure says what the download needs rather than suggesting the download command.
+    """
+    from huggingface_hub import HfApi, constants, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError, \
+        RevisionNotFoundError
+
+    if name in PRESETS:
+        repo, revision, patterns = HUB_REPOS[name], None, ["config.json", "model.safetensors"]
+    else:
+        parsed = parse_hub_id(name)
+        if parsed is None:
+            raise CheckpointError(f"{name!r} is not a preset ({', '.join(PRESETS)}) or a hub id OWNER/NAME[@REVISION]")
+        repo, revision = parsed
+        patterns = HUB_CONFIG_FILES + HUB_TOKENIZER_FILES
+    where = repo if revision is None else f"{repo} at revision {revision}"
+    try:
+        path = Path(snapshot_download(repo, revision=revision, allow_patterns=patterns, local_files_only=True))
+        if _has_weights(path):
+            return path
+    except LocalEntryNotFoundError:
+        pass
+    try:
+        if name not in PRESETS:  # prefer safetensors: ask which weight files the repo has
+            files = HfApi().list_repo_files(repo, revision=revision)
+            patterns = patterns + (HUB_SAFETENSORS if any(f.endswith(".safetensors") for f in files) else HUB_TORCH_BIN)
+        path = Path(snapshot_download(repo, revision=revision, allow_patterns=patterns))
+    except (RepositoryNotFoundError, RevisionNotFoundError) as e:
+        what = "revision" if isinstance(e, RevisionNotFoundError) else "repository"
+        raise CheckpointError(f"the Hugging Face hub has no {what} {where} (or it is private or gated)") from None
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as e:
+        offline = " (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
+        why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else type(e).__name__
+        if downloading:
+            raise CheckpointError(
+                f"cannot download {where} from the Hugging Face hub{offline}: {type(e).__name__}; this needs "
+                f"network access to huggingface.co, and the files go to the cache at {constants.HF_HUB_CACHE} "
+                "(set HF_HUB_CACHE to choose another)"
+            ) from None
+        local = "" if name in PRESETS else f"there is no local path {name}, and "
+        raise CheckpointError(
+            f"{local}{where} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and the hub cannot be "
+            f"reached ({why}); on a machine with network run `python -m minigpt.model.weights "
+            f"download {name}`, or pass a local directory or .safetensors file"
+        ) from None
+    if not _has_weights(path):
+        raise CheckpointError(f"the hub repo {where} has no model.safetensors or pytorch_model.bin weights")
+    return path
+
+
+def resolve_directory(name_or_path: str | Path) -> Path | None:
+    """The local directory holding the config and tokenizer files of a local directory or a hub id
+    (downloaded once); None for a preset name (GPT-2's tiktoken encoding) and for a single weights file.
+
+    A train.py output directory resolves to its latest checkpoint.
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if (path / "config.json").is_file() or _has_weights(path):
+            return path
+        return latest_checkpoint(path) or path
+    if path.exists():
+        return None
+    name = str(name_or_path)
+    if name in PRESETS:
+        return None
+    if parse_hub_id(name) is None:
+        raise CheckpointError(_not_found(name))
+    return hub_snapshot(name)
+
+
+def _not_found(name: str) -> str:
+    return (f"{name}: no such file or directory, not a preset ({', '.join(PRESETS)}) and not a hub id "
+            "OWNER/NAME[@REVISION]")
+
+
+def _read_config_json(path: Path) -> GPTConfig:
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot read {path}: {e}") from None
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{path} holds a JSON {_json_type(d)}, not an object of config fields")
+    try:
+        if "minigpt" in d:  # written by save_pretrained: the exact GPTConfig
+            return _config_from_dict(d["minigpt"], "its 'minigpt' entry")
+        return GPTConfig.from_hf_dict(d)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: {e}") from None
+
+
+def _json_type(value) -> str:
+    """The JSON name of a parsed value's type, for messages."""
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def _config_from_dict(d, what: str) -> GPTConfig:
+    """GPTConfig.from_dict of a parsed JSON value that must be an object (TypeError/ValueError if not)."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{what} is a JSON {_json_type(d)}, not an object of GPTConfig fields")
+    return GPTConfig.from_dict(d)
+
+
+def find_weights(name_or_path: str | Path) -> tuple[Path, GPTConfig | None]:
+    """(weights file, config if one was found beside it) for a preset name or a local path."""
+    path = Path(name_or_path).expanduser()
+    if not path.exists():
+        name = str(name_or_path)
+        if name not in PRESETS and parse_hub_id(name) is None:
+            raise CheckpointError(_not_found(name))
+        path = hub_snapshot(name)
+    if path.is_dir():
+        directory = path
+        weights = next((directory / f for f in WEIGHT_FILES if (directory / f).is_file()), None)
+        if weights is None:
+            ckpt = latest_checkpoint(directory)
+            if ckpt is None:
+                raise CheckpointError(
+                    f"{directory} holds no model.safetensors, pytorch_model.bin (or their shard index) or "
+                    f"{CHECKPOINT_PREFIX}* checkpoint"
+                )
+            return find_weights(ckpt)
+    else:
+        directory, weights = path.parent, path
+    config_file = directory / "config.json"
+    return weights, (_read_config_json(config_file) if config_file.is_file() else None)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading tensors
+
+
+# safetensors dtype names -> torch dtypes
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def _iter_safetensors(path: Path) -> tuple[dict, Iterator[tuple[str, torch.Tensor]]]:
+    """Read a .safetensors file one tensor at a time with plain file reads.
+
+    The format is an 8-byte little-endian header length, a JSON header giving each
+    tensor's dtype, shape and byte range, then the raw data. The safetensors library's
+    `safe_open` memory-maps the file instead, so every page it touches counts as resident
+    until the mapping goes, and a bf16 load then peaks with the whole fp32 file resident on
+    top of the model. `python bench/load_memory.py` measures both readers side by side
+    (peak resident memory and load time; bench/results/load-memory-*.json).
+    """
+    try:
+        f = open(path, "rb")
+        size = path.stat().st_size
+        n = int.from_bytes(f.read(8), "little")
+        if not 2 <= n <= min(size - 8, 100_000_000):
+            raise ValueError(f"header length {n} does not fit a {size}-byte file")
+        header = json.loads(f.read(n))
+        if not isinstance(header, dict):
+            raise ValueError(f"the header is a JSON {_json_type(header)}, not an object")
+        metadata = header.pop("__metadata__", None) or {}
+        if not isinstance(metadata, dict):
+            raise ValueError(f"__metadata__ is a JSON {_json_type(metadata)}, not an object")
+        entries = []
+        for key, info in header.items():
+            if not isinstance(info, dict):
+                raise ValueError(f"the entry of tensor {key} is a JSON {_json_type(info)}, not an object")
+            begin, end = info["data_offsets"]
+            dtype = SAFETENSORS_DTYPES[info["dtype"]]
+            shape = [int(d) for d in info["shape"]]
+            numel = 1
+            for d in shape:
+                numel *= d
+            if not 0 <= begin <= end <= size - 8 - n or end - begin != numel * dtype.itemsize:
+                raise ValueError(f"tensor {key} has byte range {begin}..{end}, inconsistent with its shape or the file")
+            entries.append((begin, key, dtype, shape))
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from None
+    data_start = 8 + n
+
+    def tensors():
+        with f:
+            for begin, key, dtype, shape in sorted(entries, key=lambda e: e[0]):
+                buf = torch.empty(shape, dtype=dtype)
+                f.seek(data_start + begin)
+                view = memoryview(buf.view(-1).view(torch.uint8).numpy()) if buf.numel() else memoryview(b"")
+                if f.readinto(view) != len(view):
+                    raise CheckpointError(f"{path}: tensor {key} is truncated")
+                yield key, buf
+
+    return metadata, tensors()
+
+
+def _iter_sharded(index: Path) -> tuple[dict, Iterator[tuple[str, torch.Tensor]]]:
+    try:
+        content = json.loads(index.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot read the shard index {index}: {e}") from None
+    weight_map = content.get("weight_map") if isinstance(content, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        found = "no weight_map" if weight_map is None else f"a weight_map that is a JSON {_json_type(weight_map)}"
+        raise CheckpointError(f"{index} is not a shard index: it has {found}, not an object of tensor -> file names")
+    shards = sorted(set(weight_map.values()))
+    for shard in shards:
+        if Path(shard).name != shard or not (index.parent / shard).is_file():
+            raise CheckpointError(f"{index} names shard {shard!r}, which is not a file beside it")
+
+    def tensors():
+        for shard in shards:  # each shard in its own format: .safetensors or .bin
+            yield from read_tensors(index.parent / shard)[1]
+
+    return {}, tensors()
+
+
+def _iter_torch_bin(path: Path) -> tuple[dict, Iterator[tuple[str, torch.Tensor]]]:
+    try:
+        try:  # mmap keeps a large fp32 file out of memory until each tensor is converted
+            sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):  # legacy (non-zip) files cannot be memory-mapped
+                raise
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{path}: refused to unpickle anything but tensors ({str(e).splitlines()[0]})") from None
+    except (RuntimeError, OSError, EOFError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {str(e).splitlines()[0]}") from None
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError(f"{path} does not hold a flat dict of tensors")
+    return {}, iter(list(sd.items()))
+
+
+def read_tensors(weights: Path) -> tuple[dict, Iterator[tuple[str, torch.Tensor]]]:
+    if weights.name.endswith((".safetensors.index.json", ".bin.index.json")):
+        return _iter_sharded(weights)
+    if weights.suffix == ".safetensors":
+        return _iter_safetensors(weights)
+    if weights.suffix in (".bin", ".pt", ".pth"):
+        return _iter_torch_bin(weights)
+    raise CheckpointError(f"{weights}: unknown weights format (expected .safetensors or .bin)")
+
+
+# ----------------------------------------------------------------------------------------------
+# Mapping names and shapes
+
+
+def _our_name(key: str) -> str | None:
+    """Checkpoint key -> our parameter name, or None for keys to skip."""
+    key = key.removeprefix("transformer.")
+    if key.endswith(IGNORED):
+        return None
+    if key == "lm_head.weight":
+        return key
+    return "transformer." + key
+
+
+def _infer_config(shapes: dict[str, tuple[int, ...]], source: Path) -> GPTConfig:
+    """Guess the config from tensor shapes; the head count must match a preset's width."""
+    try:
+        V, C = shapes["transformer.wte.weight"]
+        block_size = shapes["transformer.wpe.weight"][0]
+    except KeyError as e:
+        raise CheckpointError(f"{source}: no config.json and no {e.args[0]} to infer one from") from None
+    n_layer = 1 + max(int(k.split(".")[2]) for k in shapes if k.startswith("transformer.h."))
+    heads = {p.n_embd: p.n_head for p in PRESETS.values()}
+    if C not in heads:
+        raise CheckpointError(
+            f"{source}: no config.json, and n_embd={C} matches no preset, so the head count is unknown"
+        )
+    return GPTConfig(block_size=block_size, vocab_size=V, n_layer=n_layer, n_head=heads[C], n_embd=C)
+
+
+def _finite(stored: torch.Tensor, converted: torch.Tensor, key: str, source: Path) -> torch.Tensor:
+    """converted (stored in the target dtype), unless it holds NaN or infinity: then a CheckpointError
+    naming the tensor. A sum is NaN or infinite whenever an element is (and, rarely, when finite
+    values overflow it), so one fast reduction clears a tensor; the exact checks run only after it."""
+    if bool(torch.isfinite(converted.sum(dtype=torch.float32))) or bool(torch.isfinite(converted).all()):
+        return converted
+    if converted.dtype != stored.dtype and bool(torch.isfinite(stored).all()):
+        raise CheckpointError(f"{source}: tensor {key} overflows {str(converted.dtype).removeprefix('torch.')} "
+                              "(its values are finite as stored); load it in a wider dtype")
+    raise CheckpointError(f"{source}: tensor {key} holds NaN or infinite values; the weights are damaged "
+                          "(or were saved after training diverged)")
+
+
+def load_state_dict(
+    name_or_path: str | Path, dtype: torch.dtype | None = None, device=None
+) -> tuple[GPTConfig, dict[str, torch.Tensor], Path]:
+    """(config, state dict under our names, weights file) of the checkpoint at name_or_path.
+
+    Tensors are converted to dtype (default float32) as they are read and moved to device
+    (default cpu); the embedding is padded to the config's padded vocabulary. Check the result
+    against a model with `check_state_dict` before loading it.
+    """
+    dtype = dtype or torch.float32
+    device = torch.device(device or "cpu")
+    weights, config = find_weights(name_or_path)
+    metadata, tensors = read_tensors(weights)
+    if config is None and "minigpt_config" in metadata:
+        try:
+            config = _config_from_dict(json.loads(metadata["minigpt_config"]), "its minigpt_config metadata")
+        except (TypeError, ValueError) as e:  # JSONDecodeError is a ValueError
+            raise CheckpointError(f"{weights}: {e}") from None
+
+    # Collect tensors under our names, converting each to the target dtype as it is read so
+    # that no full-precision copy of the whole model is ever held.
+    state: dict[str, torch.Tensor] = {}
+    lm_head = None
+    for key, t in tensors:
+        name = _our_name(key)
+        if name is None:
+            continue
+        if name in state:
+            raise CheckpointError(f"{weights}: tensor {key} appears twice")
+        if t.is_floating_point():
+            t = _finite(t, t.to(dtype=dtype), key, weights)
+        if name == "lm_head.weight":
+            lm_head = t
+            continue
+        if name.endswith(TRANSPOSED):
+            if t.dim() != 2:
+                raise CheckpointError(f"{weights}: {key} has shape {tuple(t.shape)}, expected a matrix")
+            t = t.t()
+        state[name] = t.to(device).contiguous()
+    if config is None:
+        config = _infer_config({k: tuple(v.shape) for k, v in state.items()}, weights)
+
+    wte = state.get("transformer.wte.weight")
+    if config.tie_word_embeddings:
+        if lm_head is not None and (wte is None or not torch.equal(lm_head.to(wte.device), wte)):
+            raise CheckpointError(f"{weights}: lm_head.weight differs from wte.weight, but the config ties them "
+                                  "(tie_word_embeddings is true)")
+    elif lm_head is not None:
+        state["lm_head.weight"] = lm_head.to(device).contiguous()
+    # The embedding (and an untied lm_head) is stored unpadded; pad with zero rows to the padded width.
+    for name in PADDED:
+        t = state.get(name)
+        if t is not None and t.dim() == 2 and t.size(0) == config.vocab_size < config.padded_vocab_size:
+            state[name] = torch.cat([t, t.new_zeros(config.padded_vocab_size - config.vocab_size, t.size(1))])
+    return config, state, weights
+
+
+def check_state_dict(state: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]], config: GPTConfig,
+                     source: Path) -> None:
+    """A CheckpointError unless state holds exactly the expected tensor names and shapes."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing:
+        raise CheckpointError(f"{source}: missing tensor(s) {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    if unexpected:
+        raise CheckpointError(f"{source}: unexpected tensor(s) {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}")
+    for name, shape in expected.items():
+        got = tuple(state[name].shape)
+        if name in PADDED:
+            got = (got[0] - (config.padded_vocab_size - config.vocab_size), got[1])
+            shape = (config.vocab_size, shape[1])
+        elif name.endswith(TRANSPOSED):  # report shapes as the checkpoint stores them
+            got, shape = got[::-1], shape[::-1]
+        if got != shape:
+            raise CheckpointError(f"{source}: {name} has shape {got} in the checkpoint, the model expects {shape}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Saving
+
+
+def hf_state_dict(state_dict: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
+    """A model's state dict under transformers' GPT2LMHeadModel names and Conv1D layout, on the CPU."""
+    out = {}
+    for name, t in state_dict.items():
+        t = t.detach()
+        if name in PADDED:
+            t = t[: config.vocab_size]
+        elif name.endswith(TRANSPOSED):
+            t = t.t()
+        out[name] = t.contiguous().cpu()
+    return out
+
+
+def save_state_dict(state_dict: dict[str, torch.Tensor], config: GPTConfig, directory: str | Path,
+                    transformers_only: bool = True) -> None:
+    """Write model.safetensors + config.json (each atomically) that GPT2LMHeadModel loads.
+
+    A config GPT2LMHeadModel cannot compute (config.hf_incompatibility()) is a ValueError naming the
+    switch, unless transformers_only=False: then config.json holds only the "minigpt" entry, which
+    from_pretrained reads and transformers refuses for want of a model_type.
+    """
+    from safetensors.torch import save_file
+
+    reason = config.hf_incompatibility()
+    if reason is not None and transformers_only:
+        raise ValueError(f"cannot save in transformers' GPT2LMHeadModel format: {reason}")
+    directory = Path(directory)
+    tensors = hf_state_dict(state_dict, config)
+    metadata = {"format": "pt", "minigpt_config": json.dumps(config.to_dict())}
+    atomic_write(directory / "model.safetensors", lambda f: save_file(tensors, f.name, metadata=metadata))
+    hf_config = {} if reason is not None else config.to_hf_dict()
+    hf_config["dtype"] = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
+    hf_config["minigpt"] = config.to_dict()
+    atomic_write(directory / "config.json", json.dumps(hf_config, indent=2) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line: fetch OpenAI's weights into the Hugging Face cache while online.
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m minigpt.model.weights",
+        description="Download GPT-2 weights (OpenAI's or any GPT-2 model on the hub) into the Hugging Face "
+                    "cache, for later offline use.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    dl = sub.add_parser("download", help="fetch the config and weights of a preset, or of a hub id with its tokenizer")
+    dl.add_argument("name", help=f"a preset ({', '.join(PRESETS)}) or a hub id OWNER/NAME[@REVISION]")
+    args = parser.parse_args(argv)
+    try:
+        if args.name not in PRESETS and parse_hub_id(args.name) is None:
+            preset(args.name)  # the one-line error listing the presets
+        print(hub_snapshot(args.name, downloading=True))
+    except (CheckpointError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Training: the configuration, the loop, optimizers, checkpoints, parallelism and the run's log."""

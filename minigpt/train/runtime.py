@@ -1,0 +1,114 @@
+"""Where a run executes: its processes, its device and precision, and the CPU/CUDA knobs it sets.
+
+Under torchrun (RANK/WORLD_SIZE/LOCAL_RANK set) a process group is started: NCCL on CUDA,
+gloo on CPU. One knob cannot live here: OMP_WAIT_POLICY is read when torch loads OpenMP,
+so train.py sets it before `import torch`.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import platform
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from minigpt.model.model import resolve_backends
+from minigpt.train.config import ConfigError
+
+
+@dataclass
+class Runtime:
+    rank: int
+    local_rank: int
+    world_size: int
+    distributed: bool  # a process group was started (under torchrun)
+    device: torch.device
+    dtype: str  # "float32" or "bfloat16" (autocast)
+    backends: tuple[str, str]  # (attention, LayerNorm) as they will run on `device`
+
+    @property
+    def master(self) -> bool:
+        """Rank 0: the process that writes logs and checkpoints."""
+        return self.rank == 0
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype == "bfloat16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def mean_over_ranks(self, values: torch.Tensor) -> torch.Tensor:
+        """values averaged over the processes (in place; unchanged with one process)."""
+        if self.distributed:
+            dist.all_reduce(values)
+            values /= self.world_size
+        return values
+
+    def close(self) -> None:
+        if self.distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def start_runtime(device: str = "auto", dtype: str = "auto", attn_backend: str = "auto",
+                  ln_backend: str = "auto") -> Runtime:
+    """Pick the device and precision, set the device's knobs, and join the process group if any."""
+    distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    rank = int(os.environ.get("RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+
+    if device == "auto":
+        where = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            where = torch.device(device)
+        except RuntimeError as e:
+            raise ConfigError(f"--device {device!r}: {e}") from None
+        if where.type == "cuda" and where.index is None:
+            where = torch.device("cuda", local_rank)
+    if where.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device} asks for CUDA, but no CUDA GPU is available")
+    if dtype == "auto":
+        dtype = "bfloat16" if where.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+    try:
+        backends = resolve_backends(attn_backend, ln_backend, where)
+    except RuntimeError as e:
+        raise ConfigError(str(e)) from None
+
+    if where.type == "cpu":
+        keep_freed_memory()
+    if where.type == "cuda":
+        torch.cuda.set_device(where)
+        # TF32 for the fp32 matmuls that autocast leaves (and for --dtype float32).
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.set_float32_matmul_precision("high")
+    if distributed:
+        if where.type == "cuda":
+            dist.init_process_group(backend="nccl", device_id=where)
+        else:
+            dist.init_process_group(backend="gloo")
+    return Runtime(rank, local_rank, world_size, distributed, where, dtype, backends)
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory for reuse instead of handing it back to the kernel.
+
+    A CPU training step allocates and frees several B x T x vocab tensors (logits, their
+    log-softmax, their gradients) of ~100 MB each. glibc serves blocks that big with a fresh
+    mmap and unmaps them on free, so every step would page-fault and zero them again in the
+    kernel (the README gives the step time it saves). The cost is that the process keeps
+    its peak memory, as CUDA's caching allocator does. Returns whether the setting took
+    (only glibc has it).
+    """
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    largest = 2**31 - 1  # mallopt takes an int
+    return bool(mallopt(M_MMAP_THRESHOLD, largest)) and bool(mallopt(M_TRIM_THRESHOLD, largest))

@@ -1,0 +1,253 @@
+"""The fast decode path (minigpt.generate.decoder) against the simple one and transformers."""
+import pytest
+import torch
+from reference import hf_model, save_hf
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from minigpt import GPT, GPTConfig
+from minigpt.generate.decoder import Decoder, OneDNNLinear, onednn_unavailable_reason
+from minigpt.generate.simple import complete, generate, generate_uncached, stream
+from minigpt.tokenizers.tokenizer import GPT2Tokenizer
+
+GPT2_VOCAB = dict(n_positions=96, vocab_size=50257, n_layer=2, n_head=4, n_embd=64)
+CPU_MODES = ("eager", "static")  # "static" is the step a CUDA graph captures, run op by op
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    hf = hf_model(seed=3, **GPT2_VOCAB)
+    with torch.no_grad():  # sharpen the random model so its greedy choices are far from ties
+        hf.transformer.wte.weight.mul_(8)
+    path = save_hf(hf, tmp_path_factory.mktemp("ckpt"))
+    hf.generation_config.eos_token_id = None
+    hf.generation_config.pad_token_id = 50256
+    return hf, path
+
+
+@pytest.mark.parametrize("mode", CPU_MODES)
+def test_greedy_equals_transformers_and_simple_path(checkpoint, mode):
+    hf, path = checkpoint
+    model = GPT.from_pretrained(path)
+    idx = torch.randint(0, 50257, (3, 11))
+    ref = hf.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=30, do_sample=False)
+    out = Decoder(model, 3, 64, mode=mode).generate(idx, 30, temperature=0)
+    assert torch.equal(out, ref)
+    assert torch.equal(out, generate(model, idx, 30, temperature=0))
+
+
+@pytest.mark.parametrize("mode", CPU_MODES)
+def test_decoder_is_reusable_and_reads_the_live_weights(checkpoint, mode):
+    _, path = checkpoint
+    model = GPT.from_pretrained(path)
+    decoder = Decoder(model, 2, 80, mode=mode)
+    a, b = torch.randint(0, 50257, (2, 9)), torch.randint(0, 50257, (2, 4))
+    decoder.generate(a, 40, temperature=0)  # leaves a longer sequence in the cache
+    assert torch.equal(decoder.generate(b, 20, temperature=0), generate_uncached(model, b, 20))
+    with torch.no_grad():  # the decoder holds no copy of the weights: it sees this change
+        model.transformer.h[1].mlp.c_fc.weight.mul_(-3)
+    assert torch.equal(decoder.generate(b, 20, temperature=0), generate_uncached(model, b, 20))
+
+
+@pytest.mark.parametrize("mode", CPU_MODES)
+def test_seeded_sampling_equals_simple_path(checkpoint, mode):
+    _, path = checkpoint
+    model = GPT.from_pretrained(path)
+    idx = torch.randint(0, 50257, (2, 5))
+    for options in (dict(temperature=1.0), dict(temperature=0.8, top_k=50), dict(temperature=1.2, top_p=0.9)):
+        ref = generate(model, idx, 25, generator=torch.Generator().manual_seed(7), **options)
+        out = Decoder(model, 2, 30, mode=mode).generate(idx, 25, generator=torch.Generator().manual_seed(7),
+                                                        **options)
+        assert torch.equal(out, ref), options
+
+
+def rows_finishing_apart(model: GPT, T: int, n: int) -> tuple[torch.Tensor, int]:
+    """Two prompts and an eos_id that both produce (greedy), first at different steps."""
+    prompts = torch.randint(0, model.config.vocab_size, (64, T), generator=torch.Generator().manual_seed(0))
+    new = generate(model, prompts, n, temperature=0)[:, T:]
+    first: dict[int, dict[int, int]] = {}  # token -> {step it first appears: row}
+    for row in range(new.size(0)):
+        for step, token in enumerate(new[row].tolist()):
+            first.setdefault(token, {}).setdefault(step, row)
+    for token, rows in first.items():
+        steps = sorted(rows)
+        if len(steps) > 1 and steps[-1] >= 2:
+            return prompts[[rows[steps[0]], rows[steps[-1]]]], token
+    raise AssertionError("no two rows produce a shared token at different steps; pick another seed")
+
+
+@pytest.mark.parametrize("mode", CPU_MODES)
+def test_eos_ends_like_the_simple_path(mode):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=64, vocab_size=12, n_layer=2, n_head=2, n_embd=32)).eval()
+    idx, eos = rows_finishing_apart(model, 5, 30)
+    ref = generate(model, idx, 30, temperature=0, eos_id=eos)
+    assert 5 < ref.size(1) < 35  # stopped early, one row padded with eos
+    decoder = Decoder(model, 2, 35, mode=mode)
+    assert torch.equal(decoder.generate(idx, 30, temperature=0, eos_id=eos), ref)
+    streamed = torch.stack(list(decoder.stream(idx, 30, temperature=0, eos_id=eos)), dim=1)
+    assert torch.equal(streamed, ref[:, 5:])
+
+
+def test_decoder_mode_of_generate_stream_and_complete(checkpoint):
+    _, path = checkpoint
+    model = GPT.from_pretrained(path)
+    idx = torch.randint(0, 50257, (2, 7))
+    ref = generate(model, idx, 15, temperature=0)
+    assert torch.equal(generate(model, idx, 15, temperature=0, decoder_mode="auto"), ref)
+    assert torch.equal(torch.stack(list(stream(model, idx, 15, temperature=0, decoder_mode="auto")), dim=1),
+                       ref[:, 7:])
+    enc = GPT2Tokenizer()
+    prompts = ["Hello", "A longer prompt here"]
+    slow = complete(model, enc, prompts, 12, num_samples=2, temperature=0, stop_at_eot=False)
+    fast = complete(model, enc, prompts, 12, num_samples=2, temperature=0, stop_at_eot=False, decoder_mode="auto")
+    assert [(c.text, c.tokens) for c in fast] == [(c.text, c.tokens) for c in slow]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_linears_agree(checkpoint, dtype):
+    _, path = checkpoint
+    model = GPT.from_pretrained(path, dtype=dtype)
+    idx = torch.randint(0, 50257, (2, 8))
+    ref = generate(model, idx, 30, temperature=0)
+    auto = Decoder(model, 2, 40)
+    assert torch.equal(auto.generate(idx, 30, temperature=0), ref)
+    assert auto.cpu_linear in ("torch", "onednn", "onednn-packed")  # measured on the first decode
+    assert onednn_unavailable_reason(dtype) is None  # oneDNN is part of the x86 CPU builds of PyTorch
+    assert isinstance(auto.linears, OneDNNLinear) == (auto.cpu_linear != "torch")
+    for cpu_linear in ("torch", "onednn", "onednn-packed"):
+        decoder = Decoder(model, 2, 40, cpu_linear=cpu_linear)
+        assert torch.equal(decoder.generate(idx, 30, temperature=0), ref), cpu_linear
+    with torch.no_grad():  # packed copies follow the weights
+        model.transformer.h[0].attn.c_attn.weight.mul_(-2)
+    assert torch.equal(decoder.generate(idx, 30, temperature=0), generate(model, idx, 30, temperature=0))
+
+
+def test_bad_arguments_are_clear_errors(checkpoint):
+    _, path = checkpoint
+    model = GPT.from_pretrained(path)
+    with pytest.raises(ValueError, match="needs the model on a CUDA device"):
+        Decoder(model, 1, 16, mode="graph")
+    with pytest.raises(ValueError, match="unknown decode mode"):
+        Decoder(model, 1, 16, mode="fast")
+    with pytest.raises(ValueError, match="unknown cpu_linear"):
+        Decoder(model, 1, 16, cpu_linear="mkl")
+    decoder = Decoder(model, 2, 16)
+    with pytest.raises(ValueError, match="exceeds this Decoder's max_len"):
+        decoder.generate(torch.zeros(2, 10, dtype=torch.long), 7)
+    with pytest.raises(ValueError, match="batches of 2 rows"):
+        decoder.generate(torch.zeros(3, 4, dtype=torch.long), 2)
+    with pytest.raises(ValueError, match="training mode"):
+        Decoder(model.train(), 1, 16)
+
+
+# ----------------------------------------------------------------------------------------------
+# No per-token allocation that grows with the position
+
+
+class NewStorages(TorchDispatchMode):
+    """Records the size in bytes of every tensor an op returns in fresh storage (not a view of,
+    or an in-place write to, one of its inputs): the allocations made by the ops it sees."""
+
+    def __init__(self):
+        super().__init__()
+        self.sizes: list[int] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0] if self.dense(t)}
+        for t in tree_flatten(out)[0]:
+            if self.dense(t) and t.untyped_storage().data_ptr() not in inputs:
+                self.sizes.append(t.untyped_storage().nbytes())
+            elif isinstance(t, torch.Tensor) and not self.dense(t):  # e.g. an opaque oneDNN tensor
+                self.sizes.append(t.numel() * t.element_size())
+        return out
+
+    @staticmethod
+    def dense(t) -> bool:
+        return isinstance(t, torch.Tensor) and t.layout == torch.strided
+
+
+def allocations_per_step(step, n: int) -> list[list[int]]:
+    per_step = []
+    for _ in range(n):
+        with NewStorages() as rec:
+            step()
+        per_step.append(sorted(rec.sizes))
+    return per_step
+
+
+def test_decode_steps_allocate_nothing_that_grows():
+    torch.manual_seed(0)
+    config = GPTConfig(block_size=128, vocab_size=101, n_layer=2, n_head=4, n_embd=64)
+    model = GPT(config).eval()
+    B, T, max_len = 2, 8, 128
+    cache_layer_bytes = B * config.n_head * max_len * config.head_dim * 4
+    idx = torch.randint(0, config.vocab_size, (B, T))
+
+    # The counter can fail: recomputing the whole context allocates more at every step.
+    grown = []
+    with torch.inference_mode():
+        for n in (T, T + 40):
+            with NewStorages() as rec:
+                model(torch.zeros(B, n, dtype=torch.long))
+            grown.append(sum(rec.sizes))
+    assert grown[1] > grown[0]
+
+    for mode in CPU_MODES:
+        decoder = Decoder(model, B, max_len, mode=mode)
+        with torch.inference_mode():
+            decoder.advance(decoder.prefill(idx).argmax(-1))
+            steps = allocations_per_step(decoder.greedy_step, 100)
+        largest = max(max(s) for s in steps)
+        assert largest < cache_layer_bytes / 8, (mode, largest)
+        if mode == "static":  # fixed shapes: the very same allocations at every position
+            assert all(s == steps[0] for s in steps), mode
+        else:  # only attention's small score buffers may follow the position
+            assert sum(steps[-1]) - sum(steps[0]) < cache_layer_bytes / 8, mode
+
+
+# ----------------------------------------------------------------------------------------------
+# CUDA graphs (skipped without a GPU)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_graph_equals_eager_steps(checkpoint, dtype):
+    _, path = checkpoint
+    model = GPT.from_pretrained(path, device="cuda", dtype=dtype)
+    idx = torch.randint(0, 50257, (3, 11), device="cuda")
+    graph = Decoder(model, 3, 64, mode="graph")
+    static = Decoder(model, 3, 64, mode="static")  # the same kernels, launched one by one
+    assert torch.equal(graph.generate(idx, 40, temperature=0), static.generate(idx, 40, temperature=0))
+    if dtype == torch.float32:  # in bf16 other kernels may round a near-tie the other way
+        assert torch.equal(graph.generate(idx, 40, temperature=0), generate(model, idx, 40, temperature=0))
+    g1, g2 = torch.Generator("cuda").manual_seed(1), torch.Generator("cuda").manual_seed(1)
+    assert torch.equal(graph.generate(idx, 30, temperature=0.9, top_k=40, generator=g1),
+                       static.generate(idx, 30, temperature=0.9, top_k=40, generator=g2))
+    eos = int(static.generate(idx, 40, temperature=0)[0, 20])
+    assert torch.equal(graph.generate(idx, 40, temperature=0, eos_id=eos),
+                       static.generate(idx, 40, temperature=0, eos_id=eos))
+
+
+@pytest.mark.cuda
+def test_cuda_graph_replay_allocates_nothing(checkpoint):
+    _, path = checkpoint
+    model = GPT.from_pretrained(path, device="cuda", dtype=torch.bfloat16)
+    idx = torch.randint(0, 50257, (2, 5), device="cuda")
+    decoder = Decoder(model, 2, 90, mode="graph")
+    decoder.generate(idx, 10, temperature=0)  # captures the greedy graph
+    with torch.inference_mode():
+        decoder.advance(decoder.prefill(idx).argmax(-1))
+
+        def allocations():
+            torch.cuda.synchronize()
+            return torch.cuda.memory_stats()["allocation.all.allocated"]
+
+        before = allocations()
+        for _ in range(50):
+            decoder.graphs[True].replay()
+        assert allocations() == before
+        for _ in range(5):  # the counter sees the eager step's allocations
+            decoder.forward_step()
+        assert allocations() > before
