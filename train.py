@@ -35,7 +35,7 @@ import torch.distributed as dist
 from minigpt.model import weights
 from minigpt.train.checkpoint import CheckpointError, latest_checkpoint
 from minigpt.data.corpus import DataError
-from minigpt.tokenizers.tokenizer import TokenizerUnavailable
+from minigpt.tokenizers import TokenizerUnavailable
 from minigpt.train.config import RECIPES, TrainConfig, TrainError
 from minigpt.train.trainer import Trainer, run_config
 

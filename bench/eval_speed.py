@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     from minigpt.eval.evaluate import multiple_choice
     from minigpt.eval.lm_eval_adapter import MiniGPTLM
     from minigpt.eval.tasks import read_multiple_choice
-    from minigpt.tokenizers.tokenizer import GPT2Tokenizer
+    from minigpt.tokenizers import GPT2Tokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

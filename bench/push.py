@@ -234,7 +234,7 @@ def score(ckpt: str | Path, text: str) -> float:
 
     from minigpt.eval.evaluate import bits_per_byte
     from minigpt.model.model import GPT
-    from minigpt.tokenizers.tokenizer import load_tokenizer
+    from minigpt.tokenizers import load_tokenizer
 
     model = GPT.from_pretrained(ckpt)
     model.eval()

@@ -77,7 +77,7 @@ FIRST_TOKEN_HF = """
 import sys
 import torch
 from transformers import GPT2LMHeadModel
-from minigpt.tokenizers.tokenizer import get_encoding  # the same tokenizer as sample.py's
+from minigpt.tokenizers import get_encoding  # the same tokenizer as sample.py's
 enc = get_encoding("gpt2")
 model = GPT2LMHeadModel.from_pretrained(sys.argv[1]).eval()
 idx = torch.tensor([enc.encode(sys.argv[2])])
@@ -90,7 +90,7 @@ sys.stdout.write(sys.argv[2] + enc.decode(out[0, idx.size(1):].tolist()))
 TOKENIZER = """
 import json, time
 t0 = time.perf_counter()
-from minigpt.tokenizers.tokenizer import get_encoding
+from minigpt.tokenizers import get_encoding
 t1 = time.perf_counter()
 get_encoding("gpt2")
 t2 = time.perf_counter()
@@ -99,7 +99,7 @@ print(json.dumps({"import_s": t1 - t0, "get_encoding_s": t2 - t1}))
 
 TOKENIZER_PROFILE = """
 import cProfile, io, pstats
-from minigpt.tokenizers.tokenizer import get_encoding
+from minigpt.tokenizers import get_encoding
 profile = cProfile.Profile()
 profile.enable()
 get_encoding("gpt2")

@@ -67,7 +67,7 @@ import numpy as np
 from tqdm import tqdm
 
 from minigpt.files import atomic_write
-from minigpt.tokenizers.tokenizer import (
+from minigpt.tokenizers import (
     OWN_TOKENIZER_FILES,
     TOKENIZER_FILE,
     GPT2Tokenizer,

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from minigpt.generate.simple import generate
 from minigpt.eval.scoring import encode, encode_pair, fit_window, rolling_rows, score_rows, start_id
-from minigpt.tokenizers.tokenizer import Tokenizer
+from minigpt.tokenizers import Tokenizer
 
 
 class MiniGPTLM(LM):

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from minigpt.model.model import GPT
 from minigpt.eval.tasks import TaskError
-from minigpt.tokenizers.tokenizer import Tokenizer
+from minigpt.tokenizers import Tokenizer
 
 # ----------------------------------------------------------------------------------------------
 # Tokenizing context + continuation

@@ -23,7 +23,7 @@ import torch
 from minigpt.generate.decoder import Decoder
 from minigpt.model.model import GPT, KVCache
 from minigpt.generate.sampling import check_ids, check_length, check_sampling, sample_next
-from minigpt.tokenizers.tokenizer import TextStream, Tokenizer
+from minigpt.tokenizers import TextStream, Tokenizer
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from minigpt.tokenizers.tokenizer import GPT2Tokenizer, Tokenizer, load_tokenizer
+from minigpt.tokenizers import GPT2Tokenizer, Tokenizer, load_tokenizer
 from minigpt.model.weights import resolve_directory
 
 

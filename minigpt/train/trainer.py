@@ -83,7 +83,7 @@ from minigpt.train.optim import configure_optimizer, lr_at, set_hyperparameters
 from minigpt.tokenizers.lookup import check_vocab, tokenizer_for
 from minigpt.train.runlog import RunLog, check_loggers_installed, info, open_tensorboard, open_wandb, plot_losses
 from minigpt.train.runtime import start_runtime
-from minigpt.tokenizers.tokenizer import Tokenizer, load_tokenizer, parse_tokenizer_kind
+from minigpt.tokenizers import Tokenizer, load_tokenizer, parse_tokenizer_kind
 from minigpt.train.config import ConfigError, Diverged, TrainConfig, TrainError, make_config
 from minigpt.model.weights import find_weights
 

@@ -19,7 +19,7 @@ from minigpt.data import corpus as preparation  # "corpus" is a fixture below
 from minigpt.data.corpus import DataError, DownloadError, bytes_per_token, load_meta, prepare
 from minigpt.data import loader as loader_module
 from minigpt.data.loader import DataLoader
-from minigpt.tokenizers.tokenizer import get_encoding
+from minigpt.tokenizers import get_encoding
 
 EOT = 50256
 REPO = Path(__file__).resolve().parents[2]

@@ -15,7 +15,7 @@ from minigpt import GPT
 from minigpt.eval.evaluate import bits_per_byte, choice_metrics, evaluate, lambada, multiple_choice, score_multiple_choice
 from minigpt.eval.scoring import Row, encode_pair, rolling_rows, score_rows, scored_logits
 from minigpt.eval.tasks import Example, read_multiple_choice
-from minigpt.tokenizers.tokenizer import GPT2Tokenizer
+from minigpt.tokenizers import GPT2Tokenizer
 
 # A small context window, so that long examples are cut and texts need many windows.
 CONFIG = dict(n_positions=48, vocab_size=50257, n_layer=2, n_head=2, n_embd=32)

@@ -19,7 +19,7 @@ from lm_eval.tasks import TaskManager  # noqa: E402
 
 from minigpt.eval.evaluate import bits_per_byte, evaluate  # noqa: E402
 from minigpt.eval.lm_eval_adapter import MiniGPTLM  # noqa: E402
-from minigpt.tokenizers.tokenizer import GPT2Tokenizer  # noqa: E402
+from minigpt.tokenizers import GPT2Tokenizer  # noqa: E402
 
 ROWS = [
     {"context": "The capital of France is", "choices": [" Paris", " London", " a city of lights"], "label": 0},

@@ -25,7 +25,7 @@ from minigpt.model.config import GPTConfig
 from minigpt.generate.decoder import Decoder
 from minigpt.generate.simple import complete, generate, generate_uncached, stream
 from minigpt.model.model import GPT
-from minigpt.tokenizers.tokenizer import GPT2Tokenizer
+from minigpt.tokenizers import GPT2Tokenizer
 from minigpt.model.weights import CheckpointError
 
 sample = load_script(ROOT / "sample.py")
@@ -348,7 +348,7 @@ STOPS = [
 @pytest.fixture(scope="module")
 def char_checkpoint(tmp_path_factory) -> Path:
     """A tiny model with a char tokenizer that lacks the Japanese characters (byte fallback)."""
-    from minigpt.tokenizers.tokenizer import CharTokenizer
+    from minigpt.tokenizers import CharTokenizer
 
     tokenizer = CharTokenizer("abcdefghij \n")
     path = tmp_path_factory.mktemp("char_ckpt") / "model"
@@ -364,7 +364,7 @@ def test_multiline_japanese_prompt_file_and_full_width_stops(stops, kept, stream
                                                              monkeypatch, capsys):
     """--prompt-file is read exactly (several lines of Japanese), and --stop matches full-width text
     and escapes in what the checkpoint's own tokenizer decodes, streamed or not."""
-    from minigpt.tokenizers.tokenizer import load_tokenizer
+    from minigpt.tokenizers import load_tokenizer
 
     prompt = "一行目です。\n二行目「引用」\n\n  三行目 😀\n"
     prompt_file = tmp_path / "prompt.txt"

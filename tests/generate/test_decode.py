@@ -8,7 +8,7 @@ from torch.utils._pytree import tree_flatten
 from minigpt import GPT, GPTConfig
 from minigpt.generate.decoder import Decoder, OneDNNLinear, onednn_unavailable_reason
 from minigpt.generate.simple import complete, generate, generate_uncached, stream
-from minigpt.tokenizers.tokenizer import GPT2Tokenizer
+from minigpt.tokenizers import GPT2Tokenizer
 
 GPT2_VOCAB = dict(n_positions=96, vocab_size=50257, n_layer=2, n_head=4, n_embd=64)
 CPU_MODES = ("eager", "static")  # "static" is the step a CUDA graph captures, run op by op

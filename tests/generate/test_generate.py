@@ -10,7 +10,7 @@ from reference import hf_model, save_hf
 from minigpt import GPT, GPTConfig
 from minigpt.generate.simple import complete, generate, generate_uncached, stream
 from minigpt.generate.sampling import sample_next
-from minigpt.tokenizers.tokenizer import GPT2Tokenizer, Tokenizer
+from minigpt.tokenizers import GPT2Tokenizer, Tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
 GPT2_VOCAB = dict(n_positions=96, vocab_size=50257, n_layer=2, n_head=4, n_embd=64)
@@ -188,7 +188,7 @@ BPE_TRAINING_TEXT = "the cat sat on the mat. " * 40  # ASCII only: Japanese is s
 
 
 def _tokenizers():
-    from minigpt.tokenizers.tokenizer import BPETokenizer, CharTokenizer
+    from minigpt.tokenizers import BPETokenizer, CharTokenizer
 
     return {"gpt2": GPT2Tokenizer(), "char": CharTokenizer("abc 。"),  # 「」 and the kana: byte fallback
             "bpe": BPETokenizer.train([BPE_TRAINING_TEXT], 300)}

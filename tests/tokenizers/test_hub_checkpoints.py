@@ -106,7 +106,7 @@ def test_a_checkpoint_without_a_tokenizer_is_one_line(tmp_path):
 def test_text_stream_of_any_ids_adds_up_to_decode(checkpoint, seed):
     """Random ids, half of them byte-fallback ids where the tokenizer has them: invalid UTF-8 runs
     are where a stream and a whole decode part most easily (a run of byte ids decodes as one)."""
-    from minigpt.tokenizers.tokenizer import TextStream
+    from minigpt.tokenizers import TextStream
 
     directory, _, _ = checkpoint
     tokenizer = tokenizer_for(directory)

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from minigpt.tokenizers import tokenizer
-from minigpt.tokenizers.tokenizer import EOT_TOKEN, TextStream, load_tokenizer, local_vocab_files
+from minigpt.tokenizers import EOT_TOKEN, TextStream, load_tokenizer, local_vocab_files
 
 transformers = pytest.importorskip("transformers")
 sentencepiece = pytest.importorskip("sentencepiece")

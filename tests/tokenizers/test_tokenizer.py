@@ -7,7 +7,7 @@ import pytest
 import tiktoken
 
 from minigpt.tokenizers import tokenizer
-from minigpt.tokenizers.tokenizer import TokenizerUnavailable, get_encoding, local_vocab_files
+from minigpt.tokenizers import TokenizerUnavailable, get_encoding, local_vocab_files
 
 TEXTS = [
     "Hello world",

@@ -17,7 +17,7 @@ import pytest
 from minigpt.data.corpus import data_tokenizer, default_data_dir, load_meta, prepare
 from minigpt.eval.evaluate import bits_per_byte
 from minigpt.model.model import GPT
-from minigpt.tokenizers.tokenizer import TOKENIZER_FILE, CharTokenizer, GPT2Tokenizer, load_tokenizer
+from minigpt.tokenizers import TOKENIZER_FILE, CharTokenizer, GPT2Tokenizer, load_tokenizer
 from tiny_run import ROOT, load_script, read_log, tiny_argv
 
 train = load_script(ROOT / "train.py")

@@ -23,7 +23,7 @@ from minigpt.train.checkpoint import load_checkpoint
 from minigpt.eval.evaluate import evaluate
 from minigpt.model.model import GPT
 from minigpt.train.optim import lr_at
-from minigpt.tokenizers.tokenizer import GPT2Tokenizer
+from minigpt.tokenizers import GPT2Tokenizer
 from minigpt.train.config import ConfigError, TrainConfig
 from tiny_run import ROOT, load_script, make_corpus, read_log, tiny_argv
 
