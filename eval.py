@@ -27,7 +27,8 @@ import torch
 
 from minigpt.eval.evaluate import evaluate, format_table, load_task, run_info
 from minigpt.files import atomic_write
-from minigpt.model.weights import CheckpointError
+from minigpt.rundir import CheckpointError
+from minigpt.model.load import from_pretrained
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -84,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     dtype = DTYPES[args.dtype] if args.dtype != "auto" else (torch.bfloat16 if device.type == "cuda" else torch.float32)
 
     t0 = time.perf_counter()
-    model = GPT.from_pretrained(args.init, device=device, dtype=dtype, attn_backend=args.attn_backend)
+    model = from_pretrained(args.init, device=device, dtype=dtype, attn_backend=args.attn_backend)
     tokenizer = tokenizer_for(args.init)  # the one saved with a train.py checkpoint, else GPT-2's
     check_vocab(tokenizer, model.config.vocab_size, args.init)
     print(f"loaded {args.init} ({model.num_params() / 1e6:.1f}M parameters, {dtype}, {device}, "

@@ -25,7 +25,9 @@ from minigpt.generate.simple import Completion, complete
 from minigpt.model.model import GPT
 from minigpt.generate.sampling import check_sampling
 from minigpt.tokenizers.lookup import check_vocab, tokenizer_for
-from minigpt.model.weights import CheckpointError
+from minigpt.rundir import CheckpointError
+from minigpt.generate.quantize import quantize_model
+from minigpt.model.load import from_pretrained
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SEPARATOR = "\n" + "-" * 40 + "\n"
@@ -215,9 +217,9 @@ def run(args: argparse.Namespace) -> int:
     use_decoder = args.decode == "fast" or (args.decode == "auto" and device.type == "cpu")
 
     t0 = time.perf_counter()
-    model = GPT.from_pretrained(args.init, device=device, dtype=dtype, attn_backend=args.attn_backend)
+    model = from_pretrained(args.init, device=device, dtype=dtype, attn_backend=args.attn_backend)
     if args.quantize:
-        model.quantize(args.quantize, group_size=args.quantize_group_size)
+        quantize_model(model, args.quantize, group_size=args.quantize_group_size)
     tokenizer = tokenizer_for(args.init)  # the one saved with a train.py checkpoint, else GPT-2's
     check_vocab(tokenizer, model.config.vocab_size, args.init)
     info(f"loaded {args.init} ({model.num_params() / 1e6:.1f}M parameters, {dtype}, {device}, "

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from minigpt.model import weights
-from minigpt.train.checkpoint import CheckpointError, latest_checkpoint
+from minigpt.rundir import CheckpointError, latest_checkpoint
 from minigpt.data.corpus import DataError
 from minigpt.tokenizers import TokenizerUnavailable
 from minigpt.train.config import RECIPES, TrainConfig, TrainError

@@ -1,32 +1,12 @@
 """Fast decoding: decoding state in device buffers, a static KV cache, and CUDA graphs.
 
-`minigpt.generate.simple.stream` is the readable path: each token runs `model(token, cache=cache)`
-and its bookkeeping runs on the host. At batch 1 a 124M model is bound by reading its
-weights once per token, and on a GPU the ~150 small kernels of one step cost more to
-launch than to run. A `Decoder` removes what is not weight reading, and calls the model's
-own forward for every step; the transformer itself is written only in minigpt/model.py.
-
-- The cache is allocated once per `Decoder` (the model's `KVCache`); every step writes one
-  position into it, so decoding never reallocates.
-- The generated sequence, the current token and the rows that are done live in small
-  device buffers that each step updates in place. Nothing is copied to the host while
-  decoding, except one check of "all rows done" every `check_every` steps when an eos_id
-  is given (every step on the CPU, where it costs nothing).
-- In the "static" and "graph" modes the cache is the model's static one (its position is a
-  device tensor; attention runs over the whole cache with a visibility mask), so one step,
-  greedy choice and bookkeeping included, has fixed shapes: on CUDA it is captured once as
-  a CUDA graph and each token costs one replay.
-- On the CPU ("auto" is "eager" there) the cache grows: attention reads the written prefix
-  only. A graph saves nothing on a CPU, so the static cache's fixed shapes buy nothing there
-  and its masked tail is read for nothing; measured side by side, neither mode was reliably
-  faster on a CPU. The matrix-vector products may go through oneDNN instead of F.linear
-  (`cpu_linear`): whether that is faster depends on the CPU and the dtype, so "auto" times a
-  few steps of each once per model shape, dtype and batch size, and keeps the faster (oneDNN
-  only when it is at least 10% faster than F.linear, which is what the simple path runs).
-
-A `Decoder` reads the model's weights where they are, so it follows any change to them
-(the packed oneDNN copies are remade when a weight changes). Greedy tokens equal those of
-`generate.stream` (tests/test_decode.py).
+`minigpt.generate.simple` is the readable path: each token runs `model(token, cache=cache)` with its
+bookkeeping on the host. A `Decoder` keeps what a step reads and writes (the cache, the sequence,
+the current token, the finished rows) in device buffers updated in place, and calls the model's own
+forward for every step. With `StaticKVCache` every shape is fixed, so on CUDA one step is captured
+as a CUDA graph and each token costs one replay; on a CPU the cache grows, and the matrix-vector
+products run through F.linear or oneDNN, whichever a few timed steps found faster for this model.
+Greedy tokens equal those of the simple path (tests/generate/test_decode.py).
 
     decoder = Decoder(model, batch_size=1, max_len=256)
     out = decoder.generate(idx, max_new_tokens=128, temperature=0)   # (1, T + 128)
@@ -46,6 +26,39 @@ from minigpt.generate.quantize import is_quantized
 from minigpt.generate.sampling import check_ids, check_length, check_sampling, sample_next
 
 MODES = ("auto", "eager", "static", "graph")
+
+
+class StaticKVCache(KVCache):
+    """A KVCache whose every shape is fixed, for CUDA graphs: `pos` is a (1,) tensor on the cache's
+    device, advanced in place, and attention runs over all max_len positions with a mask hiding
+    those after each query. Nothing is read back to the host, so a step can be recorded once."""
+
+    def __init__(self, config, batch_size: int, max_len: int, device=None, dtype=None):
+        super().__init__(config, batch_size, max_len, device, dtype)
+        self.pos = torch.zeros(1, dtype=torch.long, device=device)
+        self.key_positions = torch.arange(max_len, device=device)
+
+    def positions(self, B: int, T: int) -> torch.Tensor:
+        if T > self.max_len or B != self.batch_size:  # the position stays on the device: only sizes are checked
+            raise ValueError(f"KV cache holds {self.batch_size} x {self.max_len} positions; "
+                             f"cannot add {B} x {T} tokens at its position")
+        return self.pos + torch.arange(T, device=self.pos.device)
+
+    def visible(self, positions: torch.Tensor) -> torch.Tensor:
+        """(T, max_len): the keys each query may see."""
+        return self.key_positions[None, :] <= positions[:, None]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        positions = self.pos + torch.arange(k.size(2), device=self.pos.device)
+        self.k[layer].index_copy_(2, positions, k)
+        self.v[layer].index_copy_(2, positions, v)
+        return self.k[layer], self.v[layer]
+
+    def advance(self, T: int) -> None:
+        self.pos.add_(T)
+
+    def reset(self) -> None:
+        self.pos.zero_()
 CPU_LINEARS = ("auto", "torch", "onednn", "onednn-packed")
 
 
@@ -147,7 +160,8 @@ class Decoder:
         self.max_len = max_len or model.config.block_size
         self.check_every = check_every if self.device.type == "cuda" else 1
         B, dev = batch_size, self.device
-        self.cache = KVCache(model.config, B, self.max_len, device=dev, dtype=self.dtype, static=mode != "eager")
+        cache = KVCache if mode == "eager" else StaticKVCache
+        self.cache = cache(model.config, B, self.max_len, device=dev, dtype=self.dtype)
         # Decoding state, updated in place by every step (so a CUDA graph can own it):
         self.seq = torch.zeros(B, self.max_len, dtype=torch.long, device=dev)  # prompt + new tokens
         self.token = torch.zeros(B, 1, dtype=torch.long, device=dev)  # the token to feed next, at cache.pos
@@ -182,7 +196,7 @@ class Decoder:
         next_token = torch.where(self.done, self.eos, next_token)  # finished rows repeat eos (no sync)
         self.done |= next_token == self.eos
         self.length += still_going  # the simple path stops once every row is done
-        if self.cache.static:
+        if isinstance(self.cache, StaticKVCache):
             self.seq.index_copy_(1, self.cache.pos, next_token[:, None])
         else:
             self.seq[:, self.cache.pos] = next_token

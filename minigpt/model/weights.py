@@ -1,129 +1,33 @@
-"""Loading and saving GPT-2 weights in the Hugging Face layout.
+"""Reading and writing checkpoints in the Hugging Face layout: configs and tensors, never a model.
 
-OpenAI's checkpoints (as published on the Hugging Face hub) store the four big
-projections as `Conv1D` weights of shape (in, out); nn.Linear wants (out, in), so
-those are transposed on the way in and out. Everything else maps one to one.
-
-Real checkpoints come in a few variants, all accepted:
-- keys with or without the `transformer.` prefix;
-- the legacy attention-mask buffers `attn.bias` / `attn.masked_bias` (ignored);
-- `lm_head.weight` present (it must equal wte when the config ties them) or absent (tied);
-- one file, or shards named by a `model.safetensors.index.json` / `pytorch_model.bin.index.json`.
-
-A name is a local path, one of OpenAI's presets (`gpt2`, ...), or a hub id `OWNER/NAME` or
-`OWNER/NAME@REVISION`, downloaded once into the Hugging Face cache and read from there after.
-
-Nothing is ever unpickled with code execution: safetensors files are plain
-data, and `.bin` files go through `torch.load(weights_only=True)`.
-
-This module reads and writes configs and tensors only; it never builds a model.
-`GPT.from_pretrained` builds one on the meta device and assigns the tensors that
-`load_state_dict` returns, each already converted to the target dtype as it was
-read, so a bf16 load of gpt2-xl never holds an fp32 copy of the model.
+A name is a local path (a directory in the hub's layout, a .safetensors file, a train.py run), one
+of OpenAI's presets or a hub id (minigpt.model.hub). The checkpoint's family (minigpt.model.families)
+maps its names and layouts to the model's: keys with or without `transformer.`, old mask buffers,
+Conv1D weights, an lm_head present or tied; one file or shards with an index. Each tensor is
+converted to the target dtype as it is read, so a bf16 load never holds an fp32 copy of the model.
+Nothing is unpickled with code execution: safetensors, or `torch.load(weights_only=True)`.
 """
+
 from __future__ import annotations
 
-import argparse
 import json
 import pickle
-import re
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
-from minigpt.train.checkpoint import CHECKPOINT_PREFIX, CheckpointError, latest_checkpoint
-from minigpt.model.config import HUB_REPOS, PRESETS, GPTConfig, preset
 from minigpt.files import atomic_write
+from minigpt.model.config import PRESETS, GPTConfig
+from minigpt.model.families import GPT2, Family, family_of
+from minigpt.model.hub import WEIGHT_FILES, has_weights, hub_snapshot, parse_hub_id
+from minigpt.rundir import CHECKPOINT_PREFIX, CheckpointError, latest_checkpoint
 
-TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-IGNORED = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers of old checkpoints
 PADDED = ("transformer.wte.weight", "lm_head.weight")  # (vocab, C), padded to the model's padded vocabulary
 
 
 # ----------------------------------------------------------------------------------------------
 # Finding the files
-
-
-# What a hub id brings down: the config, the weights and the tokenizer files, nothing else.
-HUB_CONFIG_FILES = ["config.json", "generation_config.json"]
-HUB_TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                       "vocab.json", "merges.txt", "spiece.model", "*.model"]
-HUB_SAFETENSORS = ["model*.safetensors", "model.safetensors.index.json"]
-HUB_TORCH_BIN = ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
-
-HUB_ID = re.compile(r"(?P<repo>[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*)(?:@(?P<revision>[^@\s]+))?")
-
-
-def parse_hub_id(name: str) -> tuple[str, str | None] | None:
-    """(repo id, revision or None) of "OWNER/NAME" or "OWNER/NAME@REVISION"; None if name is not of that form."""
-    m = HUB_ID.fullmatch(name)
-    if m is None or name.startswith(("./", "../")) or ".." in m["repo"] or m["repo"].endswith((".", "-")):
-        return None
-    return m["repo"], m["revision"]
-
-
-def _has_weights(directory: Path) -> bool:
-    return any((directory / f).is_file() for f in WEIGHT_FILES)
-
-
-def hub_snapshot(name: str, downloading: bool = False) -> Path:
-    """The local directory of a preset's or a hub id's snapshot, downloading it if it is not cached.
-
-    A preset (`gpt2`, ...) brings config.json and model.safetensors; a hub id `OWNER/NAME[@REVISION]`
-    also the tokenizer files and generation_config.json, and its weights as safetensors where the
-    repo has them, else as pytorch_model*.bin. The cache is tried first, so once downloaded
-    nothing goes to the network.
-    downloading: the caller's whole job is the download (`python -m minigpt.model.weights download`),
-    so a failure says what the download needs rather than suggesting the download command.
-    """
-    from huggingface_hub import HfApi, constants, snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError, \
-        RevisionNotFoundError
-
-    if name in PRESETS:
-        repo, revision, patterns = HUB_REPOS[name], None, ["config.json", "model.safetensors"]
-    else:
-        parsed = parse_hub_id(name)
-        if parsed is None:
-            raise CheckpointError(f"{name!r} is not a preset ({', '.join(PRESETS)}) or a hub id OWNER/NAME[@REVISION]")
-        repo, revision = parsed
-        patterns = HUB_CONFIG_FILES + HUB_TOKENIZER_FILES
-    where = repo if revision is None else f"{repo} at revision {revision}"
-    try:
-        path = Path(snapshot_download(repo, revision=revision, allow_patterns=patterns, local_files_only=True))
-        if _has_weights(path):
-            return path
-    except LocalEntryNotFoundError:
-        pass
-    try:
-        if name not in PRESETS:  # prefer safetensors: ask which weight files the repo has
-            files = HfApi().list_repo_files(repo, revision=revision)
-            patterns = patterns + (HUB_SAFETENSORS if any(f.endswith(".safetensors") for f in files) else HUB_TORCH_BIN)
-        path = Path(snapshot_download(repo, revision=revision, allow_patterns=patterns))
-    except (RepositoryNotFoundError, RevisionNotFoundError) as e:
-        what = "revision" if isinstance(e, RevisionNotFoundError) else "repository"
-        raise CheckpointError(f"the Hugging Face hub has no {what} {where} (or it is private or gated)") from None
-    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as e:
-        offline = " (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
-        why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else type(e).__name__
-        if downloading:
-            raise CheckpointError(
-                f"cannot download {where} from the Hugging Face hub{offline}: {type(e).__name__}; this needs "
-                f"network access to huggingface.co, and the files go to the cache at {constants.HF_HUB_CACHE} "
-                "(set HF_HUB_CACHE to choose another)"
-            ) from None
-        local = "" if name in PRESETS else f"there is no local path {name}, and "
-        raise CheckpointError(
-            f"{local}{where} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and the hub cannot be "
-            f"reached ({why}); on a machine with network run `python -m minigpt.model.weights "
-            f"download {name}`, or pass a local directory or .safetensors file"
-        ) from None
-    if not _has_weights(path):
-        raise CheckpointError(f"the hub repo {where} has no model.safetensors or pytorch_model.bin weights")
-    return path
 
 
 def resolve_directory(name_or_path: str | Path) -> Path | None:
@@ -134,7 +38,7 @@ def resolve_directory(name_or_path: str | Path) -> Path | None:
     """
     path = Path(name_or_path).expanduser()
     if path.is_dir():
-        if (path / "config.json").is_file() or _has_weights(path):
+        if (path / "config.json").is_file() or has_weights(path):
             return path
         return latest_checkpoint(path) or path
     if path.exists():
@@ -152,7 +56,7 @@ def _not_found(name: str) -> str:
             "OWNER/NAME[@REVISION]")
 
 
-def _read_config_json(path: Path) -> GPTConfig:
+def _read_config_json(path: Path) -> tuple[GPTConfig, Family]:
     try:
         d = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -161,8 +65,9 @@ def _read_config_json(path: Path) -> GPTConfig:
         raise CheckpointError(f"{path} holds a JSON {_json_type(d)}, not an object of config fields")
     try:
         if "minigpt" in d:  # written by save_pretrained: the exact GPTConfig
-            return _config_from_dict(d["minigpt"], "its 'minigpt' entry")
-        return GPTConfig.from_hf_dict(d)
+            return _config_from_dict(d["minigpt"], "its 'minigpt' entry"), GPT2
+        family = family_of(d)
+        return family.config_from_hf(d), family
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: {e}") from None
 
@@ -180,8 +85,8 @@ def _config_from_dict(d, what: str) -> GPTConfig:
     return GPTConfig.from_dict(d)
 
 
-def find_weights(name_or_path: str | Path) -> tuple[Path, GPTConfig | None]:
-    """(weights file, config if one was found beside it) for a preset name or a local path."""
+def find_weights(name_or_path: str | Path) -> tuple[Path, GPTConfig | None, Family]:
+    """(weights file, config if one was found beside it, its family) for a name or a local path."""
     path = Path(name_or_path).expanduser()
     if not path.exists():
         name = str(name_or_path)
@@ -202,7 +107,9 @@ def find_weights(name_or_path: str | Path) -> tuple[Path, GPTConfig | None]:
     else:
         directory, weights = path.parent, path
     config_file = directory / "config.json"
-    return weights, (_read_config_json(config_file) if config_file.is_file() else None)
+    if not config_file.is_file():
+        return weights, None, GPT2
+    return weights, *_read_config_json(config_file)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -321,16 +228,6 @@ def read_tensors(weights: Path) -> tuple[dict, Iterator[tuple[str, torch.Tensor]
 # Mapping names and shapes
 
 
-def _our_name(key: str) -> str | None:
-    """Checkpoint key -> our parameter name, or None for keys to skip."""
-    key = key.removeprefix("transformer.")
-    if key.endswith(IGNORED):
-        return None
-    if key == "lm_head.weight":
-        return key
-    return "transformer." + key
-
-
 def _infer_config(shapes: dict[str, tuple[int, ...]], source: Path) -> GPTConfig:
     """Guess the config from tensor shapes; the head count must match a preset's width."""
     try:
@@ -362,8 +259,8 @@ def _finite(stored: torch.Tensor, converted: torch.Tensor, key: str, source: Pat
 
 def load_state_dict(
     name_or_path: str | Path, dtype: torch.dtype | None = None, device=None
-) -> tuple[GPTConfig, dict[str, torch.Tensor], Path]:
-    """(config, state dict under our names, weights file) of the checkpoint at name_or_path.
+) -> tuple[GPTConfig, dict[str, torch.Tensor], Path, Family]:
+    """(config, state dict under our names, weights file, its family) of the checkpoint at name_or_path.
 
     Tensors are converted to dtype (default float32) as they are read and moved to device
     (default cpu); the embedding is padded to the config's padded vocabulary. Check the result
@@ -371,7 +268,7 @@ def load_state_dict(
     """
     dtype = dtype or torch.float32
     device = torch.device(device or "cpu")
-    weights, config = find_weights(name_or_path)
+    weights, config, family = find_weights(name_or_path)
     metadata, tensors = read_tensors(weights)
     if config is None and "minigpt_config" in metadata:
         try:
@@ -384,7 +281,7 @@ def load_state_dict(
     state: dict[str, torch.Tensor] = {}
     lm_head = None
     for key, t in tensors:
-        name = _our_name(key)
+        name = family.our_name(key)
         if name is None:
             continue
         if name in state:
@@ -394,10 +291,9 @@ def load_state_dict(
         if name == "lm_head.weight":
             lm_head = t
             continue
-        if name.endswith(TRANSPOSED):
-            if t.dim() != 2:
-                raise CheckpointError(f"{weights}: {key} has shape {tuple(t.shape)}, expected a matrix")
-            t = t.t()
+        if name.endswith(family.transposed) and t.dim() != 2:
+            raise CheckpointError(f"{weights}: {key} has shape {tuple(t.shape)}, expected a matrix")
+        t = family.to_model_layout(name, t)
         state[name] = t.to(device).contiguous()
     if config is None:
         config = _infer_config({k: tuple(v.shape) for k, v in state.items()}, weights)
@@ -414,11 +310,11 @@ def load_state_dict(
         t = state.get(name)
         if t is not None and t.dim() == 2 and t.size(0) == config.vocab_size < config.padded_vocab_size:
             state[name] = torch.cat([t, t.new_zeros(config.padded_vocab_size - config.vocab_size, t.size(1))])
-    return config, state, weights
+    return config, state, weights, family
 
 
 def check_state_dict(state: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]], config: GPTConfig,
-                     source: Path) -> None:
+                     source: Path, family: Family = GPT2) -> None:
     """A CheckpointError unless state holds exactly the expected tensor names and shapes."""
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -431,7 +327,7 @@ def check_state_dict(state: dict[str, torch.Tensor], expected: dict[str, tuple[i
         if name in PADDED:
             got = (got[0] - (config.padded_vocab_size - config.vocab_size), got[1])
             shape = (config.vocab_size, shape[1])
-        elif name.endswith(TRANSPOSED):  # report shapes as the checkpoint stores them
+        elif name.endswith(family.transposed):  # report shapes as the checkpoint stores them
             got, shape = got[::-1], shape[::-1]
         if got != shape:
             raise CheckpointError(f"{source}: {name} has shape {got} in the checkpoint, the model expects {shape}")
@@ -448,8 +344,8 @@ def hf_state_dict(state_dict: dict[str, torch.Tensor], config: GPTConfig) -> dic
         t = t.detach()
         if name in PADDED:
             t = t[: config.vocab_size]
-        elif name.endswith(TRANSPOSED):
-            t = t.t()
+        else:
+            t = GPT2.to_checkpoint_layout(name, t)
         out[name] = t.contiguous().cpu()
     return out
 
@@ -471,35 +367,9 @@ def save_state_dict(state_dict: dict[str, torch.Tensor], config: GPTConfig, dire
     tensors = hf_state_dict(state_dict, config)
     metadata = {"format": "pt", "minigpt_config": json.dumps(config.to_dict())}
     atomic_write(directory / "model.safetensors", lambda f: save_file(tensors, f.name, metadata=metadata))
-    hf_config = {} if reason is not None else config.to_hf_dict()
+    hf_config = {} if reason is not None else GPT2.config_to_hf(config)
     hf_config["dtype"] = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
     hf_config["minigpt"] = config.to_dict()
     atomic_write(directory / "config.json", json.dumps(hf_config, indent=2) + "\n")
 
 
-# ----------------------------------------------------------------------------------------------
-# Command line: fetch OpenAI's weights into the Hugging Face cache while online.
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m minigpt.model.weights",
-        description="Download GPT-2 weights (OpenAI's or any GPT-2 model on the hub) into the Hugging Face "
-                    "cache, for later offline use.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    dl = sub.add_parser("download", help="fetch the config and weights of a preset, or of a hub id with its tokenizer")
-    dl.add_argument("name", help=f"a preset ({', '.join(PRESETS)}) or a hub id OWNER/NAME[@REVISION]")
-    args = parser.parse_args(argv)
-    try:
-        if args.name not in PRESETS and parse_hub_id(args.name) is None:
-            preset(args.name)  # the one-line error listing the presets
-        print(hub_snapshot(args.name, downloading=True))
-    except (CheckpointError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

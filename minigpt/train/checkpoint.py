@@ -2,8 +2,8 @@
 
 A checkpoint is a directory `out_dir/ckpt_<step:08d>/`:
 
-    model.safetensors, config.json   the weights, as GPT.save_pretrained writes them, so
-                                     GPT.from_pretrained(out_dir) loads the latest one
+    model.safetensors, config.json   the weights, as save_pretrained writes them, so
+                                     from_pretrained(out_dir) loads the latest one
     train_state.safetensors          tensors: AdamW moments ("optimizer.<param>.<name>")
                                      and each rank's torch RNG states ("rng.<rank>.<name>")
     train_state.json                 the rest: step, TrainConfig, data-loader position,
@@ -25,7 +25,7 @@ The latest checkpoint. `out_dir/latest` names the newest checkpoint of the run's
 (it is rewritten, atomically, just before each new checkpoint is renamed into place). The
 latest checkpoint is the one of the highest step not above it: the pointed-to one, or the one
 before it if the kill came between the pointer and the rename. Without the file (older runs)
-it is the highest step. --resume, GPT.from_pretrained(out_dir) and the run's summary all use
+it is the highest step. --resume, from_pretrained(out_dir) and the run's summary all use
 latest_checkpoint().
 
 Branches. Resuming from a checkpoint older than others in out_dir starts a new branch of the
@@ -50,77 +50,23 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from minigpt.files import atomic_write
+from minigpt.rundir import (
+    CHECKPOINT_PREFIX,
+    CheckpointError,
+    CheckpointWriteError,
+    checkpoint_name,
+    checkpoints,
+    latest_checkpoint,
+    write_latest,
+)
+from minigpt.model.load import save_pretrained
 
-CHECKPOINT_PREFIX = "ckpt_"
 STATE_FORMAT_VERSION = 1
 TMP_PREFIX = ".tmp_" + CHECKPOINT_PREFIX  # a checkpoint being written; never loaded
 OLD_PREFIX = ".old_" + CHECKPOINT_PREFIX  # a checkpoint being replaced by one of the same step
 TRASH_PREFIX = ".trash_" + CHECKPOINT_PREFIX  # a pruned checkpoint being deleted
-LATEST = "latest"  # out_dir/latest: the name of the run's newest checkpoint
 SUPERSEDED = "superseded"  # out_dir/superseded/: what a branch moved out of the way
 SHARDED = "sharded"  # ckpt_<step>/sharded/: an FSDP run's per-rank shards
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be found, read, written or matched to the model."""
-
-
-class CheckpointWriteError(CheckpointError):
-    """A checkpoint could not be written (e.g. the disk is full); the previous ones are intact."""
-
-    exit_code = 1
-
-
-def checkpoint_name(step: int) -> str:
-    return f"{CHECKPOINT_PREFIX}{step:08d}"
-
-
-def _step_of(name: str, prefix: str = CHECKPOINT_PREFIX) -> int | None:
-    suffix = name[len(prefix):]
-    return int(suffix) if name.startswith(prefix) and suffix.isdigit() else None
-
-
-def checkpoints(out_dir: str | Path) -> list[tuple[int, Path]]:
-    """(step, path) of every complete checkpoint directory in out_dir, by step."""
-    out_dir = Path(out_dir)
-    if not out_dir.is_dir():
-        return []
-    found = [(_step_of(p.name), p) for p in out_dir.glob(CHECKPOINT_PREFIX + "*") if p.is_dir()]
-    return sorted((step, p) for step, p in found if step is not None)
-
-
-def read_latest(out_dir: str | Path) -> int | None:
-    """The step out_dir/latest names, or None if there is no such file."""
-    path = Path(out_dir) / LATEST
-    try:
-        text = path.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"cannot read {path}: {e}") from None
-    step = _step_of(text)
-    if step is None:
-        raise CheckpointError(f"{path} should name a {CHECKPOINT_PREFIX}<step> directory, it holds {text[:40]!r}; "
-                              "delete it to use the highest step")
-    return step
-
-
-def write_latest(out_dir: str | Path, step: int) -> None:
-    atomic_write(Path(out_dir) / LATEST, (checkpoint_name(step) + "\n").encode())
-
-
-def run_checkpoints(out_dir: str | Path) -> list[tuple[int, Path]]:
-    """(step, path) of the complete checkpoints of the run's own line (not above `latest`), by step."""
-    found = checkpoints(out_dir)
-    pointer = read_latest(out_dir) if found else None
-    return found if pointer is None else [(step, p) for step, p in found if step <= pointer]
-
-
-def latest_checkpoint(out_dir: str | Path) -> Path | None:
-    """The run's newest complete checkpoint in out_dir, if any (see the module doc)."""
-    found = run_checkpoints(out_dir)
-    return found[-1][1] if found else None
 
 
 def _remove_tree(path: Path) -> None:
@@ -213,7 +159,7 @@ def _reason(e: Exception) -> str:
 
 
 def _write_contents(tmp: Path, step: int, model, opt: dict, state: dict, rng: list[tuple[dict, dict]]) -> None:
-    model.save_pretrained(tmp, transformers_only=False)
+    save_pretrained(model, tmp, transformers_only=False)
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict] = {}
     for pid, entries in opt["state"].items():
@@ -281,7 +227,7 @@ def start_branch(out_dir: str | Path, step: int) -> tuple[list[Path], Path | Non
 @dataclass
 class Checkpoint:
     """A checkpoint's training state read back and checked; the trainer applies its parts and
-    loads the weights with GPT.from_pretrained(path)."""
+    loads the weights with from_pretrained(path)."""
 
     path: Path
     state: dict  # train_state.json

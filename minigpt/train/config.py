@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from minigpt.model.config import ACTIVATIONS, POSITIONS, GPTConfig
 from minigpt.data.loader import ORDERS
-from minigpt.model.model import ATTN_BACKENDS, LN_BACKENDS
+from minigpt.model.backends import ATTN_BACKENDS, LN_BACKENDS
 from minigpt.tokenizers import parse_tokenizer_kind
 
 DTYPES = ("auto", "float32", "bfloat16")

@@ -34,6 +34,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
 from minigpt.model.model import GPT
+from minigpt.model.load import build_on_meta
 
 
 def checkpoint_activations(model: GPT) -> None:
@@ -76,10 +77,8 @@ def full_copy(model: torch.nn.Module) -> GPT | None:
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if not full:  # cpu_offload leaves the full state on rank 0 only
         return None
-    with torch.device("meta"):
-        copy = GPT(model.config, *model.requested_backends)
+    copy = build_on_meta(model.config)
     copy.load_state_dict(full, assign=True)
-    copy.set_backends(*model.requested_backends)  # for the CPU, now that the weights are there
     return copy
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from minigpt.model.model import resolve_backends
+from minigpt.model.backends import resolve_backends
 from minigpt.train.config import ConfigError
 
 

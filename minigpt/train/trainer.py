@@ -43,19 +43,16 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+from minigpt.rundir import CheckpointError, CheckpointWriteError, latest_checkpoint, run_checkpoints
 from minigpt.train import parallel
 from minigpt.train.checkpoint import (
     SHARDED,
     Checkpoint,
-    CheckpointError,
-    CheckpointWriteError,
-    latest_checkpoint,
     load_checkpoint,
     prune_checkpoints,
     read_train_state,
     remove_leftovers,
     rng_state,
-    run_checkpoints,
     save_checkpoint,
     set_rng_state,
     start_branch,
@@ -86,6 +83,8 @@ from minigpt.train.runtime import start_runtime
 from minigpt.tokenizers import Tokenizer, load_tokenizer, parse_tokenizer_kind
 from minigpt.train.config import ConfigError, Diverged, TrainConfig, TrainError, make_config
 from minigpt.model.weights import find_weights
+from minigpt.model.backends import set_backends
+from minigpt.model.load import from_pretrained
 
 MODEL_SHAPE = ("n_layer", "n_head", "n_embd")
 # A checkpoint's weights had a sane loss if the loss they gave (the next step's) was finite, at
@@ -195,7 +194,7 @@ class Trainer:
                                        order=cfg.data_order, **loader_args)
         self.val_loader = DataLoader(self.data_dir, "val", cfg.batch_size, cfg.block_size, **loader_args)
 
-        self.raw_model = model.to(self.device)
+        self.raw_model = set_backends(model.to(self.device), cfg.attn_backend, cfg.ln_backend)
         self.raw_model.train()
         self._prepare(self.raw_model)
         self.optimizer = configure_optimizer(self.raw_model, cfg, self.device.type)
@@ -263,7 +262,7 @@ class Trainer:
         if ckpt is not None:
             try:
                 saved = load_tokenizer(ckpt.path)
-                _, config = find_weights(ckpt.path)
+                _, config, _ = find_weights(ckpt.path)
                 if config is not None:
                     check_vocab(saved, config.vocab_size, ckpt.path)
             except ValueError as e:  # CheckpointError is one; the message names the checkpoint
@@ -323,20 +322,19 @@ class Trainer:
     def _build_model(self, ckpt: Checkpoint | None, explicit: frozenset[str]) -> GPT:
         """The model on the CPU: from the checkpoint, from pretrained weights, or from scratch."""
         cfg = self.cfg
-        backends = dict(attn_backend=cfg.attn_backend, ln_backend=cfg.ln_backend)
         if ckpt is not None:
-            model = GPT.from_pretrained(ckpt.path, **backends)
+            model = from_pretrained(ckpt.path)
             self._check_model(model, ckpt.path, list(MODEL_SHAPE) + ["dropout"])
         elif cfg.init is not None:
-            model = GPT.from_pretrained(cfg.init, **backends)
+            model = from_pretrained(cfg.init)
             self._check_model(model, cfg.init, [k for k in MODEL_SHAPE if k in explicit])
             if model.config.dropout != cfg.dropout:  # the released weights come with dropout 0
                 state = model.state_dict()
-                model = GPT(dataclasses.replace(model.config, dropout=cfg.dropout), **backends)
+                model = GPT(dataclasses.replace(model.config, dropout=cfg.dropout))
                 model.load_state_dict(state)
             self.cfg = dataclasses.replace(cfg, **{k: getattr(model.config, k) for k in MODEL_SHAPE})
         else:
-            model = GPT(cfg.model_config(self.tokenizer.vocab_size), **backends)
+            model = GPT(cfg.model_config(self.tokenizer.vocab_size))
         if cfg.block_size > model.config.block_size:
             raise ConfigError(f"block_size {cfg.block_size} exceeds the model's context window of {model.config.block_size}")
         return model
@@ -612,7 +610,7 @@ class Trainer:
             model = parallel.full_copy(self.raw_model)
             if model is None:
                 return None
-            model.to(self.device)
+            set_backends(model.to(self.device), cfg.attn_backend, cfg.ln_backend)
         prompt_len = len(prompt_ids(self.tokenizer, cfg.sample_prompt))
         n = min(cfg.sample_tokens, model.config.block_size - prompt_len)
         model.eval()

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from minigpt import GPT, GPTConfig
+from minigpt.model.load import save_pretrained
 
 ROOT = Path(__file__).resolve().parents[2]
 GOOD = {"context": "The sky is", "choices": [" blue", " green"], "label": 0}
@@ -18,7 +19,7 @@ GOOD = {"context": "The sky is", "choices": [" blue", " green"], "label": 0}
 def ckpt(tmp_path_factory):
     torch.manual_seed(0)
     directory = tmp_path_factory.mktemp("ckpt")
-    GPT(GPTConfig(block_size=16, vocab_size=50257, n_layer=1, n_head=2, n_embd=16)).save_pretrained(directory)
+    save_pretrained(GPT(GPTConfig(block_size=16, vocab_size=50257, n_layer=1, n_head=2, n_embd=16)), directory)
     return directory
 
 

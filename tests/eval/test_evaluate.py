@@ -16,6 +16,7 @@ from minigpt.eval.evaluate import bits_per_byte, choice_metrics, evaluate, lamba
 from minigpt.eval.scoring import Row, encode_pair, rolling_rows, score_rows, scored_logits
 from minigpt.eval.tasks import Example, read_multiple_choice
 from minigpt.tokenizers import GPT2Tokenizer
+from minigpt.model.load import from_pretrained
 
 # A small context window, so that long examples are cut and texts need many windows.
 CONFIG = dict(n_positions=48, vocab_size=50257, n_layer=2, n_head=2, n_embd=32)
@@ -45,7 +46,7 @@ def models(tmp_path_factory):
     directory = tmp_path_factory.mktemp("ckpt")
     hf.save_pretrained(directory)
     hf_tokenizer().save_pretrained(directory)
-    return hf, GPT.from_pretrained(directory).eval(), directory
+    return hf, from_pretrained(directory).eval(), directory
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,9 @@ from minigpt.generate.decoder import Decoder
 from minigpt.generate.simple import complete, generate, generate_uncached, stream
 from minigpt.model.model import GPT
 from minigpt.tokenizers import GPT2Tokenizer
-from minigpt.model.weights import CheckpointError
+from minigpt.rundir import CheckpointError
+from minigpt.model.load import from_pretrained
+from minigpt.model.load import save_pretrained
 
 sample = load_script(ROOT / "sample.py")
 
@@ -41,13 +43,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 def checkpoint(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("sample_ckpt") / "model"
-    GPT(GPTConfig(**TINY)).save_pretrained(path)
+    save_pretrained(GPT(GPTConfig(**TINY)), path)
     return path
 
 
 @pytest.fixture(scope="module")
 def model(checkpoint) -> GPT:
-    return GPT.from_pretrained(checkpoint)
+    return from_pretrained(checkpoint)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -291,7 +293,7 @@ def test_reader_going_away_stops_quietly(tmp_path):
     """`sample.py --stream | head -c1`: exit 141 (as a SIGPIPE'd Unix tool), no traceback, no error."""
     torch.manual_seed(0)
     path = tmp_path / "long"
-    GPT(GPTConfig(block_size=512, n_layer=1, n_head=2, n_embd=16)).save_pretrained(path)
+    save_pretrained(GPT(GPTConfig(block_size=512, n_layer=1, n_head=2, n_embd=16)), path)
     proc = subprocess.Popen([sys.executable, "sample.py", "--init", str(path), "--device", "cpu", "--stream",
                              "--max-new-tokens", "500", "--ignore-eot", "--prompt", "x"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -353,7 +355,7 @@ def char_checkpoint(tmp_path_factory) -> Path:
     tokenizer = CharTokenizer("abcdefghij \n")
     path = tmp_path_factory.mktemp("char_ckpt") / "model"
     config = GPTConfig(block_size=256, vocab_size=tokenizer.vocab_size, n_layer=1, n_head=2, n_embd=16)
-    GPT(config).save_pretrained(path)
+    save_pretrained(GPT(config), path)
     tokenizer.save(path)
     return path
 
@@ -400,7 +402,7 @@ def test_damaged_checkpoint_is_a_checkpoint_error(name, checkpoint, tmp_path):
     path = _copy(checkpoint, tmp_path)
     DAMAGE[name](path)
     with pytest.raises(CheckpointError, match=DAMAGE_MESSAGES[name]) as e:
-        GPT.from_pretrained(path)
+        from_pretrained(path)
     assert "\n" not in str(e.value)
     assert not (path / "pwned").exists()
 
@@ -409,8 +411,8 @@ def test_float16_overflow_is_named(checkpoint, tmp_path):
     path = _copy(checkpoint, tmp_path)
     _set_tensor(path, NAN_KEY, _big)
     with pytest.raises(CheckpointError, match=f"tensor {NAN_KEY} overflows float16"):
-        GPT.from_pretrained(path, dtype=torch.float16)
-    assert GPT.from_pretrained(path, dtype=torch.float32) is not None  # finite as stored
+        from_pretrained(path, dtype=torch.float16)
+    assert from_pretrained(path, dtype=torch.float32) is not None  # finite as stored
 
 
 def test_metadata_config_of_the_wrong_type(checkpoint, tmp_path):
@@ -418,7 +420,7 @@ def test_metadata_config_of_the_wrong_type(checkpoint, tmp_path):
     only = tmp_path / "weights.safetensors"  # no config.json beside it: the config comes from the metadata
     save_file(sd, str(only), metadata={"format": "pt", "minigpt_config": "[1, 2]"})
     with pytest.raises(CheckpointError, match="minigpt_config metadata is a JSON array"):
-        GPT.from_pretrained(only)
+        from_pretrained(only)
 
 
 def _ids(*rows):
@@ -495,5 +497,5 @@ def test_download_cli_offline_does_not_suggest_itself(tmp_path, monkeypatch, cap
     assert weights.main(["download", "gpt2"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1, err
-    assert "minigpt.model.weights download" not in err  # the very command that just failed
+    assert "minigpt.model.hub download" not in err  # the very command that just failed
     assert "network" in err and str(tmp_path / "empty-cache") in err and "HF_HUB_OFFLINE" in err

@@ -9,6 +9,7 @@ from minigpt import GPT, GPTConfig
 from minigpt.generate.decoder import Decoder, OneDNNLinear, onednn_unavailable_reason
 from minigpt.generate.simple import complete, generate, generate_uncached, stream
 from minigpt.tokenizers import GPT2Tokenizer
+from minigpt.model.load import from_pretrained
 
 GPT2_VOCAB = dict(n_positions=96, vocab_size=50257, n_layer=2, n_head=4, n_embd=64)
 CPU_MODES = ("eager", "static")  # "static" is the step a CUDA graph captures, run op by op
@@ -28,7 +29,7 @@ def checkpoint(tmp_path_factory):
 @pytest.mark.parametrize("mode", CPU_MODES)
 def test_greedy_equals_transformers_and_simple_path(checkpoint, mode):
     hf, path = checkpoint
-    model = GPT.from_pretrained(path)
+    model = from_pretrained(path)
     idx = torch.randint(0, 50257, (3, 11))
     ref = hf.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=30, do_sample=False)
     out = Decoder(model, 3, 64, mode=mode).generate(idx, 30, temperature=0)
@@ -39,7 +40,7 @@ def test_greedy_equals_transformers_and_simple_path(checkpoint, mode):
 @pytest.mark.parametrize("mode", CPU_MODES)
 def test_decoder_is_reusable_and_reads_the_live_weights(checkpoint, mode):
     _, path = checkpoint
-    model = GPT.from_pretrained(path)
+    model = from_pretrained(path)
     decoder = Decoder(model, 2, 80, mode=mode)
     a, b = torch.randint(0, 50257, (2, 9)), torch.randint(0, 50257, (2, 4))
     decoder.generate(a, 40, temperature=0)  # leaves a longer sequence in the cache
@@ -52,7 +53,7 @@ def test_decoder_is_reusable_and_reads_the_live_weights(checkpoint, mode):
 @pytest.mark.parametrize("mode", CPU_MODES)
 def test_seeded_sampling_equals_simple_path(checkpoint, mode):
     _, path = checkpoint
-    model = GPT.from_pretrained(path)
+    model = from_pretrained(path)
     idx = torch.randint(0, 50257, (2, 5))
     for options in (dict(temperature=1.0), dict(temperature=0.8, top_k=50), dict(temperature=1.2, top_p=0.9)):
         ref = generate(model, idx, 25, generator=torch.Generator().manual_seed(7), **options)
@@ -91,7 +92,7 @@ def test_eos_ends_like_the_simple_path(mode):
 
 def test_decoder_mode_of_generate_stream_and_complete(checkpoint):
     _, path = checkpoint
-    model = GPT.from_pretrained(path)
+    model = from_pretrained(path)
     idx = torch.randint(0, 50257, (2, 7))
     ref = generate(model, idx, 15, temperature=0)
     assert torch.equal(generate(model, idx, 15, temperature=0, decoder_mode="auto"), ref)
@@ -107,7 +108,7 @@ def test_decoder_mode_of_generate_stream_and_complete(checkpoint):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cpu_linears_agree(checkpoint, dtype):
     _, path = checkpoint
-    model = GPT.from_pretrained(path, dtype=dtype)
+    model = from_pretrained(path, dtype=dtype)
     idx = torch.randint(0, 50257, (2, 8))
     ref = generate(model, idx, 30, temperature=0)
     auto = Decoder(model, 2, 40)
@@ -125,7 +126,7 @@ def test_cpu_linears_agree(checkpoint, dtype):
 
 def test_bad_arguments_are_clear_errors(checkpoint):
     _, path = checkpoint
-    model = GPT.from_pretrained(path)
+    model = from_pretrained(path)
     with pytest.raises(ValueError, match="needs the model on a CUDA device"):
         Decoder(model, 1, 16, mode="graph")
     with pytest.raises(ValueError, match="unknown decode mode"):
@@ -215,7 +216,7 @@ def test_decode_steps_allocate_nothing_that_grows():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cuda_graph_equals_eager_steps(checkpoint, dtype):
     _, path = checkpoint
-    model = GPT.from_pretrained(path, device="cuda", dtype=dtype)
+    model = from_pretrained(path, device="cuda", dtype=dtype)
     idx = torch.randint(0, 50257, (3, 11), device="cuda")
     graph = Decoder(model, 3, 64, mode="graph")
     static = Decoder(model, 3, 64, mode="static")  # the same kernels, launched one by one
@@ -233,7 +234,7 @@ def test_cuda_graph_equals_eager_steps(checkpoint, dtype):
 @pytest.mark.cuda
 def test_cuda_graph_replay_allocates_nothing(checkpoint):
     _, path = checkpoint
-    model = GPT.from_pretrained(path, device="cuda", dtype=torch.bfloat16)
+    model = from_pretrained(path, device="cuda", dtype=torch.bfloat16)
     idx = torch.randint(0, 50257, (2, 5), device="cuda")
     decoder = Decoder(model, 2, 90, mode="graph")
     decoder.generate(idx, 10, temperature=0)  # captures the greedy graph

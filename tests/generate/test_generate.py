@@ -11,6 +11,8 @@ from minigpt import GPT, GPTConfig
 from minigpt.generate.simple import complete, generate, generate_uncached, stream
 from minigpt.generate.sampling import sample_next
 from minigpt.tokenizers import GPT2Tokenizer, Tokenizer
+from minigpt.model.backends import set_backends
+from minigpt.model.load import from_pretrained
 
 ROOT = Path(__file__).resolve().parents[2]
 GPT2_VOCAB = dict(n_positions=96, vocab_size=50257, n_layer=2, n_head=4, n_embd=64)
@@ -30,18 +32,18 @@ def checkpoint(tmp_path_factory):
 
 def test_greedy_equals_transformers(checkpoint):
     hf, path = checkpoint
-    model = GPT.from_pretrained(path)
+    model = from_pretrained(path)
     idx = torch.randint(0, 50257, (3, 11))
     ref = hf.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=30, do_sample=False)
     for backend in ("math", "sdpa"):
-        model.set_backends(attn=backend)
+        set_backends(model, attn=backend)
         out = generate(model, idx, 30, temperature=0)
         assert torch.equal(out, ref), backend
 
 
 def test_cached_equals_uncached(checkpoint):
     _, path = checkpoint
-    model = GPT.from_pretrained(path)
+    model = from_pretrained(path)
     idx = torch.randint(0, 50257, (2, 7))
     assert torch.equal(generate(model, idx, 40, temperature=0), generate_uncached(model, idx, 40))
 
@@ -83,7 +85,7 @@ def test_sample_next_filters():
 
 def test_seeded_sampling_is_repeatable(checkpoint):
     _, path = checkpoint
-    model = GPT.from_pretrained(path)
+    model = from_pretrained(path)
     idx = torch.randint(0, 50257, (2, 5))
     a = generate(model, idx, 15, temperature=1.0, top_k=50, generator=torch.Generator().manual_seed(7))
     b = generate(model, idx, 15, temperature=1.0, top_k=50, generator=torch.Generator().manual_seed(7))
@@ -105,7 +107,7 @@ def test_stops_at_eos(decoder_mode):
 
 def test_complete_batches_ragged_prompts_and_samples(checkpoint):
     _, path = checkpoint
-    model = GPT.from_pretrained(path)
+    model = from_pretrained(path)
     enc = GPT2Tokenizer()
     prompts = ["Hello", "A longer prompt here", "World"]
     out = complete(model, enc, prompts, 12, num_samples=2, temperature=0, stop_at_eot=False)
@@ -117,7 +119,7 @@ def test_complete_batches_ragged_prompts_and_samples(checkpoint):
 
 def test_stop_strings_and_streaming(checkpoint):
     _, path = checkpoint
-    model = GPT.from_pretrained(path)
+    model = from_pretrained(path)
     enc = GPT2Tokenizer()
     full = complete(model, enc, ["Once upon"], 30, temperature=0, stop_at_eot=False)[0].text
     stop = full[5:9]
@@ -131,7 +133,7 @@ def test_stop_strings_and_streaming(checkpoint):
 
 def test_too_long_prompt_is_a_clear_error(checkpoint):
     _, path = checkpoint
-    model = GPT.from_pretrained(path)
+    model = from_pretrained(path)
     with pytest.raises(ValueError, match="longer than the context window of 96"):
         generate(model, torch.zeros(1, 97, dtype=torch.long), 1)
     with pytest.raises(ValueError, match="at most 6 new tokens"):

@@ -18,6 +18,7 @@ from minigpt.generate import decoder as decode
 from minigpt.generate.decoder import Decoder
 from minigpt.generate.simple import generate
 from minigpt.generate.quantize import QuantizedLinear, quantize_int4, quantize_int8, set_reference
+from minigpt.generate.quantize import quantize_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
@@ -35,7 +36,7 @@ def tiny_model(seed: int = 0, **overrides) -> GPT:
 
 
 def quantized(model: GPT, mode: str, group: int | None) -> GPT:
-    return model.quantize(mode) if group is None else model.quantize(mode, group_size=group)
+    return quantize_model(model, mode) if group is None else quantize_model(model, mode, group_size=group)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -145,7 +146,7 @@ def test_untied_bias_free_head_and_bf16_model():
     model.lm_head = head
     model = model.to(torch.bfloat16)
     idx = torch.randint(0, 101, (1, 6))
-    model.quantize("int8")
+    quantize_model(model, "int8")
     assert model.lm_head.bias is None and model.lm_head.out_features == 128
     with torch.inference_mode():
         logits = model(idx)
@@ -163,20 +164,20 @@ def test_bad_input_is_one_line():
     model = tiny_model()
     x = torch.randint(0, 101, (1, 4))
     cases = [
-        (lambda: model.quantize("int3"), "unknown quantization 'int3'"),
-        (lambda: model.quantize("int4", group_size=48), "group size must be one of 32, 64, 128, 256"),
-        (lambda: model.quantize("int4", group_size=64), "group size 64 does not divide the layer's input width 96"),
-        (lambda: tiny_model(n_embd=40, n_head=2).quantize("int4", group_size=32), "does not divide"),
-        (lambda: GPT(GPTConfig(**ODD)).quantize("int8"), "call model.eval"),  # training mode
+        (lambda: quantize_model(model, "int3"), "unknown quantization 'int3'"),
+        (lambda: quantize_model(model, "int4", group_size=48), "group size must be one of 32, 64, 128, 256"),
+        (lambda: quantize_model(model, "int4", group_size=64), "group size 64 does not divide the layer's input width 96"),
+        (lambda: quantize_model(tiny_model(n_embd=40, n_head=2), "int4", group_size=32), "does not divide"),
+        (lambda: quantize_model(GPT(GPTConfig(**ODD)), "int8"), "call model.eval"),  # training mode
     ]
     for call, message in cases:
         with pytest.raises(ValueError, match=message) as e:
             call()
         assert "\n" not in str(e.value)
     assert not any(isinstance(m, QuantizedLinear) for m in model.modules())  # a failed call changed nothing
-    model.quantize("int8")
+    quantize_model(model, "int8")
     with pytest.raises(ValueError, match="already quantized"):
-        model.quantize("int8")
+        quantize_model(model, "int8")
     with pytest.raises(ValueError, match="inference only"):
         model(x, targets=x)
 
@@ -191,7 +192,7 @@ def test_missing_kernel_is_one_line(monkeypatch):
     monkeypatch.setattr(quantize, "_int4_pack", missing)
     model = tiny_model()
     with pytest.raises(ValueError, match="cannot run the kernel here: .*_convert_weight_to_int4pack_for_cpu") as e:
-        model.quantize("int4", group_size=32)
+        quantize_model(model, "int4", group_size=32)
     assert "\n" not in str(e.value) and model.lm_head is None
 
 
@@ -203,6 +204,6 @@ def test_decoder_does_not_reuse_a_float_models_cpu_linear_choice():
     Decoder(model, 1, 16).generate(idx, 4, temperature=0)
     for key in decode._measured_cpu_linear:  # as if oneDNN had won for the float model
         decode._measured_cpu_linear[key] = "onednn"
-    decoder = Decoder(model.quantize("int8"), 1, 16)
+    decoder = Decoder(quantize_model(model, "int8"), 1, 16)
     decoder.generate(idx, 4, temperature=0)
     assert decoder.cpu_linear == "torch"

@@ -14,6 +14,10 @@ from minigpt import GPT, GPTConfig, KVCache
 from minigpt.train.flops import flops_per_token
 from minigpt.generate.simple import generate, generate_uncached
 from minigpt.model.model import apply_rotary, rotary_angles
+from minigpt.generate.decoder import StaticKVCache
+from minigpt.model.backends import set_backends
+from minigpt.model.load import from_pretrained
+from minigpt.model.load import save_pretrained
 
 BASE = dict(block_size=40, vocab_size=97, n_layer=2, n_head=3, n_embd=48)
 SWITCHES = {
@@ -45,7 +49,7 @@ def widened(model: GPT) -> GPT:
 
 def make(name: str, seed: int = 0) -> GPT:
     torch.manual_seed(seed)
-    return widened(GPT(GPTConfig(**BASE, **SWITCHES[name]), attn_backend="math"))
+    return widened(set_backends(GPT(GPTConfig(**BASE, **SWITCHES[name])), attn="math"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -145,7 +149,7 @@ def test_logits_equal_reference(name):
     with torch.no_grad():
         ref = reference_logits(model, idx)
         for backend in ("math", "sdpa"):
-            model.set_backends(attn=backend)
+            set_backends(model, attn=backend)
             assert (model(idx).double() - ref).abs().max().item() <= LOGITS_ATOL, backend
         # the switch matters: GPT-2's computation on the same weights is far away
         plain = make(name)
@@ -169,9 +173,9 @@ def test_kv_cache_continues_the_full_forward(name):
     with torch.no_grad():
         full = model(idx)
         for backend in ("math", "sdpa"):
-            model.set_backends(attn=backend)
+            set_backends(model, attn=backend)
             for static in (False, True):
-                cache = KVCache(model.config, 2, 33, static=static)
+                cache = (StaticKVCache if static else KVCache)(model.config, 2, 33)
                 parts = [model(idx[:, :12], cache=cache), model(idx[:, 12:19], cache=cache)]
                 parts += [model(idx[:, t:t + 1], cache=cache) for t in range(19, 33)]
                 assert (torch.cat(parts, 1) - full).abs().max().item() <= LOGITS_ATOL, (backend, static)
@@ -184,11 +188,11 @@ def test_kv_cache_continues_the_full_forward(name):
 @pytest.mark.parametrize("name", list(SWITCHES))
 def test_backward_math_equals_sdpa(name):
     torch.manual_seed(2)
-    model = GPT(GPTConfig(**BASE, **SWITCHES[name]), attn_backend="math").train()
+    model = set_backends(GPT(GPTConfig(**BASE, **SWITCHES[name])), attn="math").train()
     idx, targets = torch.randint(0, 97, (2, 23)), torch.randint(0, 97, (2, 23))
     grads = []
     for backend in ("math", "sdpa"):
-        model.set_backends(attn=backend)
+        set_backends(model, attn=backend)
         model.zero_grad(set_to_none=True)
         model(idx, targets).backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
@@ -226,18 +230,18 @@ def test_saving(name, tmp_path):
     idx = torch.randint(0, 97, (1, 17))
     if name in HF_INCOMPATIBLE:
         with pytest.raises(ValueError, match=HF_INCOMPATIBLE[name]) as e:
-            model.save_pretrained(tmp_path / "hf")
+            save_pretrained(model, tmp_path / "hf")
         assert "\n" not in str(e.value) and not (tmp_path / "hf" / "model.safetensors").exists()
-        model.save_pretrained(tmp_path / "own", transformers_only=False)
-        back = GPT.from_pretrained(tmp_path / "own", attn_backend="math")
+        save_pretrained(model, tmp_path / "own", transformers_only=False)
+        back = from_pretrained(tmp_path / "own", attn_backend="math")
     else:
         from transformers import GPT2LMHeadModel
 
-        model.save_pretrained(tmp_path / "hf")
+        save_pretrained(model, tmp_path / "hf")
         hf = GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
         with torch.no_grad():
             assert (hf(idx).logits - model(idx)).abs().max().item() <= LOGITS_ATOL
-        back = GPT.from_pretrained(tmp_path / "hf", attn_backend="math")
+        back = from_pretrained(tmp_path / "hf", attn_backend="math")
     assert back.config == model.config
     with torch.no_grad():
         assert torch.equal(back(idx), model(idx))
@@ -249,11 +253,11 @@ def test_triton_backends_with_switches():
     torch.manual_seed(3)
     cfg = GPTConfig(block_size=24, vocab_size=67, n_layer=2, n_head=2, n_embd=32, position="rope", qk_norm=True,
                     scale_attn_by_inverse_layer_idx=True, scale_attn_weights=False, bias=False)
-    model = widened(GPT(cfg, attn_backend="math"))
+    model = widened(set_backends(GPT(cfg), attn="math"))
     idx = torch.randint(0, 67, (1, 17))
     with torch.no_grad():
         ref = model(idx)
-        model.set_backends("triton", "triton")
+        set_backends(model, "triton", "triton")
         assert (model(idx) - ref).abs().max().item() <= LOGITS_ATOL
 
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from minigpt import GPT, GPTConfig
 from minigpt.model.loss import linear_cross_entropy, linear_cross_entropy_reference
+from minigpt.model.backends import set_backends
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -96,7 +97,7 @@ def test_bad_shapes_raise(bad):
 def test_model_loss_equals_cross_entropy_of_logits():
     torch.manual_seed(2)
     cfg = GPTConfig(block_size=16, vocab_size=97, n_layer=2, n_head=2, n_embd=32)  # padded to 128
-    model = GPT(cfg, attn_backend="math")
+    model = set_backends(GPT(cfg), attn="math")
     idx = torch.randint(0, 97, (3, 16))
     targets = torch.randint(0, 97, (3, 16))
     targets[1, :5] = -100

@@ -5,12 +5,15 @@ from reference import CONFIGS, LOGITS_ATOL, hf_model, save_hf
 
 from minigpt import GPT, GPTConfig, KVCache
 from minigpt.model.config import PRESETS, preset
+from minigpt.generate.decoder import StaticKVCache
+from minigpt.model.backends import ATTENTION, set_backends
+from minigpt.model.load import from_pretrained, save_pretrained
 
 
 def load_pair(tmp_path, name, **save_kw):
     hf = hf_model(**CONFIGS[name])
     path = save_hf(hf, tmp_path / name, **save_kw)
-    return hf, GPT.from_pretrained(path, attn_backend="math")
+    return hf, from_pretrained(path, attn_backend="math")
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -21,7 +24,7 @@ def test_logits_equal_transformers(tmp_path, name, layout):
     with torch.no_grad():
         ref = hf(idx).logits
         for backend in ("math", "sdpa"):
-            model.set_backends(attn=backend)
+            set_backends(model, attn=backend)
             out = model(idx)
             assert out.shape == ref.shape == (2, idx.size(1), hf.config.vocab_size)
             assert (out - ref).abs().max().item() <= LOGITS_ATOL, backend
@@ -45,7 +48,7 @@ def test_cached_forward_equals_full_forward(tmp_path):
     with torch.no_grad():
         full = model(idx)
         for backend in ("math", "sdpa"):
-            model.set_backends(attn=backend)
+            set_backends(model, attn=backend)
             cache.reset()
             parts = [model(idx[:, :17], cache=cache), model(idx[:, 17:23], cache=cache)]
             parts += [model(idx[:, t : t + 1], cache=cache) for t in range(23, 40)]
@@ -58,11 +61,11 @@ def test_static_cache_forward_equals_full_forward(tmp_path):
     growing cache's logits, whatever stale keys sit past the position."""
     _, model = load_pair(tmp_path, "odd")
     idx = torch.randint(0, 50257, (3, 29))
-    cache = KVCache(model.config, batch_size=3, max_len=37, static=True)
+    cache = StaticKVCache(model.config, batch_size=3, max_len=37)
     with torch.no_grad():
         full = model(idx)
         for backend in ("math", "sdpa"):
-            model.set_backends(attn=backend)
+            set_backends(model, attn=backend)
             cache.k.normal_()  # stale entries beyond the position must stay invisible
             cache.v.normal_()
             cache.reset()
@@ -79,12 +82,12 @@ def test_static_cache_forward_equals_full_forward(tmp_path):
 def test_backward_math_equals_sdpa():
     torch.manual_seed(1)
     cfg = GPTConfig(block_size=24, vocab_size=97, n_layer=2, n_head=3, n_embd=48)
-    model = GPT(cfg, attn_backend="math")
+    model = set_backends(GPT(cfg), attn="math")
     idx = torch.randint(0, 97, (2, 24))
     grads = {}
     for backend in ("math", "sdpa"):
         model.zero_grad()
-        model.set_backends(attn=backend)
+        set_backends(model, attn=backend)
         model(idx[:, :-1], idx[:, 1:]).backward()
         grads[backend] = {n: p.grad.clone() for n, p in model.named_parameters()}
     for n in grads["math"]:
@@ -126,7 +129,7 @@ def test_bad_inputs_are_clear_errors():
     with pytest.raises(ValueError, match="context window"):
         model(torch.zeros(1, 9, dtype=torch.long))
     with pytest.raises(ValueError, match="unknown attention backend"):
-        model.set_backends(attn="flash")
+        set_backends(model, attn="flash")
     cache = KVCache(cfg, batch_size=1, max_len=4)
     with pytest.raises(ValueError, match="KV cache"):
         model(torch.zeros(1, 5, dtype=torch.long), cache=cache)
@@ -136,26 +139,28 @@ def test_triton_backend_without_cuda_is_an_error(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     cfg = GPTConfig(block_size=8, vocab_size=50, n_layer=1, n_head=2, n_embd=16)
     with pytest.raises(RuntimeError, match="CUDA"):  # resolved when chosen, not on the first forward
-        GPT(cfg, attn_backend="triton")
+        set_backends(GPT(cfg), attn="triton")
     model = GPT(cfg)
     with pytest.raises(RuntimeError, match="CUDA"):
-        model.set_backends(attn="triton")
+        set_backends(model, attn="triton")
 
 
-def test_backends_are_resolved_when_set_and_when_moved(monkeypatch):
+def test_backends_are_resolved_when_set_and_when_loaded(monkeypatch, tmp_path):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    model = GPT(GPTConfig(block_size=8, vocab_size=50, n_layer=1, n_head=2, n_embd=16), attn_backend="math")
+    config = GPTConfig(block_size=8, vocab_size=50, n_layer=1, n_head=2, n_embd=16)
+    model = set_backends(GPT(config), attn="math")
     assert model.backends == ("math", "torch")  # no forward needed
-    assert all(b.attn.backend == "math" for b in model.transformer.h)
-    with torch.device("meta"):
-        built = GPT(GPTConfig(block_size=8, vocab_size=50, n_layer=1, n_head=2, n_embd=16))
-    built.to_empty(device="cpu")  # goes through _apply, as .to() does
-    assert built.backends == ("sdpa", "torch")
+    assert all(b.attn.attend is ATTENTION["math"] for b in model.transformer.h)
+    save_pretrained(model, tmp_path)
+    loaded = from_pretrained(tmp_path, attn_backend="math")  # resolved for the device it was loaded to
+    assert loaded.backends == ("math", "torch")
+    assert all(b.attn.attend is ATTENTION["math"] for b in loaded.transformer.h)
+    assert from_pretrained(tmp_path).backends == ("sdpa", "torch")
 
 
 def test_auto_backend_on_cpu_is_pytorch(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # the interpreter may run kernels, but auto stays on PyTorch
-    model = GPT(GPTConfig(block_size=8, vocab_size=50, n_layer=1, n_head=2, n_embd=16))
+    model = set_backends(GPT(GPTConfig(block_size=8, vocab_size=50, n_layer=1, n_head=2, n_embd=16)))
     model(torch.zeros(1, 4, dtype=torch.long))
     assert model.backends == ("sdpa", "torch")
 
@@ -165,7 +170,7 @@ def test_exact_124m_in_openai_hub_layout(tmp_path):
     the attn.bias / attn.masked_bias buffers present, lm_head absent."""
     hf = hf_model(n_positions=1024, vocab_size=50257, n_layer=12, n_head=12, n_embd=768)
     path = save_hf(hf, tmp_path, safetensors=True, prefix=False)
-    model = GPT.from_pretrained(path)
+    model = from_pretrained(path)
     assert model.config == preset("gpt2")
     idx = torch.randint(0, 50257, (1, 64))
     with torch.no_grad():

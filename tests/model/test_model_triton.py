@@ -9,6 +9,7 @@ import torch
 
 from minigpt import GPT, GPTConfig, KVCache
 from minigpt.model.config import preset
+from minigpt.model.backends import set_backends
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -31,9 +32,9 @@ def test_triton_model_equals_pytorch_interpreted(T):
     model = GPT(cfg)
     idx = torch.randint(0, 67, (2, T))
     targets = torch.randint(0, 67, (2, T))
-    model.set_backends("math", "torch")
+    set_backends(model, "math", "torch")
     ref_logits, ref_grads = forward_backward(model, idx, targets)
-    model.set_backends("triton", "triton")
+    set_backends(model, "triton", "triton")
     logits, grads = forward_backward(model, idx, targets)
     assert model.backends == ("triton", "triton")
     assert rel_err(logits, ref_logits) < 1e-4
@@ -45,7 +46,7 @@ def test_triton_model_equals_pytorch_interpreted(T):
 def test_triton_decode_with_cache_interpreted():
     torch.manual_seed(0)
     cfg = GPTConfig(block_size=32, vocab_size=67, n_layer=1, n_head=2, n_embd=32)
-    model = GPT(cfg, attn_backend="triton", ln_backend="triton")
+    model = set_backends(GPT(cfg), attn="triton", ln="triton")
     idx = torch.randint(0, 67, (1, 12))
     with torch.no_grad():
         full = model(idx)
@@ -63,7 +64,7 @@ def test_training_step_124m_triton_matches_sdpa():
     targets = torch.randint(0, cfg.vocab_size, (4, 1024), device="cuda")
     results = {}
     for backends in (("sdpa", "torch"), ("triton", "triton")):
-        model.set_backends(*backends)
+        set_backends(model, *backends)
         with torch.autocast("cuda", dtype=torch.bfloat16):
             results[backends] = forward_backward(model, idx, targets)
     (ref_logits, ref_grads), (logits, grads) = results.values()

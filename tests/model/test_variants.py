@@ -11,9 +11,13 @@ import torch
 from reference import LOGITS_ATOL
 
 from minigpt import GPT, GPTConfig, KVCache
-from minigpt.train.checkpoint import CheckpointError
+from minigpt.rundir import CheckpointError
 from minigpt.model.config import ACTIVATIONS
 from minigpt.generate.simple import generate
+from minigpt.generate.decoder import StaticKVCache
+from minigpt.model.backends import set_backends
+from minigpt.model.load import from_pretrained
+from minigpt.model.load import save_pretrained
 
 BASE = dict(n_positions=48, vocab_size=503, n_layer=2, n_head=4, n_embd=64, bos_token_id=500, eos_token_id=500)
 
@@ -65,32 +69,32 @@ def variant(request, tmp_path_factory):
 
 def test_config_fields(variant):
     _, path, ours = variant
-    config = GPT.from_pretrained(path).config
+    config = from_pretrained(path).config
     for name, value in ours.items():
         assert getattr(config, name) == value, name
 
 
 def test_logits_equal_transformers(variant):
     hf, path, _ = variant
-    model = GPT.from_pretrained(path)
+    model = from_pretrained(path)
     idx = torch.randint(0, hf.config.vocab_size, (2, 37))
     with torch.no_grad():
         ref = hf(idx).logits
         for backend in ("math", "sdpa"):
-            model.set_backends(attn=backend)
+            set_backends(model, attn=backend)
             out = model(idx)
             assert out.shape == ref.shape
             assert (out - ref).abs().max().item() <= LOGITS_ATOL, backend
         # the KV cache, growing and static, continues exactly as the full forward
         for static in (False, True):
-            cache = KVCache(model.config, 2, 37, static=static)
+            cache = (StaticKVCache if static else KVCache)(model.config, 2, 37)
             parts = [model(idx[:, :20], cache=cache)] + [model(idx[:, t:t + 1], cache=cache) for t in range(20, 37)]
             assert (torch.cat(parts, 1) - ref).abs().max().item() <= LOGITS_ATOL, static
 
 
 def test_greedy_equals_transformers_generate(variant):
     hf, path, _ = variant
-    model = GPT.from_pretrained(path)
+    model = from_pretrained(path)
     idx = torch.randint(0, hf.config.vocab_size, (2, 9))
     hf.generation_config.eos_token_id = None
     hf.generation_config.pad_token_id = 0
@@ -103,8 +107,8 @@ def test_export_loads_in_transformers(variant, tmp_path):
     from transformers import GPT2LMHeadModel
 
     hf, path, _ = variant
-    model = GPT.from_pretrained(path)
-    model.save_pretrained(tmp_path)
+    model = from_pretrained(path)
+    save_pretrained(model, tmp_path)
     back = GPT2LMHeadModel.from_pretrained(tmp_path, attn_implementation="eager").eval()
     for name in ("n_inner", "activation_function", "scale_attn_weights", "scale_attn_by_inverse_layer_idx",
                  "reorder_and_upcast_attn", "tie_word_embeddings", "vocab_size", "bos_token_id", "eos_token_id",
@@ -113,7 +117,7 @@ def test_export_loads_in_transformers(variant, tmp_path):
     idx = torch.randint(0, hf.config.vocab_size, (2, 21))
     with torch.no_grad():
         assert (back(idx).logits - model(idx)).abs().max().item() <= LOGITS_ATOL
-    assert GPT.from_pretrained(tmp_path).config == model.config
+    assert from_pretrained(tmp_path).config == model.config
 
 
 def test_upcast_attention_in_bfloat16():
@@ -137,8 +141,8 @@ def test_untied_head_pads_and_counts(tmp_path):
     assert model.head_weight is model.lm_head.weight
     pad = config.padded_vocab_size - config.vocab_size
     assert sum(p.numel() for p in model.parameters()) - 2 * pad * 16 == config.num_params()
-    model.save_pretrained(tmp_path)
-    back = GPT.from_pretrained(tmp_path)
+    save_pretrained(model, tmp_path)
+    back = from_pretrained(tmp_path)
     V = config.vocab_size  # the padded rows are never used: a fresh model's are random, a loaded one's zero
     assert torch.equal(back.lm_head.weight[:V], model.lm_head.weight[:V])
     assert not torch.equal(back.lm_head.weight, back.transformer.wte.weight)
@@ -153,7 +157,7 @@ def test_tied_config_refuses_a_differing_head(tmp_path):
     config = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": True}))
     with pytest.raises(CheckpointError, match="lm_head.weight differs from wte.weight"):
-        GPT.from_pretrained(tmp_path)
+        from_pretrained(tmp_path)
 
 
 def test_sharded_checkpoints(tmp_path):
@@ -175,7 +179,7 @@ def test_sharded_checkpoints(tmp_path):
     with torch.no_grad():
         ref = hf(idx).logits
         for d in ("st", "bin"):
-            assert (GPT.from_pretrained(tmp_path / d)(idx) - ref).abs().max().item() <= LOGITS_ATOL, d
+            assert (from_pretrained(tmp_path / d)(idx) - ref).abs().max().item() <= LOGITS_ATOL, d
 
 
 @pytest.mark.parametrize("field, value, named", [
@@ -191,7 +195,7 @@ def test_unimplemented_config_fields_are_refused(tmp_path, field, value, named):
     config = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**config, field: value}))
     with pytest.raises(CheckpointError, match=named) as e:
-        GPT.from_pretrained(tmp_path)
+        from_pretrained(tmp_path)
     assert "\n" not in str(e.value)
 
 
@@ -203,7 +207,7 @@ def test_n_ctx_is_ignored_as_transformers_does(tmp_path):
     config = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**config, "n_ctx": 7}))
     back = GPT2LMHeadModel.from_pretrained(tmp_path).eval()
-    model = GPT.from_pretrained(tmp_path)
+    model = from_pretrained(tmp_path)
     assert model.config.block_size == back.config.n_positions == 48
     idx = torch.randint(0, 503, (1, 30))
     with torch.no_grad():
@@ -259,7 +263,7 @@ def cache_snapshot(cache, repo: str, refs: tuple[str, ...] = ("main",)):
     ("-a/b", None), ("a/..", None), ("a/b@x@y", None), ("a b/c", None), ("ckpt.safetensors", None),
 ])
 def test_hub_id_parsing(name, parsed):
-    from minigpt.model.weights import parse_hub_id
+    from minigpt.model.hub import parse_hub_id
 
     assert parse_hub_id(name) == parsed
 
@@ -267,24 +271,24 @@ def test_hub_id_parsing(name, parsed):
 def test_bad_names_are_one_line_errors(offline_cache):
     for name in ("a/b/c", "no-such-thing", "./x/y"):
         with pytest.raises(CheckpointError, match="not a hub id OWNER/NAME") as e:
-            GPT.from_pretrained(name)
+            from_pretrained(name)
         assert "\n" not in str(e.value)
 
 
 def test_uncached_hub_id_offline_says_what_to_run(offline_cache):
     from minigpt.model.weights import resolve_directory
 
-    for call in (GPT.from_pretrained, resolve_directory):
+    for call in (from_pretrained, resolve_directory):
         with pytest.raises(CheckpointError) as e:
             call("someone/tiny-gpt2@v2")
         msg = str(e.value)
         assert "someone/tiny-gpt2 at revision v2" in msg and "\n" not in msg
-        assert "python -m minigpt.model.weights download someone/tiny-gpt2@v2" in msg
+        assert "python -m minigpt.model.hub download someone/tiny-gpt2@v2" in msg
     # a cached repo whose snapshot lacks weights counts as not downloaded
     snapshot, _ = cache_snapshot(offline_cache, "someone/configs-only")
     (snapshot / "config.json").write_text("{}")
     with pytest.raises(CheckpointError, match="someone/configs-only is not in the Hugging Face cache"):
-        GPT.from_pretrained("someone/configs-only")
+        from_pretrained("someone/configs-only")
 
 
 def test_cached_hub_id_loads_offline(offline_cache):
@@ -298,10 +302,10 @@ def test_cached_hub_id_loads_offline(offline_cache):
     with torch.no_grad():
         ref = hf(idx).logits
         for name in ("someone/tiny-gpt2", "someone/tiny-gpt2@v1", f"someone/tiny-gpt2@{commit}"):
-            assert (GPT.from_pretrained(name)(idx) - ref).abs().max().item() <= LOGITS_ATOL, name
+            assert (from_pretrained(name)(idx) - ref).abs().max().item() <= LOGITS_ATOL, name
             assert resolve_directory(name) == snapshot
     with pytest.raises(CheckpointError, match="someone/tiny-gpt2 at revision v9 is not in the Hugging Face cache"):
-        GPT.from_pretrained("someone/tiny-gpt2@v9")
+        from_pretrained("someone/tiny-gpt2@v9")
 
 
 def test_resolve_directory_of_local_names(tmp_path, offline_cache):
@@ -309,17 +313,17 @@ def test_resolve_directory_of_local_names(tmp_path, offline_cache):
 
     assert resolve_directory("gpt2") is None  # tiktoken's encoding, nothing to read from disk
     model = GPT(GPTConfig(block_size=16, vocab_size=64, n_layer=1, n_head=2, n_embd=16))
-    model.save_pretrained(tmp_path / "d")
+    save_pretrained(model, tmp_path / "d")
     assert resolve_directory(tmp_path / "d") == tmp_path / "d"
     assert resolve_directory(tmp_path / "d" / "model.safetensors") is None
-    model.save_pretrained(tmp_path / "run" / "ckpt_00000010")
+    save_pretrained(model, tmp_path / "run" / "ckpt_00000010")
     assert resolve_directory(tmp_path / "run") == tmp_path / "run" / "ckpt_00000010"
     with pytest.raises(CheckpointError, match="no such file or directory"):
         resolve_directory(tmp_path / "nope")
 
 
 def test_download_command_refuses_bad_names(capsys):
-    from minigpt.model.weights import main
+    from minigpt.model.hub import main
 
     assert main(["download", "not-a-model"]) == 2
     err = capsys.readouterr().err

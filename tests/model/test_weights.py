@@ -6,7 +6,9 @@ import torch
 from reference import CONFIGS, LOGITS_ATOL, hf_model, save_hf
 
 from minigpt import GPT, GPTConfig
-from minigpt.model.weights import CheckpointError
+from minigpt.rundir import CheckpointError
+from minigpt.model.load import from_pretrained
+from minigpt.model.load import save_pretrained
 
 
 def test_save_pretrained_loads_in_transformers(tmp_path):
@@ -14,14 +16,14 @@ def test_save_pretrained_loads_in_transformers(tmp_path):
 
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=64, vocab_size=50257, n_layer=2, n_head=4, n_embd=64)).eval()
-    model.save_pretrained(tmp_path)
+    save_pretrained(model, tmp_path)
     hf = GPT2LMHeadModel.from_pretrained(tmp_path).eval()
     idx = torch.randint(0, 50257, (2, 20))
     with torch.no_grad():
         assert torch.equal(hf(idx).logits, hf(idx).logits)
         assert (hf(idx).logits - model(idx)).abs().max().item() <= LOGITS_ATOL
     # ... and back again
-    again = GPT.from_pretrained(tmp_path)
+    again = from_pretrained(tmp_path)
     with torch.no_grad():
         assert torch.equal(again(idx), model(idx))
 
@@ -29,7 +31,7 @@ def test_save_pretrained_loads_in_transformers(tmp_path):
 def test_transformers_save_loads_in_minigpt(tmp_path):
     hf = hf_model(**CONFIGS["odd"])
     hf.save_pretrained(tmp_path)  # transformers' own writer
-    model = GPT.from_pretrained(tmp_path)
+    model = from_pretrained(tmp_path)
     idx = torch.randint(0, 50257, (1, 30))
     with torch.no_grad():
         assert (hf(idx).logits - model(idx)).abs().max().item() <= LOGITS_ATOL
@@ -37,10 +39,10 @@ def test_transformers_save_loads_in_minigpt(tmp_path):
 
 def test_single_safetensors_file(tmp_path):
     model = GPT(GPTConfig(block_size=32, vocab_size=300, n_layer=1, n_head=3, n_embd=48)).eval()
-    model.save_pretrained(tmp_path / "d")
+    save_pretrained(model, tmp_path / "d")
     only = tmp_path / "weights.safetensors"
     (tmp_path / "d" / "model.safetensors").rename(only)  # no config.json beside it: read the metadata
-    loaded = GPT.from_pretrained(only)
+    loaded = from_pretrained(only)
     assert loaded.config == model.config
     idx = torch.randint(0, 300, (1, 10))
     with torch.no_grad():
@@ -50,7 +52,7 @@ def test_single_safetensors_file(tmp_path):
 def test_bfloat16_load(tmp_path):
     hf = hf_model(**CONFIGS["small-vocab"])
     save_hf(hf, tmp_path)
-    model = GPT.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    model = from_pretrained(tmp_path, dtype=torch.bfloat16)
     assert all(p.dtype == torch.bfloat16 for p in model.parameters())
     idx = torch.randint(0, 101, (1, 16))
     with torch.no_grad():
@@ -70,17 +72,17 @@ def test_missing_unexpected_and_misshaped_tensors(tmp_path):
     del sd["transformer.h.0.mlp.c_fc.bias"]
     save_file(sd, path, metadata={"format": "pt"})
     with pytest.raises(CheckpointError, match=r"missing tensor\(s\) transformer.h.0.mlp.c_fc.bias"):
-        GPT.from_pretrained(tmp_path)
+        from_pretrained(tmp_path)
 
     sd = dict(good, **{"transformer.h.0.extra.weight": torch.zeros(2)})
     save_file(sd, path, metadata={"format": "pt"})
     with pytest.raises(CheckpointError, match="unexpected tensor.*extra.weight"):
-        GPT.from_pretrained(tmp_path)
+        from_pretrained(tmp_path)
 
     sd = dict(good, **{"transformer.h.0.attn.c_proj.weight": torch.zeros(32, 31)})
     save_file(sd, path, metadata={"format": "pt"})
     with pytest.raises(CheckpointError, match=r"attn.c_proj.weight has shape \(32, 31\).*expects \(32, 32\)"):
-        GPT.from_pretrained(tmp_path)
+        from_pretrained(tmp_path)
 
 
 def test_untied_lm_head_is_refused(tmp_path):
@@ -91,7 +93,7 @@ def test_untied_lm_head_is_refused(tmp_path):
     hf.config.to_json_file(tmp_path / "config.json")
     torch.save({k: v.clone() for k, v in sd.items()}, tmp_path / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match="lm_head.weight differs"):
-        GPT.from_pretrained(tmp_path)
+        from_pretrained(tmp_path)
 
 
 def test_pickle_is_never_executed(tmp_path):
@@ -102,7 +104,7 @@ def test_pickle_is_never_executed(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 1}))
     torch.save({"wte.weight": Boom()}, tmp_path / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match="refused to unpickle"):
-        GPT.from_pretrained(tmp_path)
+        from_pretrained(tmp_path)
     assert not (tmp_path / "pwned").exists()
 
 
@@ -110,22 +112,22 @@ def test_pickle_is_never_executed(tmp_path):
 def test_corrupt_safetensors(tmp_path, content):
     (tmp_path / "model.safetensors").write_bytes(content)
     with pytest.raises(CheckpointError, match="model.safetensors"):
-        GPT.from_pretrained(tmp_path)
+        from_pretrained(tmp_path)
 
 
 def test_bad_paths_and_configs(tmp_path):
     with pytest.raises(CheckpointError, match="no such file or directory"):
-        GPT.from_pretrained(tmp_path / "nope")
+        from_pretrained(tmp_path / "nope")
     with pytest.raises(CheckpointError, match="holds no model.safetensors"):
-        GPT.from_pretrained(tmp_path)
+        from_pretrained(tmp_path)
     hf = hf_model(**CONFIGS["small-vocab"])
     save_hf(hf, tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "activation_function": "mish"}))
     with pytest.raises(CheckpointError, match="activation_function"):
-        GPT.from_pretrained(tmp_path)
+        from_pretrained(tmp_path)
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="cannot read"):
-        GPT.from_pretrained(tmp_path)
+        from_pretrained(tmp_path)
 
 
 def test_preset_offline_gives_one_clear_message(tmp_path, monkeypatch):
@@ -136,15 +138,15 @@ def test_preset_offline_gives_one_clear_message(tmp_path, monkeypatch):
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     with pytest.raises(CheckpointError) as e:
-        GPT.from_pretrained("gpt2-medium")
+        from_pretrained("gpt2-medium")
     msg = str(e.value)
-    assert "python -m minigpt.model.weights download gpt2-medium" in msg and "\n" not in msg
+    assert "python -m minigpt.model.hub download gpt2-medium" in msg and "\n" not in msg
 
 
 def test_latest_training_checkpoint_is_found(tmp_path):
     model = GPT(GPTConfig(block_size=16, vocab_size=64, n_layer=1, n_head=2, n_embd=16))
     for step in (5, 20, 100):
-        model.save_pretrained(tmp_path / f"ckpt_{step:08d}")
+        save_pretrained(model, tmp_path / f"ckpt_{step:08d}")
     (tmp_path / ".tmp_ckpt_00000200").mkdir()  # an unfinished write is ignored
-    loaded = GPT.from_pretrained(tmp_path)
+    loaded = from_pretrained(tmp_path)
     assert loaded.config == model.config

@@ -20,6 +20,7 @@ import torch
 from minigpt.model.config import GPTConfig
 from minigpt.model.model import GPT
 from tiny_run import ROOT, load_script, make_corpus, tiny_argv
+from minigpt.model.load import save_pretrained
 
 train = load_script(ROOT / "train.py")
 
@@ -66,7 +67,7 @@ class Case:
 
     def weights(self, **config) -> Path:
         torch.manual_seed(0)
-        GPT(GPTConfig(**config)).save_pretrained(self.tmp / "init")
+        save_pretrained(GPT(GPTConfig(**config)), self.tmp / "init")
         return self.tmp / "init"
 
 

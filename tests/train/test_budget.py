@@ -26,6 +26,7 @@ from minigpt.train.optim import lr_at
 from minigpt.tokenizers import GPT2Tokenizer
 from minigpt.train.config import ConfigError, TrainConfig
 from tiny_run import ROOT, load_script, make_corpus, read_log, tiny_argv
+from minigpt.model.load import from_pretrained
 
 train = load_script(ROOT / "train.py")
 TOKENS_PER_STEP = 4 * 32  # tiny_settings: batch 4 x block 32, one process
@@ -214,7 +215,7 @@ def test_eval_tasks_are_scored_and_logged_at_each_evaluation(data_dir, tmp_path,
         assert {f"eval/{tasks[1]}/bpb", f"eval/{tasks[1]}/ppl"} <= set(record)
     assert evals[0][f"eval/{tasks[1]}/bpb"] > evals[6][f"eval/{tasks[1]}/bpb"]  # it learned
     # The scores at step 6 are those of the step-6 checkpoint, scored on its own.
-    model = GPT.from_pretrained(out / "ckpt_00000006")
+    model = from_pretrained(out / "ckpt_00000006")
     direct = evaluate(model, GPT2Tokenizer(), tasks)
     for task in tasks:
         for metric, value in direct[task].items():

@@ -34,6 +34,7 @@ from minigpt.model.config import GPTConfig
 from minigpt.model.model import GPT
 from minigpt.train.parallel import checkpoint_activations
 from tiny_run import ROOT, load_script, make_corpus, read_log, tiny_argv
+from minigpt.model.load import from_pretrained
 
 train = load_script(ROOT / "train.py")
 
@@ -133,7 +134,7 @@ def test_fsdp_checkpoint_layout_and_full_export(fsdp_run):
     # The export is the two ranks' shards put back together (wte without its padding rows).
     shards = [load_file(str(p)) for p in sorted((ckpt / "sharded").glob("*.safetensors"))]
     assert len(shards) == 2
-    model = GPT.from_pretrained(fsdp_run)  # what sample.py --init does
+    model = from_pretrained(fsdp_run)  # what sample.py --init does
     for name, value in model.state_dict().items():
         whole = torch.cat([s[f"model.{name}"] for s in shards if f"model.{name}" in s])
         n = model.config.vocab_size if name == "transformer.wte.weight" else value.size(0)
@@ -182,7 +183,7 @@ def test_activation_checkpointing_run_matches_a_plain_run(data_dir, tmp_path, ca
     a, b = read_log(plain)[0], read_log(ac)[0]
     assert [r["loss"] for r in a.values()] == [r["loss"] for r in b.values()]
     assert [r["grad_norm"] for r in a.values()] == [r["grad_norm"] for r in b.values()]
-    assert GPT.from_pretrained(ac).state_dict().keys() == GPT.from_pretrained(plain).state_dict().keys()
+    assert from_pretrained(ac).state_dict().keys() == from_pretrained(plain).state_dict().keys()
 
 
 def test_fsdp_without_torchrun_is_a_one_line_error(data_dir, tmp_path, capsys):

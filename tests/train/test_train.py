@@ -39,6 +39,8 @@ from minigpt.train.optim import configure_optimizer, lr_at
 from minigpt.train.config import TrainConfig, make_config
 from minigpt.train.trainer import Trainer
 from tiny_run import ROOT, load_script, make_corpus, read_log, tiny_argv, tiny_settings, tree_hashes
+from minigpt.model.load import from_pretrained
+from minigpt.model.load import save_pretrained
 
 train = load_script(ROOT / "train.py")
 
@@ -222,7 +224,7 @@ def test_checkpoint_loads_with_from_pretrained(data_dir, tmp_path):
     finally:
         trainer.close()
     x = torch.randint(0, 50257, (2, 32), generator=torch.Generator().manual_seed(1))
-    loaded = GPT.from_pretrained(out)
+    loaded = from_pretrained(out)
     assert loaded.config == trainer.raw_model.config
     trainer.raw_model.eval()
     with torch.no_grad():
@@ -247,7 +249,7 @@ def names(out: Path) -> list[str]:
 def same_weights(a: Path, b: Path) -> bool:
     x = torch.randint(0, 50257, (1, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        return torch.equal(GPT.from_pretrained(a).eval()(x), GPT.from_pretrained(b).eval()(x))
+        return torch.equal(from_pretrained(a).eval()(x), from_pretrained(b).eval()(x))
 
 
 def test_resume_from_an_older_checkpoint_starts_a_branch(data_dir, tmp_path, capsys):
@@ -389,7 +391,7 @@ def test_log_records(data_dir, tmp_path, capsys):
 def test_init_from_pretrained_weights(data_dir, tmp_path, capsys):
     torch.manual_seed(3)
     source = GPT(GPTConfig(block_size=64, n_layer=1, n_head=2, n_embd=16))
-    source.save_pretrained(tmp_path / "init")
+    save_pretrained(source, tmp_path / "init")
     x, y = DataLoader(data_dir, "train", 4, 32, seed=7, order="random").next_batch()  # what the run reads
     with torch.no_grad():
         expected = source(x, y).item()
@@ -402,7 +404,7 @@ def test_init_from_pretrained_weights(data_dir, tmp_path, capsys):
     run = json.loads((out / "run.json").read_text())
     assert run["model_config"] == source.config.to_dict()
     assert (run["train_config"]["n_layer"], run["train_config"]["n_embd"]) == (1, 16)
-    assert GPT.from_pretrained(out).config == source.config
+    assert from_pretrained(out).config == source.config
 
     code, err = run_main(tiny_argv(data_dir, tmp_path / "run2", init=tmp_path / "init"), capsys)
     assert code == 2 and "n_layer=1" in err and err.startswith("error: ")  # explicit sizes must match
@@ -524,7 +526,7 @@ def test_half_written_checkpoint_is_ignored(finished_run, tmp_path, capsys):
     partial = out / ".tmp_ckpt_00000006"  # what kill -9 during a save leaves behind
     partial.mkdir()
     (partial / "model.safetensors").write_bytes(b"half a file")
-    assert GPT.from_pretrained(out).config.n_embd == 32  # the latest complete one, ckpt_00000004
+    assert from_pretrained(out).config.n_embd == 32  # the latest complete one, ckpt_00000004
 
     # Resume an older checkpoint by path: a new branch; steps 3 and 4 are replayed and the old
     # ckpt_00000004 is moved aside, not overwritten.
@@ -590,4 +592,4 @@ def test_ctrl_c_saves_a_checkpoint_and_exits(data_dir, tmp_path):
     last_step = max(read_log(out)[0])
     assert ckpt.name == f"ckpt_{last_step:08d}"
     assert f"saved {ckpt}" in err
-    assert GPT.from_pretrained(out).config.n_embd == 32
+    assert from_pretrained(out).config.n_embd == 32
