@@ -21,14 +21,14 @@ warning when they are part of a bigger source, and are an error when they are th
 Layout of a prepared directory: train_000000.npy, train_000001.npy, ..., val_000000.npy, ...
 (1-D uint16 .npy arrays of `shard_tokens` tokens, the last of each split shorter), the tokenizer
 the shards were made with (minigpt_tokenizer.json, plus tokenizer.json for a BPE: what
-minigpt.tokenizers.tokenizer.load_tokenizer reads) and meta.json, which names the tokenizer ("tokenizer":
+minigpt.tokenizers.load_tokenizer reads) and meta.json, which names the tokenizer ("tokenizer":
 the --tokenizer value, "tokenizer_kind", vocab_size, eot_id) and lists each shard's file, length
 and largest token id ("max_id": the ids are checked against the vocabulary before training
 without reading the shards).
 Every document is preceded by the end-of-text id (GPT-2's <|endoftext|>, 50256), so the shards of
 a split are one stream of documents that may run across shard boundaries.
 
-The tokenizer: "gpt2" (GPT-2's BPE, the default), "char" or "bpe:N" (see minigpt.tokenizers.tokenizer). A
+The tokenizer: "gpt2" (GPT-2's BPE, the default), "char" or "bpe:N" (see minigpt.tokenizers.kinds). A
 char or bpe tokenizer is trained on the documents of the train split only, never on val, so
 val stays unseen. Each tokenizer gets its own directory (default_data_dir), and a directory
 prepared with another tokenizer is prepared again, never mixed. The shards hold uint16 ids: a

@@ -2,7 +2,7 @@
 
 A train.py checkpoint, or a directory written from one, carries its tokenizer
 (`minigpt_tokenizer.json`); a hub checkpoint or a transformers directory has its own files
-(tokenizer.json, spiece.model, vocab.json + merges.txt: minigpt.tokenizers.tokenizer.load_tokenizer picks
+(tokenizer.json, spiece.model, vocab.json + merges.txt: minigpt.tokenizers.load_tokenizer picks
 one); OpenAI's presets and a bare .safetensors file use GPT-2's. `check_vocab` refuses a tokenizer whose ids are not the
 model's, so a mismatched pair fails in one line instead of decoding garbage.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from minigpt.tokenizers import GPT2Tokenizer, Tokenizer, load_tokenizer
 from minigpt.model.weights import resolve_directory
+from minigpt.tokenizers import GPT2Tokenizer, Tokenizer, load_tokenizer
 
 
 def tokenizer_for(init: str | Path) -> Tokenizer:

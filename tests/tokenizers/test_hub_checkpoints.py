@@ -9,12 +9,12 @@ import sys
 
 import pytest
 import torch
-
-from minigpt.generate.simple import prompt_ids
-from minigpt.model.model import GPT
-from minigpt.tokenizers.lookup import tokenizer_for
 from test_hub_tokenizers import auto, byte_fallback_bpe, bytelevel_bpe, rinna_tokenizer
 from tiny_run import ROOT
+
+from minigpt.generate.simple import prompt_ids
+from minigpt.model.load import from_pretrained
+from minigpt.tokenizers.lookup import tokenizer_for
 
 transformers = pytest.importorskip("transformers")
 
@@ -75,7 +75,7 @@ def test_sample_py_greedy_prints_what_transformers_generates(checkpoint):
 
 def test_logits_equal_transformers(checkpoint):
     directory, hf, _ = checkpoint
-    model = GPT.from_pretrained(directory)
+    model = from_pretrained(directory)
     idx = torch.randint(0, model.config.vocab_size, (2, 11))
     with torch.no_grad():
         assert torch.allclose(model(idx), hf(idx).logits, atol=1e-4, rtol=0)

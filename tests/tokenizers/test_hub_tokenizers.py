@@ -22,8 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from minigpt.tokenizers import tokenizer
-from minigpt.tokenizers import EOT_TOKEN, TextStream, load_tokenizer, local_vocab_files
+from minigpt.tokenizers import EOT_TOKEN, GPT2Tokenizer, TextStream, load_tokenizer, local_vocab_files, train_tokenizer
 
 transformers = pytest.importorskip("transformers")
 sentencepiece = pytest.importorskip("sentencepiece")
@@ -106,7 +105,8 @@ def bytelevel_bpe(directory: Path) -> None:
     trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<s>"], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(CORPUS, trainer=trainer)
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A",
+                                                       special_tokens=[("<s>", tok.token_to_id("<s>"))])
     tok.save(str(directory / "tokenizer.json"))
     write_json(directory / "tokenizer_config.json", {
         "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
@@ -172,7 +172,7 @@ def auto(directory: Path):
     return _auto(str(directory))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _auto(directory: str):
     return transformers.AutoTokenizer.from_pretrained(directory, use_fast=False)
 
@@ -227,7 +227,7 @@ def test_clean_up_tokenization_spaces_as_configured(tmp_path, force):
 
 def test_gpt2_files_equal_tiktoken_and_transformers_gpt2_tokenizer(tmp_path):
     gpt2_files(tmp_path, with_config=False)
-    ours, tiktoken_gpt2 = load_tokenizer(tmp_path), tokenizer.GPT2Tokenizer()
+    ours, tiktoken_gpt2 = load_tokenizer(tmp_path), GPT2Tokenizer()
     hf = transformers.GPT2Tokenizer.from_pretrained(str(tmp_path))
     assert ours.eot_id == tiktoken_gpt2.eot_id == 50256 and ours.vocab_size == 50257
     for text in COVERED + UNCOVERED + ["a<|endoftext|>b"]:
@@ -329,7 +329,7 @@ ANY_TEXT = COVERED + UNCOVERED + ["a<|endoftext|>b", "\x00 \x7f control"]
 
 @pytest.mark.parametrize("spec", ["gpt2", "char", "bpe:300"])
 def test_own_tokenizers_save_what_auto_tokenizer_reads(spec, tmp_path):
-    ours = tokenizer.train_tokenizer(spec, TRAIN)
+    ours = train_tokenizer(spec, TRAIN)
     ours.save_pretrained(tmp_path)
     hf = auto(tmp_path)
     loaded = load_tokenizer(tmp_path)
@@ -387,7 +387,7 @@ def every_tokenizer(rinna_dir, tmp_path_factory):
                {**config, "clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output": True})
     yield "cleanup", load_tokenizer(directory)
     for spec in ("gpt2", "char", "bpe:300"):
-        yield spec, tokenizer.train_tokenizer(spec, TRAIN)
+        yield spec, train_tokenizer(spec, TRAIN)
 
 
 @pytest.mark.parametrize("text", STREAM_TEXTS)
@@ -437,7 +437,8 @@ def test_corrupt_tokenizer_files_are_one_line_errors(tmp_path, files, message):
 
 
 @pytest.mark.parametrize("name", ["tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"])
-@pytest.mark.parametrize("content, message", [(b"{broken", "not a readable JSON file"), (b"[1]", "expected a JSON object"),
+@pytest.mark.parametrize("content, message", [(b"{broken", "not a readable JSON file"),
+                                              (b"[1]", "expected a JSON object"),
                                               (b"\xff\xfe", "not a readable JSON file")])
 def test_corrupt_settings_files_are_one_line_errors(rinna_dir, tmp_path, name, content, message):
     for path in rinna_dir.iterdir():

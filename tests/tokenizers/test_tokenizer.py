@@ -6,8 +6,18 @@ import inspect
 import pytest
 import tiktoken
 
-from minigpt.tokenizers import tokenizer
-from minigpt.tokenizers import TokenizerUnavailable, get_encoding, local_vocab_files
+from minigpt.tokenizers import (
+    TOKENIZER_FILE,
+    GPT2Tokenizer,
+    TextStream,
+    TokenizerUnavailable,
+    get_encoding,
+    gpt2,
+    load_tokenizer,
+    local_vocab_files,
+    parse_tokenizer_kind,
+    train_tokenizer,
+)
 
 TEXTS = [
     "Hello world",
@@ -80,7 +90,7 @@ def test_works_without_network(monkeypatch, tmp_path):
 
 def test_missing_files_and_no_network_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # no cached ranks either
-    monkeypatch.setattr(tokenizer, "local_vocab_files", lambda: None)
+    monkeypatch.setattr(gpt2, "local_vocab_files", lambda: None)
 
     def no_network(name):
         raise OSError("network unreachable")
@@ -96,12 +106,12 @@ def test_missing_files_and_no_network_is_a_clear_error(monkeypatch, tmp_path):
 
 def test_ranks_are_cached_verified_and_rebuilt_when_damaged(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    path = tokenizer.ranks_cache_path()
+    path = gpt2.ranks_cache_path()
     assert path.parent.parent == tmp_path
     reference = tiktoken_reference()
     built = []
-    real = tokenizer.gpt2_ranks_from_files
-    monkeypatch.setattr(tokenizer, "gpt2_ranks_from_files", lambda *files: built.append(1) or real(*files))
+    real = gpt2.gpt2_ranks_from_files
+    monkeypatch.setattr(gpt2, "gpt2_ranks_from_files", lambda *files: built.append(1) or real(*files))
     try:
         for damage in (None, b"garbage", b""):
             if damage is not None:
@@ -132,7 +142,7 @@ def test_unwritable_cache_is_skipped(monkeypatch, tmp_path):
 
 def tiktoken_reference() -> tiktoken.Encoding:
     """The encoding built straight from the verified files, without any cache."""
-    return tokenizer.gpt2_encoding(tokenizer.gpt2_ranks_from_files(*local_vocab_files()))
+    return gpt2.gpt2_encoding(gpt2.gpt2_ranks_from_files(*local_vocab_files()))
 
 
 def test_unknown_encoding():
@@ -150,7 +160,7 @@ HARD = TEXTS + ["unseen: 😀🇯🇵 ∑ and \x00 \x7f control, ＡＢＣ全角
 
 @pytest.fixture(scope="module", params=["gpt2", "char", "bpe:300"])
 def trained(request):
-    return tokenizer.train_tokenizer(request.param, CORPUS)
+    return train_tokenizer(request.param, CORPUS)
 
 
 @pytest.mark.parametrize("text", HARD)
@@ -169,18 +179,18 @@ def test_eot_is_one_id_when_allowed(trained):
 
 def test_saved_tokenizer_loads_back_equal(trained, tmp_path):
     trained.save(tmp_path)
-    loaded = tokenizer.load_tokenizer(tmp_path)
+    loaded = load_tokenizer(tmp_path)
     assert (loaded.kind, loaded.vocab_size, loaded.eot_id) == (trained.kind, trained.vocab_size, trained.eot_id)
     for text in HARD:
         assert loaded.encode(text) == trained.encode(text)
 
 
 def test_trained_tokenizers_fit_the_data():
-    char = tokenizer.train_tokenizer("char", CORPUS)
+    char = train_tokenizer("char", CORPUS)
     assert char.vocab_size == len(set("".join(CORPUS))) + 256 + 1
     assert len(char.encode("to be")) == 5  # one id per known character
     assert len(char.encode("😀")) == 4  # an unknown one spelled in its UTF-8 bytes
-    bpe = tokenizer.train_tokenizer("bpe:300", CORPUS)
+    bpe = train_tokenizer("bpe:300", CORPUS)
     assert 256 < bpe.vocab_size <= 300
     assert len(bpe.encode(CORPUS[0])) < len(CORPUS[0]) / 3  # merges learned from the text
 
@@ -188,7 +198,7 @@ def test_trained_tokenizers_fit_the_data():
 def test_bpe_tokenizer_is_readable_by_transformers(tmp_path):
     from transformers import PreTrainedTokenizerFast
 
-    bpe = tokenizer.train_tokenizer("bpe:300", CORPUS)
+    bpe = train_tokenizer("bpe:300", CORPUS)
     bpe.save(tmp_path)
     hf = PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "tokenizer.json"))
     for text in HARD[:-1]:
@@ -198,7 +208,7 @@ def test_bpe_tokenizer_is_readable_by_transformers(tmp_path):
 
 def test_directory_without_tokenizer_is_gpt2_when_its_config_says_so(tmp_path):
     (tmp_path / "config.json").write_text('{"vocab_size": 50257}')
-    assert tokenizer.load_tokenizer(tmp_path).kind == "gpt2"
+    assert load_tokenizer(tmp_path).kind == "gpt2"
 
 
 @pytest.mark.parametrize("config", [None, '{"vocab_size": 32000}', '{"n_embd": 8}'])
@@ -206,7 +216,7 @@ def test_directory_without_tokenizer_is_a_one_line_error(tmp_path, config):
     if config is not None:
         (tmp_path / "config.json").write_text(config)
     with pytest.raises(ValueError, match="no tokenizer found") as e:
-        tokenizer.load_tokenizer(tmp_path)
+        load_tokenizer(tmp_path)
     assert "\n" not in str(e.value) and "tokenizer.json" in str(e.value) and "spiece.model" in str(e.value)
 
 
@@ -218,28 +228,28 @@ def test_directory_without_tokenizer_is_a_one_line_error(tmp_path, config):
     ('{"kind": "bpe:300"}', "tokenizer.json"),  # the tokenizers file itself is missing
 ])
 def test_bad_tokenizer_description_is_a_clear_error(tmp_path, content, message):
-    (tmp_path / tokenizer.TOKENIZER_FILE).write_text(content)
+    (tmp_path / TOKENIZER_FILE).write_text(content)
     with pytest.raises(ValueError, match=message):
-        tokenizer.load_tokenizer(tmp_path)
+        load_tokenizer(tmp_path)
 
 
 @pytest.mark.parametrize("spec", ["bpe", "bpe:", "bpe:x", "bpe:100", "word", "", "char:5"])
 def test_bad_tokenizer_spec_is_a_clear_error(spec):
     with pytest.raises(ValueError, match="bpe:N|unknown tokenizer"):
-        tokenizer.parse_tokenizer_kind(spec)
+        parse_tokenizer_kind(spec)
 
 
 @pytest.mark.parametrize("text", [TEXTS[3], TEXTS[4], HARD[-2], "x" * 50 + "漢字😀" * 7])
 def test_text_stream_never_splits_a_character(trained, text):
-    stream = tokenizer.TextStream(trained)
+    stream = TextStream(trained)
     pieces = [stream.push(i) for i in trained.encode(text)] + [stream.flush()]
     assert "".join(pieces) == text
     assert not any("\ufffd" in p for p in pieces)
 
 
 def test_text_stream_flushes_an_incomplete_character():
-    enc = tokenizer.GPT2Tokenizer()
+    enc = GPT2Tokenizer()
     first_byte_of_emoji = enc.encode("😀")[:1]  # a token holding part of the character's bytes
-    stream = tokenizer.TextStream(enc)
+    stream = TextStream(enc)
     assert stream.push(first_byte_of_emoji[0]) == ""
     assert stream.flush() == "\ufffd"

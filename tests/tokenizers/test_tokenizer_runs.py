@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_run import ROOT, load_script, read_log, tiny_argv
 
 from minigpt.data.corpus import data_tokenizer, default_data_dir, load_meta, prepare
 from minigpt.eval.evaluate import bits_per_byte
-from minigpt.model.model import GPT
+from minigpt.model.load import from_pretrained
 from minigpt.tokenizers import TOKENIZER_FILE, CharTokenizer, GPT2Tokenizer, load_tokenizer
-from tiny_run import ROOT, load_script, read_log, tiny_argv
 
 train = load_script(ROOT / "train.py")
 sample = load_script(ROOT / "sample.py")
@@ -65,7 +65,7 @@ def test_run_then_sample_and_eval_with_its_own_tokenizer(kind, corpus, tmp_path,
         ckpt = out / f"ckpt_{step:08d}"
         assert (ckpt / TOKENIZER_FILE).is_file()
         assert load_tokenizer(ckpt).encode(VAL_ONLY) == tokenizer.encode(VAL_ONLY)
-        assert GPT.from_pretrained(ckpt).config.vocab_size == tokenizer.vocab_size
+        assert from_pretrained(ckpt).config.vocab_size == tokenizer.vocab_size
     assert json.loads((out / "ckpt_00000004" / "train_state.json").read_text())["train_config"]["tokenizer"] == kind
     capsys.readouterr()
 
@@ -82,7 +82,7 @@ def test_run_then_sample_and_eval_with_its_own_tokenizer(kind, corpus, tmp_path,
     assert eval_cli.main(["--init", str(out), "--task", f"bpb:{text_file}", "--device", "cpu", "--no-progress",
                           "--output", str(result_file)]) == 0
     got = json.loads(result_file.read_text())["results"][f"bpb:{text_file}"]
-    model = GPT.from_pretrained(out)
+    model = from_pretrained(out)
     want = bits_per_byte(model, tokenizer, text)
     assert got["bytes"] == len(text.encode("utf-8")) and got["tokens"] == len(tokenizer.encode(text))
     assert got["bpb"] == pytest.approx(want["bpb"], rel=1e-6)
@@ -132,7 +132,7 @@ def test_round_trip_through_the_data_pipeline(kind, tmp_path):
     if isinstance(tokenizer, CharTokenizer):
         assert not set("富士山😀ü") & set(tokenizer.alphabet)
     if kind == "bpe:300":  # no merge of val-only text: each of its characters is spelled in bytes
-        assert len(tokenizer.encode("富士山")) == len("富士山".encode("utf-8"))
+        assert len(tokenizer.encode("富士山")) == len("富士山".encode())
 
 
 def test_each_tokenizer_has_its_own_directory_and_a_changed_one_is_prepared_again(tmp_path, monkeypatch, capsys):
