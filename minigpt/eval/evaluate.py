@@ -22,15 +22,17 @@ of the context moves to the continuation, the two are encoded together, and the 
 what follows the context's own tokens. An example longer than the context window loses tokens
 from the left of its context, and the results count how many examples were truncated.
 
-`evaluate(model, tokenizer, tasks)` (tokenizer: a minigpt.tokenizers.tokenizer.Tokenizer) runs a list of task
-specs (minigpt/tasks.py) and returns {task: {metric: value, ..., "n": examples}}.
+`evaluate(model, tokenizer, tasks)` (tokenizer: a minigpt.tokenizers.Tokenizer) runs a list of task
+specs and returns {task: {metric: value, ..., "n": examples}}. The kinds of task a spec names
+(bpb:PATH, mc:PATH.jsonl, ...) are one table, TASKS: each with its loader (reading minigpt.eval.tasks),
+its scorer and its help line (tasks_help, for eval.py --task and train.py --eval-task).
 """
 from __future__ import annotations
 
 import math
 import platform
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -199,9 +201,106 @@ def lm_eval_tasks(model, tokenizer, names: Sequence[str], limit: int | None = No
 
 
 @dataclass(frozen=True)
+class ScoreOptions:
+    """How evaluate() was asked to score: what a TaskKind's scorer may use."""
+
+    limit: int | None = None
+    batch_size: int = 16
+    window: int | None = None
+    stride: int | None = None
+    include_path: str | None = None
+    num_fewshot: int | None = None
+    progress: bool = False
+
+
+@dataclass(frozen=True)
+class TaskKind:
+    """One kind of task that `--task KIND[:ARG]` names: how its data is read and how it is scored."""
+
+    arg: str  # what follows "KIND:" in the help ("PATH", ...)
+    optional: bool  # True: the arg may be left out (the data is then downloaded once)
+    description: str  # one line, for --help
+    load: Callable[[Task, int | None, str | None], object]  # (task, limit, include_path) -> its data
+    score: Callable[..., dict[str, dict]]  # (model, tokenizer, task, data, ScoreOptions) -> {result key: metrics}
+
+    def form(self, kind: str) -> str:
+        return f"{kind}[:{self.arg}]" if self.optional else f"{kind}:{self.arg}"
+
+
+def lm_eval_names(task: Task) -> list[str]:
+    return [n.strip() for n in task.arg.split(",") if n.strip()]
+
+
+def _score_bpb(model, tokenizer, task: Task, data, o: ScoreOptions) -> dict[str, dict]:
+    return {task.name: bits_per_byte(model, tokenizer, data, o.window, o.stride, o.batch_size, o.progress, task.name)}
+
+
+def _score_choices(model, tokenizer, task: Task, data, o: ScoreOptions) -> dict[str, dict]:
+    return {task.name: multiple_choice(model, tokenizer, data, o.batch_size, o.progress, task.name)}
+
+
+def _score_lambada(model, tokenizer, task: Task, data, o: ScoreOptions) -> dict[str, dict]:
+    return {task.name: lambada(model, tokenizer, data, o.batch_size, o.progress, task.name)}
+
+
+def _score_lm_eval(model, tokenizer, task: Task, data, o: ScoreOptions) -> dict[str, dict]:
+    return lm_eval_tasks(model, tokenizer, lm_eval_names(task), o.limit, o.batch_size, o.include_path,
+                         o.num_fewshot, o.progress, manager=data)
+
+
+# The kinds of task: `--task KIND[:ARG]`. A new kind is one entry here; load_task, evaluate and
+# the help of eval.py --task and train.py --eval-task (tasks_help) read this table.
+TASKS: dict[str, TaskKind] = {
+    "bpb": TaskKind(
+        "PATH", False, "bits per byte and per-token perplexity of a UTF-8 text (sliding window)",
+        lambda task, limit, include_path: read_text(task.arg)[:limit], _score_bpb),
+    "mc": TaskKind(
+        "PATH.jsonl", False, 'multiple choice, one {"context", "choices", "label"} object a line: '
+                             "acc, acc_norm (per character), acc_bytes (per byte)",
+        lambda task, limit, include_path: read_multiple_choice(task.arg)[:limit], _score_choices),
+    "hellaswag": TaskKind(
+        "PATH", True, "HellaSwag's validation set (10,042 examples; downloaded once, or a local copy)",
+        lambda task, limit, include_path: read_hellaswag(hellaswag_path(task))[:limit], _score_choices),
+    "lambada": TaskKind(
+        "PATH", True, "OpenAI's LAMBADA test set (5,153 passages; downloaded once, or a local copy): "
+                      "last-word accuracy and perplexity",
+        lambda task, limit, include_path: read_lambada(lambada_path(task))[:limit], _score_lambada),
+    "lm-eval": TaskKind(
+        "TASK[,TASK...]", False, "tasks of EleutherAI's lm-evaluation-harness (pip install 'minigpt[eval]')",
+        lambda task, limit, include_path: lm_eval_manager(lm_eval_names(task), include_path), _score_lm_eval),
+}
+
+
+def task_forms() -> str:
+    """The forms of --task, e.g. "bpb:PATH, mc:PATH.jsonl, ... or lm-eval:TASK[,TASK...]"."""
+    forms = [kind.form(name) for name, kind in TASKS.items()]
+    return ", ".join(forms[:-1]) + " or " + forms[-1] if len(forms) > 1 else forms[0]
+
+
+def tasks_help(lines: bool = False) -> str:
+    """The help of a --task flag: "FORM: description" per kind of TASKS, joined with "; " (for
+    argparse, which rewraps a flag's help), or with lines=True one aligned line per kind."""
+    forms = {name: kind.form(name) for name, kind in TASKS.items()}
+    if lines:
+        width = max(map(len, forms.values())) + 2
+        return "\n".join(f"{forms[name]:<{width}}{kind.description}" for name, kind in TASKS.items())
+    return "; ".join(f"{forms[name]}: {kind.description}" for name, kind in TASKS.items())
+
+
+def task_kind(task: Task) -> TaskKind:
+    """The TASKS entry of a parsed task, once its argument is there if it needs one."""
+    kind = TASKS.get(task.kind)
+    if kind is None:
+        raise TaskError(f"unknown task {task.name!r}: expected {task_forms()}")
+    if not kind.optional and not task.arg:
+        raise TaskError(f"task {task.name!r} needs an argument: {kind.form(task.kind)}")
+    return kind
+
+
+@dataclass(frozen=True)
 class LoadedTask:
     task: Task
-    data: object  # the text (bpb), Examples (mc, hellaswag), passages (lambada), a TaskManager (lm-eval)
+    data: object  # what the task kind's load returned: a text, Examples, passages, a TaskManager
 
 
 def load_task(task: str | Task, limit: int | None = None, include_path: str | None = None) -> LoadedTask:
@@ -210,21 +309,7 @@ def load_task(task: str | Task, limit: int | None = None, include_path: str | No
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
     task = task if isinstance(task, Task) else Task.parse(task)
-    if task.kind == "bpb":
-        data = read_text(task.arg)[:limit]
-    elif task.kind == "mc":
-        data = read_multiple_choice(task.arg)[:limit]
-    elif task.kind == "hellaswag":
-        data = read_hellaswag(hellaswag_path(task))[:limit]
-    elif task.kind == "lambada":
-        data = read_lambada(lambada_path(task))[:limit]
-    else:
-        data = lm_eval_manager(lm_eval_names(task), include_path)
-    return LoadedTask(task, data)
-
-
-def lm_eval_names(task: Task) -> list[str]:
-    return [n.strip() for n in task.arg.split(",") if n.strip()]
+    return LoadedTask(task, task_kind(task).load(task, limit, include_path))
 
 
 def evaluate(model, tokenizer, tasks: Sequence[str | Task | LoadedTask], limit: int | None = None,
@@ -238,22 +323,13 @@ def evaluate(model, tokenizer, tasks: Sequence[str | Task | LoadedTask], limit: 
     limit keeps the first N examples of each task (bpb: the first N characters of the text).
     """
     loaded = [t if isinstance(t, LoadedTask) else load_task(t, limit, include_path) for t in tasks]
+    options = ScoreOptions(limit, batch_size, window, stride, include_path, num_fewshot, progress)
     was_training = model.training
     model.eval()
     results: dict[str, dict] = {}
     try:
         for lt in loaded:
-            task, data = lt.task, lt.data
-            kw = dict(batch_size=batch_size, progress=progress, desc=task.name)
-            if task.kind == "bpb":
-                results[task.name] = bits_per_byte(model, tokenizer, data, window, stride, **kw)
-            elif task.kind in ("mc", "hellaswag"):
-                results[task.name] = multiple_choice(model, tokenizer, data, **kw)
-            elif task.kind == "lambada":
-                results[task.name] = lambada(model, tokenizer, data, **kw)
-            else:
-                results.update(lm_eval_tasks(model, tokenizer, lm_eval_names(task), limit, batch_size, include_path,
-                                             num_fewshot, progress, manager=data))
+            results.update(task_kind(lt.task).score(model, tokenizer, lt.task, lt.data, options))
     finally:
         model.train(was_training)
     return results

@@ -1,10 +1,7 @@
-"""Evaluation tasks: what `eval.py --task` names, and reading their data.
+"""Evaluation tasks: reading (and downloading once) the data of what `eval.py --task` names.
 
-    bpb:PATH            bits per byte (and per-token perplexity) of a UTF-8 text file
-    mc:PATH.jsonl       multiple choice, one {"context", "choices", "label"} object a line
-    hellaswag[:PATH]    HellaSwag's validation set (10,042 examples), downloaded once
-    lambada[:PATH]      OpenAI's LAMBADA test set (5,153 passages), downloaded once
-    lm-eval:T1,T2       tasks of EleutherAI's lm-evaluation-harness
+The kinds of task, each with its loader, its scoring and its help line, are one table:
+minigpt.eval.evaluate.TASKS.
 
 Every problem with a task's data is a TaskError whose message names the file and line.
 """
@@ -22,7 +19,6 @@ from minigpt.files import atomic_write
 
 HELLASWAG_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 LAMBADA_URL = "https://openaipublic.blob.core.windows.net/gpt-2/data/lambada_test.jsonl"
-TASK_FORMS = "bpb:PATH, mc:PATH.jsonl, hellaswag[:PATH], lambada[:PATH] or lm-eval:TASK[,TASK...]"
 
 
 class TaskError(ValueError):
@@ -31,20 +27,16 @@ class TaskError(ValueError):
 
 @dataclass(frozen=True)
 class Task:
-    kind: str  # "bpb", "mc", "hellaswag", "lambada" or "lm-eval"
-    arg: str | None  # the path (or, for lm-eval, the comma-separated task names)
+    kind: str  # a key of minigpt.eval.evaluate.TASKS ("bpb", "mc", ...)
+    arg: str | None  # what follows "KIND:", the path (or, for lm-eval, the comma-separated task names)
     name: str  # how results are keyed: the spec as given
 
     @classmethod
     def parse(cls, spec: str) -> Task:
+        """KIND[:ARG] split at the first colon. The kind and its argument are checked against
+        minigpt.eval.evaluate.TASKS when the task is loaded (load_task)."""
         kind, sep, arg = spec.partition(":")
-        if kind in ("hellaswag", "lambada"):
-            return cls(kind, arg if sep else None, spec)
-        if kind in ("bpb", "mc", "lm-eval"):
-            if not arg:
-                raise TaskError(f"task {spec!r} needs an argument: {kind}:{'TASKS' if kind == 'lm-eval' else 'PATH'}")
-            return cls(kind, arg, spec)
-        raise TaskError(f"unknown task {spec!r}: expected {TASK_FORMS}")
+        return cls(kind, arg if sep else None, spec)
 
 
 @dataclass(frozen=True)

@@ -8,16 +8,51 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from minigpt.model.config import ACTIVATIONS, POSITIONS, GPTConfig
 from minigpt.data.loader import ORDERS
+from minigpt.eval.evaluate import tasks_help
 from minigpt.model.backends import ATTN_BACKENDS, LN_BACKENDS
-from minigpt.tokenizers import parse_tokenizer_kind
+from minigpt.tokenizers import kinds_help, parse_tokenizer_kind
 
 DTYPES = ("auto", "float32", "bfloat16")
 PARALLEL = ("ddp", "fsdp")
-SCHEDULES = ("cosine", "wsd")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """An LR schedule: the learning rate after the warmup (minigpt.train.optim.lr_at does the warmup
+    and the step -> progress), as a function of the progress in [0, 1) and the run's settings."""
+
+    description: str  # one line, for --schedule's help
+    lr: Callable[[float, TrainConfig], float]  # (progress, cfg) -> learning rate, from cfg.lr to cfg.min_lr
+
+
+def cosine_lr(progress: float, cfg: TrainConfig) -> float:
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
+
+
+def wsd_lr(progress: float, cfg: TrainConfig) -> float:
+    into_decay = progress - (1.0 - cfg.decay_frac)
+    if into_decay <= 0:
+        return cfg.lr
+    return cfg.lr - into_decay / cfg.decay_frac * (cfg.lr - cfg.min_lr)
+
+
+# The LR schedules --schedule names; lr_at looks the run's up here. A new schedule is one entry.
+SCHEDULES: dict[str, Schedule] = {
+    "cosine": Schedule("half a cosine wave from lr to min-lr", cosine_lr),
+    "wsd": Schedule("warmup-stable-decay: hold lr, then decay linearly to min-lr over the last --decay-frac "
+                    "of the run", wsd_lr),
+}
+
+
+def schedules_help() -> str:
+    return "; ".join(f"{name} ({s.description})" for name, s in SCHEDULES.items())
+
+
 OPTIMIZERS = ("adamw", "muon")  # minigpt.train.optim builds them
 
 
@@ -49,10 +84,8 @@ class TrainConfig:
     # data and output
     data: str = setting("stdlib", "a prepared data directory (with meta.json), or a source for "
                                   "minigpt.data: stdlib, shakespeare, fineweb-edu, openwebtext, a text file/dir/glob")
-    tokenizer: str = setting("gpt2", "gpt2 (GPT-2's BPE), char (the characters of the train split, with byte "
-                                     "fallback) or bpe:N (a byte-level BPE of N tokens, 256 < N <= 65536, trained on "
-                                     "the train split); saved with the data and every checkpoint. With --init the "
-                                     "model's own tokenizer is used")
+    tokenizer: str = setting("gpt2", f"{kinds_help()}; N <= 65536 (the data shards hold uint16 ids); saved with "
+                                     "the data and every checkpoint. With --init the model's own tokenizer is used")
     out_dir: str = setting("out", "where logs and checkpoints go")
     data_order: str = setting("random", "order of the training windows: random (every window of the corpus, "
                                         "shuffled each epoch from --seed) or sequential (the corpus in file "
@@ -91,9 +124,8 @@ class TrainConfig:
     lr: float = setting(3e-3, "peak learning rate")
     min_lr: float | None = setting(None, "final learning rate of the schedule (default: lr / 10)")
     warmup_steps: int = setting(30, "steps of linear warmup")
-    schedule: str | None = setting(None, "LR decay after the warmup: cosine to min-lr, or wsd (warmup-stable-decay: "
-                                         "hold lr, then decay linearly to min-lr over the last --decay-frac of "
-                                         "the run); default wsd with a budget, else cosine", choices=SCHEDULES)
+    schedule: str | None = setting(None, f"LR decay after the warmup: {schedules_help()}; default wsd with a "
+                                         "budget, else cosine", choices=tuple(SCHEDULES))
     decay_frac: float = setting(0.2, "fraction of the run (of its budget, or of the steps after warmup) "
                                      "that the wsd schedule decays over")
     weight_decay: float = setting(0.1, "AdamW weight decay of the matrices")
@@ -109,9 +141,8 @@ class TrainConfig:
     eval_interval: int = setting(150, "evaluate every this many steps")
     eval_steps: int = setting(20, "val batches (of total-batch-size tokens) per evaluation")
     eval_task: list[str] | None = setting(
-        None, "also score this eval.py task at each evaluation (repeatable): bpb:PATH, mc:PATH.jsonl, "
-              "hellaswag[:PATH], lambada[:PATH] or lm-eval:TASKS; scored on rank 0 with the run's tokenizer, "
-              "logged as eval/TASK/METRIC and plotted in loss.png", action="append")
+        None, "also score this eval.py task at each evaluation (repeatable; scored on rank 0 with the run's "
+              f"tokenizer, logged as eval/TASK/METRIC and plotted in loss.png): {tasks_help()}", action="append")
     sample_interval: int = setting(300, "print a sample every this many steps")
     sample_tokens: int = setting(200, "tokens per sample")
     sample_prompt: str = setting("def", "text the samples continue")
@@ -251,19 +282,29 @@ class TrainConfig:
         return cls(**d)
 
 
-# Named runs: the TrainConfig values each one changes; explicit flags override them.
-RECIPES: dict[str, dict] = {
+class Recipe(dict):
+    """A named run: the TrainConfig values it changes (a dict; explicit flags override them), and
+    a one-line description for --recipe's help."""
+
+    def __init__(self, description: str = "", **values):
+        super().__init__(values)
+        self.description = description
+
+
+# Named runs; --recipe's choices and help (recipes_help) come from this table.
+RECIPES: dict[str, Recipe] = {
     # The defaults: a 4-layer model on the Python standard library, about 5 minutes on 2 CPU
     # cores with data preparation. Most of a step's time goes to the 50257-way output layer,
     # so the budget is tokens (~300k); small batches learned more from them than big ones
     # (README, Training). A 256-token context leaves room for 200-token samples.
-    "cpu": {},
+    "cpu": Recipe("the defaults: a 4-layer model on the Python standard library, ~5 min on 2 CPU cores"),
     # Shakespeare on one CPU thread for a fixed time: nanoGPT's CPU recipe (4 layers, width 128,
     # 12 rows) with what won bench/push.py's A/Bs at equal wall clock: a 512-token BPE with a
     # 32-token context (about nanoGPT's 64 characters), lr 3e-3, the wsd schedule over the budget,
     # Muon for the blocks' matrices (bench/results/push.md). Not the `cpu` defaults: those train
     # on GPT-2 tokens of the standard library, where these were not measured (README, Training).
-    "cpu-push": dict(
+    "cpu-push": Recipe(
+        "Shakespeare, a 512-token BPE and Muon for 5 minutes on a CPU: the best CPU recipe of bench/push.py",
         data="shakespeare", tokenizer="bpe:512", n_layer=4, n_head=4, n_embd=128, block_size=32, batch_size=12,
         time_budget=300.0, lr=3e-3, min_lr=3e-4, warmup_steps=100, schedule="wsd", decay_frac=0.2,
         optimizer="muon", muon_lr=0.02, beta2=0.99, bias=False, eval_interval=500, sample_interval=0,
@@ -272,7 +313,8 @@ RECIPES: dict[str, dict] = {
     # GPT-2 124M on 10B tokens of FineWeb-Edu: the build-nanogpt / llm.c recipe for GPUs.
     # 2**19 tokens per step in micro-batches of 64 x 1024 (gradient accumulation makes up the
     # rest on fewer than 8 GPUs); 19073 steps is one pass over the 10B-token sample.
-    "gpt2-124m": dict(
+    "gpt2-124m": Recipe(
+        "GPT-2 124M on FineWeb-Edu, build-nanogpt's / llm.c's recipe (for GPUs)",
         data="fineweb-edu", n_layer=12, n_head=12, n_embd=768, block_size=1024, batch_size=64,
         total_batch_size=2**19, max_steps=19073, lr=6e-4, min_lr=6e-5, warmup_steps=715,
         weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0, eval_interval=250, eval_steps=20,
@@ -280,6 +322,12 @@ RECIPES: dict[str, dict] = {
         ckpt_interval=2000, keep_checkpoints=3,
     ),
 }
+
+
+def recipes_help() -> str:
+    """--recipe's help: every recipe of RECIPES with its description."""
+    named = "; ".join(f"{name}: {recipe.description}" for name, recipe in RECIPES.items())
+    return f"named set of settings ({named}); default cpu on every device, as it needs no download"
 
 
 def make_config(recipe: str, overrides: dict, saved: dict | None = None) -> TrainConfig:

@@ -7,11 +7,9 @@ a checkpoint saves), so a resumed run gets the learning rates of an uninterrupte
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
-from minigpt.train.config import TrainConfig
+from minigpt.train.config import SCHEDULES, TrainConfig
 
 
 class Optimizers:
@@ -125,12 +123,11 @@ def set_hyperparameters(optimizer, cfg: TrainConfig, lr: float | None = None) ->
 
 def lr_at(step: int, cfg: TrainConfig, progress: float | None = None) -> float:
     """Learning rate of update number `step` (0-based): linear warmup over warmup_steps, then
-    cfg.schedule_kind's decay from lr to min_lr.
+    the decay of cfg.schedule_kind (looked up in minigpt.train.config.SCHEDULES) from lr to min_lr.
 
     The decay runs over `progress`, the fraction of the budget used before this update, for a
-    run with a budget; else over the steps after the warmup, to max_steps. cosine: half a cosine
-    wave from lr to min_lr; wsd (warmup-stable-decay): lr, then a straight line to min_lr over
-    the last decay_frac of the progress. Past the end (progress >= 1) it is min_lr.
+    run with a budget; else over the steps after the warmup, to max_steps. Past the end
+    (progress >= 1) it is min_lr.
     """
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
@@ -140,10 +137,4 @@ def lr_at(step: int, cfg: TrainConfig, progress: float | None = None) -> float:
         progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
     if progress >= 1.0:
         return cfg.min_lr
-    progress = max(progress, 0.0)
-    if cfg.schedule_kind == "cosine":
-        return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
-    into_decay = progress - (1.0 - cfg.decay_frac)
-    if into_decay <= 0:
-        return cfg.lr
-    return cfg.lr - into_decay / cfg.decay_frac * (cfg.lr - cfg.min_lr)
+    return SCHEDULES[cfg.schedule_kind].lr(max(progress, 0.0), cfg)
