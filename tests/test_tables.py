@@ -183,3 +183,47 @@ def test_each_recipe_makes_a_config(name):
 def test_readme_names_only_the_recipes():
     named = set(re.findall(r"--recipe ([\w-]+)", README)) | set(re.findall(r"`([\w-]+)` recipe", README))
     assert named == set(RECIPES)
+
+
+# ----------------------------------------------------------------------------------------------
+# Activations, backends, model families, tokenizer kinds
+
+
+def test_the_activation_names_are_the_model_table():
+    from minigpt.model import config, model
+
+    assert tuple(model.ACTIVATIONS) == config.ACTIVATIONS  # the names a config may hold, in one order
+    listed = re.search(r"`activation_function` \((.*?)\)", README, flags=re.S).group(1)
+    assert set(re.findall(r"`(\w+)`", listed)) == set(config.ACTIVATIONS)
+
+
+def test_backend_choices_come_from_the_tables():
+    from minigpt.model.backends import ATTENTION, ATTN_BACKENDS, LAYER_NORM, LN_BACKENDS
+    from minigpt.train.config import TrainConfig
+
+    assert ATTN_BACKENDS == ("auto", *ATTENTION) and LN_BACKENDS == ("auto", *LAYER_NORM)
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    assert tuple(fields["attn_backend"].metadata["choices"]) == ATTN_BACKENDS
+    assert tuple(fields["ln_backend"].metadata["choices"]) == LN_BACKENDS
+
+
+def test_every_family_reads_back_the_config_it_writes():
+    from minigpt.model.config import GPTConfig
+    from minigpt.model.families import FAMILIES, family_of
+
+    config = GPTConfig(block_size=16, vocab_size=50, n_layer=1, n_head=2, n_embd=8, n_inner=20, activation="relu")
+    for name, family in FAMILIES.items():
+        hf = family.config_to_hf(config)
+        assert family_of(hf) is family and hf["model_type"] == name
+        assert family.config_from_hf(hf) == config, name
+    with pytest.raises(ValueError, match="model_type 'gpt_neo'"):
+        family_of({"model_type": "gpt_neo"})
+
+
+def test_readme_lists_exactly_the_tokenizer_kinds():
+    from minigpt.tokenizers import KINDS
+
+    flag = re.search(r"`--tokenizer ([\w:|]+)`", README).group(1).split("|")
+    assert flag == [k.spelling for k in KINDS.values() if k.trainable]
+    bullets = re.findall(r"^- `(\w+)`(?: and `([\w:]+)`)?:", README.split("**Tokenizer.**", 1)[1], flags=re.M)
+    assert {name.split(":")[0] for pair in bullets for name in pair if name} == set(KINDS)
