@@ -5,17 +5,9 @@
     python eval.py --init out --task mc:quiz.jsonl --output results.json
     python eval.py --init gpt2 --task lm-eval:arc_easy,piqa --include-path my_tasks/
 
-Tasks:
-    bpb:PATH          bits per byte and per-token perplexity of a UTF-8 text (sliding window)
-    mc:PATH.jsonl     multiple choice, one {"context": str, "choices": [str, ...], "label": int}
-                      a line; the choices continue the context as written (a leading space
-                      belongs to the choice); acc, acc_norm (per character), acc_bytes (per byte)
-    hellaswag[:PATH]  HellaSwag validation (downloaded once into ~/.cache/minigpt/eval, or a local copy)
-    lambada[:PATH]    OpenAI's LAMBADA test set: last-word accuracy and perplexity
-    lm-eval:T1,T2     tasks of lm-evaluation-harness (pip install 'minigpt[eval]')
-
 The results table goes to stdout; progress and load time to stderr.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,38 +15,53 @@ import json
 import sys
 import time
 
-import torch
-
-from minigpt.eval.evaluate import evaluate, format_table, load_task, run_info
+from minigpt.cli import OneLineParser, add_attn_backend_flag, add_device_flags, resolve_device, resolve_dtype
+from minigpt.eval.evaluate import evaluate, format_table, load_task, run_info, tasks_help
 from minigpt.files import atomic_write
-from minigpt.rundir import CheckpointError
 from minigpt.model.load import from_pretrained
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from minigpt.rundir import CheckpointError
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--init", default="gpt2",
-                   help="a preset (gpt2, gpt2-medium, gpt2-large, gpt2-xl; downloaded once), a Hugging Face style "
-                        "directory, a .safetensors file, or a train.py --out-dir (its latest checkpoint)")
-    p.add_argument("--task", action="append", required=True,
-                   help="a task to score (see above); may be given several times")
-    p.add_argument("--limit", type=int, default=None,
-                   help="score only the first N examples of each task (bpb: the first N characters)")
+    tasks = "\n".join("  " + line for line in tasks_help(lines=True).splitlines())
+    p = OneLineParser(
+        description=__doc__, epilog=f"tasks:\n{tasks}", formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--init",
+        default="gpt2",
+        help="a preset (gpt2, gpt2-medium, gpt2-large, gpt2-xl; downloaded once), a Hugging Face style "
+        "directory, a .safetensors file, or a train.py --out-dir (its latest checkpoint)",
+    )
+    p.add_argument(
+        "--task",
+        action="append",
+        required=True,
+        help="a task to score (see the list below); may be given several times",
+    )
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="score only the first N examples of each task (bpb: the first N characters)",
+    )
     p.add_argument("--batch-size", type=int, default=16, help="rows (context + choice) per forward pass")
-    p.add_argument("--window", type=int, default=None,
-                   help="bpb: tokens of context per window (default: the model's context length)")
-    p.add_argument("--stride", type=int, default=None,
-                   help="bpb: new tokens scored per window (default: half the window; the window itself "
-                        "gives disjoint windows)")
+    p.add_argument(
+        "--window",
+        type=int,
+        default=None,
+        help="bpb: tokens of context per window (default: the model's context length)",
+    )
+    p.add_argument(
+        "--stride",
+        type=int,
+        default=None,
+        help="bpb: new tokens scored per window (default: half the window; the window itself gives disjoint windows)",
+    )
     p.add_argument("--include-path", default=None, help="lm-eval: a directory of custom task YAMLs")
     p.add_argument("--num-fewshot", type=int, default=None, help="lm-eval: few-shot examples (default: the task's)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda if available)")
-    p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
-                   help="weights and activations dtype (auto: bfloat16 on CUDA, float32 on CPU)")
-    p.add_argument("--attn-backend", default="auto", choices=["auto", "math", "sdpa", "triton"],
-                   help="attention implementation (auto: triton on CUDA, sdpa elsewhere)")
+    add_device_flags(p)
+    add_attn_backend_flag(p)
     p.add_argument("--output", default=None, help="also write the results, device, versions and commit as JSON here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p.parse_args(argv)
@@ -70,37 +77,55 @@ def main(argv=None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from minigpt.model.model import GPT
     from minigpt.eval.tasks import Task
     from minigpt.tokenizers.lookup import check_vocab, tokenizer_for
 
-    for name, value in (("--batch-size", args.batch_size), ("--limit", args.limit), ("--window", args.window),
-                        ("--stride", args.stride)):
+    for name, value in (
+        ("--batch-size", args.batch_size),
+        ("--limit", args.limit),
+        ("--window", args.window),
+        ("--stride", args.stride),
+    ):
         if value is not None and value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
     # Task data is read (and downloaded) first, so bad data fails before the model loads.
     tasks = [load_task(Task.parse(t), args.limit, args.include_path) for t in args.task]
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
-    dtype = DTYPES[args.dtype] if args.dtype != "auto" else (torch.bfloat16 if device.type == "cuda" else torch.float32)
 
     t0 = time.perf_counter()
     model = from_pretrained(args.init, device=device, dtype=dtype, attn_backend=args.attn_backend)
     tokenizer = tokenizer_for(args.init)  # the one saved with a train.py checkpoint, else GPT-2's
     check_vocab(tokenizer, model.config.vocab_size, args.init)
-    print(f"loaded {args.init} ({model.num_params() / 1e6:.1f}M parameters, {dtype}, {device}, "
-          f"{tokenizer.kind} tokenizer) "
-          f"in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    print(
+        f"loaded {args.init} ({model.num_params() / 1e6:.1f}M parameters, {dtype}, {device}, "
+        f"{tokenizer.kind} tokenizer) "
+        f"in {time.perf_counter() - t0:.1f}s",
+        file=sys.stderr,
+    )
 
     t0 = time.perf_counter()
-    results = evaluate(model, tokenizer, tasks, limit=args.limit, batch_size=args.batch_size, window=args.window,
-                       stride=args.stride, include_path=args.include_path, num_fewshot=args.num_fewshot,
-                       progress=not args.no_progress)
+    results = evaluate(
+        model,
+        tokenizer,
+        tasks,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        window=args.window,
+        stride=args.stride,
+        include_path=args.include_path,
+        num_fewshot=args.num_fewshot,
+        progress=not args.no_progress,
+    )
     print(f"scored in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
     print(format_table(results))
     if args.output:
-        payload = {"model": str(args.init), "dtype": str(dtype).removeprefix("torch."), "results": results,
-                   **run_info(device)}
+        payload = {
+            "model": str(args.init),
+            "dtype": str(dtype).removeprefix("torch."),
+            "results": results,
+            **run_info(device),
+        }
         atomic_write(args.output, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
         print(f"wrote {args.output}", file=sys.stderr)
     return 0

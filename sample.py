@@ -11,6 +11,7 @@ Exit codes: 0 done; 2 bad input (one line on stderr saying what is wrong); 141 t
 of stdout went away (e.g. `| head -c1`): sampling stops quietly, as it does for Unix tools
 killed by SIGPIPE (the shell reports those as 128 + 13 = 141); 130 interrupted (Ctrl-C).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,27 +20,24 @@ import re
 import sys
 import time
 
-import torch
-
-from minigpt.generate.simple import Completion, complete
-from minigpt.model.model import GPT
-from minigpt.generate.sampling import check_sampling
-from minigpt.tokenizers.lookup import check_vocab, tokenizer_for
-from minigpt.rundir import CheckpointError
+from minigpt.cli import (
+    OneLineParser,
+    add_attn_backend_flag,
+    add_device_flags,
+    add_sampling_flags,
+    resolve_device,
+    resolve_dtype,
+    sampling_settings,
+)
 from minigpt.generate.quantize import quantize_model
+from minigpt.generate.simple import Completion, complete
 from minigpt.model.load import from_pretrained
+from minigpt.rundir import CheckpointError
+from minigpt.tokenizers.lookup import check_vocab, tokenizer_for
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SEPARATOR = "\n" + "-" * 40 + "\n"
 EXIT_BROKEN_PIPE = 141
 EXIT_INTERRUPTED = 130
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """A usage error is one line on stderr (and exit code 2), like every other error of sample.py."""
-
-    def error(self, message: str):
-        self.exit(2, f"error: {message} (see --help)\n")
 
 
 # --stop takes the escapes a shell does not interpret inside quotes: "\n\n" is two newlines.
@@ -67,48 +65,65 @@ def unescape_stop(text: str) -> str:
             raise ValueError(f"--stop {text!r} ends in a lone backslash; write \\\\ for a backslash")
         if code in "uU":
             raise ValueError(f"--stop {text!r}: \\{code} needs {4 if code == 'u' else 8} hex digits")
-        raise ValueError(f"--stop {text!r}: unknown escape \\{code}; the escapes are \\n \\t \\r \\\\ "
-                         "\\uXXXX \\UXXXXXXXX (write \\\\ for a backslash)")
+        raise ValueError(
+            f"--stop {text!r}: unknown escape \\{code}; the escapes are \\n \\t \\r \\\\ "
+            "\\uXXXX \\UXXXXXXXX (write \\\\ for a backslash)"
+        )
 
     return _STOP_ESCAPE.sub(replace, text)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--init", default="gpt2",
-                   help="a preset (gpt2, gpt2-medium, gpt2-large, gpt2-xl; downloaded once), a Hugging Face style "
-                        "directory, a .safetensors file, or a train.py --out-dir (its latest checkpoint)")
+    p.add_argument(
+        "--init",
+        default="gpt2",
+        help="a preset (gpt2, gpt2-medium, gpt2-large, gpt2-xl; downloaded once), a Hugging Face style "
+        "directory, a .safetensors file, or a train.py --out-dir (its latest checkpoint)",
+    )
     p.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
     p.add_argument("--prompt-file", help="read the prompt from this file instead; '-' reads standard input")
     p.add_argument("--max-new-tokens", type=int, default=100, help="tokens to generate per sample")
-    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 is greedy decoding")
-    p.add_argument("--top-k", type=int, default=None, help="sample only from the k most likely tokens")
-    p.add_argument("--top-p", type=float, default=None,
-                   help="sample only from the smallest set of tokens whose probability reaches p (nucleus)")
-    p.add_argument("--seed", type=int, default=None, help="random seed, for repeatable samples")
+    add_sampling_flags(p)
     p.add_argument("--num-samples", type=int, default=1, help="how many continuations of the prompt")
-    p.add_argument("--stop", action="append", default=[],
-                   help="stop a sample when this string appears (not printed); may be given several times. "
-                        "Backslash escapes are interpreted: \\n newline, \\t tab, \\r, \\\\ backslash, "
-                        "\\uXXXX and \\UXXXXXXXX a Unicode character; any other backslash is an error")
-    p.add_argument("--ignore-eot", action="store_true",
-                   help="keep going past the end-of-text token (<|endoftext|>) instead of stopping")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda if available)")
-    p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
-                   help="weights and activations dtype (auto: bfloat16 on CUDA, float32 on CPU)")
-    p.add_argument("--attn-backend", default="auto", choices=["auto", "math", "sdpa", "triton"],
-                   help="attention implementation (auto: triton on CUDA, sdpa elsewhere)")
+    p.add_argument(
+        "--stop",
+        action="append",
+        default=[],
+        help="stop a sample when this string appears (not printed); may be given several times. "
+        "Backslash escapes are interpreted: \\n newline, \\t tab, \\r, \\\\ backslash, "
+        "\\uXXXX and \\UXXXXXXXX a Unicode character; any other backslash is an error",
+    )
+    p.add_argument(
+        "--ignore-eot",
+        action="store_true",
+        help="keep going past the end-of-text token (<|endoftext|>) instead of stopping",
+    )
+    add_device_flags(p)
+    add_attn_backend_flag(p)
     p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
-    p.add_argument("--decode", default="auto", choices=["auto", "simple", "fast"],
-                   help="simple: one model(token, cache=cache) call per token (minigpt.generate.simple); fast: "
-                        "minigpt.generate.decoder's Decoder (state in device buffers; a CUDA graph of a static-cache step on "
-                        "a GPU; on a CPU the faster of F.linear and oneDNN, timed once); both give the same tokens. "
-                        "auto: fast on the CPU, simple on a GPU")
-    p.add_argument("--quantize", choices=["int8", "int4"], default=None,
-                   help="weight-only quantization of every linear layer and the lm_head for decoding "
-                        "(minigpt/quantize.py): int8 per output channel, int4 per group of inputs")
-    p.add_argument("--quantize-group-size", type=int, default=64,
-                   help="inputs per int4 scale and zero: 32, 64, 128 or 256, dividing the model's width (default 64)")
+    p.add_argument(
+        "--decode",
+        default="auto",
+        choices=["auto", "simple", "fast"],
+        help="simple: one model(token, cache=cache) call per token (minigpt.generate.simple); fast: "
+        "minigpt.generate.decoder's Decoder (state in device buffers; a CUDA graph of a static-cache "
+        "step on a GPU; on a CPU the faster of F.linear and oneDNN, timed once); both give the same "
+        "tokens. auto: fast on the CPU, simple on a GPU",
+    )
+    p.add_argument(
+        "--quantize",
+        choices=["int8", "int4"],
+        default=None,
+        help="weight-only quantization of every linear layer and the lm_head for decoding "
+        "(minigpt/quantize.py): int8 per output channel, int4 per group of inputs",
+    )
+    p.add_argument(
+        "--quantize-group-size",
+        type=int,
+        default=64,
+        help="inputs per int4 scale and zero: 32, 64, 128 or 256, dividing the model's width (default 64)",
+    )
     return p.parse_args(argv)
 
 
@@ -137,27 +152,6 @@ def read_prompt(args: argparse.Namespace) -> str:
         raise ValueError(f"{where} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})") from None
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device {name!r} is not a device: use cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            why = "this PyTorch build has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
-            raise ValueError(f"--device {name} asks for CUDA, but {why} (PyTorch {torch.__version__}); use --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {name}: there are {torch.cuda.device_count()} CUDA device(s)")
-    elif device.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise ValueError(f"--device {name}: MPS is not available on this machine")
-    elif device.type != "cpu":
-        raise ValueError(f"--device {name!r}: sampling runs on cpu, cuda or mps")
-    return device
-
-
 def check_args(args: argparse.Namespace) -> None:
     """Everything about the flags that can be checked before the model is loaded (ValueError)."""
     if args.num_samples < 1:
@@ -166,7 +160,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
     if args.seed is not None and not 0 <= args.seed < 2**63 - args.num_samples:
         raise ValueError(f"--seed must be between 0 and 2**63 - 1, got {args.seed}")
-    check_sampling(args.temperature, args.top_k, args.top_p)
+    args.sampling = sampling_settings(args)
     args.stop = [unescape_stop(s) for s in args.stop]
     if "" in args.stop:
         raise ValueError("--stop must not be empty")
@@ -212,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
     if sys.stdout is None:  # started with stdout closed (`>&-`): the samples would go nowhere
         raise ValueError("standard output is closed; redirect it to a file, e.g. > samples.txt")
     device = resolve_device(args.device)
-    dtype = DTYPES[args.dtype] if args.dtype != "auto" else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    dtype = resolve_dtype(args.dtype, device)
     prompt = read_prompt(args)
     use_decoder = args.decode == "fast" or (args.decode == "auto" and device.type == "cpu")
 
@@ -222,9 +216,11 @@ def run(args: argparse.Namespace) -> int:
         quantize_model(model, args.quantize, group_size=args.quantize_group_size)
     tokenizer = tokenizer_for(args.init)  # the one saved with a train.py checkpoint, else GPT-2's
     check_vocab(tokenizer, model.config.vocab_size, args.init)
-    info(f"loaded {args.init} ({model.num_params() / 1e6:.1f}M parameters, {dtype}, {device}, "
-         f"{tokenizer.kind} tokenizer" + (f", {args.quantize}" if args.quantize else "") + ") "
-         f"in {time.perf_counter() - t0:.1f}s")
+    info(
+        f"loaded {args.init} ({model.num_params() / 1e6:.1f}M parameters, {dtype}, {device}, "
+        f"{tokenizer.kind} tokenizer" + (f", {args.quantize}" if args.quantize else "") + ") "
+        f"in {time.perf_counter() - t0:.1f}s"
+    )
 
     out = sys.stdout
 
@@ -240,11 +236,15 @@ def run(args: argparse.Namespace) -> int:
             out.write((SEPARATOR if i else "") + prompt)
             out.flush()
         results += complete(
-            model, tokenizer, [prompt], args.max_new_tokens,
+            model,
+            tokenizer,
+            [prompt],
+            args.max_new_tokens,
+            args.sampling,
             num_samples=1 if args.stream else args.num_samples,
-            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
             seed=None if args.seed is None else args.seed + i,
-            stop=args.stop, stop_at_eot=not args.ignore_eot,
+            stop=args.stop,
+            stop_at_eot=not args.ignore_eot,
             on_text=on_text if args.stream else None,
             decoder_mode="auto" if use_decoder else None,
         )
@@ -254,8 +254,10 @@ def run(args: argparse.Namespace) -> int:
         out.write(SEPARATOR.join(prompt + c.text for c in results))
     out.flush()
     n_tokens = sum(len(c.tokens) for c in results)
-    info(f"\n{len(results)} sample(s), {n_tokens} tokens in {elapsed:.2f}s "
-         f"({n_tokens / max(elapsed, 1e-9):.1f} tok/s, prefill included)")
+    info(
+        f"\n{len(results)} sample(s), {n_tokens} tokens in {elapsed:.2f}s "
+        f"({n_tokens / max(elapsed, 1e-9):.1f} tok/s, prefill included)"
+    )
     return 0
 
 

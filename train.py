@@ -14,6 +14,7 @@ A recipe names a complete run (minigpt.train.config.RECIPES); flags override sin
 Every flag but --recipe and --resume is a TrainConfig field. Ctrl-C (or SIGTERM) finishes the
 current step, writes a checkpoint and exits; a second Ctrl-C quits at once without saving.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,11 +33,12 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from minigpt.cli import OneLineParser
+from minigpt.data.corpus import DataError
 from minigpt.model import weights
 from minigpt.rundir import CheckpointError, latest_checkpoint
-from minigpt.data.corpus import DataError
 from minigpt.tokenizers import TokenizerUnavailable
-from minigpt.train.config import RECIPES, TrainConfig, TrainError
+from minigpt.train.config import RECIPES, TrainConfig, TrainError, recipes_help
 from minigpt.train.trainer import Trainer, run_config
 
 # What a run that cannot start or go on raises; each is printed as one line. (weights.py's
@@ -55,31 +57,33 @@ FLAG_GROUPS = {
 FLAG_FIELDS = [f for f in dataclasses.fields(TrainConfig) if "help" in f.metadata]
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """A usage error is one line on stderr (and exit code 2), like every other error of train.py."""
-
-    def error(self, message: str):
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    gpt2_124m = textwrap.fill(", ".join(f"{k}={v!r}" for k, v in RECIPES["gpt2-124m"].items()),
-                              initial_indent="  gpt2-124m: ", subsequent_indent="    ")
+    recipes = "\n".join(
+        textwrap.fill(
+            ", ".join(f"{k}={v!r}" for k, v in settings.items()) or "the defaults",
+            initial_indent=f"  {name}: ",
+            subsequent_indent="    ",
+        )
+        for name, settings in RECIPES.items()
+    )
     parser = OneLineParser(
         prog="train.py",
         description="Pretrain or fine-tune a GPT-2. Every flag left out takes the recipe's value "
-                    "(or, with --resume, the checkpoint's); the defaults shown are the cpu recipe.",
-        epilog=f"recipes:\n  cpu: the defaults\n{gpt2_124m}",
+        "(or, with --resume, the checkpoint's); the defaults shown are the cpu recipe.",
+        epilog=f"recipes:\n{recipes}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--recipe", choices=list(RECIPES), default=None,
-                        help="named set of settings: 'cpu' (~5 min on 2 cores, Python stdlib) or 'gpt2-124m' "
-                             "(GPT-2 124M on FineWeb-Edu, for GPUs); default cpu on every device, as it "
-                             "needs no download")
-    parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CKPT",
-                        help="continue from the latest checkpoint in --out-dir, or from the checkpoint "
-                             "directory CKPT; its settings are kept unless a flag overrides them. An older "
-                             "CKPT starts a new branch: later checkpoints move to OUT_DIR/superseded/")
+    parser.add_argument("--recipe", choices=list(RECIPES), default=None, help=recipes_help())
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        default=None,
+        metavar="CKPT",
+        help="continue from the latest checkpoint in --out-dir, or from the checkpoint "
+        "directory CKPT; its settings are kept unless a flag overrides them. An older "
+        "CKPT starts a new branch: later checkpoints move to OUT_DIR/superseded/",
+    )
     types = typing.get_type_hints(TrainConfig)
     group = parser
     for f in FLAG_FIELDS:

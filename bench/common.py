@@ -1,8 +1,14 @@
-"""Shared pieces of the benchmarks: the environment record and JSON output.
+"""Shared pieces of the benchmarks: the environment record, where results go, the log and the files.
 
-Every results file carries the device it ran on, the library versions and the
-git commit, so a figure can always be traced back to what produced it.
+Every results file carries the device it ran on, the library versions and the git commit, so a
+figure can always be traced back to what produced it. Progress goes to stderr through log(),
+results to files through write_json() and write_text(), which replace a file atomically.
+
+Importing this module imports neither torch nor minigpt (the functions that need them import
+them): bench/gpu_suite.py's supervising process uses the log and the writers, and it must not
+import torch (see bench/supervisor.py).
 """
+
 from __future__ import annotations
 
 import datetime
@@ -10,15 +16,62 @@ import json
 import os
 import platform
 import re
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-import torch
-
-from minigpt.files import atomic_write
-from minigpt.provenance import device_name, git_commit, package_version, utc_now
+if TYPE_CHECKING:
+    import torch
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"  # the committed results: written only on request
 RUNS_DIR = Path(__file__).resolve().parent / "runs"  # a folder per run, ignored by git
+
+
+def log(message: str) -> None:
+    """One line of progress on stderr, with the wall-clock time, flushed at once."""
+    print(f"[{datetime.datetime.now():%H:%M:%S}] {message}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Files
+
+
+def atomic_write(path: str | Path, data: str | bytes | Callable[[BinaryIO], object]) -> Path:
+    """Write text (UTF-8), bytes or write(f) for an open binary file to path, atomically: a reader
+    sees the old file or the new one, never half of one. The parent folder is made if missing.
+
+    The same as minigpt.files.atomic_write, which cannot be used here: importing minigpt imports
+    torch. The temporary file (beside path, its name ending in .tmp) is removed if anything fails.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            if isinstance(data, str):
+                f.write(data.encode("utf-8"))
+            elif isinstance(data, (bytes, bytearray, memoryview)):
+                f.write(data)
+            else:
+                data(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Text (a Markdown table, a summary) to path, atomically."""
+    return atomic_write(path, text)
+
+
+def write_json(path: str | Path, payload: Any, *, default: Callable[[Any], Any] | None = None) -> Path:
+    """payload as indented JSON to path, atomically; `default` as json.dumps takes it (e.g. str)."""
+    return atomic_write(path, json.dumps(payload, indent=2, default=default) + "\n")
 
 
 def output_dir(out: Path | None, update_results: bool, name: str) -> Path:
@@ -33,16 +86,31 @@ def output_dir(out: Path | None, update_results: bool, name: str) -> Path:
     return RUNS_DIR / f"{datetime.datetime.now():%Y%m%d-%H%M%S}-{name}"
 
 
+# ----------------------------------------------------------------------------------------------
+# The environment
+
+
+def slug(name: str) -> str:
+    """A name in lower-case-and-dashes, for a file or folder name: "NVIDIA H100 80GB" -> "nvidia-h100-80gb"."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
 def device_tag(device: str | torch.device) -> str:
     """The device in a results file name: "cpu", or the GPU's name in lower-case-and-dashes."""
+    import torch
+
     device = torch.device(device)
     if device.type != "cuda":
         return device.type
-    return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
+    return slug(torch.cuda.get_device_name(device))
 
 
 def environment(device: str | torch.device) -> dict:
     """Who, where and with what: attached to every results file."""
+    import torch
+
+    from minigpt.provenance import device_name, git_commit, package_version, utc_now
+
     return {
         "device": device_name(device),
         "device_type": torch.device(device).type,
@@ -55,7 +123,3 @@ def environment(device: str | torch.device) -> dict:
         "commit": git_commit(),
         "date": utc_now(),
     }
-
-
-def write_json(path: str | Path, payload: dict) -> Path:
-    return atomic_write(path, json.dumps(payload, indent=2) + "\n")

@@ -1,5 +1,6 @@
 """End-to-end measurements: training throughput and MFU, and sampling throughput next to
-transformers' GPT2LMHeadModel.generate on the same weights.
+transformers' GPT2LMHeadModel.generate on the same weights. Run by bench/run.py (--suite train,
+sample, cpu-targets) and bench/gpu_suite.py (the train and decode stages).
 
 Timing (STYLE.md): warm-up excluded, the device synchronised only at the edges of a timed
 region, the median of repeats reported. On a CPU that other work shares, every repeat
@@ -14,6 +15,7 @@ each case), so it includes the Python process, the libraries and every model ali
 the time; `memory_added_bytes` is the peak less what was in use when the case began
 (the cache, activations, gradients and optimizer state the case itself needed).
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -21,25 +23,22 @@ import math
 import os
 import resource
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
 
 import torch
 
-from minigpt.model.config import GPTConfig
+from bench.common import log
 from minigpt.generate.decoder import Decoder
+from minigpt.model.backends import set_backends
+from minigpt.model.config import GPTConfig
+from minigpt.model.families import GPT2
 from minigpt.model.model import GPT
+from minigpt.model.weights import hf_state_dict
+from minigpt.train.config import TrainConfig
 from minigpt.train.flops import device_peak_flops, flops_per_token
 from minigpt.train.optim import configure_optimizer
-from minigpt.train.config import TrainConfig
-from minigpt.model.weights import hf_state_dict
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
 
 # ----------------------------------------------------------------------------------------------
 # Timing
@@ -80,8 +79,14 @@ def time_once(fn: Callable[[], object], device: torch.device) -> tuple[float, fl
     return seconds, max(0.0, others) / (seconds * (os.cpu_count() or 1))
 
 
-def time_repeats(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 1,
-                 max_contention: float = 1.0, max_tries: int | None = None) -> dict:
+def time_repeats(
+    fn: Callable[[], object],
+    device: torch.device,
+    repeats: int,
+    warmup: int = 1,
+    max_contention: float = 1.0,
+    max_tries: int | None = None,
+) -> dict:
     """Median time of `repeats` calls after `warmup` untimed ones; see the module docstring."""
     for _ in range(warmup):
         fn()
@@ -117,8 +122,9 @@ def peak_memory(device: torch.device):
         yield record
         synchronize(device)
         peak = torch.cuda.max_memory_allocated(device)
-        record.update(peak_memory_bytes=peak, memory_added_bytes=peak - start,
-                      memory_kind="torch.cuda.max_memory_allocated")
+        record.update(
+            peak_memory_bytes=peak, memory_added_bytes=peak - start, memory_kind="torch.cuda.max_memory_allocated"
+        )
         return
     _release_free_heap()
     try:
@@ -130,8 +136,7 @@ def peak_memory(device: torch.device):
     start = _rss_bytes("VmRSS:")
     yield record
     peak = _rss_bytes("VmHWM:")
-    record.update(peak_memory_bytes=peak, memory_added_bytes=None if start is None else peak - start,
-                  memory_kind=kind)
+    record.update(peak_memory_bytes=peak, memory_added_bytes=None if start is None else peak - start, memory_kind=kind)
 
 
 def _release_free_heap() -> None:
@@ -176,8 +181,9 @@ def peak_flops(device: torch.device, train_dtype: torch.dtype, measured: dict) -
         flops, note = device_peak_flops(device)
         if flops is not None and train_dtype == torch.bfloat16:
             return flops, f"datasheet (minigpt.train.flops.PEAK_FLOPS): {note}"
-    return measured["flops"], (f"measured in this run: {measured['dtype']} {measured['n']}^3 matmul, "
-                               f"median of {len(measured['times_s'])}")
+    return measured["flops"], (
+        f"measured in this run: {measured['dtype']} {measured['n']}^3 matmul, median of {len(measured['times_s'])}"
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -187,9 +193,24 @@ def peak_flops(device: torch.device, train_dtype: torch.dtype, measured: dict) -
 TRAIN_IMPLEMENTATIONS = ("minigpt", "minigpt-plain-loss", "transformers")
 
 
-def bench_train(config: GPTConfig, *, batch_size: int, block_size: int, attn: str, ln: str, compile: bool,
-                device: torch.device, dtype: torch.dtype, steps: int, repeats: int, warmup: int,
-                peak: float, max_contention: float = 1.0, seed: int = 0, implementation: str = "minigpt") -> dict:
+def bench_train(
+    config: GPTConfig,
+    *,
+    batch_size: int,
+    block_size: int,
+    attn: str,
+    ln: str,
+    compile: bool,
+    device: torch.device,
+    dtype: torch.dtype,
+    steps: int,
+    repeats: int,
+    warmup: int,
+    peak: float,
+    max_contention: float = 1.0,
+    seed: int = 0,
+    implementation: str = "minigpt",
+) -> dict:
     """Tokens/s of forward + backward + AdamW step (with gradient clipping, as train.py does).
 
     `implementation` runs the same step on a baseline instead: "minigpt-plain-loss" is this
@@ -200,11 +221,12 @@ def bench_train(config: GPTConfig, *, batch_size: int, block_size: int, attn: st
     if implementation not in TRAIN_IMPLEMENTATIONS:
         raise ValueError(f"unknown implementation {implementation!r}; choose from {TRAIN_IMPLEMENTATIONS}")
     torch.manual_seed(seed)
-    model = GPT(config, attn_backend=attn, ln_backend=ln).to(device).train()
+    model = set_backends(GPT(config).to(device), attn, ln).train()
     data = torch.randint(0, config.vocab_size, (batch_size, block_size + 1), device=device)
     x, y = data[:, :-1], data[:, 1:]
     loss_fn = model  # model(x, y) is the loss
     if implementation == "minigpt-plain-loss":
+
         def loss_fn(x, y):
             logits = model(x)
             return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1))
@@ -214,6 +236,7 @@ def bench_train(config: GPTConfig, *, batch_size: int, block_size: int, attn: st
 
         def loss_fn(x, y):
             return model(input_ids=x, labels=x).loss
+
     optimizer = configure_optimizer(model, TrainConfig(), device.type)
     params = [p for p in model.parameters()]
     if compile:
@@ -236,14 +259,22 @@ def bench_train(config: GPTConfig, *, batch_size: int, block_size: int, attn: st
     fpt = flops_per_token(config, block_size)
     backends = model.backends if isinstance(model, GPT) else (model.config._attn_implementation, "torch")
     record = {
-        "implementation": implementation, "params": config.num_params(),
-        "batch_size": batch_size, "block_size": block_size, "attn": backends[0], "ln": backends[1],
-        "compile": compile, "dtype": str(dtype).removeprefix("torch."),
-        "steps_per_repeat": steps, "step_ms": 1e3 * t["median_s"] / steps,
-        "tokens_per_s": tok_s, "flops_per_token": fpt, "mfu": fpt * tok_s / peak,
-        **memory, **{k: v for k, v in t.items() if k != "median_s"},
+        "implementation": implementation,
+        "params": config.num_params(),
+        "batch_size": batch_size,
+        "block_size": block_size,
+        "attn": backends[0],
+        "ln": backends[1],
+        "compile": compile,
+        "dtype": str(dtype).removeprefix("torch."),
+        "steps_per_repeat": steps,
+        "step_ms": 1e3 * t["median_s"] / steps,
+        "tokens_per_s": tok_s,
+        "flops_per_token": fpt,
+        "mfu": fpt * tok_s / peak,
+        **memory,
+        **{k: v for k, v in t.items() if k != "median_s"},
     }
-    del model, optimizer
     return record
 
 
@@ -256,7 +287,7 @@ def hf_twin(model: GPT):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     param = next(model.parameters())
-    cfg = model.config.to_hf_dict()
+    cfg = GPT2.config_to_hf(model.config)
     cfg.pop("architectures")
     with torch.device(param.device):
         hf = GPT2LMHeadModel(GPT2Config(**cfg))
@@ -269,8 +300,18 @@ def hf_twin(model: GPT):
     return hf
 
 
-def bench_sample(model: GPT, *, batch_size: int, prompt_len: int, new_tokens: int, repeats: int,
-                 with_hf: bool = True, max_contention: float = 1.0, seed: int = 0, hf=None) -> dict:
+def bench_sample(
+    model: GPT,
+    *,
+    batch_size: int,
+    prompt_len: int,
+    new_tokens: int,
+    repeats: int,
+    with_hf: bool = True,
+    max_contention: float = 1.0,
+    seed: int = 0,
+    hf=None,
+) -> dict:
     """Prefill tokens/s, time to first token and decode tokens/s (greedy), ours and transformers'.
 
     Prefill: one forward of the prompt into an empty cache, logits of the last position only.
@@ -287,16 +328,25 @@ def bench_sample(model: GPT, *, batch_size: int, prompt_len: int, new_tokens: in
     g = torch.Generator(device="cpu").manual_seed(seed)
     idx = torch.randint(0, model.config.vocab_size, (B, P), generator=g).to(device)
     decoder = Decoder(model, B, P + N + 1)
-    record = {"batch_size": B, "prompt_len": P, "new_tokens": N, "dtype": str(dtype).removeprefix("torch."),
-              "decode_mode": decoder.mode}
+    record = {
+        "batch_size": B,
+        "prompt_len": P,
+        "new_tokens": N,
+        "dtype": str(dtype).removeprefix("torch."),
+        "decode_mode": decoder.mode,
+    }
 
     def prefill_ours():
         with torch.inference_mode():
             decoder.prefill(idx)
 
-    sides = {"ours": {"prefill": prefill_ours,
-                      "generate_1": lambda: decoder.generate(idx, 1, temperature=0),
-                      "generate_full": lambda: decoder.generate(idx, N + 1, temperature=0)}}
+    sides = {
+        "ours": {
+            "prefill": prefill_ours,
+            "generate_1": lambda: decoder.generate(idx, 1, temperature=0),
+            "generate_full": lambda: decoder.generate(idx, N + 1, temperature=0),
+        }
+    }
     outputs = {}
     if with_hf:
         hf = hf if hf is not None else hf_twin(model)
@@ -310,14 +360,21 @@ def bench_sample(model: GPT, *, batch_size: int, prompt_len: int, new_tokens: in
             with torch.inference_mode():
                 hf(input_ids=idx, attention_mask=mask, use_cache=True, logits_to_keep=1)
 
-        sides["transformers"] = {"prefill": prefill_hf, "generate_1": lambda: hf_generate(1),
-                                 "generate_full": lambda: hf_generate(N + 1)}
+        sides["transformers"] = {
+            "prefill": prefill_hf,
+            "generate_1": lambda: hf_generate(1),
+            "generate_full": lambda: hf_generate(N + 1),
+        }
     memory = {}
     for side, fns in sides.items():  # an untimed run each, for the peak memory (and a warm-up)
         with peak_memory(device) as memory[side]:
             outputs[side] = fns["generate_full"]()
-    timings = time_interleaved({(side, name): fn for side, fns in sides.items() for name, fn in fns.items()},
-                               device, repeats=repeats, max_contention=max_contention)
+    timings = time_interleaved(
+        {(side, name): fn for side, fns in sides.items() for name, fn in fns.items()},
+        device,
+        repeats=repeats,
+        max_contention=max_contention,
+    )
     for side in sides:
         t = {name: timings[(side, name)] for name in sides[side]}
         record[side] = _sample_figures(B, P, N, t["prefill"], t["generate_1"], t["generate_full"]) | memory[side]
@@ -329,27 +386,36 @@ def bench_sample(model: GPT, *, batch_size: int, prompt_len: int, new_tokens: in
         return timings[(side, name)]["times_s"]
 
     def decode_rates(side: str) -> list[float]:
-        return [B * N / (full - first) for full, first in zip(per_round(side, "generate_full"),
-                                                             per_round(side, "generate_1"))]
+        return [
+            B * N / (full - first)
+            for full, first in zip(per_round(side, "generate_full"), per_round(side, "generate_1"), strict=True)
+        ]
 
     record["greedy_tokens_equal"] = bool(torch.equal(outputs["ours"], outputs["transformers"]))
     record["ratio"] = {
-        "decode": statistics.median(o / h for o, h in zip(decode_rates("ours"), decode_rates("transformers"))),
-        "prefill": statistics.median(h / o for o, h in zip(per_round("ours", "prefill"),
-                                                            per_round("transformers", "prefill"))),
-        "ttft": statistics.median(h / o for o, h in zip(per_round("ours", "generate_1"),
-                                                         per_round("transformers", "generate_1"))),
+        "decode": statistics.median(
+            o / h for o, h in zip(decode_rates("ours"), decode_rates("transformers"), strict=True)
+        ),
+        "prefill": statistics.median(
+            h / o for o, h in zip(per_round("ours", "prefill"), per_round("transformers", "prefill"), strict=True)
+        ),
+        "ttft": statistics.median(
+            h / o for o, h in zip(per_round("ours", "generate_1"), per_round("transformers", "generate_1"), strict=True)
+        ),
         "method": "median over rounds of ours / transformers (rates) or transformers / ours (times)",
     }
     o, h = record["ours"], record["transformers"]
-    log(f"  decode {o['decode_tokens_per_s']:.1f} tok/s (transformers {h['decode_tokens_per_s']:.1f}, "
+    log(
+        f"  decode {o['decode_tokens_per_s']:.1f} tok/s (transformers {h['decode_tokens_per_s']:.1f}, "
         f"paired ratio {record['ratio']['decode']:.2f}x); ttft {1e3 * o['ttft_s']:.1f} ms "
-        f"(transformers {1e3 * h['ttft_s']:.1f} ms)")
+        f"(transformers {1e3 * h['ttft_s']:.1f} ms)"
+    )
     return record
 
 
-def time_interleaved(fns: dict, device: torch.device, repeats: int, max_contention: float = 1.0,
-                     max_tries: int = 3) -> dict:
+def time_interleaved(
+    fns: dict, device: torch.device, repeats: int, max_contention: float = 1.0, max_tries: int = 3
+) -> dict:
     """Time each of fns once per round, for `repeats` rounds (after one warm-up call each).
 
     A call that ran while other processes used more than max_contention of the CPUs is
@@ -378,8 +444,10 @@ def time_interleaved(fns: dict, device: torch.device, repeats: int, max_contenti
 def _sample_figures(B: int, P: int, N: int, prefill: dict, first: dict, full: dict) -> dict:
     decode_s = full["median_s"] - first["median_s"]
     return {
-        "prefill_s": prefill["median_s"], "prefill_tokens_per_s": B * P / prefill["median_s"],
+        "prefill_s": prefill["median_s"],
+        "prefill_tokens_per_s": B * P / prefill["median_s"],
         "ttft_s": first["median_s"],
-        "decode_s": decode_s, "decode_tokens_per_s": B * N / decode_s if decode_s > 0 else math.nan,
+        "decode_s": decode_s,
+        "decode_tokens_per_s": B * N / decode_s if decode_s > 0 else math.nan,
         "timings": {"prefill": prefill, "generate_1": first, f"generate_{N + 1}": full},
     }

@@ -11,6 +11,7 @@ with minigpt's adapter, so the harness's own overhead is in both) and `minigpt m
 mc task: minigpt.eval.evaluate.multiple_choice). Their accuracies must agree. Writes JSON to
 bench/results/eval-speed-<device>.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,15 +27,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import RESULTS_DIR, environment, write_json  # noqa: E402
+from bench.common import RESULTS_DIR, environment, log, write_json  # noqa: E402
 
 SHAPES = {
     "cpu": dict(n_positions=256, n_layer=4, n_head=4, n_embd=128),  # train.py's default recipe
     "gpt2": dict(n_positions=1024, n_layer=12, n_head=12, n_embd=768),  # GPT-2 124M
     "tiny": dict(n_positions=128, n_layer=1, n_head=2, n_embd=16),  # for checking that the script runs
 }
-WORDS = ("the a man woman dog runs jumps into water slowly then takes his her ball and kitchen knife "
-         "cuts onions carefully while talking to camera shows how ice skating works outside snow").split()
+WORDS = (
+    "the a man woman dog runs jumps into water slowly then takes his her ball and kitchen knife "
+    "cuts onions carefully while talking to camera shows how ice skating works outside snow"
+).split()
 
 
 def synthetic_task(path: Path, n: int, seed: int = 0) -> None:
@@ -83,7 +86,7 @@ def main(argv=None) -> int:
     from lm_eval.tasks import TaskManager
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from minigpt import GPT
+    from minigpt import from_pretrained
     from minigpt.eval.evaluate import multiple_choice
     from minigpt.eval.lm_eval_adapter import MiniGPTLM
     from minigpt.eval.tasks import read_multiple_choice
@@ -100,14 +103,20 @@ def main(argv=None) -> int:
         manager = TaskManager(include_path=str(tmp / "tasks"))
 
         hflm = HFLM(pretrained=str(tmp / "ckpt"), batch_size=args.batch_size, device=args.device)
-        model = GPT.from_pretrained(tmp / "ckpt", device=args.device).eval()
+        model = from_pretrained(tmp / "ckpt", device=args.device).eval()
         enc = GPT2Tokenizer()
         ours_lm = MiniGPTLM(model, enc, batch_size=args.batch_size, progress=False)
         examples = read_multiple_choice(tmp / "task.jsonl")
 
         def harness(lm):
-            out = lm_eval.simple_evaluate(model=lm, tasks=["speed_mc"], task_manager=manager, log_samples=False,
-                                          bootstrap_iters=0, verbosity="ERROR")
+            out = lm_eval.simple_evaluate(
+                model=lm,
+                tasks=["speed_mc"],
+                task_manager=manager,
+                log_samples=False,
+                bootstrap_iters=0,
+                verbosity="ERROR",
+            )
             r = out["results"]["speed_mc"]
             return {"acc": r["acc,none"], "acc_norm": r["acc_norm,none"]}
 
@@ -135,9 +144,12 @@ def main(argv=None) -> int:
     payload = {
         "benchmark": "multiple-choice scoring, minigpt vs lm-evaluation-harness hf",
         "shape": {"name": args.shape, **SHAPES[args.shape], "vocab_size": 50257},
-        "examples": args.examples, "choices_per_example": 4, "batch_size": args.batch_size,
+        "examples": args.examples,
+        "choices_per_example": 4,
+        "batch_size": args.batch_size,
         "repeats": args.repeats,
-        "seconds": times, "median_s": median,
+        "seconds": times,
+        "median_s": median,
         "rows_per_s": {k: rows / v for k, v in median.items()},
         "speedup_vs_lm_eval_hf": {k: base / v for k, v in median.items()},
         "accuracies": scores,
@@ -148,7 +160,7 @@ def main(argv=None) -> int:
     out = write_json(args.output or RESULTS_DIR / f"eval-speed-{torch.device(args.device).type}.json", payload)
     for k in runs:
         print(f"{k:<16} {median[k]:8.2f} s  {rows / median[k]:8.1f} rows/s  {base / median[k]:5.2f}x")
-    print(f"accuracies agree: {payload['accuracies_agree']}; wrote {out}", file=sys.stderr)
+    log(f"accuracies agree: {payload['accuracies_agree']}; wrote {out}")
     return 0
 
 

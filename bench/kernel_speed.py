@@ -38,6 +38,7 @@ plot next to it, in --out, or by default a new folder bench/runs/<date>-<time>-k
 (ignored by git); --update-results writes them into bench/results/ instead. A table on
 stdout, progress on stderr.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,7 +54,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` and `kernels` imp
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from bench.common import RESULTS_DIR, RUNS_DIR, device_tag, environment, output_dir, write_json  # noqa: E402
+from bench.common import RESULTS_DIR, RUNS_DIR, device_tag, environment, log, output_dir, write_json  # noqa: E402
 
 # Read by kernels/flash_attention.py when a shape is first tuned: the candidates tried per kernel.
 MAX_CONFIGS_ENV = "MINIGPT_AUTOTUNE_MAX_CONFIGS"
@@ -80,10 +81,6 @@ CPU_COPY_BYTES = 1 << 26
 CPU_REPEATS = 5
 
 TRITON_ON_CPU = "the Triton kernels need a CUDA device; the interpreter is a correctness tool, not a speed measurement"
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # ----------------------------------------------------------------------------
@@ -130,12 +127,15 @@ MODES = ("fwd", "fwd+bwd")
 def make_call(fn, inputs, grad, mode):
     """A no-argument callable: fn(*inputs) under no_grad, or forward and backward to every input."""
     if mode == "fwd":
+
         def call():
             with torch.no_grad():
                 fn(*inputs)
     else:
+
         def call():
             torch.autograd.grad(fn(*inputs), inputs, grad)
+
     return call
 
 
@@ -163,8 +163,17 @@ def bench_attention(device, dtype, batch, width, seq_lens, head_dims, providers,
             inputs = tuple(t.requires_grad_(True) for t in (q, k, v))
             for name, attend in providers.items():
                 for mode in MODES:
-                    record = {"op": "attention", "provider": name, "mode": mode, "B": batch, "H": H, "T": T,
-                              "D": D, "dtype": str(dtype).removeprefix("torch."), "causal": True}
+                    record = {
+                        "op": "attention",
+                        "provider": name,
+                        "mode": mode,
+                        "B": batch,
+                        "H": H,
+                        "T": T,
+                        "D": D,
+                        "dtype": str(dtype).removeprefix("torch."),
+                        "causal": True,
+                    }
                     ms, reason = measure(make_call(attend, inputs, do, mode), device, skips(name, T))
                     label = f"attention {name:6s} {mode:7s} T={T:5d} D={D:3d}"
                     if ms is None:
@@ -190,8 +199,14 @@ def bench_layer_norm(device, dtype, rows, widths, providers, skips):
         inputs = tuple(t.requires_grad_(True) for t in (x, weight, bias))
         for name, norm in providers.items():
             for mode in MODES:
-                record = {"op": "layer_norm", "provider": name, "mode": mode, "M": rows, "N": N,
-                          "dtype": str(dtype).removeprefix("torch.")}
+                record = {
+                    "op": "layer_norm",
+                    "provider": name,
+                    "mode": mode,
+                    "M": rows,
+                    "N": N,
+                    "dtype": str(dtype).removeprefix("torch."),
+                }
                 ms, reason = measure(make_call(norm, inputs, dy, mode), device, skips(name))
                 label = f"layer_norm {name:6s} {mode:7s} N={N:5d}"
                 if ms is None:
@@ -224,7 +239,8 @@ def run_kernel_bench(device: str | torch.device, quick: bool) -> dict:
     if on_gpu:
         dtype = torch.bfloat16
         attn = {
-            "batch": ATTN_BATCH, "width": ATTN_WIDTH,
+            "batch": ATTN_BATCH,
+            "width": ATTN_WIDTH,
             "seq_lens": QUICK_SEQ_LENS if quick else ATTN_SEQ_LENS,
             "head_dims": QUICK_HEAD_DIMS if quick else ATTN_HEAD_DIMS,
         }
@@ -311,13 +327,16 @@ def plot(results: dict, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    for ax, mode in zip(axes[:2], ("fwd", "fwd+bwd")):
+    for ax, mode in zip(axes[:2], ("fwd", "fwd+bwd"), strict=True):
         for provider in ("triton", "sdpa", "math"):
             for D in sorted({r["D"] for r in results["attention"]}):
-                points = [(r["T"], r["tflops"]) for r in results["attention"]
-                          if r["provider"] == provider and r["mode"] == mode and r["D"] == D and "tflops" in r]
+                points = [
+                    (r["T"], r["tflops"])
+                    for r in results["attention"]
+                    if r["provider"] == provider and r["mode"] == mode and r["D"] == D and "tflops" in r
+                ]
                 if points:
-                    ax.plot(*zip(*points), marker="o", label=f"{provider} d={D}")
+                    ax.plot(*zip(*points, strict=True), marker="o", label=f"{provider} d={D}")
         ax.set(xlabel="T", ylabel="TFLOPS", title=f"causal attention, {mode}")
         ax.set_xscale("log", base=2)
         ax.legend(fontsize=8)
@@ -325,10 +344,13 @@ def plot(results: dict, path: Path) -> Path:
     ax = axes[2]
     for provider in ("triton", "torch"):
         for mode in ("fwd", "fwd+bwd"):
-            points = [(r["N"], r["gbps"]) for r in results["layer_norm"]
-                      if r["provider"] == provider and r["mode"] == mode and "gbps" in r]
+            points = [
+                (r["N"], r["gbps"])
+                for r in results["layer_norm"]
+                if r["provider"] == provider and r["mode"] == mode and "gbps" in r
+            ]
             if points:
-                ax.plot(*zip(*points), marker="o", label=f"{provider} {mode}")
+                ax.plot(*zip(*points, strict=True), marker="o", label=f"{provider} {mode}")
     ax.axhline(results["copy"]["gbps"], color="gray", linestyle="--", label="copy")
     ax.set(xlabel="N", ylabel="GB/s", title=f"LayerNorm, M={results['settings']['layer_norm']['rows']}")
     ax.legend(fontsize=8)
@@ -343,19 +365,34 @@ def plot(results: dict, path: Path) -> Path:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="device to benchmark (default: cuda when available, else cpu)")
-    parser.add_argument("--quick", action="store_true",
-                        help="a few sizes only; on a CPU the tiny sizes are always used")
-    parser.add_argument("--out", type=Path, default=None,
-                        help=f"directory for kernels-<device>.json and .png (default: a new folder under {RUNS_DIR}, "
-                             "ignored by git)")
-    parser.add_argument("--update-results", action="store_true",
-                        help=f"write into {RESULTS_DIR}, replacing the committed kernel results")
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="device to benchmark (default: cuda when available, else cpu)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="a few sizes only; on a CPU the tiny sizes are always used"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"directory for kernels-<device>.json and .png (default: a new folder under {RUNS_DIR}, ignored by git)",
+    )
+    parser.add_argument(
+        "--update-results",
+        action="store_true",
+        help=f"write into {RESULTS_DIR}, replacing the committed kernel results",
+    )
     parser.add_argument("--no-plot", action="store_true", help="write the JSON but not the PNG")
-    parser.add_argument("--max-autotune-configs", type=int, default=None, metavar="N",
-                        help="autotune each attention kernel over its first N candidates only (bounds the "
-                             f"first call per shape; sets {MAX_CONFIGS_ENV}; default: all)")
+    parser.add_argument(
+        "--max-autotune-configs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="autotune each attention kernel over its first N candidates only (bounds the "
+        f"first call per shape; sets {MAX_CONFIGS_ENV}; default: all)",
+    )
     args = parser.parse_args(argv)
     try:
         args.out = output_dir(args.out, args.update_results, "kernels")

@@ -1,7 +1,7 @@
 """Peak memory and time of loading a checkpoint, with two safetensors readers side by side.
 
 Writes a random-init fp32 checkpoint of a preset's shape (gpt2-xl by default) in the
-Hugging Face layout, then loads it with GPT.from_pretrained in a fresh process per
+Hugging Face layout, then loads it with from_pretrained in a fresh process per
 (reader, dtype, repeat), the readers in alternation, and records that process's load
 time and peak resident memory (VmHWM from /proc/self/status: unlike ru_maxrss, it starts
 afresh at exec instead of inheriting the parent's high-water mark), and the resident
@@ -16,6 +16,7 @@ ordinary file reads.
     python bench/load_memory.py                   # gpt2-xl, float32 and bfloat16
     python bench/load_memory.py --preset gpt2     # quicker
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,11 +32,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import RESULTS_DIR, environment, write_json  # noqa: E402
+from bench.common import RESULTS_DIR, environment, log, write_json  # noqa: E402
 from minigpt.model import weights  # noqa: E402
 from minigpt.model.config import PRESETS, preset  # noqa: E402
-from minigpt.model.model import GPT  # noqa: E402
-from minigpt.model.weights import TRANSPOSED  # noqa: E402
+from minigpt.model.families import GPT2  # noqa: E402
+from minigpt.model.load import from_pretrained  # noqa: E402
+from minigpt.provenance import cpu_model  # noqa: E402
 
 READERS = ("library", "plain-reads")
 
@@ -46,20 +48,37 @@ def write_random_checkpoint(name: str, directory: Path) -> None:
 
     cfg = preset(name)
     C, V, L = cfg.n_embd, cfg.vocab_size, cfg.n_layer
-    shapes = {"transformer.wte.weight": (V, C), "transformer.wpe.weight": (cfg.block_size, C),
-              "transformer.ln_f.weight": (C,), "transformer.ln_f.bias": (C,)}
+    shapes = {
+        "transformer.wte.weight": (V, C),
+        "transformer.wpe.weight": (cfg.block_size, C),
+        "transformer.ln_f.weight": (C,),
+        "transformer.ln_f.bias": (C,),
+    }
     for i in range(L):
         p = f"transformer.h.{i}."
-        shapes.update({p + "ln_1.weight": (C,), p + "ln_1.bias": (C,), p + "ln_2.weight": (C,), p + "ln_2.bias": (C,),
-                       p + "attn.c_attn.weight": (C, 3 * C), p + "attn.c_attn.bias": (3 * C,),
-                       p + "attn.c_proj.weight": (C, C), p + "attn.c_proj.bias": (C,),
-                       p + "mlp.c_fc.weight": (C, 4 * C), p + "mlp.c_fc.bias": (4 * C,),
-                       p + "mlp.c_proj.weight": (4 * C, C), p + "mlp.c_proj.bias": (C,)})
-    assert all(k.endswith(TRANSPOSED) == (len(s) == 2 and not k.endswith(("wte.weight", "wpe.weight")))
-               for k, s in shapes.items())
+        shapes.update(
+            {
+                p + "ln_1.weight": (C,),
+                p + "ln_1.bias": (C,),
+                p + "ln_2.weight": (C,),
+                p + "ln_2.bias": (C,),
+                p + "attn.c_attn.weight": (C, 3 * C),
+                p + "attn.c_attn.bias": (3 * C,),
+                p + "attn.c_proj.weight": (C, C),
+                p + "attn.c_proj.bias": (C,),
+                p + "mlp.c_fc.weight": (C, 4 * C),
+                p + "mlp.c_fc.bias": (4 * C,),
+                p + "mlp.c_proj.weight": (4 * C, C),
+                p + "mlp.c_proj.bias": (C,),
+            }
+        )
+    assert all(
+        k.endswith(GPT2.transposed) == (len(s) == 2 and not k.endswith(("wte.weight", "wpe.weight")))
+        for k, s in shapes.items()
+    )
     tensors = {k: torch.randn(s) * 0.02 for k, s in shapes.items()}
     save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
-    (directory / "config.json").write_text(json.dumps(cfg.to_hf_dict()))
+    (directory / "config.json").write_text(json.dumps(GPT2.config_to_hf(cfg)))
 
 
 def status_bytes(field: str) -> int:
@@ -79,27 +98,30 @@ def library_reader(path: Path):
     return f.metadata() or {}, ((key, f.get_tensor(key)) for key in f.keys())
 
 
-def cpu_model() -> str | None:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
-    except OSError:
-        return None
-
-
 def child(path: str, dtype: str, reader: str) -> None:
     """Runs in a fresh process: load with the given reader, then report as JSON on stdout."""
     if reader == "library":
-        weights.read_tensors = library_reader  # the one place GPT.from_pretrained reads a file's tensors
+        weights.read_tensors = library_reader  # the one place from_pretrained reads a file's tensors
     base = status_bytes("VmHWM")
     t0 = time.perf_counter()
-    model = GPT.from_pretrained(path, dtype=getattr(torch, dtype))
+    model = from_pretrained(path, dtype=getattr(torch, dtype))
     seconds = time.perf_counter() - t0
     peak = status_bytes("VmHWM")
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    print(json.dumps({"reader": reader, "dtype": dtype, "load_s": seconds, "peak_rss_bytes": peak,
-                      "rss_before_load_bytes": base, "rss_anon_after_bytes": status_bytes("RssAnon"),
-                      "rss_file_after_bytes": status_bytes("RssFile"), "model_bytes": model_bytes}))
+    print(
+        json.dumps(
+            {
+                "reader": reader,
+                "dtype": dtype,
+                "load_s": seconds,
+                "peak_rss_bytes": peak,
+                "rss_before_load_bytes": base,
+                "rss_anon_after_bytes": status_bytes("RssAnon"),
+                "rss_file_after_bytes": status_bytes("RssFile"),
+                "model_bytes": model_bytes,
+            }
+        )
+    )
 
 
 def main(argv=None) -> int:
@@ -121,36 +143,58 @@ def main(argv=None) -> int:
 
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
-        print(f"writing a random {args.preset} checkpoint to {tmp} ...", file=sys.stderr)
+        log(f"writing a random {args.preset} checkpoint to {tmp} ...")
         # in its own process, so this one stays small while the loads run
         subprocess.run([sys.executable, __file__, "--preset", args.preset, "--write", tmp], check=True)
         size = (Path(tmp) / "model.safetensors").stat().st_size
         for dtype in args.dtypes.split(","):
             for _ in range(args.repeats):
                 for reader in args.readers.split(","):
-                    out = subprocess.run([sys.executable, __file__, "--child", tmp, dtype, reader],
-                                         capture_output=True, text=True, check=True)
+                    out = subprocess.run(
+                        [sys.executable, __file__, "--child", tmp, dtype, reader],
+                        capture_output=True,
+                        text=True,
+                        check=True,
+                    )
                     runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
     gib = 2**30
     summary = []
-    print(f"{'reader':>12} {'dtype':>9} {'model GiB':>10} {'peak RSS GiB':>13} {'anon GiB':>9} {'file GiB':>9} "
-          f"{'load s':>7}")
+    print(
+        f"{'reader':>12} {'dtype':>9} {'model GiB':>10} {'peak RSS GiB':>13} {'anon GiB':>9} {'file GiB':>9} "
+        f"{'load s':>7}"
+    )
     for dtype in args.dtypes.split(","):
         for reader in args.readers.split(","):
             rs = [r for r in runs if r["dtype"] == dtype and r["reader"] == reader]
-            row = {"reader": reader, "dtype": dtype, "model_bytes": rs[0]["model_bytes"],
-                   "peak_rss_bytes_median": statistics.median(r["peak_rss_bytes"] for r in rs),
-                   "rss_anon_after_bytes_median": statistics.median(r["rss_anon_after_bytes"] for r in rs),
-                   "rss_file_after_bytes_median": statistics.median(r["rss_file_after_bytes"] for r in rs),
-                   "load_s_median": statistics.median(r["load_s"] for r in rs)}
+            row = {
+                "reader": reader,
+                "dtype": dtype,
+                "model_bytes": rs[0]["model_bytes"],
+                "peak_rss_bytes_median": statistics.median(r["peak_rss_bytes"] for r in rs),
+                "rss_anon_after_bytes_median": statistics.median(r["rss_anon_after_bytes"] for r in rs),
+                "rss_file_after_bytes_median": statistics.median(r["rss_file_after_bytes"] for r in rs),
+                "load_s_median": statistics.median(r["load_s"] for r in rs),
+            }
             summary.append(row)
-            print(f"{reader:>12} {dtype:>9} {row['model_bytes'] / gib:>10.2f} {row['peak_rss_bytes_median'] / gib:>13.2f} "
-                  f"{row['rss_anon_after_bytes_median'] / gib:>9.2f} {row['rss_file_after_bytes_median'] / gib:>9.2f} "
-                  f"{row['load_s_median']:>7.2f}")
+            print(
+                f"{reader:>12} {dtype:>9} {row['model_bytes'] / gib:>10.2f} "
+                f"{row['peak_rss_bytes_median'] / gib:>13.2f} {row['rss_anon_after_bytes_median'] / gib:>9.2f} "
+                f"{row['rss_file_after_bytes_median'] / gib:>9.2f} {row['load_s_median']:>7.2f}"
+            )
     path = Path(args.out) if args.out else RESULTS_DIR / f"load-memory-{args.preset}.json"
-    write_json(path, {"environment": environment("cpu"), "preset": args.preset, "checkpoint_bytes": size,
-                      "checkpoint_dtype": "float32", "cpu": cpu_model(), "summary": summary, "runs": runs})
-    print(f"wrote {path}", file=sys.stderr)
+    write_json(
+        path,
+        {
+            "environment": environment("cpu"),
+            "preset": args.preset,
+            "checkpoint_bytes": size,
+            "checkpoint_dtype": "float32",
+            "cpu": cpu_model(),
+            "summary": summary,
+            "runs": runs,
+        },
+    )
+    log(f"wrote {path}")
     return 0
 
 

@@ -15,6 +15,7 @@ The GPT-2 paper scored WikiText with invertible de-tokenizers over the tokenized
 files scored here are close to but not the same text, so expect a gap of a few perplexity
 points there. enwik8 bits per byte and LAMBADA are the same data the paper used.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import RESULTS_DIR, environment, write_json  # noqa: E402
+from bench.common import RESULTS_DIR, environment, log, write_json, write_text  # noqa: E402
 
 PAPER = "Radford et al. 2019, Language Models are Unsupervised Multitask Learners, Table 3 (zero-shot)"
 HARNESS = "lm-evaluation-harness, as quoted in karpathy/build-nanogpt hellaswag.py (multiple-choice style)"
@@ -72,8 +73,11 @@ def enwik8(path: Path) -> Path:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="gpt2", help="what eval.py --init takes (a preset, a directory, ...)")
-    p.add_argument("--tasks", default="lambada,hellaswag,wikitext2,wikitext103,enwik8",
-                   help="comma-separated: lambada, hellaswag, wikitext2, wikitext103, enwik8")
+    p.add_argument(
+        "--tasks",
+        default="lambada,hellaswag,wikitext2,wikitext103,enwik8",
+        help="comma-separated: lambada, hellaswag, wikitext2, wikitext103, enwik8",
+    )
     p.add_argument("--device", default="auto", help="passed to eval.py")
     p.add_argument("--dtype", default="float32", help="passed to eval.py (the published figures are fp32)")
     p.add_argument("--batch-size", type=int, default=16, help="passed to eval.py")
@@ -99,12 +103,25 @@ def main(argv=None) -> int:
             p.error(f"unknown task {name!r}")
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "r.json"
-            cmd = [sys.executable, str(ROOT / "eval.py"), "--init", args.model, "--task", specs[name],
-                   "--device", args.device, "--dtype", args.dtype, "--batch-size", str(args.batch_size),
-                   "--output", str(out)]
+            cmd = [
+                sys.executable,
+                str(ROOT / "eval.py"),
+                "--init",
+                args.model,
+                "--task",
+                specs[name],
+                "--device",
+                args.device,
+                "--dtype",
+                args.dtype,
+                "--batch-size",
+                str(args.batch_size),
+                "--output",
+                str(out),
+            ]
             if args.limit:
                 cmd += ["--limit", str(args.limit)]
-            print(" ".join(cmd), file=sys.stderr)
+            log(" ".join(cmd))
             if subprocess.run(cmd).returncode != 0:
                 return 1
             payload = json.loads(out.read_text(encoding="utf-8"))
@@ -116,19 +133,41 @@ def main(argv=None) -> int:
         if task not in measured:
             continue
         ours = measured[task].get(metric.split(" ")[0]) if "(" not in metric else None
-        rows.append({"task": task, "metric": metric, "published": values.get(args.model), "source": source,
-                     "measured": ours, "n": measured[task].get("n")})
+        rows.append(
+            {
+                "task": task,
+                "metric": metric,
+                "published": values.get(args.model),
+                "source": source,
+                "measured": ours,
+                "n": measured[task].get("n"),
+            }
+        )
     stem = f"published-{Path(args.model).name}"
-    write_json(RESULTS_DIR / f"{stem}.json", {"model": args.model, "dtype": args.dtype, "limit": args.limit,
-                                              "rows": rows, "measured": measured,
-                                              **environment(args.device if args.device != "auto" else "cpu"),
-                                              "eval_device": device})
-    lines = [f"# {args.model}: published vs measured with eval.py ({device}, {args.dtype})", "",
-             "| task | metric | published | measured | source |", "| --- | --- | --- | --- | --- |"]
+    write_json(
+        RESULTS_DIR / f"{stem}.json",
+        {
+            "model": args.model,
+            "dtype": args.dtype,
+            "limit": args.limit,
+            "rows": rows,
+            "measured": measured,
+            **environment(args.device if args.device != "auto" else "cpu"),
+            "eval_device": device,
+        },
+    )
+    lines = [
+        f"# {args.model}: published vs measured with eval.py ({device}, {args.dtype})",
+        "",
+        "| task | metric | published | measured | source |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for r in rows:
         show = lambda v: "" if v is None else f"{v:.4g}"  # noqa: E731
-        lines.append(f"| {r['task']} | {r['metric']} | {show(r['published'])} | {show(r['measured'])} | {r['source']} |")
-    (RESULTS_DIR / f"{stem}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        lines.append(
+            f"| {r['task']} | {r['metric']} | {show(r['published'])} | {show(r['measured'])} | {r['source']} |"
+        )
+    write_text(RESULTS_DIR / f"{stem}.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

@@ -28,6 +28,7 @@ a 128 x 322 head instead of 128 x 65.
 Results go to bench/results/ (--out DIR for elsewhere): push.json/.md/.png, push-ab.json/.md,
 push-study.json/.md/.png, each with the machine, versions and commit (bench/common.py).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,31 +48,70 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: the repository's package, not an installed one
     sys.path.insert(0, str(ROOT))
 
-from bench.common import RESULTS_DIR, environment, write_json  # noqa: E402
-from minigpt.files import atomic_write  # noqa: E402
+from bench.common import RESULTS_DIR, environment, log, write_json, write_text  # noqa: E402
+from minigpt.provenance import cpu_model  # noqa: E402
 from minigpt.train.config import TrainConfig, make_config  # noqa: E402
 
 # The shared copy of the text, beside a checkout or beside the folder of its worktrees.
-SHARED_TEXTS = [ROOT.parent / "shared" / "data" / "tinyshakespeare.txt",
-                ROOT.parent.parent / "shared" / "data" / "tinyshakespeare.txt"]
+SHARED_TEXTS = [
+    ROOT.parent / "shared" / "data" / "tinyshakespeare.txt",
+    ROOT.parent.parent / "shared" / "data" / "tinyshakespeare.txt",
+]
 VAL_FRACTION = 0.1  # nanoGPT's data/shakespeare_char/prepare.py: the last 10% is val
 
 # nanoGPT's CPU recipe (README, "I only have a macbook"), as train.py settings.
 NANOGPT = dict(
-    tokenizer="char", n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, dropout=0.0,
-    lr=1e-3, min_lr=1e-4, max_steps=2000, warmup_steps=100, schedule="cosine",
-    optimizer="adamw", beta1=0.9, beta2=0.99, weight_decay=0.1, grad_clip=1.0,
-    position="learned", bias=False, activation="gelu_new", tie_word_embeddings=True, qk_norm=False,
+    tokenizer="char",
+    n_layer=4,
+    n_head=4,
+    n_embd=128,
+    block_size=64,
+    batch_size=12,
+    dropout=0.0,
+    lr=1e-3,
+    min_lr=1e-4,
+    max_steps=2000,
+    warmup_steps=100,
+    schedule="cosine",
+    optimizer="adamw",
+    beta1=0.9,
+    beta2=0.99,
+    weight_decay=0.1,
+    grad_clip=1.0,
+    position="learned",
+    bias=False,
+    activation="gelu_new",
+    tie_word_embeddings=True,
+    qk_norm=False,
 )
 
 # minigpt's recipe for one CPU thread on Shakespeare: nanoGPT's with what won the A/Bs by more
 # than their spread (bench/results/push-ab.md: lr 3e-3, the wsd schedule, Muon for the blocks'
 # matrices, a 512-token BPE with a 32-token context, about the same bytes). It runs to a --time-budget.
 MINIGPT = dict(
-    tokenizer="bpe:512", n_layer=4, n_head=4, n_embd=128, block_size=32, batch_size=12, dropout=0.0,
-    lr=3e-3, min_lr=3e-4, warmup_steps=100, schedule="wsd", decay_frac=0.2,
-    optimizer="muon", muon_lr=0.02, beta1=0.9, beta2=0.99, weight_decay=0.1, grad_clip=1.0,
-    position="learned", bias=False, activation="gelu_new", tie_word_embeddings=True, qk_norm=False,
+    tokenizer="bpe:512",
+    n_layer=4,
+    n_head=4,
+    n_embd=128,
+    block_size=32,
+    batch_size=12,
+    dropout=0.0,
+    lr=3e-3,
+    min_lr=3e-4,
+    warmup_steps=100,
+    schedule="wsd",
+    decay_frac=0.2,
+    optimizer="muon",
+    muon_lr=0.02,
+    beta1=0.9,
+    beta2=0.99,
+    weight_decay=0.1,
+    grad_clip=1.0,
+    position="learned",
+    bias=False,
+    activation="gelu_new",
+    tie_word_embeddings=True,
+    qk_norm=False,
 )
 
 # What every run of this benchmark sets the same way: no samples to speak of, one evaluation at
@@ -79,12 +119,16 @@ MINIGPT = dict(
 # The A/Bs and the study score a run by its closing evaluation over this many val batches
 # (40 x 12 x 64 characters: about a quarter of the held-out text).
 VAL_STEPS = 40
-QUIET = dict(data_order="random", eval_interval=0, eval_steps=20, sample_interval=0, sample_tokens=32,
-             sample_prompt="\n", keep_checkpoints=0, seed=1337)
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+QUIET = dict(
+    data_order="random",
+    eval_interval=0,
+    eval_steps=20,
+    sample_interval=0,
+    sample_tokens=32,
+    sample_prompt="\n",
+    keep_checkpoints=0,
+    seed=1337,
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -190,8 +234,7 @@ def run_side_by_side(arms: list[Arm], work: Path, data_dirs: dict[str, Path]) ->
         out = work / arm.name
         cmd = [sys.executable, str(ROOT / "train.py"), *arm.argv(data_dirs[arm.name], out)]
         stderr = open(work / f"{arm.name}.stderr", "w")
-        procs.append((arm, subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr),
-                      stderr))
+        procs.append((arm, subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr), stderr))
     failed = []
     for arm, proc, stderr in procs:
         proc.wait()
@@ -221,11 +264,17 @@ def read_run(out_dir: Path) -> dict:
     for step, path in checkpoints(out_dir):
         state = read_train_state(path)
         ckpts.append({"step": step, "train_time": state["train_time"], "path": str(path)})
-    return {"num_params": run["num_params"], "flops_per_token": run["flops_per_token"],
-            "steps": steps[-1]["step"], "tokens": steps[-1]["tokens"], "train_time": steps[-1]["train_time"],
-            "tokens_per_sec": steps[-1]["tokens"] / steps[-1]["train_time"],
-            "final_train_loss": steps[-1]["loss"], "log_val_bpb": evals[-1]["val_bpb"] if evals else None,
-            "checkpoints": ckpts}
+    return {
+        "num_params": run["num_params"],
+        "flops_per_token": run["flops_per_token"],
+        "steps": steps[-1]["step"],
+        "tokens": steps[-1]["tokens"],
+        "train_time": steps[-1]["train_time"],
+        "tokens_per_sec": steps[-1]["tokens"] / steps[-1]["train_time"],
+        "final_train_loss": steps[-1]["loss"],
+        "log_val_bpb": evals[-1]["val_bpb"] if evals else None,
+        "checkpoints": ckpts,
+    }
 
 
 def score(ckpt: str | Path, text: str) -> float:
@@ -233,10 +282,10 @@ def score(ckpt: str | Path, text: str) -> float:
     import torch
 
     from minigpt.eval.evaluate import bits_per_byte
-    from minigpt.model.model import GPT
+    from minigpt.model.load import from_pretrained
     from minigpt.tokenizers import load_tokenizer
 
-    model = GPT.from_pretrained(ckpt)
+    model = from_pretrained(ckpt)
     model.eval()
     with torch.no_grad():
         return bits_per_byte(model, load_tokenizer(ckpt), text, batch_size=32)["bpb"]
@@ -308,8 +357,15 @@ def compute_optimal(points: list[dict], group: str = "budget_s") -> dict:
             if c2 > 0 and logn.min() <= -c1 / (2 * c2) <= logn.max():
                 n_opt, how = float(math.exp(-c1 / (2 * c2))), "parabola vertex"
         logc = np.interp(math.log(n_opt), logn, np.log([p["flops"] for p in runs]))
-        optima.append({group: key, "params": float(n_opt), "flops": float(math.exp(logc)),
-                       "best_bpb": float(bpb.min()), "how": how})
+        optima.append(
+            {
+                group: key,
+                "params": float(n_opt),
+                "flops": float(math.exp(logc)),
+                "best_bpb": float(bpb.min()),
+                "how": how,
+            }
+        )
     fit = None
     if len(optima) >= 2:
         fit = fit_power_law([o["flops"] for o in optima], [o["params"] for o in optima])
@@ -327,18 +383,27 @@ def score_in(work: Path, ckpt: str | Path, text: str) -> float:
     key = str(Path(ckpt).resolve())
     if key not in known:
         known[key] = score(ckpt, text)
-        atomic_write(path, json.dumps(known, indent=1) + "\n")
+        write_json(path, known)
     return known[key]
 
 
 def trajectory(run: dict, text: str, work: Path) -> list[dict]:
     """Held-out bpb of every checkpoint of a run, with the training time it had used."""
-    return [{"step": c["step"], "train_time": c["train_time"], "bpb": score_in(work, c["path"], text)}
-            for c in run["checkpoints"]]
+    return [
+        {"step": c["step"], "train_time": c["train_time"], "bpb": score_in(work, c["path"], text)}
+        for c in run["checkpoints"]
+    ]
 
 
-def push(text_path: Path, work: Path, nanogpt: dict = NANOGPT, minigpt: dict = MINIGPT,
-         pilot_steps: int = 150, points: int = 8, pilot_budget: float = 20.0) -> dict:
+def push(
+    text_path: Path,
+    work: Path,
+    nanogpt: dict = NANOGPT,
+    minigpt: dict = MINIGPT,
+    pilot_steps: int = 150,
+    points: int = 8,
+    pilot_budget: float = 20.0,
+) -> dict:
     """nanoGPT's recipe beside minigpt's at nanoGPT's wall clock, then minigpt's at a third of it.
 
     A pilot first runs pilot_steps of nanoGPT's beside pilot_budget seconds of minigpt's, to
@@ -347,21 +412,30 @@ def push(text_path: Path, work: Path, nanogpt: dict = NANOGPT, minigpt: dict = M
 
     # 1. A pilot, side by side: nanoGPT's steps per second under this load, for minigpt's budget.
     n_steps = nanogpt["max_steps"]
-    pilot = [Arm("pilot-nanogpt", {**nanogpt, "stop_at_step": pilot_steps, "ckpt_interval": 0}),
-             Arm("pilot-minigpt", {**minigpt, "time_budget": pilot_budget, "ckpt_interval": 0})]
+    pilot = [
+        Arm("pilot-nanogpt", {**nanogpt, "stop_at_step": pilot_steps, "ckpt_interval": 0}),
+        Arm("pilot-minigpt", {**minigpt, "time_budget": pilot_budget, "ckpt_interval": 0}),
+    ]
     log(f"pilot: {pilot_steps} steps of the nanoGPT recipe beside {pilot_budget:g} s of minigpt's")
-    run_side_by_side(pilot, work, {"pilot-nanogpt": dirs[nanogpt["tokenizer"]],
-                                   "pilot-minigpt": dirs[minigpt["tokenizer"]]})
+    run_side_by_side(
+        pilot, work, {"pilot-nanogpt": dirs[nanogpt["tokenizer"]], "pilot-minigpt": dirs[minigpt["tokenizer"]]}
+    )
     p_nano, p_mini = read_run(work / "pilot-nanogpt"), read_run(work / "pilot-minigpt")
     budget = p_nano["train_time"] / p_nano["steps"] * n_steps
     mini_steps = p_mini["steps"] / p_mini["train_time"] * budget
-    log(f"pilot: nanoGPT's {n_steps} steps should take {budget:.1f} s; minigpt's recipe does "
-        f"~{mini_steps:.0f} steps in that time")
+    log(
+        f"pilot: nanoGPT's {n_steps} steps should take {budget:.1f} s; minigpt's recipe does "
+        f"~{mini_steps:.0f} steps in that time"
+    )
 
     # 2. The two recipes side by side, minigpt's to nanoGPT's (predicted) wall clock.
-    arms = [Arm("nanogpt", {**nanogpt, "ckpt_interval": max(1, n_steps // points)}),
-            Arm("minigpt", {**minigpt, "time_budget": max(0.1, round(budget, 1)),
-                            "ckpt_interval": max(1, round(mini_steps / points))})]
+    arms = [
+        Arm("nanogpt", {**nanogpt, "ckpt_interval": max(1, n_steps // points)}),
+        Arm(
+            "minigpt",
+            {**minigpt, "time_budget": max(0.1, round(budget, 1)), "ckpt_interval": max(1, round(mini_steps / points))},
+        ),
+    ]
     log(f"the two recipes side by side ({budget:.0f} s each)")
     load = run_side_by_side(arms, work, {"nanogpt": dirs[nanogpt["tokenizer"]], "minigpt": dirs[minigpt["tokenizer"]]})
 
@@ -372,11 +446,14 @@ def push(text_path: Path, work: Path, nanogpt: dict = NANOGPT, minigpt: dict = M
 
 def run_third(work: Path, nanogpt: dict, minigpt: dict, dirs: dict[str, Path]) -> dict:
     third = read_run(work / "nanogpt")["train_time"] / 3
-    arms = [Arm("nanogpt-again", {**nanogpt, "stop_at_step": max(1, nanogpt["max_steps"] // 3), "ckpt_interval": 0}),
-            Arm("minigpt-third", {**minigpt, "time_budget": max(0.1, round(third, 1)), "ckpt_interval": 0})]
+    arms = [
+        Arm("nanogpt-again", {**nanogpt, "stop_at_step": max(1, nanogpt["max_steps"] // 3), "ckpt_interval": 0}),
+        Arm("minigpt-third", {**minigpt, "time_budget": max(0.1, round(third, 1)), "ckpt_interval": 0}),
+    ]
     log(f"minigpt's recipe in a third of the time ({third:.0f} s)")
-    return run_side_by_side(arms, work, {"nanogpt-again": dirs[nanogpt["tokenizer"]],
-                                         "minigpt-third": dirs[minigpt["tokenizer"]]})
+    return run_side_by_side(
+        arms, work, {"nanogpt-again": dirs[nanogpt["tokenizer"]], "minigpt-third": dirs[minigpt["tokenizer"]]}
+    )
 
 
 def summarize_push(text_path: Path, work: Path, nanogpt: dict, minigpt: dict, loads: dict) -> dict:
@@ -398,19 +475,28 @@ def summarize_push(text_path: Path, work: Path, nanogpt: dict, minigpt: dict, lo
         third = read_run(work / "minigpt-third")
         third["bpb"] = score_in(work, third["checkpoints"][-1]["path"], text)
         again = read_run(work / "nanogpt-again")
-        third.update(reaches_nanogpt_bpb=third["bpb"] <= nano["bpb"],
-                     nanogpt_again_s_per_step=again["train_time"] / again["steps"])
+        third.update(
+            reaches_nanogpt_bpb=third["bpb"] <= nano["bpb"],
+            nanogpt_again_s_per_step=again["train_time"] / again["steps"],
+        )
         third.pop("checkpoints")
     reach = time_to_reach(mini["trajectory"], nano["bpb"])
     for run in runs.values():
         run.pop("checkpoints")
     return {
-        "text": {"path": str(text_path), "sha256": hashlib.sha256(text_path.read_bytes()).hexdigest(),
-                 "bytes": text_path.stat().st_size, "held_out_bytes": len(text.encode("utf-8"))},
+        "text": {
+            "path": str(text_path),
+            "sha256": hashlib.sha256(text_path.read_bytes()).hexdigest(),
+            "bytes": text_path.stat().st_size,
+            "held_out_bytes": len(text.encode("utf-8")),
+        },
         "settings": {"nanogpt": nanogpt, "minigpt": minigpt, "common": QUIET},
-        "pilot": {"nanogpt_s_per_step": p_nano["train_time"] / p_nano["steps"],
-                  "predicted_budget_s": json.loads((work / "minigpt" / "run.json").read_text())
-                  ["train_config"]["time_budget"]},
+        "pilot": {
+            "nanogpt_s_per_step": p_nano["train_time"] / p_nano["steps"],
+            "predicted_budget_s": json.loads((work / "minigpt" / "run.json").read_text())["train_config"][
+                "time_budget"
+            ],
+        },
         "load": loads,
         "arms": runs,
         "budget_match": mini["train_time"] / nano["train_time"],
@@ -453,7 +539,8 @@ def ab_change(name: str, change: dict | None, base: dict) -> dict:
     if name.startswith("block"):
         return dict(block_size=base["block_size"] * 4, batch_size=max(1, base["batch_size"] // 4))
     tokenizer = name.split("-> ")[1].split(",")[0]
-    block = base["block_size"] if base["tokenizer"] == tokenizer or base["tokenizer"] != "char" else base["block_size"] // 2
+    from_chars = base["tokenizer"] == "char" and tokenizer != "char"  # half the tokens: about the same bytes
+    block = base["block_size"] // 2 if from_chars else base["block_size"]
     return dict(tokenizer=tokenizer, block_size=max(16, block))
 
 
@@ -470,12 +557,15 @@ def run_ab(text_path: Path, work: Path, budget: float, base: dict, plan: list[tu
         for tok in {base["tokenizer"], cand["tokenizer"]}:
             if tok not in dirs:
                 dirs[tok] = prepare_data(text_path, work, tok)
-        arms = [Arm(f"ab{i:02d}-a", {**base, "time_budget": budget, "eval_steps": VAL_STEPS}),
-                Arm(f"ab{i:02d}-b", {**cand, "time_budget": budget, "eval_steps": VAL_STEPS})]
+        arms = [
+            Arm(f"ab{i:02d}-a", {**base, "time_budget": budget, "eval_steps": VAL_STEPS}),
+            Arm(f"ab{i:02d}-b", {**cand, "time_budget": budget, "eval_steps": VAL_STEPS}),
+        ]
         log(f"A/B {i + 1}/{len(plan)}: {name}")
         try:
-            load = run_side_by_side(arms, work, {arms[0].name: dirs[base["tokenizer"]],
-                                                 arms[1].name: dirs[cand["tokenizer"]]})
+            load = run_side_by_side(
+                arms, work, {arms[0].name: dirs[base["tokenizer"]], arms[1].name: dirs[cand["tokenizer"]]}
+            )
         except (RuntimeError, ValueError) as e:  # a run that failed, or settings train.py refuses
             log(f"  failed: {e}")
             results.append({"name": name, "change": change, "error": str(e)})
@@ -485,18 +575,33 @@ def run_ab(text_path: Path, work: Path, budget: float, base: dict, plan: list[tu
             run["bpb"] = run["log_val_bpb"]
             run.pop("checkpoints")
         won = b["bpb"] < a["bpb"]
-        log(f"  A {a['bpb']:.4f} bpb ({a['steps']} steps), B {b['bpb']:.4f} ({b['steps']} steps): "
-            f"{'keep' if won else 'drop'}")
-        results.append({"name": name, "change": change, "a": a, "b": b, "kept": won, "bpb_ratio": b["bpb"] / a["bpb"],
-                        "bpb_source": f"train.py's closing val_bpb over the first {VAL_STEPS} val batches",
-                        "load": load, "base": dict(base)})
+        log(
+            f"  A {a['bpb']:.4f} bpb ({a['steps']} steps), B {b['bpb']:.4f} ({b['steps']} steps): "
+            f"{'keep' if won else 'drop'}"
+        )
+        results.append(
+            {
+                "name": name,
+                "change": change,
+                "a": a,
+                "b": b,
+                "kept": won,
+                "bpb_ratio": b["bpb"] / a["bpb"],
+                "bpb_source": f"train.py's closing val_bpb over the first {VAL_STEPS} val batches",
+                "load": load,
+                "base": dict(base),
+            }
+        )
         if won:
             base = cand
     return {"budget_s": budget, "results": results, "winner": base}
 
 
 STUDY_SIZES = [  # (n_layer, n_head, n_embd): 0.12M to 3.7M parameters with a char vocabulary
-    (2, 2, 64), (3, 3, 96), (4, 4, 160), (6, 4, 224),
+    (2, 2, 64),
+    (3, 3, 96),
+    (4, 4, 160),
+    (6, 4, 224),
 ]
 STUDY_BUDGETS = [30.0, 60.0, 120.0]
 
@@ -508,18 +613,33 @@ def study(text_path: Path, work: Path, base: dict, sizes=STUDY_SIZES, budgets=ST
     # Pair runs of the same budget, so that the two processes of a pair end together.
     points = []
     for i in range(0, len(jobs), 2):
-        pair = jobs[i:i + 2]
-        arms = [Arm(f"study-{L}x{C}-{int(t)}s", {**base, "n_layer": L, "n_head": H, "n_embd": C, "time_budget": t,
-                                                    "eval_steps": VAL_STEPS})
-                for L, H, C, t in pair]
+        pair = jobs[i : i + 2]
+        arms = [
+            Arm(
+                f"study-{L}x{C}-{int(t)}s",
+                {**base, "n_layer": L, "n_head": H, "n_embd": C, "time_budget": t, "eval_steps": VAL_STEPS},
+            )
+            for L, H, C, t in pair
+        ]
         log(f"study: {', '.join(a.name for a in arms)}")
         load = run_side_by_side(arms, work, {a.name: data_dir for a in arms})
-        for arm, (L, H, C, t) in zip(arms, pair):
+        for arm, (L, H, C, t) in zip(arms, pair, strict=True):
             run = read_run(work / arm.name)
-            points.append({"n_layer": L, "n_head": H, "n_embd": C, "budget_s": t, "params": run["num_params"],
-                           "steps": run["steps"], "tokens": run["tokens"], "train_time": run["train_time"],
-                           "flops": train_flops(run), "bpb": run["log_val_bpb"],
-                           "others_cpu_share": load["others_cpu_share"]})
+            points.append(
+                {
+                    "n_layer": L,
+                    "n_head": H,
+                    "n_embd": C,
+                    "budget_s": t,
+                    "params": run["num_params"],
+                    "steps": run["steps"],
+                    "tokens": run["tokens"],
+                    "train_time": run["train_time"],
+                    "flops": train_flops(run),
+                    "bpb": run["log_val_bpb"],
+                    "others_cpu_share": load["others_cpu_share"],
+                }
+            )
     return {"base": base, "points": points, **compute_optimal(points)}
 
 
@@ -549,10 +669,19 @@ def push_markdown(r: dict, env: dict) -> str:
     rows = [("nanoGPT recipe", nano), ("minigpt recipe", mini)]
     rows += [("minigpt recipe, 1/3 of the time", third)] if third else []
     for label, run in rows:
-        lines.append(f"| {label} | {run['num_params'] / 1e6:.2f}M | {run['steps']:,} | {run['tokens']:,} | "
-                     f"{run['train_time']:.0f} s | {run['bpb']:.4f} |")
-    when = "never" if reach is None else (f"{reach['interpolated_s']:.0f} s (checkpoint at {reach['checkpoint_s']:.0f} s), "
-                                          f"{r['time_to_nanogpt_bpb_fraction']:.2f} of nanoGPT's time")
+        lines.append(
+            f"| {label} | {run['num_params'] / 1e6:.2f}M | {run['steps']:,} | {run['tokens']:,} | "
+            f"{run['train_time']:.0f} s | {run['bpb']:.4f} |"
+        )
+    when = (
+        "never"
+        if reach is None
+        else (
+            f"{reach['interpolated_s']:.0f} s (checkpoint at "
+            f"{reach['checkpoint_s']:.0f} s), "
+            f"{r['time_to_nanogpt_bpb_fraction']:.2f} of nanoGPT's time"
+        )
+    )
     load = r["load"].get("main") or {}
     at = r["minigpt_at_nanogpt_time"]
     lines += [
@@ -560,17 +689,25 @@ def push_markdown(r: dict, env: dict) -> str:
         f"- bpb ratio minigpt / nanoGPT at equal wall clock: **{r['bpb_ratio']:.3f}** "
         f"({r['bpb_reduction']:.1%} lower; target >= 10%)",
         f"- minigpt's budget / nanoGPT's time: {r['budget_match']:.3f} (the budget was predicted from a pilot); "
-        + ("its last checkpoint within nanoGPT's time: " + f"{at['bpb']:.4f} bpb at {at['train_time']:.0f} s, "
-           f"ratio {r['bpb_ratio_at_nanogpt_time']:.3f}" if at else "no checkpoint within nanoGPT's time"),
+        + (
+            "its last checkpoint within nanoGPT's time: " + f"{at['bpb']:.4f} bpb at {at['train_time']:.0f} s, "
+            f"ratio {r['bpb_ratio_at_nanogpt_time']:.3f}"
+            if at
+            else "no checkpoint within nanoGPT's time"
+        ),
         f"- minigpt's run reached nanoGPT's final bpb after **{when}** (target <= 1/3)",
     ]
     if third:
-        lines.append(f"- minigpt's recipe with a third of nanoGPT's time: {third['bpb']:.4f} bpb "
-                     f"({'reaches' if third['reaches_nanogpt_bpb'] else 'does not reach'} nanoGPT's {nano['bpb']:.4f})")
+        lines.append(
+            f"- minigpt's recipe with a third of nanoGPT's time: {third['bpb']:.4f} bpb "
+            f"({'reaches' if third['reaches_nanogpt_bpb'] else 'does not reach'} nanoGPT's {nano['bpb']:.4f})"
+        )
     share = load.get("others_cpu_share")
     lines += [
         f"- load: other processes used {share:.0%} of the machine's CPU time during the runs "
-        f"(load average {load['load_avg'][0]:.2f})" if share is not None else "- load: not recorded",
+        f"(load average {load['load_avg'][0]:.2f})"
+        if share is not None
+        else "- load: not recorded",
         "",
         "Settings (train.py flags): nanoGPT " + json.dumps(r["settings"]["nanogpt"]),
         "",
@@ -597,9 +734,11 @@ def ab_markdown(r: dict, env: dict) -> str:
             lines.append(f"| {x['name']} | | failed: {x['error'][:80]} | | | |")
             continue
         share = (x.get("load") or {}).get("others_cpu_share")
-        lines.append(f"| {x['name']} | {x['a']['bpb']:.4f} ({x['a']['steps']}) | {x['b']['bpb']:.4f} "
-                     f"({x['b']['steps']}) | {x['bpb_ratio']:.3f} | {'yes' if x['kept'] else 'no'} | "
-                     f"{'-' if share is None else f'{share:.0%}'} |")
+        lines.append(
+            f"| {x['name']} | {x['a']['bpb']:.4f} ({x['a']['steps']}) | {x['b']['bpb']:.4f} "
+            f"({x['b']['steps']}) | {x['bpb_ratio']:.3f} | {'yes' if x['kept'] else 'no'} | "
+            f"{'-' if share is None else f'{share:.0%}'} |"
+        )
     sources = sorted({x["bpb_source"] for x in r["results"] if "bpb_source" in x})
     if sources:
         lines += ["", "Scored on: " + "; ".join(sources) + "."]
@@ -622,15 +761,27 @@ def study_markdown(r: dict, env: dict) -> str:
     ]
     front = {(p["params"], p["budget_s"]) for p in r["frontier"]}
     for p in sorted(r["points"], key=lambda p: (p["budget_s"], p["params"])):
-        lines.append(f"| {p['budget_s']:.0f} s | {p['n_layer']} x {p['n_embd']} | {p['params'] / 1e6:.2f}M | "
-                     f"{p['steps']:,} | {p['flops']:.2e} | {p['bpb']:.4f} | "
-                     f"{'yes' if (p['params'], p['budget_s']) in front else ''} |")
-    lines += ["", "| budget | compute-optimal parameters | at FLOPs | best bpb | from |", "| --- | --- | --- | --- | --- |"]
+        lines.append(
+            f"| {p['budget_s']:.0f} s | {p['n_layer']} x {p['n_embd']} | {p['params'] / 1e6:.2f}M | "
+            f"{p['steps']:,} | {p['flops']:.2e} | {p['bpb']:.4f} | "
+            f"{'yes' if (p['params'], p['budget_s']) in front else ''} |"
+        )
+    lines += [
+        "",
+        "| budget | compute-optimal parameters | at FLOPs | best bpb | from |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for o in r["optima"]:
-        lines.append(f"| {o['budget_s']:.0f} s | {o['params'] / 1e6:.2f}M | {o['flops']:.2e} | {o['best_bpb']:.4f} | {o['how']} |")
+        lines.append(
+            f"| {o['budget_s']:.0f} s | {o['params'] / 1e6:.2f}M | {o['flops']:.2e} | {o['best_bpb']:.4f} "
+            f"| {o['how']} |"
+        )
     if r["fit"]:
         f = r["fit"]
-        lines += ["", f"Fit: N_opt = {f['k']:.3g} * C^{f['a']:.3f} (r^2 {f['r2']:.3f} over {len(r['optima'])} budgets)."]
+        lines += [
+            "",
+            f"Fit: N_opt = {f['k']:.3g} * C^{f['a']:.3f} (r^2 {f['r2']:.3f} over {len(r['optima'])} budgets).",
+        ]
     return "\n".join(lines + notes(r)) + "\n"
 
 
@@ -680,18 +831,6 @@ def plot_study(r: dict, path: Path) -> None:
     fig.savefig(path)
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
-
-
 def record_environment() -> dict:
     env = environment("cpu")
     env["cpu_model"] = cpu_model()
@@ -700,15 +839,20 @@ def record_environment() -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--ab", action="store_true", help="run the recipe A/Bs instead of the comparison")
     mode.add_argument("--study", action="store_true", help="run the model-size x budget study instead")
     parser.add_argument("--text", type=Path, default=None, help="the Shakespeare text (default: the shared copy)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="where the results go (default: bench/results)")
-    parser.add_argument("--work", type=Path, default=ROOT / "bench" / "runs" / "push",
-                        help="scratch directory for the runs (default bench/runs/push, ignored by git)")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=ROOT / "bench" / "runs" / "push",
+        help="scratch directory for the runs (default bench/runs/push, ignored by git)",
+    )
     parser.add_argument("--ab-budget", type=float, default=60.0, help="seconds of training per A/B run")
     args = parser.parse_args(argv)
     if args.work.exists() and any(args.work.iterdir()):
@@ -720,18 +864,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.ab:
         result = run_ab(text, args.work, args.ab_budget, {**NANOGPT, "max_steps": 600}, ab_plan())
         write_json(args.out / "push-ab.json", {"environment": env, **result})
-        atomic_write(args.out / "push-ab.md", ab_markdown(result, env))
+        write_text(args.out / "push-ab.md", ab_markdown(result, env))
         print(ab_markdown(result, env))
     elif args.study:
         result = study(text, args.work, MINIGPT)
         write_json(args.out / "push-study.json", {"environment": env, **result})
-        atomic_write(args.out / "push-study.md", study_markdown(result, env))
+        write_text(args.out / "push-study.md", study_markdown(result, env))
         plot_study(result, args.out / "push-study.png")
         print(study_markdown(result, env))
     else:
         result = push(text, args.work)
         write_json(args.out / "push.json", {"environment": env, **result})
-        atomic_write(args.out / "push.md", push_markdown(result, env))
+        write_text(args.out / "push.md", push_markdown(result, env))
         plot_push(result, args.out / "push.png")
         print(push_markdown(result, env))
     return 0

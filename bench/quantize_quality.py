@@ -10,6 +10,7 @@ Each is scored with minigpt.eval.evaluate.bits_per_byte by the model in float32,
 int8 / int4 (several group sizes) of minigpt.generate.quantize on the bf16 model. JSON to
 bench/runs/<date>-<time>-quantize-quality/ (or bench/results/ with --update-results).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,10 +24,11 @@ if __package__ in (None, ""):  # run as a script: make `bench` and `minigpt` imp
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench.common import environment, output_dir, write_json  # noqa: E402
-from minigpt.eval.evaluate import bits_per_byte  # noqa: E402
+from bench.common import environment, log, output_dir, write_json  # noqa: E402
 from minigpt.data.corpus import data_tokenizer  # noqa: E402
-from minigpt.model.model import GPT  # noqa: E402
+from minigpt.eval.evaluate import bits_per_byte  # noqa: E402
+from minigpt.generate.quantize import quantize_model  # noqa: E402
+from minigpt.model.load import from_pretrained  # noqa: E402
 from minigpt.tokenizers.lookup import check_vocab, tokenizer_for  # noqa: E402
 
 DEFAULT_DATA = Path.home() / ".cache" / "minigpt" / "data" / "stdlib"
@@ -51,13 +53,14 @@ def held_out_text(data_dir: Path, max_bytes: int) -> str:
 
 
 def variants(init: str, group_sizes: list[int]):
-    yield "float32", {}, GPT.from_pretrained(init, dtype=torch.float32)
-    yield "bfloat16", {}, GPT.from_pretrained(init, dtype=torch.bfloat16)
-    yield "int8", {"activations": "bfloat16"}, GPT.from_pretrained(init, dtype=torch.bfloat16).quantize("int8")
+    yield "float32", {}, from_pretrained(init, dtype=torch.float32)
+    yield "bfloat16", {}, from_pretrained(init, dtype=torch.bfloat16)
+    yield "int8", {"activations": "bfloat16"}, quantize_model(from_pretrained(init, dtype=torch.bfloat16), "int8")
     for g in group_sizes:
-        model = GPT.from_pretrained(init, dtype=torch.bfloat16)
+        model = from_pretrained(init, dtype=torch.bfloat16)
         if model.config.n_embd % g == 0:
-            yield f"int4-g{g}", {"activations": "bfloat16", "group_size": g}, model.quantize("int4", group_size=g)
+            settings = {"activations": "bfloat16", "group_size": g}
+            yield f"int4-g{g}", settings, quantize_model(model, "int4", group_size=g)
 
 
 def main(argv=None) -> int:
@@ -84,21 +87,29 @@ def main(argv=None) -> int:
             with torch.inference_mode():
                 r = bits_per_byte(model, tokenizer, text)
             rows.append({"model": name, **extra, "text": text_name, **r, "seconds": time.perf_counter() - t0})
-            print(f"{name:10s} {text_name:24s} {r['bpb']:.4f} bits/byte", file=sys.stderr)
+            log(f"{name:10s} {text_name:24s} {r['bpb']:.4f} bits/byte")
     base = {row["text"]: row["bpb"] for row in rows if row["model"] == "float32"}
     for row in rows:
         row["bpb_vs_float32"] = row["bpb"] - base[row["text"]]
     out = output_dir(args.out, args.update_results, "quantize-quality")
     out.mkdir(parents=True, exist_ok=True)
-    payload = {"benchmark": "quantize-quality", "environment": environment("cpu"),
-               "settings": {"init": str(args.init), "data": str(args.data), "max_bytes": args.max_bytes,
-                            "texts": {k: len(v.encode("utf-8")) for k, v in texts.items()}},
-               "config": config, "results": rows}
+    payload = {
+        "benchmark": "quantize-quality",
+        "environment": environment("cpu"),
+        "settings": {
+            "init": str(args.init),
+            "data": str(args.data),
+            "max_bytes": args.max_bytes,
+            "texts": {k: len(v.encode("utf-8")) for k, v in texts.items()},
+        },
+        "config": config,
+        "results": rows,
+    }
     path = write_json(out / "quantize-quality.json", payload)
     print(f"{'model':10s} {'text':24s} bits/byte  vs float32")
     for row in rows:
         print(f"{row['model']:10s} {row['text']:24s} {row['bpb']:.4f}    {row['bpb_vs_float32']:+.4f}")
-    print(f"wrote {path}", file=sys.stderr)
+    log(f"wrote {path}")
     return 0
 
 

@@ -13,9 +13,10 @@ writes (to --checkpoint, default /tmp/gpt2-124m-random), medians of --repeats ro
 - first token: the whole process of `sample.py --init DIR --max-new-tokens 1` against a tiny
   transformers script doing the same job (the same tiktoken tokenizer, GPT2LMHeadModel load,
   one greedy token, print), wall time from the parent.
-- tokenizer: `minigpt.tokenizers.tokenizer.get_encoding("gpt2")` with its cache built, and the top of a
+- tokenizer: `minigpt.tokenizers.get_encoding("gpt2")` with its cache built, and the top of a
   cProfile of it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `bench` and `minigpt` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import environment, output_dir, write_json  # noqa: E402
+from bench.common import environment, log, output_dir, write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,9 +47,9 @@ LOAD_OURS = """
 import json, sys, time
 t0 = time.perf_counter()
 import torch
-from minigpt import GPT
+from minigpt import from_pretrained
 t1 = time.perf_counter()
-GPT.from_pretrained(sys.argv[1])
+from_pretrained(sys.argv[1])
 t2 = time.perf_counter()
 print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1}))
 """
@@ -113,8 +114,9 @@ print(out.getvalue())
 def python(code: str, *args: str, env: dict | None = None) -> tuple[float, str]:
     """Run code in a fresh interpreter; (wall seconds seen from here, its stdout)."""
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT,
-                          env=env, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600
+    )
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"a timed process failed: {proc.stderr.strip().splitlines()[-1:]}")
@@ -136,12 +138,20 @@ def medians(rows: list[dict]) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", type=Path, default=Path("/tmp/gpt2-124m-random"),
-                   help="where the random-init 124M checkpoint is (written by transformers if missing)")
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=Path("/tmp/gpt2-124m-random"),
+        help="where the random-init 124M checkpoint is (written by transformers if missing)",
+    )
     p.add_argument("--repeats", type=int, default=5, help="rounds of every variant, in alternation")
     p.add_argument("--prompt", default="The meaning of life is", help="the first-token prompt")
-    p.add_argument("--before", type=Path, default=None,
-                   help="also time from_pretrained of another checkout of this package (e.g. the code before a change)")
+    p.add_argument(
+        "--before",
+        type=Path,
+        default=None,
+        help="also time from_pretrained of another checkout of this package (e.g. the code before a change)",
+    )
     p.add_argument("--out", type=Path, default=None, help="results directory (default: a new bench/runs/ folder)")
     p.add_argument("--update-results", action="store_true", help="write bench/results/startup-cpu.json")
     args = p.parse_args(argv)
@@ -149,15 +159,31 @@ def main(argv=None) -> int:
     if not (args.checkpoint / "model.safetensors").exists():
         python(WRITE_CHECKPOINT, str(args.checkpoint))
     ckpt = str(args.checkpoint)
-    sides = {"minigpt": lambda: python(LOAD_OURS, ckpt, env=env),
-             "transformers": lambda: python(LOAD_HF, ckpt, env=env),
-             "read file": lambda: python(READ_FILE, str(args.checkpoint / "model.safetensors"))}
+    sides = {
+        "minigpt": lambda: python(LOAD_OURS, ckpt, env=env),
+        "transformers": lambda: python(LOAD_HF, ckpt, env=env),
+        "read file": lambda: python(READ_FILE, str(args.checkpoint / "model.safetensors")),
+    }
     if args.before:
         sides["minigpt before"] = lambda: python(LOAD_OURS, ckpt, env={**os.environ, "PYTHONPATH": str(args.before)})
-    sample = [sys.executable, str(ROOT / "sample.py"), "--init", ckpt, "--max-new-tokens", "1", "--device", "cpu",
-              "--temperature", "0", "--prompt", args.prompt]
-    first = {"sample.py": lambda: command(sample, env),
-             "transformers script": lambda: python(FIRST_TOKEN_HF, ckpt, args.prompt, env=env)[0]}
+    sample = [
+        sys.executable,
+        str(ROOT / "sample.py"),
+        "--init",
+        ckpt,
+        "--max-new-tokens",
+        "1",
+        "--device",
+        "cpu",
+        "--temperature",
+        "0",
+        "--prompt",
+        args.prompt,
+    ]
+    first = {
+        "sample.py": lambda: command(sample, env),
+        "transformers script": lambda: python(FIRST_TOKEN_HF, ckpt, args.prompt, env=env)[0],
+    }
     python(TOKENIZER, env=env)  # builds the tokenizer cache if it is missing
     load_rows = {name: [] for name in sides}
     first_rows = {name: [] for name in first}
@@ -174,15 +200,22 @@ def main(argv=None) -> int:
         wall, out = python(TOKENIZER, env=env)
         if r:
             tokenizer_rows.append({"process_s": wall, **json.loads(out)})
-        print(f"round {r} done", file=sys.stderr)
+        log(f"round {r} done")
     _, profile = python(TOKENIZER_PROFILE, env=env)
     size = (args.checkpoint / "model.safetensors").stat().st_size
     load = {name: medians(rows) | {"rounds": rows} for name, rows in load_rows.items()}
     load["read file"]["gb_per_s"] = size / load["read file"]["read_s"] / 1e9
     payload = {
-        "benchmark": "startup", "environment": environment("cpu"), "loadavg_at_start": list(os.getloadavg()),
-        "settings": {"checkpoint": ckpt, "checkpoint_bytes": size, "repeats": args.repeats, "prompt": args.prompt,
-                     "method": "fresh processes, variants in alternation, medians; the first round dropped"},
+        "benchmark": "startup",
+        "environment": environment("cpu"),
+        "loadavg_at_start": list(os.getloadavg()),
+        "settings": {
+            "checkpoint": ckpt,
+            "checkpoint_bytes": size,
+            "repeats": args.repeats,
+            "prompt": args.prompt,
+            "method": "fresh processes, variants in alternation, medians; the first round dropped",
+        },
         "load": load,
         "first_token": {name: medians(rows) | {"rounds": rows} for name, rows in first_rows.items()},
         "tokenizer": medians(tokenizer_rows) | {"rounds": tokenizer_rows, "profile": profile},
@@ -191,13 +224,16 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     path = write_json(out / "startup-cpu.json", payload)
     for name, r in load.items():
-        inside = f"load {r['load_s']:.3f} s, import {r['import_s']:.3f} s" if "load_s" in r else f"read {r['read_s']:.3f} s"
+        if "load_s" in r:
+            inside = f"load {r['load_s']:.3f} s, import {r['import_s']:.3f} s"
+        else:
+            inside = f"read {r['read_s']:.3f} s"
         print(f"{name:16s} {inside}, whole process {r['process_s']:.2f} s")
     for name, r in payload["first_token"].items():
         print(f"first token {name:20s} {r['process_s']:.2f} s (whole process)")
     t = payload["tokenizer"]
     print(f"get_encoding('gpt2') {1e3 * t['get_encoding_s']:.1f} ms (import {1e3 * t['import_s']:.0f} ms)")
-    print(f"wrote {path}", file=sys.stderr)
+    log(f"wrote {path}")
     return 0
 
 

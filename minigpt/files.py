@@ -9,6 +9,7 @@ atomic only within one file system), flush it to disk, then `os.replace` it into
     with atomic_directory(out / "ckpt_00001000") as tmp:
         ...  # fill tmp; on a clean exit it becomes out/ckpt_00001000
 """
+
 from __future__ import annotations
 
 import os

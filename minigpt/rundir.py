@@ -32,7 +32,7 @@ def checkpoint_name(step: int) -> str:
 
 
 def _step_of(name: str, prefix: str = CHECKPOINT_PREFIX) -> int | None:
-    suffix = name[len(prefix):]
+    suffix = name[len(prefix) :]
     return int(suffix) if name.startswith(prefix) and suffix.isdigit() else None
 
 
@@ -56,8 +56,10 @@ def read_latest(out_dir: str | Path) -> int | None:
         raise CheckpointError(f"cannot read {path}: {e}") from None
     step = _step_of(text)
     if step is None:
-        raise CheckpointError(f"{path} should name a {CHECKPOINT_PREFIX}<step> directory, it holds {text[:40]!r}; "
-                              "delete it to use the highest step")
+        raise CheckpointError(
+            f"{path} should name a {CHECKPOINT_PREFIX}<step> directory, it holds {text[:40]!r}; "
+            "delete it to use the highest step"
+        )
     return step
 
 

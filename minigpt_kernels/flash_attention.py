@@ -75,6 +75,7 @@ Supported inputs
 
 `attention_reference` at the end of this file is the same op in plain PyTorch.
 """
+
 import contextlib
 import math
 import os
@@ -99,13 +100,18 @@ MAX_BATCH_HEADS = 65535  # CUDA limit on the grid's second dimension
 
 @triton.jit
 def _attn_fwd_inner(
-    acc, l_i, m_i,  # running output (BLOCK_M, HEAD_DIM), normaliser and maximum (BLOCK_M,), fp32
+    acc,
+    l_i,
+    m_i,  # running output (BLOCK_M, HEAD_DIM), normaliser and maximum (BLOCK_M,), fp32
     q,  # the program's query block (BLOCK_M, HEAD_DIM)
-    k_head, v_head,  # pointers to K[b, h, 0, 0] and V[b, h, 0, 0]
-    stride_kt, stride_vt,  # distance between consecutive key / value rows, in elements
+    k_head,
+    v_head,  # pointers to K[b, h, 0, 0] and V[b, h, 0, 0]
+    stride_kt,
+    stride_vt,  # distance between consecutive key / value rows, in elements
     offs_m,  # query row indices of the block (BLOCK_M,)
     offs_d,  # 0 .. HEAD_DIM - 1
-    lo, hi,  # key range [lo, hi) to visit; lo is a multiple of BLOCK_N
+    lo,
+    hi,  # key range [lo, hi) to visit; lo is a multiple of BLOCK_N
     Tk,  # number of keys
     causal_offset,  # Tk - Tq: query i sees key j when j <= i + causal_offset
     qk_scale,  # sm_scale * log2(e)
@@ -150,16 +156,26 @@ def _attn_fwd_inner(
 
 @triton.jit(do_not_specialize=["Tq", "Tk"])
 def _attn_fwd(
-    Q, K, V,  # inputs: Q (B, H, Tq, D), K and V (B, H, Tk, D), unit stride along D
-    O,  # output (B, H, Tq, D), contiguous, Q's dtype
+    Q,
+    K,
+    V,  # inputs: Q (B, H, Tq, D), K and V (B, H, Tk, D), unit stride along D
+    O,  # output (B, H, Tq, D), contiguous, Q's dtype  # noqa: E741 (Q, K, V, O: the attention's own names)
     LSE,  # output (B, H, Tq), contiguous fp32: natural log-sum-exp of each row of scaled scores
-    stride_qb, stride_qh, stride_qt,  # strides of Q over batch, head and time, in elements
-    stride_kb, stride_kh, stride_kt,  # strides of K
-    stride_vb, stride_vh, stride_vt,  # strides of V
+    stride_qb,
+    stride_qh,
+    stride_qt,  # strides of Q over batch, head and time, in elements
+    stride_kb,
+    stride_kh,
+    stride_kt,  # strides of K
+    stride_vb,
+    stride_vh,
+    stride_vt,  # strides of V
     H,  # heads per batch element: program_id(1) is b * H + h
-    Tq, Tk,  # number of queries and of keys
+    Tq,
+    Tk,  # number of queries and of keys
     sm_scale,  # softmax scale applied to Q K^T
-    TQ_KEY, TK_KEY,  # next powers of two of Tq and Tk: read only by the autotuner, as its key
+    TQ_KEY,
+    TK_KEY,  # next powers of two of Tq and Tk: read only by the autotuner, as its key
     HEAD_DIM: tl.constexpr,  # D, a power of two in 16 .. 128
     CAUSAL: tl.constexpr,  # causal (bottom-right aligned) or full attention
     DOT_PRECISION: tl.constexpr,  # "ieee" for fp32 inputs, "tf32" otherwise (ignored for 16-bit)
@@ -199,14 +215,46 @@ def _attn_fwd(
         hi = Tk
         full_hi = Tk // BLOCK_N * BLOCK_N
     acc, l_i, m_i = _attn_fwd_inner(
-        acc, l_i, m_i, q, k_head, v_head, stride_kt, stride_vt, offs_m, offs_d,
-        0, full_hi, Tk, causal_offset, qk_scale,
-        CAUSAL=CAUSAL, MASK=False, DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N,
+        acc,
+        l_i,
+        m_i,
+        q,
+        k_head,
+        v_head,
+        stride_kt,
+        stride_vt,
+        offs_m,
+        offs_d,
+        0,
+        full_hi,
+        Tk,
+        causal_offset,
+        qk_scale,
+        CAUSAL=CAUSAL,
+        MASK=False,
+        DOT_PRECISION=DOT_PRECISION,
+        BLOCK_N=BLOCK_N,
     )
     acc, l_i, m_i = _attn_fwd_inner(
-        acc, l_i, m_i, q, k_head, v_head, stride_kt, stride_vt, offs_m, offs_d,
-        full_hi, hi, Tk, causal_offset, qk_scale,
-        CAUSAL=CAUSAL, MASK=True, DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N,
+        acc,
+        l_i,
+        m_i,
+        q,
+        k_head,
+        v_head,
+        stride_kt,
+        stride_vt,
+        offs_m,
+        offs_d,
+        full_hi,
+        hi,
+        Tk,
+        causal_offset,
+        qk_scale,
+        CAUSAL=CAUSAL,
+        MASK=True,
+        DOT_PRECISION=DOT_PRECISION,
+        BLOCK_N=BLOCK_N,
     )
 
     lse = (m_i + tl.log2(l_i)) * 0.6931471805599453  # back from base 2 to natural log
@@ -217,10 +265,12 @@ def _attn_fwd(
 
 @triton.jit(do_not_specialize=["Tq"])
 def _attn_bwd_delta(
-    O,  # forward output (B, H, Tq, D), contiguous
+    O,  # forward output (B, H, Tq, D), contiguous  # noqa: E741
     DO,  # gradient of the output (B, H, Tq, D), unit stride along D
     DELTA,  # output (B, H, Tq), contiguous fp32: rowsum(dO * O)
-    stride_dob, stride_doh, stride_dot,  # strides of DO over batch, head and time
+    stride_dob,
+    stride_doh,
+    stride_dot,  # strides of DO over batch, head and time
     H,  # heads per batch element
     Tq,  # number of queries
     HEAD_DIM: tl.constexpr,  # D
@@ -242,14 +292,20 @@ def _attn_bwd_delta(
 
 @triton.jit
 def _attn_bwd_dkdv_inner(
-    dk, dv,  # running dK and dV of the key block (BLOCK_N, HEAD_DIM), fp32, dK without the scale
-    k, v,  # the program's key and value blocks (BLOCK_N, HEAD_DIM)
-    q_head, do_head,  # pointers to Q[b, h, 0, 0] and dO[b, h, 0, 0]
-    lse_head, delta_head,  # pointers to LSE[b, h, 0] and DELTA[b, h, 0]
-    stride_qt, stride_dot,  # distance between consecutive query / dO rows
+    dk,
+    dv,  # running dK and dV of the key block (BLOCK_N, HEAD_DIM), fp32, dK without the scale
+    k,
+    v,  # the program's key and value blocks (BLOCK_N, HEAD_DIM)
+    q_head,
+    do_head,  # pointers to Q[b, h, 0, 0] and dO[b, h, 0, 0]
+    lse_head,
+    delta_head,  # pointers to LSE[b, h, 0] and DELTA[b, h, 0]
+    stride_qt,
+    stride_dot,  # distance between consecutive query / dO rows
     offs_n,  # key indices of the block (BLOCK_N,)
     offs_d,  # 0 .. HEAD_DIM - 1
-    lo, hi,  # query range [lo, hi) to visit, in steps of BLOCK_M (lo need not be aligned)
+    lo,
+    hi,  # query range [lo, hi) to visit, in steps of BLOCK_M (lo need not be aligned)
     Tq,  # number of queries
     causal_offset,  # Tk - Tq
     qk_scale,  # sm_scale * log2(e)
@@ -291,19 +347,32 @@ def _attn_bwd_dkdv_inner(
 
 @triton.jit(do_not_specialize=["Tq", "Tk"])
 def _attn_bwd_dkdv(
-    Q, K, V,  # forward inputs, unit stride along D
+    Q,
+    K,
+    V,  # forward inputs, unit stride along D
     DO,  # gradient of the output (B, H, Tq, D), unit stride along D
     LSE,  # forward log-sum-exp (B, H, Tq), contiguous fp32
     DELTA,  # rowsum(dO * O) (B, H, Tq), contiguous fp32
-    DK, DV,  # outputs (B, H, Tk, D), contiguous, K's dtype
-    stride_qb, stride_qh, stride_qt,  # strides of Q over batch, head and time
-    stride_kb, stride_kh, stride_kt,  # strides of K
-    stride_vb, stride_vh, stride_vt,  # strides of V
-    stride_dob, stride_doh, stride_dot,  # strides of DO
+    DK,
+    DV,  # outputs (B, H, Tk, D), contiguous, K's dtype
+    stride_qb,
+    stride_qh,
+    stride_qt,  # strides of Q over batch, head and time
+    stride_kb,
+    stride_kh,
+    stride_kt,  # strides of K
+    stride_vb,
+    stride_vh,
+    stride_vt,  # strides of V
+    stride_dob,
+    stride_doh,
+    stride_dot,  # strides of DO
     H,  # heads per batch element
-    Tq, Tk,  # number of queries and of keys
+    Tq,
+    Tk,  # number of queries and of keys
     sm_scale,  # softmax scale
-    TQ_KEY, TK_KEY,  # next powers of two of Tq and Tk: autotuning key only
+    TQ_KEY,
+    TK_KEY,  # next powers of two of Tq and Tk: autotuning key only
     HEAD_DIM: tl.constexpr,  # D
     CAUSAL: tl.constexpr,  # causal (bottom-right aligned) or full attention
     DOT_PRECISION: tl.constexpr,  # "ieee" for fp32 inputs, "tf32" otherwise
@@ -347,19 +416,73 @@ def _attn_bwd_dkdv(
         mid = 0
     full_hi = mid + tl.maximum(Tq - mid, 0) // BLOCK_M * BLOCK_M
     dk, dv = _attn_bwd_dkdv_inner(
-        dk, dv, k, v, q_head, do_head, lse_head, delta_head, stride_qt, stride_dot, offs_n, offs_d,
-        lo, mid, Tq, causal_offset, qk_scale,
-        CAUSAL=CAUSAL, MASK=True, DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M,
+        dk,
+        dv,
+        k,
+        v,
+        q_head,
+        do_head,
+        lse_head,
+        delta_head,
+        stride_qt,
+        stride_dot,
+        offs_n,
+        offs_d,
+        lo,
+        mid,
+        Tq,
+        causal_offset,
+        qk_scale,
+        CAUSAL=CAUSAL,
+        MASK=True,
+        DOT_PRECISION=DOT_PRECISION,
+        BLOCK_M=BLOCK_M,
     )
     dk, dv = _attn_bwd_dkdv_inner(
-        dk, dv, k, v, q_head, do_head, lse_head, delta_head, stride_qt, stride_dot, offs_n, offs_d,
-        mid, full_hi, Tq, causal_offset, qk_scale,
-        CAUSAL=CAUSAL, MASK=False, DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M,
+        dk,
+        dv,
+        k,
+        v,
+        q_head,
+        do_head,
+        lse_head,
+        delta_head,
+        stride_qt,
+        stride_dot,
+        offs_n,
+        offs_d,
+        mid,
+        full_hi,
+        Tq,
+        causal_offset,
+        qk_scale,
+        CAUSAL=CAUSAL,
+        MASK=False,
+        DOT_PRECISION=DOT_PRECISION,
+        BLOCK_M=BLOCK_M,
     )
     dk, dv = _attn_bwd_dkdv_inner(
-        dk, dv, k, v, q_head, do_head, lse_head, delta_head, stride_qt, stride_dot, offs_n, offs_d,
-        full_hi, Tq, Tq, causal_offset, qk_scale,
-        CAUSAL=CAUSAL, MASK=True, DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M,
+        dk,
+        dv,
+        k,
+        v,
+        q_head,
+        do_head,
+        lse_head,
+        delta_head,
+        stride_qt,
+        stride_dot,
+        offs_n,
+        offs_d,
+        full_hi,
+        Tq,
+        Tq,
+        causal_offset,
+        qk_scale,
+        CAUSAL=CAUSAL,
+        MASK=True,
+        DOT_PRECISION=DOT_PRECISION,
+        BLOCK_M=BLOCK_M,
     )
 
     out_offs = pid_bh.to(tl.int64) * Tk * HEAD_DIM + offs_n[:, None] * HEAD_DIM + offs_d[None, :]
@@ -370,14 +493,18 @@ def _attn_bwd_dkdv(
 @triton.jit
 def _attn_bwd_dq_inner(
     dq,  # running dQ of the query block (BLOCK_M, HEAD_DIM), fp32, without the scale
-    q, do,  # the program's query and dO blocks (BLOCK_M, HEAD_DIM)
+    q,
+    do,  # the program's query and dO blocks (BLOCK_M, HEAD_DIM)
     lse2,  # log-sum-exp of the block's rows in base 2 (BLOCK_M,)
     delta,  # rowsum(dO * O) of the block's rows (BLOCK_M,)
-    k_head, v_head,  # pointers to K[b, h, 0, 0] and V[b, h, 0, 0]
-    stride_kt, stride_vt,  # distance between consecutive key / value rows
+    k_head,
+    v_head,  # pointers to K[b, h, 0, 0] and V[b, h, 0, 0]
+    stride_kt,
+    stride_vt,  # distance between consecutive key / value rows
     offs_m,  # query row indices of the block (BLOCK_M,)
     offs_d,  # 0 .. HEAD_DIM - 1
-    lo, hi,  # key range [lo, hi) to visit; lo is a multiple of BLOCK_N
+    lo,
+    hi,  # key range [lo, hi) to visit; lo is a multiple of BLOCK_N
     Tk,  # number of keys
     causal_offset,  # Tk - Tq
     qk_scale,  # sm_scale * log2(e)
@@ -413,19 +540,31 @@ def _attn_bwd_dq_inner(
 
 @triton.jit(do_not_specialize=["Tq", "Tk"])
 def _attn_bwd_dq(
-    Q, K, V,  # forward inputs, unit stride along D
+    Q,
+    K,
+    V,  # forward inputs, unit stride along D
     DO,  # gradient of the output (B, H, Tq, D), unit stride along D
     LSE,  # forward log-sum-exp (B, H, Tq), contiguous fp32
     DELTA,  # rowsum(dO * O) (B, H, Tq), contiguous fp32
     DQ,  # output (B, H, Tq, D), contiguous, Q's dtype
-    stride_qb, stride_qh, stride_qt,  # strides of Q over batch, head and time
-    stride_kb, stride_kh, stride_kt,  # strides of K
-    stride_vb, stride_vh, stride_vt,  # strides of V
-    stride_dob, stride_doh, stride_dot,  # strides of DO
+    stride_qb,
+    stride_qh,
+    stride_qt,  # strides of Q over batch, head and time
+    stride_kb,
+    stride_kh,
+    stride_kt,  # strides of K
+    stride_vb,
+    stride_vh,
+    stride_vt,  # strides of V
+    stride_dob,
+    stride_doh,
+    stride_dot,  # strides of DO
     H,  # heads per batch element
-    Tq, Tk,  # number of queries and of keys
+    Tq,
+    Tk,  # number of queries and of keys
     sm_scale,  # softmax scale
-    TQ_KEY, TK_KEY,  # next powers of two of Tq and Tk: autotuning key only
+    TQ_KEY,
+    TK_KEY,  # next powers of two of Tq and Tk: autotuning key only
     HEAD_DIM: tl.constexpr,  # D
     CAUSAL: tl.constexpr,  # causal (bottom-right aligned) or full attention
     DOT_PRECISION: tl.constexpr,  # "ieee" for fp32 inputs, "tf32" otherwise
@@ -461,14 +600,48 @@ def _attn_bwd_dq(
         hi = Tk
         full_hi = Tk // BLOCK_N * BLOCK_N
     dq = _attn_bwd_dq_inner(
-        dq, q, do, lse2, delta, k_head, v_head, stride_kt, stride_vt, offs_m, offs_d,
-        0, full_hi, Tk, causal_offset, qk_scale,
-        CAUSAL=CAUSAL, MASK=False, DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N,
+        dq,
+        q,
+        do,
+        lse2,
+        delta,
+        k_head,
+        v_head,
+        stride_kt,
+        stride_vt,
+        offs_m,
+        offs_d,
+        0,
+        full_hi,
+        Tk,
+        causal_offset,
+        qk_scale,
+        CAUSAL=CAUSAL,
+        MASK=False,
+        DOT_PRECISION=DOT_PRECISION,
+        BLOCK_N=BLOCK_N,
     )
     dq = _attn_bwd_dq_inner(
-        dq, q, do, lse2, delta, k_head, v_head, stride_kt, stride_vt, offs_m, offs_d,
-        full_hi, hi, Tk, causal_offset, qk_scale,
-        CAUSAL=CAUSAL, MASK=True, DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N,
+        dq,
+        q,
+        do,
+        lse2,
+        delta,
+        k_head,
+        v_head,
+        stride_kt,
+        stride_vt,
+        offs_m,
+        offs_d,
+        full_hi,
+        hi,
+        Tk,
+        causal_offset,
+        qk_scale,
+        CAUSAL=CAUSAL,
+        MASK=True,
+        DOT_PRECISION=DOT_PRECISION,
+        BLOCK_N=BLOCK_N,
     )
     dq_ptrs = DQ + pid_bh.to(tl.int64) * Tq * HEAD_DIM + offs_m[:, None] * HEAD_DIM + offs_d[None, :]
     tl.store(dq_ptrs, (dq * sm_scale).to(DQ.dtype.element_ty), mask=in_q[:, None])
@@ -497,17 +670,31 @@ def _config(block_m, block_n, num_stages, num_warps):
 
 
 _FWD_CONFIGS = [
-    _config(128, 64, 3, 4), _config(128, 64, 4, 4), _config(128, 64, 3, 8), _config(128, 64, 4, 8),
-    _config(128, 128, 3, 8), _config(128, 128, 4, 8), _config(128, 32, 4, 4),
-    _config(64, 64, 3, 4), _config(64, 32, 4, 4),
+    _config(128, 64, 3, 4),
+    _config(128, 64, 4, 4),
+    _config(128, 64, 3, 8),
+    _config(128, 64, 4, 8),
+    _config(128, 128, 3, 8),
+    _config(128, 128, 4, 8),
+    _config(128, 32, 4, 4),
+    _config(64, 64, 3, 4),
+    _config(64, 32, 4, 4),
 ]
 _DKDV_CONFIGS = [
-    _config(32, 128, 5, 4), _config(32, 128, 3, 4), _config(32, 128, 3, 8), _config(64, 128, 3, 8),
-    _config(32, 64, 4, 4), _config(64, 64, 3, 4),
+    _config(32, 128, 5, 4),
+    _config(32, 128, 3, 4),
+    _config(32, 128, 3, 8),
+    _config(64, 128, 3, 8),
+    _config(32, 64, 4, 4),
+    _config(64, 64, 3, 4),
 ]
 _DQ_CONFIGS = [
-    _config(128, 32, 5, 4), _config(128, 32, 3, 4), _config(128, 32, 3, 8), _config(128, 64, 3, 8),
-    _config(64, 32, 4, 4), _config(64, 64, 3, 4),
+    _config(128, 32, 5, 4),
+    _config(128, 32, 3, 4),
+    _config(128, 32, 3, 8),
+    _config(128, 64, 3, 8),
+    _config(64, 32, 4, 4),
+    _config(64, 64, 3, 4),
 ]
 _TUNING_KEY = ["TQ_KEY", "TK_KEY", "HEAD_DIM", "CAUSAL"]
 MAX_CONFIGS_ENV = "MINIGPT_AUTOTUNE_MAX_CONFIGS"
@@ -584,9 +771,7 @@ def _check_kernel_inputs(q, k, v):
     if D not in SUPPORTED_HEAD_DIMS:
         raise ValueError(f"flash_attention: head dim {D} is not supported; it must be one of {SUPPORTED_HEAD_DIMS}")
     if not (q.device == k.device == v.device):
-        raise ValueError(
-            f"flash_attention: q, k, v must be on one device, got {q.device}, {k.device}, {v.device}"
-        )
+        raise ValueError(f"flash_attention: q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
     if q.shape[0] * q.shape[1] > MAX_BATCH_HEADS:
         raise ValueError(f"flash_attention: B * H = {q.shape[0] * q.shape[1]} exceeds {MAX_BATCH_HEADS}")
     if q.device.type != "cuda" and not _kernels_are_interpreted():
@@ -635,8 +820,20 @@ def _forward(q, k, v, causal, sm_scale, blocks=None):
     o = torch.empty((B, H, Tq, D), dtype=q.dtype, device=q.device)
     lse = torch.empty((B, H, Tq), dtype=torch.float32, device=q.device)
     args = (
-        q, k, v, o, lse, *_strides(q), *_strides(k), *_strides(v), H, Tq, Tk, sm_scale,
-        triton.next_power_of_2(Tq), triton.next_power_of_2(Tk),
+        q,
+        k,
+        v,
+        o,
+        lse,
+        *_strides(q),
+        *_strides(k),
+        *_strides(v),
+        H,
+        Tq,
+        Tk,
+        sm_scale,
+        triton.next_power_of_2(Tq),
+        triton.next_power_of_2(Tk),
     )
     kwargs = {"HEAD_DIM": D, "CAUSAL": causal, "DOT_PRECISION": _dot_precision(q.dtype)}
 
@@ -658,7 +855,14 @@ def _backward(do, q, k, v, o, lse, causal, sm_scale, blocks=None):
     dv = torch.empty((B, H, Tk, D), dtype=v.dtype, device=v.device)
 
     _attn_bwd_delta[(triton.cdiv(Tq, _DELTA_BLOCK_M), B * H)](
-        o, do, delta, *_strides(do), H, Tq, HEAD_DIM=D, BLOCK_M=_DELTA_BLOCK_M,
+        o,
+        do,
+        delta,
+        *_strides(do),
+        H,
+        Tq,
+        HEAD_DIM=D,
+        BLOCK_M=_DELTA_BLOCK_M,
     )
     strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(do))
     sizes = (H, Tq, Tk, sm_scale, triton.next_power_of_2(Tq), triton.next_power_of_2(Tk))
@@ -672,12 +876,22 @@ def _backward(do, q, k, v, o, lse, causal, sm_scale, blocks=None):
         return (triton.cdiv(Tq, meta["BLOCK_M"]), B * H)
 
     _launch(
-        _attn_bwd_dkdv, _attn_bwd_dkdv_tuned, _INTERPRETER_DKDV, blocks.get("dkdv"), dkdv_grid,
-        (q, k, v, do, lse, delta, dk, dv, *strides, *sizes), kwargs,
+        _attn_bwd_dkdv,
+        _attn_bwd_dkdv_tuned,
+        _INTERPRETER_DKDV,
+        blocks.get("dkdv"),
+        dkdv_grid,
+        (q, k, v, do, lse, delta, dk, dv, *strides, *sizes),
+        kwargs,
     )
     _launch(
-        _attn_bwd_dq, _attn_bwd_dq_tuned, _INTERPRETER_DQ, blocks.get("dq"), dq_grid,
-        (q, k, v, do, lse, delta, dq, *strides, *sizes), kwargs,
+        _attn_bwd_dq,
+        _attn_bwd_dq_tuned,
+        _INTERPRETER_DQ,
+        blocks.get("dq"),
+        dq_grid,
+        (q, k, v, do, lse, delta, dq, *strides, *sizes),
+        kwargs,
     )
     return dq, dk, dv
 

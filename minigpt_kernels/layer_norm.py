@@ -46,6 +46,7 @@ Supported inputs
 * x on a CUDA device, or on the CPU when the kernels were defined under the
   Triton interpreter (TRITON_INTERPRET=1 set before `kernels` is imported).
 """
+
 import contextlib
 
 import torch
@@ -248,9 +249,20 @@ def _layer_norm_forward(x2d, weight, bias, eps):
     grid = (triton.cdiv(M, block_m),)
     with _on_device(x2d.device):
         _layer_norm_fwd_kernel[grid](
-            x2d, y, weight, bias, mean, rstd,
-            x2d.stride(0), y.stride(0), M, N, eps,
-            BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps,
+            x2d,
+            y,
+            weight,
+            bias,
+            mean,
+            rstd,
+            x2d.stride(0),
+            y.stride(0),
+            M,
+            N,
+            eps,
+            BLOCK_M=block_m,
+            BLOCK_N=block_n,
+            num_warps=num_warps,
         )
     return y, mean, rstd
 
@@ -280,9 +292,22 @@ def _layer_norm_backward(dy2d, x2d, weight, mean, rstd):
     partial = torch.empty((programs, 2, N), dtype=torch.float32, device=x2d.device)
     with _on_device(x2d.device):
         _layer_norm_bwd_kernel[(programs,)](
-            x2d, dy2d, dx, weight, mean, rstd, partial,
-            x2d.stride(0), dy2d.stride(0), dx.stride(0), M, N, rows_per_program,
-            BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps,
+            x2d,
+            dy2d,
+            dx,
+            weight,
+            mean,
+            rstd,
+            partial,
+            x2d.stride(0),
+            dy2d.stride(0),
+            dx.stride(0),
+            M,
+            N,
+            rows_per_program,
+            BLOCK_M=block_m,
+            BLOCK_N=block_n,
+            num_warps=num_warps,
         )
     # A fixed-order reduction over programs (torch reductions use no atomics).
     dw, db = partial.sum(dim=0).unbind(0)

@@ -4,6 +4,7 @@ The Triton kernels run under the Triton interpreter on machines without a CUDA G
 TRITON_INTERPRET is read when a kernel is decorated, so it must be set before
 anything imports `minigpt_kernels` (or triton); conftest.py is imported first by pytest.
 """
+
 import os
 
 import torch
@@ -16,7 +17,16 @@ import pytest  # noqa: E402
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+def pytest_addoption(parser):
+    parser.addoption("--all", action="store_true", help="also run the tests marked slow (CI runs everything)")
+
+
 def pytest_collection_modifyitems(config, items):
+    if not config.getoption("--all"):  # the quick default for developers: slow tests are deselected
+        slow = [item for item in items if "slow" in item.keywords]
+        if slow:
+            config.hook.pytest_deselected(items=slow)
+            items[:] = [item for item in items if "slow" not in item.keywords]
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")

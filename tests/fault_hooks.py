@@ -11,6 +11,7 @@ Environment:
                    prune    a pruned checkpoint has been renamed aside and one of its files deleted
   FAULT_ENOSPC   N - the N-th train_state.safetensors write fails with "No space left on device"
 """
+
 from __future__ import annotations
 
 import errno
@@ -26,8 +27,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from minigpt.train import checkpoint  # noqa: E402
 from minigpt.model.model import GPT  # noqa: E402
+from minigpt.train import checkpoint  # noqa: E402
 
 counts: Counter = Counter()
 kind_at, _, n_at = os.environ.get("FAULT_AT", "").partition(":")

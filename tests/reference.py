@@ -4,6 +4,7 @@ Tolerances (fp32, CPU), used throughout the model tests:
     logits vs transformers' GPT2LMHeadModel     max abs diff <= 1e-4
     cached vs uncached decode, backends vs math  max abs diff <= 1e-4
 """
+
 from __future__ import annotations
 
 from pathlib import Path

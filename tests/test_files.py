@@ -1,4 +1,5 @@
 """minigpt.files: atomic writes of files and directories."""
+
 import os
 import stat
 

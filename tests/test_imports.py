@@ -5,6 +5,7 @@ inside a function), so an import hidden in a function to break a cycle is still 
 The modules are found by listing the package directory, so new or split modules are covered.
 The optional `minigpt_kernels` import (Triton, CUDA only) is not a minigpt module and is not counted.
 """
+
 import ast
 import json
 import subprocess
@@ -85,7 +86,7 @@ def dependency_order(graph: dict[str, set[str]]) -> list[str]:
         if state.get(name) == 2:
             return
         if state.get(name) == 1:
-            cycle = path[path.index(name):] + [name]
+            cycle = path[path.index(name) :] + [name]
             raise AssertionError(f"import cycle: {' -> '.join(cycle)}")
         state[name] = 1
         for dep in sorted(graph[name]):
@@ -109,8 +110,16 @@ def closure(graph: dict[str, set[str]], name: str) -> set[str]:
 
 def test_the_package_is_found_and_the_graph_is_read():
     graph, _ = import_graph()
-    for name in ("minigpt", "minigpt.model.config", "minigpt.model.model", "minigpt.model.weights", "minigpt.generate.sampling",
-                 "minigpt.generate.simple", "minigpt.generate.decoder", "minigpt.files"):
+    for name in (
+        "minigpt",
+        "minigpt.model.config",
+        "minigpt.model.model",
+        "minigpt.model.weights",
+        "minigpt.generate.sampling",
+        "minigpt.generate.simple",
+        "minigpt.generate.decoder",
+        "minigpt.files",
+    ):
         assert name in graph, name
     assert "minigpt.model.config" in graph["minigpt.model.model"]  # the reader sees real edges
     assert graph["minigpt.model.config"] & {"minigpt.model.model", "minigpt.model.weights"} == set()
@@ -136,7 +145,9 @@ def test_imports_are_acyclic():
 
 def test_the_model_layer_imports_one_way():
     graph, _ = import_graph()
-    assert "minigpt.model.model" not in closure(graph, "minigpt.model.weights")  # weights reads tensors, never the model
+    assert "minigpt.model.model" not in closure(
+        graph, "minigpt.model.weights"
+    )  # weights reads tensors, never the model
     assert "minigpt.generate.simple" not in closure(graph, "minigpt.model.model")
     assert "minigpt.generate.simple" not in closure(graph, "minigpt.generate.decoder")
     assert closure(graph, "minigpt.generate.sampling") <= {"minigpt.model.config"}
@@ -163,8 +174,9 @@ print(json.dumps(problems))
 
 
 def run_imports(order: list[str], allowed: dict[str, list[str]]) -> list[str]:
-    out = subprocess.run([sys.executable, "-c", SCRIPT], input=json.dumps([order, allowed]), cwd=ROOT,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT], input=json.dumps([order, allowed]), cwd=ROOT, capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -172,6 +184,7 @@ def run_imports(order: list[str], allowed: dict[str, list[str]]) -> list[str]:
 def test_each_module_imports_in_a_fresh_interpreter():
     graph, _ = import_graph()
     order = dependency_order(graph)
+
     # Importing minigpt.x.y runs minigpt/__init__.py and minigpt/x/__init__.py first, so what those
     # packages import may load too, and so may the packages above every module loaded.
     def with_packages(names: set[str]) -> set[str]:

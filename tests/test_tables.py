@@ -4,12 +4,14 @@
 For each: the help text names every entry, every entry works, and README.md's list names
 exactly the table's entries.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
 import re
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -66,7 +68,9 @@ def lm_eval_task(root: Path) -> str:
         f"dataset_kwargs:\n  data_files:\n    test: {data}\n"
         "test_split: test\noutput_type: multiple_choice\n"
         'doc_to_text: "{{context}}"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: label\n'
-        'target_delimiter: ""\nmetric_list:\n  - metric: acc\n', encoding="utf-8")
+        'target_delimiter: ""\nmetric_list:\n  - metric: acc\n',
+        encoding="utf-8",
+    )
     return "lm-eval:minigpt_tables_quiz"
 
 
@@ -75,9 +79,19 @@ def tiny_task(kind: str, root: Path) -> tuple[str, str | None]:
     files = {
         "bpb": ("t.txt", "The quick brown fox jumps over the lazy dog. " * 3),
         "mc": ("q.jsonl", json.dumps({"context": "2 + 2 =", "choices": [" 4", " 5"], "label": 0}) + "\n"),
-        "hellaswag": ("h.jsonl", json.dumps({"ctx_a": "A man sits.", "ctx_b": "he", "activity_label": "Sitting",
-                                             "endings": ["stands.", "sleeps.", "eats.", "runs."],
-                                             "label": "1"}) + "\n"),
+        "hellaswag": (
+            "h.jsonl",
+            json.dumps(
+                {
+                    "ctx_a": "A man sits.",
+                    "ctx_b": "he",
+                    "activity_label": "Sitting",
+                    "endings": ["stands.", "sleeps.", "eats.", "runs."],
+                    "label": "1",
+                }
+            )
+            + "\n",
+        ),
         "lambada": ("l.jsonl", json.dumps({"text": "The cat sat on the mat"}) + "\n"),
     }
     if kind == "lm-eval":
@@ -144,7 +158,7 @@ def test_each_schedule_gives_finite_rates(name):
     assert lrs[5] == pytest.approx(cfg.lr)  # the decay starts at lr ...
     assert lrs[40:] == [cfg.min_lr] * 10  # ... and ends at min_lr
     after = lrs[5:41]
-    assert all(b <= a + 1e-15 for a, b in zip(after, after[1:], strict=False))  # never up after the warmup
+    assert all(b <= a + 1e-15 for a, b in pairwise(after))  # never up after the warmup
     # over a budget: the same decay, as a function of the progress
     budget = TrainConfig(lr=1.0, min_lr=0.1, warmup_steps=2, time_budget=60.0, schedule=name)
     rates = [lr_at(10, budget, p / 20) for p in range(25)]

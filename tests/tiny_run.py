@@ -1,4 +1,5 @@
 """Shared pieces of the training tests: a tiny corpus, tiny run settings, reading what a run wrote."""
+
 from __future__ import annotations
 
 import hashlib
@@ -20,20 +21,37 @@ def load_script(path: Path):
     return module
 
 
-WORDS = ("the cat dog bird fish sat ran flew swam on under over near a red blue green small big "
-         "mat tree pond house and then while because quickly slowly").split()
+WORDS = (
+    "the cat dog bird fish sat ran flew swam on under over near a red blue green small big "
+    "mat tree pond house and then while because quickly slowly"
+).split()
 
 
 def tiny_settings(data_dir: Path, out_dir: Path, **overrides) -> dict:
     """A 2-layer, 32-wide model on 4 x 32-token micro-batches (a value of None: left out)."""
     settings = dict(
-        data=data_dir, out_dir=out_dir, n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=4,
-        max_steps=8, lr=3e-3, warmup_steps=2, eval_interval=0, eval_steps=1, sample_interval=0,
-        sample_tokens=8, ckpt_interval=0, keep_checkpoints=0, seed=7,
+        data=data_dir,
+        out_dir=out_dir,
+        n_layer=2,
+        n_head=2,
+        n_embd=32,
+        block_size=32,
+        batch_size=4,
+        max_steps=8,
+        lr=3e-3,
+        warmup_steps=2,
+        eval_interval=0,
+        eval_steps=1,
+        sample_interval=0,
+        sample_tokens=8,
+        ckpt_interval=0,
+        keep_checkpoints=0,
+        seed=7,
     )
     settings.update(overrides)
-    return {key: str(value) if isinstance(value, Path) else value
-            for key, value in settings.items() if value is not None}
+    return {
+        key: str(value) if isinstance(value, Path) else value for key, value in settings.items() if value is not None
+    }
 
 
 def tiny_argv(data_dir: Path, out_dir: Path, **overrides) -> list[str]:
@@ -53,10 +71,9 @@ def read_log(out_dir: Path) -> tuple[dict[int, dict], dict[int, dict]]:
 def tree_hashes(directory: Path) -> dict[str, str]:
     return {
         str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(directory.rglob("*")) if p.is_file()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
     }
-
-
 
 
 def make_corpus(root: Path) -> Path:

@@ -1,49 +1,9 @@
 """Corpus preparation: text -> tokens in uint16 shards plus meta.json (minigpt.data.loader reads them).
 
-`python -m minigpt.data SOURCE` runs prepare() from the command line.
-
-Sources (the SOURCE string is called a "spec" below):
-  stdlib        every *.py file of the running interpreter's standard library, offline. The
-                `test` packages are kept (they are real code, and most of the bytes);
-                site-packages/dist-packages are not. Files that are not UTF-8 (a handful of
-                encoding tests) are skipped with a warning.
-  shakespeare   karpathy/char-rnn's tinyshakespeare input.txt, downloaded into the output dir.
-  fineweb-edu   HuggingFaceFW/fineweb-edu, sample-10BT, streamed with `datasets`.
-  openwebtext   Skylion007/openwebtext, streamed with `datasets`.
-  a file        one document (so is a directory or glob that finds just one file).
-  a directory   every file below it whose suffix is in TEXT_SUFFIXES; names starting with "."
-                (.git, .venv, ...) and __pycache__ are skipped. To use a local path that is
-                spelled like a named source, write it as ./stdlib.
-  a glob        e.g. 'data/*.txt' (quoted; ** recurses); every matching file, whatever its suffix.
-Empty files are ignored; files that cannot be read or are not UTF-8 text are skipped with a
-warning when they are part of a bigger source, and are an error when they are the source.
-
-Layout of a prepared directory: train_000000.npy, train_000001.npy, ..., val_000000.npy, ...
-(1-D uint16 .npy arrays of `shard_tokens` tokens, the last of each split shorter), the tokenizer
-the shards were made with (minigpt_tokenizer.json, plus tokenizer.json for a BPE: what
-minigpt.tokenizers.load_tokenizer reads) and meta.json, which names the tokenizer ("tokenizer":
-the --tokenizer value, "tokenizer_kind", vocab_size, eot_id) and lists each shard's file, length
-and largest token id ("max_id": the ids are checked against the vocabulary before training
-without reading the shards).
-Every document is preceded by the end-of-text id (GPT-2's <|endoftext|>, 50256), so the shards of
-a split are one stream of documents that may run across shard boundaries.
-
-The tokenizer: "gpt2" (GPT-2's BPE, the default), "char" or "bpe:N" (see minigpt.tokenizers.kinds). A
-char or bpe tokenizer is trained on the documents of the train split only, never on val, so
-val stays unseen. Each tokenizer gets its own directory (default_data_dir), and a directory
-prepared with another tokenizer is prepared again, never mixed. The shards hold uint16 ids: a
-vocabulary of more than 65536 ids is refused.
-
-The train/val split is deterministic. A source with several documents sends a document to val
-when the sha1 of its key (path relative to the source root, or its index in a stream) falls in
-the lowest `val_fraction` of the hash range; that depends only on the document's own name, so
-adding files never moves others between splits. If no document lands in val, the last one does.
-A single file is split by position: val is its last `val_fraction`, starting at a line.
-
-Writes are atomic (a shard is written to NAME.tmp, then renamed) and meta.json is written last,
-so a directory is complete exactly when meta.json exists, matches what was asked for, and lists
-shards that exist with the right length. Anything else is prepared again from scratch; a
-complete directory is reused without tokenizing anything.
+`prepare(source, out_dir)` reads a named corpus, a file, a directory or a glob, trains the run's
+tokenizer on the train split if it is a char or BPE one (never on val), splits documents into
+train and val by a hash of their names, and writes the shards atomically, meta.json last, so a
+directory is complete exactly when its meta.json says so. `python prepare.py` is its command line.
 """
 
 from __future__ import annotations
@@ -60,8 +20,8 @@ import sys
 import sysconfig
 import tempfile
 import urllib.request
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -103,6 +63,7 @@ class DownloadError(DataError):
 
 
 # --- where prepared data lives -----------------------------------------------------------------
+
 
 def default_data_dir(source: str, tokenizer: str | Tokenizer = DEFAULT_TOKENIZER) -> Path:
     """$MINIGPT_DATA_DIR/<name>, else ~/.cache/minigpt/data/<name>, for a source spec and tokenizer.
@@ -160,8 +121,10 @@ def data_tokenizer(data_dir: str | Path, meta: dict | None = None) -> Tokenizer:
         except ValueError as e:
             raise DataError(f"{e}; prepare {data_dir} again") from None
     if tokenizer.vocab_size != meta["vocab_size"]:
-        raise DataError(f"{data_dir}: its tokenizer has {tokenizer.vocab_size} ids, meta.json says "
-                        f"{meta['vocab_size']}; prepare it again")
+        raise DataError(
+            f"{data_dir}: its tokenizer has {tokenizer.vocab_size} ids, meta.json says "
+            f"{meta['vocab_size']}; prepare it again"
+        )
     return tokenizer
 
 
@@ -191,8 +154,7 @@ def load_meta(data_dir: str | Path) -> dict:
         if found != shard["tokens"]:
             what = "is missing or unreadable" if found is None else f"holds {found} tokens"
             raise DataError(
-                f"{data_dir} is incomplete: {shard['file']} {what}, meta.json says "
-                f"{shard['tokens']}; {redo}"
+                f"{data_dir} is incomplete: {shard['file']} {what}, meta.json says {shard['tokens']}; {redo}"
             )
     return meta
 
@@ -243,6 +205,7 @@ def bytes_per_token(meta: dict, split: str = "val") -> float:
 
 # --- preparing ---------------------------------------------------------------------------------
 
+
 def prepare(
     source: str,
     out_dir: str | Path,
@@ -254,7 +217,38 @@ def prepare(
     max_bytes: int | None = None,
     tokenizer: str | Tokenizer = DEFAULT_TOKENIZER,
 ) -> dict:
-    """Tokenize `source` into shards in `out_dir` and return its meta dict; see the module doc.
+    """Tokenize `source` into shards in `out_dir` and return its meta dict.
+
+    Sources (the SOURCE string is called a "spec" below):
+      stdlib        every *.py file of the running interpreter's standard library, offline. The
+                    `test` packages are kept (they are real code, and most of the bytes);
+                    site-packages/dist-packages are not. Files that are not UTF-8 (a handful of
+                    encoding tests) are skipped with a warning.
+      shakespeare   karpathy/char-rnn's tinyshakespeare input.txt, downloaded into the output dir.
+      fineweb-edu   HuggingFaceFW/fineweb-edu, sample-10BT, streamed with `datasets`.
+      openwebtext   Skylion007/openwebtext, streamed with `datasets`.
+      a file        one document (so is a directory or glob that finds just one file).
+      a directory   every file below it whose suffix is in TEXT_SUFFIXES; names starting with "."
+                    (.git, .venv, ...) and __pycache__ are skipped. To use a local path that is
+                    spelled like a named source, write it as ./stdlib.
+      a glob        e.g. 'data/*.txt' (quoted; ** recurses); every matching file, whatever its suffix.
+    Empty files are ignored; files that cannot be read or are not UTF-8 text are skipped with a
+    warning when they are part of a bigger source, and are an error when they are the source.
+
+    Layout of a prepared directory: train_000000.npy, train_000001.npy, ..., val_000000.npy, ...
+    (1-D uint16 .npy arrays of `shard_tokens` tokens, the last of each split shorter), the tokenizer
+    the shards were made with (minigpt_tokenizer.json, plus tokenizer.json for a BPE: what
+    minigpt.tokenizers.load_tokenizer reads) and meta.json, which names the tokenizer ("tokenizer":
+    the --tokenizer value, "tokenizer_kind", vocab_size, eot_id) and lists each shard's file, length
+    and largest token id ("max_id": the ids are checked against the vocabulary before training
+    without reading the shards).
+    Every document is preceded by the end-of-text id (GPT-2's <|endoftext|>, 50256), so the shards of
+    a split are one stream of documents that may run across shard boundaries.
+
+    Writes are atomic (a shard is written to NAME.tmp, then renamed) and meta.json is written last,
+    so a directory is complete exactly when meta.json exists, matches what was asked for, and lists
+    shards that exist with the right length. Anything else is prepared again from scratch; a
+    complete directory is reused without tokenizing anything.
 
     `tokenizer` is a --tokenizer value ("gpt2", "char", "bpe:N"; char and bpe are trained on the
     train split) or a Tokenizer to use as it is (the one of a model being fine-tuned).
@@ -336,18 +330,19 @@ def prepare(
     else:
         tok = tokenizer if isinstance(tokenizer, Tokenizer) else GPT2Tokenizer()
     if tok.vocab_size > MAX_VOCAB:
-        raise DataError(f"the {tok.kind} tokenizer has {tok.vocab_size} ids, more than the {MAX_VOCAB} "
-                        "a uint16 shard holds")
+        raise DataError(
+            f"the {tok.kind} tokenizer has {tok.vocab_size} ids, more than the {MAX_VOCAB} a uint16 shard holds"
+        )
     if tok.eot_id is None:
         raise DataError(f"the {tok.kind} tokenizer has no end-of-text id to separate documents with")
     tok.save(out_dir)
 
     tasks, total = tasks_and_total()
-    bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"tokenizing {source}",
-               disable=quiet, file=sys.stderr)
+    bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"tokenizing {source}", disable=quiet, file=sys.stderr)
     with bar:
-        splits, skipped = _write_shards(_tokenize_all(tasks, workers, tok, out_dir), out_dir, val_fraction,
-                                        shard_tokens, max_bytes, bar)
+        splits, skipped = _write_shards(
+            _tokenize_all(tasks, workers, tok, out_dir), out_dir, val_fraction, shard_tokens, max_bytes, bar
+        )
 
     if skipped:
         shown = ", ".join(skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
@@ -359,9 +354,7 @@ def prepare(
     if splits["val"]["documents"] == 0:
         raise DataError(f"no text found in {source}: every file is empty or was skipped")
     if splits["train"]["documents"] == 0:
-        raise DataError(
-            f"every document of {source} fell in the val split; add documents or lower val_fraction"
-        )
+        raise DataError(f"every document of {source} fell in the val split; add documents or lower val_fraction")
     meta = {
         **wanted,
         "source": source,
@@ -373,8 +366,7 @@ def prepare(
         "splits": splits,
     }
     atomic_write(out_dir / "meta.json", json.dumps(meta, indent=2, ensure_ascii=False).encode())
-    _info(quiet, f"wrote {splits['train']['tokens']:,} train and {splits['val']['tokens']:,} "
-                 f"val tokens to {out_dir}")
+    _info(quiet, f"wrote {splits['train']['tokens']:,} train and {splits['val']['tokens']:,} val tokens to {out_dir}")
     return meta
 
 
@@ -391,8 +383,9 @@ def _identify(source: str) -> tuple[str, list[tuple[str, Path]] | None, str]:
     return ident, files, _fingerprint(files)
 
 
-def _write_shards(results: Iterable[tuple], out_dir: Path, val_fraction: float, shard_tokens: int,
-                  max_bytes: int | None, bar: tqdm) -> tuple[dict, list[str]]:
+def _write_shards(
+    results: Iterable[tuple], out_dir: Path, val_fraction: float, shard_tokens: int, max_bytes: int | None, bar: tqdm
+) -> tuple[dict, list[str]]:
     """Route tokenized documents to the train and val shards; ({split: summary}, skipped)."""
     writers = {split: _ShardWriter(out_dir, split, shard_tokens) for split in ("train", "val")}
     skipped = []
@@ -514,6 +507,14 @@ def _tokenize_all(tasks: Iterable[tuple], workers: int, tokenizer: Tokenizer, ou
 
 
 def _in_val(key: str, val_fraction: float) -> bool:
+    """Whether a document goes to val.
+
+    The train/val split is deterministic. A source with several documents sends a document to val
+    when the sha1 of its key (path relative to the source root, or its index in a stream) falls in
+    the lowest `val_fraction` of the hash range; that depends only on the document's own name, so
+    adding files never moves others between splits. If no document lands in val, the last one does.
+    A single file is split by position: val is its last `val_fraction`, starting at a line.
+    """
     h = int.from_bytes(hashlib.sha1(key.encode("utf-8")).digest()[:8], "big")
     return h < val_fraction * 2**64
 
@@ -552,8 +553,7 @@ class _ShardWriter:
         self.fill = 0
 
     def summary(self) -> dict:
-        return {"tokens": self.tokens, "bytes": self.bytes, "documents": self.documents,
-                "shards": self.shards}
+        return {"tokens": self.tokens, "bytes": self.bytes, "documents": self.documents, "shards": self.shards}
 
 
 def _remove_outputs(out_dir: Path) -> None:
@@ -577,6 +577,7 @@ def _shard_length(path: Path) -> int | None:
 
 
 # --- sources -----------------------------------------------------------------------------------
+
 
 def _stdlib_files() -> list[tuple[str, Path]]:
     """(path relative to the stdlib, path) of every *.py of this interpreter's stdlib, sorted."""
@@ -604,8 +605,11 @@ def _local_files(spec: str) -> tuple[str, list[tuple[str, Path]]]:
         for dirpath, dirnames, filenames in os.walk(path):
             # Prune .git, .venv, __pycache__ and the like instead of walking through them.
             dirnames[:] = [d for d in dirnames if not d.startswith(".") and d != "__pycache__"]
-            found += [Path(dirpath, name) for name in filenames
-                      if not name.startswith(".") and Path(name).suffix.lower() in TEXT_SUFFIXES]
+            found += [
+                Path(dirpath, name)
+                for name in filenames
+                if not name.startswith(".") and Path(name).suffix.lower() in TEXT_SUFFIXES
+            ]
         found = [p for p in found if p.is_file()]
         root = path
         kind = f"no files with a text suffix ({' '.join(sorted(TEXT_SUFFIXES))})"
@@ -701,9 +705,7 @@ def _hf_texts(name: str) -> Iterator[str]:
     try:
         import datasets  # lazy and optional: only the streamed corpora need it
     except ImportError:
-        raise DataError(
-            f"the {name} source is streamed with the `datasets` library: pip install datasets"
-        ) from None
+        raise DataError(f"the {name} source is streamed with the `datasets` library: pip install datasets") from None
 
     def failed(e: BaseException) -> DownloadError:
         return DownloadError(

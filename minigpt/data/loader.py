@@ -1,5 +1,6 @@
 """Reading prepared token shards (minigpt.data.corpus writes them): the training batches, and the
 unigram baseline of a split."""
+
 from __future__ import annotations
 
 import bisect
@@ -39,8 +40,18 @@ class DataLoader:
     windows again. The position, and so state_dict(), is the same on every rank.
     """
 
-    def __init__(self, data_dir: str | Path, split: str, batch_size: int, block_size: int, *,
-                 rank: int = 0, world_size: int = 1, seed: int = 0, order: str = "sequential"):
+    def __init__(
+        self,
+        data_dir: str | Path,
+        split: str,
+        batch_size: int,
+        block_size: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        order: str = "sequential",
+    ):
         meta = load_meta(data_dir)
         if order not in ORDERS:
             raise DataError(f"unknown data order {order!r}; choose one of {', '.join(ORDERS)}")
@@ -100,7 +111,7 @@ class DataLoader:
         if self.position + rows > len(self._epoch_windows()):
             self.epoch += 1
             self.position = 0
-        mine = self._epoch_windows()[self.position + self.rank * self.B:][: self.B]
+        mine = self._epoch_windows()[self.position + self.rank * self.B :][: self.B]
         self.position += rows
         buf = torch.from_numpy(np.stack([self._read(int(start), self.T + 1) for start in mine]))
         return buf[:, :-1], buf[:, 1:]
@@ -202,15 +213,19 @@ def check_token_ids(data_dir: str | Path, meta: dict) -> None:
     for split in ("train", "val"):
         for i, shard in enumerate(meta["splits"][split]["shards"]):
             if shard.get("max_id", 0) >= meta["vocab_size"]:
-                raise DataError(f"{data_dir / shard['file']} holds token id {shard['max_id']} (meta.json), "
-                                f"outside the vocabulary of {meta['vocab_size']}; prepare it again")
+                raise DataError(
+                    f"{data_dir / shard['file']} holds token id {shard['max_id']} (meta.json), "
+                    f"outside the vocabulary of {meta['vocab_size']}; prepare it again"
+                )
             if i == 0:
-                _check_ids(data_dir / shard["file"], np.load(data_dir / shard["file"], mmap_mode="r"),
-                           meta["vocab_size"])
+                _check_ids(
+                    data_dir / shard["file"], np.load(data_dir / shard["file"], mmap_mode="r"), meta["vocab_size"]
+                )
 
 
-def unigram_entropy(data_dir: str | Path, meta: dict, split: str = "train",
-                    max_tokens: int = 2**28) -> tuple[float, int]:
+def unigram_entropy(
+    data_dir: str | Path, meta: dict, split: str = "train", max_tokens: int = 2**28
+) -> tuple[float, int]:
     """(entropy in nats/token of the split's token frequencies, tokens counted).
 
     A model that predicts every token from these frequencies alone, ignoring the context,

@@ -1,18 +1,16 @@
-"""Prepare a corpus for training from the command line (minigpt.data.corpus does the work).
+"""The command line of data preparation: `python prepare.py` and `python -m minigpt.data` run main().
 
-    python -m minigpt.data                 # the default corpus: this Python's standard library
-    python -m minigpt.data shakespeare     # tiny Shakespeare (a download)
-    python -m minigpt.data notes/          # your own text: a file, a directory or a glob
-    python -m minigpt.data --tokenizer bpe:4096   # a BPE of 4096 tokens trained on the train split
-
-The sources, the layout of a prepared directory and the train/val split: minigpt/corpus.py.
+`run` prepares the corpus (minigpt.data.corpus does the work) and reports in one line. The
+sources, the layout of a prepared directory and the train/val split: minigpt/data/corpus.py.
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
+from minigpt.cli import OneLineParser
 from minigpt.data.corpus import (
     DEFAULT_SHARD_TOKENS,
     DEFAULT_TOKENIZER,
@@ -23,9 +21,10 @@ from minigpt.data.corpus import (
     default_data_dir,
     prepare,
 )
+from minigpt.tokenizers import kinds_help
 
 
-def _parse_size(text: str) -> int:
+def parse_size(text: str) -> int:
     """'1000', '64M', '2G', '2**24' -> int."""
     units = {"k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
     text = text.strip().lower()
@@ -40,54 +39,117 @@ def _parse_size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 1000000, 64M or 2**24)") from None
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m minigpt.data",
-        description="Tokenize a text corpus (with GPT-2's BPE, or a char or BPE tokenizer trained on its "
-                    "train split) into uint16 shards for training.",
-    )
-    parser.add_argument("source", nargs="?", default="stdlib",
-                        help=f"{', '.join(NAMED_SOURCES)}, or a local text file, directory or "
-                             f"quoted glob (default: stdlib)")
-    parser.add_argument("--out-dir", type=Path, default=None,
-                        help="where to write the shards (default: $MINIGPT_DATA_DIR/<name> or "
-                             "~/.cache/minigpt/data/<name>; <name>-char, <name>-bpe4096, ... for other tokenizers)")
-    parser.add_argument("--tokenizer", default=DEFAULT_TOKENIZER,
-                        help="gpt2 (GPT-2's BPE), char (the characters of the train split, with byte fallback) "
-                             "or bpe:N (a byte-level BPE of N tokens trained on the train split; 256 < N <= 65536) "
-                             f"(default: {DEFAULT_TOKENIZER})")
-    parser.add_argument("--shard-tokens", type=_parse_size, default=DEFAULT_SHARD_TOKENS,
-                        help=f"tokens per shard file (default: 2**24 = {DEFAULT_SHARD_TOKENS:,})")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="tokenizer processes (default: min(cpu count, 8); 1 = no subprocesses)")
-    parser.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION,
-                        help=f"share of documents (or of a single file's tail) held out for "
-                             f"validation (default: {DEFAULT_VAL_FRACTION})")
-    parser.add_argument("--max-bytes", type=_parse_size, default=None,
-                        help="keep only the first documents, up to this many bytes of text, e.g. 2G "
-                             "for a slice of fineweb-edu (default: everything)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar or messages on stderr")
-    args = parser.parse_args(argv)
+def run(
+    source: str,
+    out_dir: Path | None,
+    *,
+    tokenizer: str,
+    shard_tokens: int,
+    workers: int | None,
+    val_fraction: float,
+    max_bytes: int | None,
+    quiet: bool,
+) -> int:
+    """Prepare `source` into out_dir (None: its default directory) and print one line about it.
+
+    Returns the exit code: 0 done, 1 a DataError (printed as one line on stderr), 130 interrupted.
+    """
     try:
-        out_dir = args.out_dir if args.out_dir is not None else default_data_dir(args.source, args.tokenizer)
+        out_dir = out_dir if out_dir is not None else default_data_dir(source, tokenizer)
     except DataError as e:  # a --tokenizer that names none
         print(f"error: {e}", file=sys.stderr)
         return 1
     try:
-        meta = prepare(args.source, out_dir, val_fraction=args.val_fraction,
-                       shard_tokens=args.shard_tokens, workers=args.workers, quiet=args.quiet,
-                       max_bytes=args.max_bytes, tokenizer=args.tokenizer)
+        meta = prepare(
+            source,
+            out_dir,
+            val_fraction=val_fraction,
+            shard_tokens=shard_tokens,
+            workers=workers,
+            quiet=quiet,
+            max_bytes=max_bytes,
+            tokenizer=tokenizer,
+        )
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"error: interrupted; {out_dir} is incomplete and will be prepared again next time",
-              file=sys.stderr)
+        print(f"error: interrupted; {out_dir} is incomplete and will be prepared again next time", file=sys.stderr)
         return 130
     splits = meta["splits"]
-    print(f"{out_dir} ({meta['tokenizer_kind']} tokenizer): {splits['train']['tokens']:,} train tokens in {len(splits['train']['shards'])} shard(s), "
-          f"{splits['val']['tokens']:,} val tokens, {bytes_per_token(meta, 'train'):.2f} bytes/token")
+    print(
+        f"{out_dir} ({meta['tokenizer_kind']} tokenizer): {splits['train']['tokens']:,} train tokens in "
+        f"{len(splits['train']['shards'])} shard(s), {splits['val']['tokens']:,} val tokens, "
+        f"{bytes_per_token(meta, 'train'):.2f} bytes/token"
+    )
     return 0
+
+
+def build_parser(prog: str | None = None) -> OneLineParser:
+    parser = OneLineParser(
+        prog=prog,
+        description="Tokenize a text corpus (with GPT-2's BPE, or a char or BPE tokenizer trained on its "
+        "train split) into uint16 shards for training.",
+    )
+    parser.add_argument(
+        "source",
+        nargs="?",
+        default="stdlib",
+        help=f"{', '.join(NAMED_SOURCES)}, or a local text file, directory or quoted glob (default: stdlib)",
+    )
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        default=None,
+        help="where to write the shards (default: $MINIGPT_DATA_DIR/<name> or "
+        "~/.cache/minigpt/data/<name>; <name>-char, <name>-bpe4096, ... for other tokenizers)",
+    )
+    parser.add_argument(
+        "--tokenizer", default=DEFAULT_TOKENIZER, help=f"{kinds_help()}; N <= 65536 (default: {DEFAULT_TOKENIZER})"
+    )
+    parser.add_argument(
+        "--shard-tokens",
+        type=parse_size,
+        default=DEFAULT_SHARD_TOKENS,
+        help=f"tokens per shard file (default: 2**24 = {DEFAULT_SHARD_TOKENS:,})",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="tokenizer processes (default: min(cpu count, 8); 1 = no subprocesses)",
+    )
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        default=DEFAULT_VAL_FRACTION,
+        help=f"share of documents (or of a single file's tail) held out for "
+        f"validation (default: {DEFAULT_VAL_FRACTION})",
+    )
+    parser.add_argument(
+        "--max-bytes",
+        type=parse_size,
+        default=None,
+        help="keep only the first documents, up to this many bytes of text, e.g. 2G "
+        "for a slice of fineweb-edu (default: everything)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or messages on stderr")
+    return parser
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """The command line: `python prepare.py ARGV` (prog names it in messages)."""
+    args = build_parser(prog).parse_args(argv)
+    return run(
+        args.source,
+        args.out_dir,
+        tokenizer=args.tokenizer,
+        shard_tokens=args.shard_tokens,
+        workers=args.workers,
+        val_fraction=args.val_fraction,
+        max_bytes=args.max_bytes,
+        quiet=args.quiet,
+    )
 
 
 if __name__ == "__main__":

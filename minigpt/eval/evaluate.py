@@ -27,6 +27,7 @@ specs and returns {task: {metric: value, ..., "n": examples}}. The kinds of task
 (bpb:PATH, mc:PATH.jsonl, ...) are one table, TASKS: each with its loader (reading minigpt.eval.tasks),
 its scorer and its help line (tasks_help, for eval.py --task and train.py --eval-task).
 """
+
 from __future__ import annotations
 
 import math
@@ -38,7 +39,6 @@ from pathlib import Path
 
 import torch
 
-from minigpt.provenance import device_name, git_commit, package_version, utc_now
 from minigpt.eval.scoring import encode, encode_pair, fit_window, rolling_rows, safe_exp, score_rows, start_id
 from minigpt.eval.tasks import (
     Example,
@@ -51,13 +51,22 @@ from minigpt.eval.tasks import (
     read_multiple_choice,
     read_text,
 )
+from minigpt.provenance import device_name, git_commit, package_version, utc_now
 
 # ----------------------------------------------------------------------------------------------
 # Bits per byte
 
 
-def bits_per_byte(model, tokenizer, text: str, window: int | None = None, stride: int | None = None,
-                  batch_size: int = 16, progress: bool = False, desc: str | None = None) -> dict:
+def bits_per_byte(
+    model,
+    tokenizer,
+    text: str,
+    window: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 16,
+    progress: bool = False,
+    desc: str | None = None,
+) -> dict:
     """{"bpb", "ppl" (per token), "word_ppl" (per whitespace-separated word), "nll" (nats/token),
     "tokens", "bytes", "words", "n": 1} of a text.
 
@@ -72,17 +81,27 @@ def bits_per_byte(model, tokenizer, text: str, window: int | None = None, stride
     nll = -sum(s.logprob for s in score_rows(model, rows, batch_size, progress, desc))
     n_tokens, n_bytes = len(tokens) - 1, len(text.encode("utf-8"))
     n_words = len(re.split(r"\s+", text))  # as lm-evaluation-harness counts words for word_perplexity
-    return {"bpb": nll / math.log(2) / n_bytes, "ppl": safe_exp(nll / n_tokens),
-            "word_ppl": safe_exp(nll / n_words), "nll": nll / n_tokens,
-            "tokens": n_tokens, "bytes": n_bytes, "words": n_words, "window": window, "stride": stride, "n": 1}
+    return {
+        "bpb": nll / math.log(2) / n_bytes,
+        "ppl": safe_exp(nll / n_tokens),
+        "word_ppl": safe_exp(nll / n_words),
+        "nll": nll / n_tokens,
+        "tokens": n_tokens,
+        "bytes": n_bytes,
+        "words": n_words,
+        "window": window,
+        "stride": stride,
+        "n": 1,
+    }
 
 
 # ----------------------------------------------------------------------------------------------
 # Multiple choice
 
 
-def score_multiple_choice(model, tokenizer, examples: Sequence[Example], batch_size: int = 16,
-                          progress: bool = False, desc: str | None = None) -> tuple[list[list[float]], int]:
+def score_multiple_choice(
+    model, tokenizer, examples: Sequence[Example], batch_size: int = 16, progress: bool = False, desc: str | None = None
+) -> tuple[list[list[float]], int]:
     """The log-likelihood of every choice of every example, and how many examples were cut
     to fit the context window. Every choice of every example is one row of `score_rows`."""
     rows, owner, truncated = [], [], set()
@@ -96,7 +115,7 @@ def score_multiple_choice(model, tokenizer, examples: Sequence[Example], batch_s
                 truncated.add(i)
     scores = score_rows(model, rows, batch_size, progress, desc)
     lls: list[list[float]] = [[] for _ in examples]
-    for i, s in zip(owner, scores):
+    for i, s in zip(owner, scores, strict=True):
         lls[i].append(s.logprob)
     return lls, len(truncated)
 
@@ -111,18 +130,19 @@ def choice_metrics(ex: Example, lls: Sequence[float]) -> dict[str, float]:
     nbytes = [len(c.encode("utf-8")) for c in ex.choices]
     return {
         "acc": float(_argmax(lls) == ex.label),
-        "acc_norm": float(_argmax([ll / n for ll, n in zip(lls, chars)]) == ex.label),
-        "acc_bytes": float(_argmax([ll / n for ll, n in zip(lls, nbytes)]) == ex.label),
+        "acc_norm": float(_argmax([ll / n for ll, n in zip(lls, chars, strict=True)]) == ex.label),
+        "acc_bytes": float(_argmax([ll / n for ll, n in zip(lls, nbytes, strict=True)]) == ex.label),
     }
 
 
-def multiple_choice(model, tokenizer, examples: Sequence[Example], batch_size: int = 16, progress: bool = False,
-                    desc: str | None = None) -> dict:
+def multiple_choice(
+    model, tokenizer, examples: Sequence[Example], batch_size: int = 16, progress: bool = False, desc: str | None = None
+) -> dict:
     """{"acc", "acc_norm", "acc_bytes", "n", "truncated"} over the examples."""
     if not examples:
         raise TaskError("no examples to score")
     lls, truncated = score_multiple_choice(model, tokenizer, examples, batch_size, progress, desc)
-    per = [choice_metrics(ex, ll) for ex, ll in zip(examples, lls)]
+    per = [choice_metrics(ex, ll) for ex, ll in zip(examples, lls, strict=True)]
     out = {k: sum(p[k] for p in per) / len(per) for k in ("acc", "acc_norm", "acc_bytes")}
     return {**out, "n": len(examples), "truncated": truncated}
 
@@ -131,8 +151,14 @@ def multiple_choice(model, tokenizer, examples: Sequence[Example], batch_size: i
 # LAMBADA
 
 
-def lambada(model, tokenizer, passages: Sequence[tuple[str, str, str]], batch_size: int = 16,
-            progress: bool = False, desc: str | None = None) -> dict:
+def lambada(
+    model,
+    tokenizer,
+    passages: Sequence[tuple[str, str, str]],
+    batch_size: int = 16,
+    progress: bool = False,
+    desc: str | None = None,
+) -> dict:
     """{"acc", "ppl", "n", "truncated"} of (where, context, target word) passages."""
     if not passages:
         raise TaskError("no examples to score")
@@ -143,8 +169,12 @@ def lambada(model, tokenizer, passages: Sequence[tuple[str, str, str]], batch_si
         truncated += cut
     scores = score_rows(model, rows, batch_size, progress, desc)
     mean_ll = sum(s.logprob for s in scores) / len(scores)
-    return {"acc": sum(s.greedy for s in scores) / len(scores), "ppl": safe_exp(-mean_ll),
-            "n": len(scores), "truncated": truncated}
+    return {
+        "acc": sum(s.greedy for s in scores) / len(scores),
+        "ppl": safe_exp(-mean_ll),
+        "n": len(scores),
+        "truncated": truncated,
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -155,8 +185,10 @@ def import_lm_eval():
     try:
         import lm_eval
     except ImportError:
-        raise TaskError("lm-eval tasks need EleutherAI's lm-evaluation-harness: pip install 'minigpt[eval]' "
-                        "(or pip install lm-eval)") from None
+        raise TaskError(
+            "lm-eval tasks need EleutherAI's lm-evaluation-harness: pip install 'minigpt[eval]' "
+            "(or pip install lm-eval)"
+        ) from None
     return lm_eval
 
 
@@ -170,14 +202,24 @@ def lm_eval_manager(names: Sequence[str], include_path: str | None = None):
     manager = TaskManager(include_path=include_path)
     unknown = [n for n in names if n not in manager.all_tasks]
     if unknown:
-        raise TaskError(f"unknown lm-eval task(s) {', '.join(unknown)} (lm-eval lists its tasks with "
-                        f"`lm-eval ls tasks`; custom YAMLs are read from --include-path)")
+        raise TaskError(
+            f"unknown lm-eval task(s) {', '.join(unknown)} (lm-eval lists its tasks with "
+            f"`lm-eval ls tasks`; custom YAMLs are read from --include-path)"
+        )
     return manager
 
 
-def lm_eval_tasks(model, tokenizer, names: Sequence[str], limit: int | None = None, batch_size: int = 16,
-                  include_path: str | None = None, num_fewshot: int | None = None,
-                  progress: bool = False, manager=None) -> dict[str, dict]:
+def lm_eval_tasks(
+    model,
+    tokenizer,
+    names: Sequence[str],
+    limit: int | None = None,
+    batch_size: int = 16,
+    include_path: str | None = None,
+    num_fewshot: int | None = None,
+    progress: bool = False,
+    manager=None,
+) -> dict[str, dict]:
     """lm-evaluation-harness tasks run with lm_eval.simple_evaluate on this model:
     {"lm-eval:task": {metric: value, ..., "n": examples}} (metrics keyed without lm-eval's ",none")."""
     lm_eval = import_lm_eval()
@@ -185,8 +227,15 @@ def lm_eval_tasks(model, tokenizer, names: Sequence[str], limit: int | None = No
 
     manager = manager or lm_eval_manager(names, include_path)
     lm = MiniGPTLM(model, tokenizer, batch_size=batch_size, progress=progress)
-    out = lm_eval.simple_evaluate(model=lm, tasks=list(names), limit=limit, num_fewshot=num_fewshot,
-                                  task_manager=manager, log_samples=False, bootstrap_iters=0)
+    out = lm_eval.simple_evaluate(
+        model=lm,
+        tasks=list(names),
+        limit=limit,
+        num_fewshot=num_fewshot,
+        task_manager=manager,
+        log_samples=False,
+        bootstrap_iters=0,
+    )
     results = {}
     for task, metrics in out["results"].items():
         row = {}
@@ -244,30 +293,59 @@ def _score_lambada(model, tokenizer, task: Task, data, o: ScoreOptions) -> dict[
 
 
 def _score_lm_eval(model, tokenizer, task: Task, data, o: ScoreOptions) -> dict[str, dict]:
-    return lm_eval_tasks(model, tokenizer, lm_eval_names(task), o.limit, o.batch_size, o.include_path,
-                         o.num_fewshot, o.progress, manager=data)
+    return lm_eval_tasks(
+        model,
+        tokenizer,
+        lm_eval_names(task),
+        o.limit,
+        o.batch_size,
+        o.include_path,
+        o.num_fewshot,
+        o.progress,
+        manager=data,
+    )
 
 
 # The kinds of task: `--task KIND[:ARG]`. A new kind is one entry here; load_task, evaluate and
 # the help of eval.py --task and train.py --eval-task (tasks_help) read this table.
 TASKS: dict[str, TaskKind] = {
     "bpb": TaskKind(
-        "PATH", False, "bits per byte and per-token perplexity of a UTF-8 text (sliding window)",
-        lambda task, limit, include_path: read_text(task.arg)[:limit], _score_bpb),
+        "PATH",
+        False,
+        "bits per byte and per-token perplexity of a UTF-8 text (sliding window)",
+        lambda task, limit, include_path: read_text(task.arg)[:limit],
+        _score_bpb,
+    ),
     "mc": TaskKind(
-        "PATH.jsonl", False, 'multiple choice, one {"context", "choices", "label"} object a line: '
-                             "acc, acc_norm (per character), acc_bytes (per byte)",
-        lambda task, limit, include_path: read_multiple_choice(task.arg)[:limit], _score_choices),
+        "PATH.jsonl",
+        False,
+        'multiple choice, one {"context", "choices", "label"} object a line: '
+        "acc, acc_norm (per character), acc_bytes (per byte)",
+        lambda task, limit, include_path: read_multiple_choice(task.arg)[:limit],
+        _score_choices,
+    ),
     "hellaswag": TaskKind(
-        "PATH", True, "HellaSwag's validation set (10,042 examples; downloaded once, or a local copy)",
-        lambda task, limit, include_path: read_hellaswag(hellaswag_path(task))[:limit], _score_choices),
+        "PATH",
+        True,
+        "HellaSwag's validation set (10,042 examples; downloaded once, or a local copy)",
+        lambda task, limit, include_path: read_hellaswag(hellaswag_path(task))[:limit],
+        _score_choices,
+    ),
     "lambada": TaskKind(
-        "PATH", True, "OpenAI's LAMBADA test set (5,153 passages; downloaded once, or a local copy): "
-                      "last-word accuracy and perplexity",
-        lambda task, limit, include_path: read_lambada(lambada_path(task))[:limit], _score_lambada),
+        "PATH",
+        True,
+        "OpenAI's LAMBADA test set (5,153 passages; downloaded once, or a local copy): "
+        "last-word accuracy and perplexity",
+        lambda task, limit, include_path: read_lambada(lambada_path(task))[:limit],
+        _score_lambada,
+    ),
     "lm-eval": TaskKind(
-        "TASK[,TASK...]", False, "tasks of EleutherAI's lm-evaluation-harness (pip install 'minigpt[eval]')",
-        lambda task, limit, include_path: lm_eval_manager(lm_eval_names(task), include_path), _score_lm_eval),
+        "TASK[,TASK...]",
+        False,
+        "tasks of EleutherAI's lm-evaluation-harness (pip install 'minigpt[eval]')",
+        lambda task, limit, include_path: lm_eval_manager(lm_eval_names(task), include_path),
+        _score_lm_eval,
+    ),
 }
 
 
@@ -312,10 +390,18 @@ def load_task(task: str | Task, limit: int | None = None, include_path: str | No
     return LoadedTask(task, task_kind(task).load(task, limit, include_path))
 
 
-def evaluate(model, tokenizer, tasks: Sequence[str | Task | LoadedTask], limit: int | None = None,
-             batch_size: int = 16, window: int | None = None, stride: int | None = None,
-             include_path: str | None = None, num_fewshot: int | None = None,
-             progress: bool = False) -> dict[str, dict]:
+def evaluate(
+    model,
+    tokenizer,
+    tasks: Sequence[str | Task | LoadedTask],
+    limit: int | None = None,
+    batch_size: int = 16,
+    window: int | None = None,
+    stride: int | None = None,
+    include_path: str | None = None,
+    num_fewshot: int | None = None,
+    progress: bool = False,
+) -> dict[str, dict]:
     """Score model on each task ("bpb:PATH", "mc:PATH", "hellaswag", "lambada:PATH",
     "lm-eval:hellaswag,arc_easy", or what load_task returned):
     {task: {metric: value, ..., "n": examples}}. The model is left in the mode it was in.
@@ -356,8 +442,11 @@ def run_info(device: torch.device | str) -> dict:
     """device, versions, commit and date: recorded beside every result."""
     return {
         "device": device_name(device),
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     **{d: package_version(d) for d in ("minigpt", "tiktoken", "lm_eval", "transformers")}},
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            **{d: package_version(d) for d in ("minigpt", "tiktoken", "lm_eval", "transformers")},
+        },
         "commit": git_commit(),
         "date": utc_now(),
     }

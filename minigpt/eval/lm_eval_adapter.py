@@ -8,20 +8,22 @@ softmax), with the tokenization and truncation of lm-evaluation-harness's own `h
 log-likelihoods are the ones that model gives on the same checkpoint. This module imports lm_eval
 (PyPI `lm-eval`, the `eval` extra); nothing else in minigpt does.
 """
+
 from __future__ import annotations
 
 import torch
 from lm_eval.api.model import LM
 from tqdm import tqdm
 
-from minigpt.generate.simple import generate
 from minigpt.eval.scoring import encode, encode_pair, fit_window, rolling_rows, score_rows, start_id
+from minigpt.generate.simple import generate
 from minigpt.tokenizers import Tokenizer
 
 
 class MiniGPTLM(LM):
-    def __init__(self, model, tokenizer: Tokenizer, batch_size: int = 16, max_gen_toks: int = 256,
-                 progress: bool = True):
+    def __init__(
+        self, model, tokenizer: Tokenizer, batch_size: int = 16, max_gen_toks: int = 256, progress: bool = True
+    ):
         super().__init__()
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -48,7 +50,7 @@ class MiniGPTLM(LM):
         rows = [fit_window(*encode_pair(self.tokenizer, *req.args), self.max_length)[0] for req in requests]
         scores = score_rows(self.model, rows, self.batch_size, self.progress and not disable_tqdm, "loglikelihood")
         out = [(s.logprob, s.greedy) for s in scores]
-        for req, answer in zip(requests, out):
+        for req, answer in zip(requests, out, strict=True):
             self.cache_hook.add_partial("loglikelihood", req.args, answer)
         return out
 
@@ -62,9 +64,9 @@ class MiniGPTLM(LM):
             owner += [i] * len(windows)
         scores = score_rows(self.model, rows, self.batch_size, self.progress and not disable_tqdm, "rolling")
         out = [0.0] * len(requests)
-        for i, s in zip(owner, scores):
+        for i, s in zip(owner, scores, strict=True):
             out[i] += s.logprob
-        for req, answer in zip(requests, out):
+        for req, answer in zip(requests, out, strict=True):
             self.cache_hook.add_partial("loglikelihood_rolling", req.args, answer)
         return out
 
@@ -85,13 +87,13 @@ class MiniGPTLM(LM):
         temperature = float(kwargs.pop("temperature", 0.0)) if kwargs.pop("do_sample", False) else 0.0
         # The prompt keeps its last tokens, leaving room for the generation (as lm-eval's hf model).
         eot = self.tokenizer.eot_id
-        tokens = self.tok_encode(context)[-(self.max_length - max_new):] or [start_id(self.tokenizer)]
+        tokens = self.tok_encode(context)[-(self.max_length - max_new) :] or [start_id(self.tokenizer)]
         prompt_len, generated = len(tokens), ""
         # A chunk at a time, so generation stops soon after a stop string appears.
         while len(tokens) - prompt_len < max_new:
             n = min(32, max_new - (len(tokens) - prompt_len))
             idx = torch.tensor([tokens], device=self._device)
-            new = generate(self.model, idx, n, temperature=temperature, eos_id=eot)[0, len(tokens):]
+            new = generate(self.model, idx, n, temperature=temperature, eos_id=eot)[0, len(tokens) :]
             new = new.tolist()
             if eot is not None and eot in new:
                 tokens += new[: new.index(eot)]

@@ -8,6 +8,7 @@ scored positions get logits (`scored_logits`) and a softmax.
 Context and continuation are tokenized the way lm-evaluation-harness does it (`encode_pair`);
 `rolling_rows` cuts a long text into windows that predict each token once.
 """
+
 from __future__ import annotations
 
 import math
@@ -16,11 +17,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
-from minigpt.model.model import GPT
 from minigpt.eval.tasks import TaskError
+from minigpt.model.model import GPT
 from minigpt.tokenizers import Tokenizer
 
 # ----------------------------------------------------------------------------------------------
@@ -35,8 +35,7 @@ def encode(tokenizer: Tokenizer, text: str) -> list[int]:
 def start_id(tokenizer: Tokenizer) -> int:
     """The id a text is conditioned on when nothing comes before it: the end-of-text id."""
     if tokenizer.eot_id is None:
-        raise TaskError(f"the {tokenizer.kind} tokenizer has no end-of-text id to condition a text's "
-                        "first token on")
+        raise TaskError(f"the {tokenizer.kind} tokenizer has no end-of-text id to condition a text's first token on")
     return tokenizer.eot_id
 
 
@@ -52,7 +51,7 @@ def encode_pair(tokenizer: Tokenizer, context: str, continuation: str) -> tuple[
         context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
     whole = encode(tokenizer, context + continuation)
     ctx = encode(tokenizer, context)
-    return ctx, whole[len(ctx):]
+    return ctx, whole[len(ctx) :]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -79,10 +78,12 @@ def fit_window(context: list[int], continuation: list[int], block_size: int, whe
     if not continuation:
         raise TaskError(f"{where or 'a request'}: the continuation is empty after tokenization")
     if len(continuation) > block_size:
-        raise TaskError(f"{where or 'a request'}: the continuation alone is {len(continuation)} tokens, "
-                        f"longer than the model's context window of {block_size}")
+        raise TaskError(
+            f"{where or 'a request'}: the continuation alone is {len(continuation)} tokens, "
+            f"longer than the model's context window of {block_size}"
+        )
     tokens = context + continuation
-    return Row(tokens[-(block_size + 1):], len(continuation)), len(tokens) > block_size + 1
+    return Row(tokens[-(block_size + 1) :], len(continuation)), len(tokens) > block_size + 1
 
 
 def scored_logits(model, idx: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -103,8 +104,9 @@ def _device(model: torch.nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def score_rows(model, rows: Sequence[Row], batch_size: int = 16, progress: bool = False,
-               desc: str | None = None) -> list[Score]:
+def score_rows(
+    model, rows: Sequence[Row], batch_size: int = 16, progress: bool = False, desc: str | None = None
+) -> list[Score]:
     """Log-likelihood of the last n tokens of every row, batch_size rows per forward."""
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
@@ -119,7 +121,7 @@ def score_rows(model, rows: Sequence[Row], batch_size: int = 16, progress: bool 
     scores: list[Score | None] = [None] * len(rows)
     bar = tqdm(total=len(rows), desc=desc, disable=not progress, file=sys.stderr, leave=False)
     for start in range(0, len(order), batch_size):
-        batch = [rows[i] for i in order[start:start + batch_size]]
+        batch = [rows[i] for i in order[start : start + batch_size]]
         T = max(len(r.tokens) for r in batch) - 1
         idx = torch.zeros(len(batch), T, dtype=torch.long)
         b, t, target = [], [], []
@@ -128,15 +130,17 @@ def score_rows(model, rows: Sequence[Row], batch_size: int = 16, progress: bool 
             idx[j, :L] = torch.tensor(r.tokens[:-1])
             b += [j] * r.n
             t += range(L - r.n, L)
-            target += r.tokens[-r.n:]
+            target += r.tokens[-r.n :]
         # Only the scored positions get logits and go through the softmax, in fp32.
-        picked = scored_logits(model, idx.to(device), torch.tensor(b, device=device),
-                               torch.tensor(t, device=device)).float()  # (N, vocab)
+        picked = scored_logits(
+            model, idx.to(device), torch.tensor(b, device=device), torch.tensor(t, device=device)
+        ).float()  # (N, vocab)
         target_t = torch.tensor(target, device=device)
         logp = picked.log_softmax(dim=-1).gather(1, target_t[:, None]).squeeze(1)
         hit = picked.argmax(dim=-1) == target_t
-        for j, (lp, g) in enumerate(zip(logp.double().cpu().split([r.n for r in batch]),
-                                        hit.cpu().split([r.n for r in batch]))):
+        for j, (lp, g) in enumerate(
+            zip(logp.double().cpu().split([r.n for r in batch]), hit.cpu().split([r.n for r in batch]), strict=True)
+        ):
             scores[order[start + j]] = Score(lp.sum().item(), bool(g.all()))
         bar.update(len(batch))
     bar.close()
@@ -159,9 +163,9 @@ def rolling_rows(tokens: Sequence[int], window: int, stride: int) -> list[Row]:
     tokens = list(tokens)
     last = len(tokens) - 1  # the predicted positions are 1..last
     done = min(window, last)
-    rows = [Row(tokens[:done + 1], done)] if done else []
+    rows = [Row(tokens[: done + 1], done)] if done else []
     while done < last:
         end = min(done + stride, last)
-        rows.append(Row(tokens[end - window:end + 1], end - done))
+        rows.append(Row(tokens[end - window : end + 1], end - done))
         done = end
     return rows

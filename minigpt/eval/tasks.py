@@ -5,6 +5,7 @@ minigpt.eval.evaluate.TASKS.
 
 Every problem with a task's data is a TaskError whose message names the file and line.
 """
+
 from __future__ import annotations
 
 import json
@@ -75,8 +76,10 @@ def download(url: str, name: str, task: str) -> Path:
         atomic_write(path, fetch)  # a failed download leaves no partial file behind
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
-        raise TaskError(f"cannot download {task} ({reason}): fetch {url} on a machine with network into "
-                        f"{path}, or pass --task {task}:PATH to read a local copy") from None
+        raise TaskError(
+            f"cannot download {task} ({reason}): fetch {url} on a machine with network into "
+            f"{path}, or pass --task {task}:PATH to read a local copy"
+        ) from None
     return path
 
 

@@ -11,6 +11,7 @@ Greedy tokens equal those of the simple path (tests/generate/test_decode.py).
     decoder = Decoder(model, batch_size=1, max_len=256)
     out = decoder.generate(idx, max_new_tokens=128, temperature=0)   # (1, T + 128)
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -21,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from minigpt.model.model import GPT, KVCache
 from minigpt.generate.quantize import is_quantized
-from minigpt.generate.sampling import check_ids, check_length, check_sampling, sample_next
+from minigpt.generate.sampling import SamplingSettings, check_ids, check_length
+from minigpt.model.model import GPT, KVCache
 
 MODES = ("auto", "eager", "static", "graph")
 
@@ -40,8 +41,10 @@ class StaticKVCache(KVCache):
 
     def positions(self, B: int, T: int) -> torch.Tensor:
         if T > self.max_len or B != self.batch_size:  # the position stays on the device: only sizes are checked
-            raise ValueError(f"KV cache holds {self.batch_size} x {self.max_len} positions; "
-                             f"cannot add {B} x {T} tokens at its position")
+            raise ValueError(
+                f"KV cache holds {self.batch_size} x {self.max_len} positions; "
+                f"cannot add {B} x {T} tokens at its position"
+            )
         return self.pos + torch.arange(T, device=self.pos.device)
 
     def visible(self, positions: torch.Tensor) -> torch.Tensor:
@@ -59,6 +62,8 @@ class StaticKVCache(KVCache):
 
     def reset(self) -> None:
         self.pos.zero_()
+
+
 CPU_LINEARS = ("auto", "torch", "onednn", "onednn-packed")
 
 
@@ -136,8 +141,15 @@ class Decoder:
     each starts afresh from its prompt.
     """
 
-    def __init__(self, model: GPT, batch_size: int, max_len: int | None = None, mode: str = "auto",
-                 check_every: int = 16, cpu_linear: str = "auto"):
+    def __init__(
+        self,
+        model: GPT,
+        batch_size: int,
+        max_len: int | None = None,
+        mode: str = "auto",
+        check_every: int = 16,
+        cpu_linear: str = "auto",
+    ):
         if mode not in MODES:
             raise ValueError(f"unknown decode mode {mode!r}; choose from {', '.join(MODES)}")
         if cpu_linear not in CPU_LINEARS:
@@ -265,8 +277,13 @@ class Decoder:
 
     def choose_cpu_linear(self) -> None:
         """Settle cpu_linear="auto", measuring once per model shape, dtype, batch size and thread count."""
-        key = (tuple(sorted(self.config.to_dict().items())), self.dtype, is_quantized(self.model), self.batch_size,
-               torch.get_num_threads())
+        key = (
+            tuple(sorted(self.config.to_dict().items())),
+            self.dtype,
+            is_quantized(self.model),
+            self.batch_size,
+            torch.get_num_threads(),
+        )
         if key not in _measured_cpu_linear:
             _measured_cpu_linear[key] = self.measure_cpu_linear()
         self.cpu_linear = _measured_cpu_linear[key]
@@ -293,33 +310,35 @@ class Decoder:
         self,
         idx: torch.Tensor,
         max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        generator: torch.Generator | None = None,
+        sampling: SamplingSettings | None = None,
+        *,
         eos_id: int | None = None,
+        **fields,
     ) -> Iterator[int]:
-        """Decode, yielding after each new token the column of `seq` that holds it.
+        """Decode, yielding after each new token the column of `seq` that holds it. sampling, or its
+        fields as keywords (temperature=0, ...): how tokens are chosen, as for `generate.stream`.
 
         Nothing here waits for the device except the "all rows done?" check, made every
         `check_every` steps when an eos_id is given.
         """
+        sampling = SamplingSettings.of(sampling, **fields)
         check_ids(idx, self.config.vocab_size)
         T = idx.size(1)
         check_length(self.config.block_size, T, max_new_tokens)
-        check_sampling(temperature, top_k, top_p)
         if T + max_new_tokens > self.max_len:
-            raise ValueError(f"prompt ({T} tokens) + max_new_tokens ({max_new_tokens}) exceeds this Decoder's "
-                             f"max_len ({self.max_len})")
+            raise ValueError(
+                f"prompt ({T} tokens) + max_new_tokens ({max_new_tokens}) exceeds this Decoder's "
+                f"max_len ({self.max_len})"
+            )
         if max_new_tokens == 0:
             return
-        greedy = temperature == 0
+        greedy = sampling.greedy
         if self.cpu_linear == "auto" and max_new_tokens > 1:
             self.choose_cpu_linear()
         if self.mode == "graph" and max_new_tokens > 1 and greedy not in self.graphs:
             self.capture(greedy)
         logits = self.prefill(idx, eos_id)
-        self.advance(sample_next(logits, temperature, top_k, top_p, generator))
+        self.advance(sampling.sample(logits))
         yield T
         for step in range(1, max_new_tokens):
             if eos_id is not None and step % self.check_every == 0 and bool(self.done.all()):
@@ -331,18 +350,34 @@ class Decoder:
             else:
                 self.logits_step()
             if not greedy:
-                self.advance(sample_next(self.logits, temperature, top_k, top_p, generator))
+                self.advance(sampling.sample(self.logits))
             yield T + step
 
-    def stream(self, idx: torch.Tensor, max_new_tokens: int, **sampling) -> Iterator[torch.Tensor]:
+    def stream(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        sampling: SamplingSettings | None = None,
+        *,
+        eos_id: int | None = None,
+        **fields,
+    ) -> Iterator[torch.Tensor]:
         """Like `generate.stream`: the next token (B,) of every row, step by step. On CUDA the
         stream may run on for up to check_every - 1 steps (of eos only) after every row is done."""
-        for column in self.steps(idx, max_new_tokens, **sampling):
+        for column in self.steps(idx, max_new_tokens, sampling, eos_id=eos_id, **fields):
             yield self.seq[:, column].clone()
 
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, **sampling) -> torch.Tensor:
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        sampling: SamplingSettings | None = None,
+        *,
+        eos_id: int | None = None,
+        **fields,
+    ) -> torch.Tensor:
         """idx (B, T) followed by up to max_new_tokens tokens: (B, T + n), as `generate.generate`."""
-        for _ in self.steps(idx, max_new_tokens, **sampling):
+        for _ in self.steps(idx, max_new_tokens, sampling, eos_id=eos_id, **fields):
             pass
         if max_new_tokens == 0:
             return idx.clone()

@@ -1,29 +1,11 @@
 """Weight-only int8 and int4 quantization for decoding.
 
-At batch 1 a decode step reads every weight once, so it is bound by memory bandwidth:
-storing the weights in 8 or 4 bits reads 2-4x fewer bytes than bf16. Activations stay in
-floating point; only the weights are rounded. `quantize_model(model, mode)` replaces every
-nn.Linear of the blocks (c_attn, c_proj, c_fc) and the lm_head by a `QuantizedLinear`
-(a tied head gets a quantized copy of wte's weight; wte itself stays for the lookup).
-
-- int8: one symmetric scale per output channel, w ~ q * scale with q in [-127, 127],
-  multiplied by torch.ops.aten._weight_int8pack_mm.
-- int4: groups of `group_size` consecutive inputs share a scale and a zero (asymmetric, the
-  convention of PyTorch's int4 kernels): w ~ (q - 8) * scale + zero with q in [0, 15],
-  multiplied by torch.ops.aten._weight_int4pack_mm_for_cpu on a CPU (its own packed layout,
-  made by _convert_weight_to_int4pack_for_cpu) and _weight_int4pack_mm on CUDA.
-
-The kernels take activations, scales and zeros of one dtype, bfloat16 here: on the CPUs
-measured their float32 variants were several times slower than a float32 F.linear, while the
-bfloat16 ones were ~3x faster. A float32 model therefore runs its quantized matmuls in
-bfloat16 (inputs rounded to bf16, outputs cast back), and everything else in float32.
-
-Every `QuantizedLinear` can say exactly which float weight it represents
-(`dequantized_weight()`, in float32): the reference its kernel is tested against, with
-`reference=True` computing F.linear(x, dequantized_weight()) instead of calling the kernel.
-Scales are rounded to bf16 *upwards* and each int4 scale is chosen after its zero is
-rounded, so no weight is clamped and |w - dequantized| <= scale / 2 holds for every element.
+At batch 1 a decode step reads every weight once, so storing the weights in 8 or 4 bits reads 2-4x
+fewer bytes than bf16. `quantize_model(model, mode)` replaces every nn.Linear of the blocks and the
+lm_head by a `QuantizedLinear` over PyTorch's packed kernels; each can give the exact float weight
+it represents (`dequantized_weight()`), the reference its kernel is tested against.
 """
+
 from __future__ import annotations
 
 import torch
@@ -120,15 +102,38 @@ def _int4_unpack(packed: torch.Tensor, N: int, K: int) -> torch.Tensor:
 
 
 class QuantizedLinear(nn.Module):
-    """y = x W^T + b with W stored in int8 or int4 (see the module docstring for the formats).
+    """y = x W^T + b with W stored in int8 or int4.
+
+    - int8: one symmetric scale per output channel, w ~ q * scale with q in [-127, 127],
+      multiplied by torch.ops.aten._weight_int8pack_mm.
+    - int4: groups of `group_size` consecutive inputs share a scale and a zero (asymmetric, the
+      convention of PyTorch's int4 kernels): w ~ (q - 8) * scale + zero with q in [0, 15],
+      multiplied by torch.ops.aten._weight_int4pack_mm_for_cpu on a CPU (its own packed layout,
+      made by _convert_weight_to_int4pack_for_cpu) and _weight_int4pack_mm on CUDA.
+
+    The kernels take activations, scales and zeros of one dtype, bfloat16 here: on the CPUs
+    measured their float32 variants were several times slower than a float32 F.linear, while the
+    bfloat16 ones were ~3x faster. A float32 model therefore runs its quantized matmuls in
+    bfloat16 (inputs rounded to bf16, outputs cast back), and everything else in float32.
+
+    Every `QuantizedLinear` can say exactly which float weight it represents
+    (`dequantized_weight()`, in float32): the reference its kernel is tested against, with
+    `reference=True` computing F.linear(x, dequantized_weight()) instead of calling the kernel.
+    Scales are rounded to bf16 *upwards* and each int4 scale is chosen after its zero is
+    rounded, so no weight is clamped and |w - dequantized| <= scale / 2 holds for every element.
 
     Buffers: int8: `qweight` (N, K) int8, `scale` (N,) bf16. int4: `qweight` in the kernel's
     packed layout (made on, and valid for, one device type), `scale_and_zero` (K/g, N, 2) bf16.
     `bias` (N,) or None, in the model's dtype. No parameter is trainable.
     """
 
-    def __init__(self, linear: nn.Linear | torch.Tensor, mode: str, group_size: int = DEFAULT_GROUP_SIZE,
-                 bias: torch.Tensor | None = None):
+    def __init__(
+        self,
+        linear: nn.Linear | torch.Tensor,
+        mode: str,
+        group_size: int = DEFAULT_GROUP_SIZE,
+        bias: torch.Tensor | None = None,
+    ):
         super().__init__()
         check_mode(mode, group_size)
         weight = linear.weight if isinstance(linear, nn.Linear) else linear
@@ -170,11 +175,14 @@ class QuantizedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.reference:
-            return F.linear(x.float(), self.dequantized_weight(),
-                            None if self.bias is None else self.bias.float()).to(x.dtype)
+            return F.linear(x.float(), self.dequantized_weight(), None if self.bias is None else self.bias.float()).to(
+                x.dtype
+            )
         if x.device.type != self.packed_for:
-            raise ValueError(f"this layer was quantized on {self.packed_for} and cannot run on {x.device.type}: "
-                             "move the model first, then quantize it")
+            raise ValueError(
+                f"this layer was quantized on {self.packed_for} and cannot run on {x.device.type}: "
+                "move the model first, then quantize it"
+            )
         rows = x.reshape(-1, self.in_features).to(self.kernel_dtype)
         if self.mode == "int8":
             y = torch.ops.aten._weight_int8pack_mm(rows, self.qweight, self.scale)
@@ -188,8 +196,10 @@ class QuantizedLinear(nn.Module):
     @property
     def weight(self) -> torch.Tensor:
         # what a loss or an optimizer would ask for: a quantized layer has no trainable weight
-        raise ValueError("a quantized model is for inference only: it cannot compute a loss or be trained "
-                         "(quantize a copy of the float model for decoding)")
+        raise ValueError(
+            "a quantized model is for inference only: it cannot compute a loss or be trained "
+            "(quantize a copy of the float model for decoding)"
+        )
 
     @property
     def kernel_dtype(self) -> torch.dtype:
@@ -221,8 +231,12 @@ def quantize_model(model: nn.Module, mode: str, group_size: int = DEFAULT_GROUP_
     check_mode(mode, group_size)
     if model.training:
         raise ValueError("quantize a model for inference: call model.eval() first")
-    targets = [(parent, name, child) for parent in model.transformer.h.modules()
-               for name, child in parent.named_children() if isinstance(child, nn.Linear)]
+    targets = [
+        (parent, name, child)
+        for parent in model.transformer.h.modules()
+        for name, child in parent.named_children()
+        if isinstance(child, nn.Linear)
+    ]
     if is_quantized(model):
         raise ValueError("the model is already quantized")
     head = model.lm_head if model.lm_head is not None else model.transformer.wte.weight

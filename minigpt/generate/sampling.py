@@ -3,8 +3,10 @@
 Used by both decoding paths (minigpt.generate.simple's plain loop and minigpt.generate.decoder.Decoder),
 so they sample alike: the same generator draws give the same tokens.
 """
+
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 
@@ -39,19 +41,62 @@ def sample_next(
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
 
 
+@dataclasses.dataclass(frozen=True)
+class SamplingSettings:
+    """How the next token is chosen, as every decoding function takes it.
+
+    temperature: softmax temperature, 0 for greedy decoding; top_k: sample only from the k most
+    likely tokens; top_p: only from the smallest set of tokens whose probability reaches p
+    (nucleus); generator: the random generator the draws come from (None: PyTorch's global one).
+    The settings are checked when made (`check_sampling`: a ValueError naming the bad one).
+    """
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    generator: torch.Generator | None = None
+
+    def __post_init__(self):
+        check_sampling(self.temperature, self.top_k, self.top_p)
+
+    @classmethod
+    def of(cls, sampling: SamplingSettings | None = None, **fields) -> SamplingSettings:
+        """`sampling`, or settings made from keyword fields (temperature=0, top_k=40, ...), or the
+        defaults; `sampling` and fields together take the fields over `sampling`'s values.
+        An unknown field is a TypeError, as for any keyword argument."""
+        if sampling is None:
+            return cls(**fields)
+        if not isinstance(sampling, cls):
+            raise TypeError(f"sampling must be a SamplingSettings, got a {type(sampling).__name__}")
+        return dataclasses.replace(sampling, **fields) if fields else sampling
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def sample(self, logits: torch.Tensor) -> torch.Tensor:
+        """The next token of each row of logits (B, V)."""
+        return sample_next(logits, self.temperature, self.top_k, self.top_p, self.generator)
+
+
 def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
     """A clear ValueError unless the sampling settings make sense."""
-    if not isinstance(temperature, numbers.Real) or isinstance(temperature, bool) or not math.isfinite(temperature) \
-            or temperature < 0:
+    if (
+        not isinstance(temperature, numbers.Real)
+        or isinstance(temperature, bool)
+        or not math.isfinite(temperature)
+        or temperature < 0
+    ):
         raise ValueError(f"temperature must be a finite number >= 0 (0 is greedy), got {temperature!r}")
     if top_k is not None and (not _is_int(top_k) or top_k < 1):
         raise ValueError(f"top_k must be an integer >= 1 (or None), got {top_k!r}")
-    if top_p is not None and (not isinstance(top_p, numbers.Real) or isinstance(top_p, bool)
-                              or not 0.0 < top_p <= 1.0):  # also refuses nan
+    if top_p is not None and (
+        not isinstance(top_p, numbers.Real) or isinstance(top_p, bool) or not 0.0 < top_p <= 1.0
+    ):  # also refuses nan
         raise ValueError(f"top_p must be in (0, 1] (or None), got {top_p!r}")
 
 
@@ -63,8 +108,10 @@ def check_ids(idx, vocab_size: int) -> None:
     reduction, once per call, not per step).
     """
     if not isinstance(idx, torch.Tensor):
-        raise ValueError(f"token ids must be a torch.Tensor of shape (batch, time), got a {type(idx).__name__}; "
-                         "e.g. torch.tensor([ids]) for one prompt")
+        raise ValueError(
+            f"token ids must be a torch.Tensor of shape (batch, time), got a {type(idx).__name__}; "
+            "e.g. torch.tensor([ids]) for one prompt"
+        )
     if idx.dim() != 2:
         hint = "; use ids[None] for one prompt" if idx.dim() == 1 else ""
         raise ValueError(f"token ids must have shape (batch, time), got shape {tuple(idx.shape)}{hint}")
@@ -81,8 +128,9 @@ def check_ids(idx, vocab_size: int) -> None:
 def check_length(block_size: int, prompt_len: int, max_new_tokens: int) -> None:
     """A clear error unless a prompt of prompt_len plus max_new_tokens fits a context of block_size."""
     if not _is_int(max_new_tokens):
-        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r} "
-                         f"({type(max_new_tokens).__name__})")
+        raise ValueError(
+            f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r} ({type(max_new_tokens).__name__})"
+        )
     if prompt_len < 1:
         raise ValueError("the prompt is empty: give at least one token")
     if max_new_tokens < 0:

@@ -11,8 +11,10 @@ Two layers, each usable alone:
 `decoder_mode` ("auto", "eager", "static" or "graph"), the same job goes to
 `minigpt.generate.decoder.Decoder` in that mode (decoding state kept in device buffers; on a GPU
 fixed-shape steps replayed as a CUDA graph), which gives the same greedy tokens.
-`sample_next` (logits -> next token) lives in minigpt.generate.sampling.
+How tokens are chosen is one `SamplingSettings` (minigpt.generate.sampling: temperature, top_k,
+top_p, generator), given as `sampling=` or as those keyword arguments (`temperature=0`).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
@@ -21,8 +23,8 @@ from dataclasses import dataclass, field
 import torch
 
 from minigpt.generate.decoder import Decoder
+from minigpt.generate.sampling import SamplingSettings, check_ids, check_length
 from minigpt.model.model import GPT, KVCache
-from minigpt.generate.sampling import check_ids, check_length, check_sampling, sample_next
 from minigpt.tokenizers import TextStream, Tokenizer
 
 
@@ -31,37 +33,36 @@ def stream(
     model: GPT,
     idx: torch.Tensor,
     max_new_tokens: int,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    generator: torch.Generator | None = None,
+    sampling: SamplingSettings | None = None,
+    *,
     eos_id: int | None = None,
     decoder_mode: str | None = None,
+    **fields,
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every row of idx (B, T), one (B,) tensor per step.
 
     Rows that have produced eos_id keep producing it; the stream ends when every row
     has, or after max_new_tokens steps. decoder_mode: decode with a minigpt.generate.decoder.Decoder
     in that mode instead of the loop below. idx must hold ids below model.config.vocab_size
-    (a ValueError otherwise).
+    (a ValueError otherwise). sampling, or its fields as keywords (temperature=0, top_k=40, ...):
+    how tokens are chosen (SamplingSettings; the defaults sample at temperature 1).
     """
+    sampling = SamplingSettings.of(sampling, **fields)
     check_ids(idx, model.config.vocab_size)
     B, T = idx.shape
     check_length(model.config.block_size, T, max_new_tokens)
-    check_sampling(temperature, top_k, top_p)
     if max_new_tokens == 0:
         return
     if decoder_mode is not None:
         decoder = Decoder(model, B, T + max_new_tokens, mode=decoder_mode)
-        yield from decoder.stream(idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                                  generator=generator, eos_id=eos_id)
+        yield from decoder.stream(idx, max_new_tokens, sampling, eos_id=eos_id)
         return
     dtype = next(model.parameters()).dtype
     cache = KVCache(model.config, B, T + max_new_tokens, device=idx.device, dtype=dtype)
     logits = model(idx, cache=cache, last_only=True)[:, -1]  # prefill: the whole prompt in one forward
     done = torch.zeros(B, dtype=torch.bool, device=idx.device)
     for step in range(max_new_tokens):
-        token = sample_next(logits, temperature, top_k, top_p, generator)
+        token = sampling.sample(logits)
         if eos_id is not None:
             token = token.masked_fill(done, eos_id)
             done |= token == eos_id
@@ -75,25 +76,24 @@ def generate(
     model: GPT,
     idx: torch.Tensor,
     max_new_tokens: int,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    generator: torch.Generator | None = None,
+    sampling: SamplingSettings | None = None,
+    *,
     eos_id: int | None = None,
     decoder_mode: str | None = None,
+    **fields,
 ) -> torch.Tensor:
     """idx (B, T) followed by up to max_new_tokens sampled tokens: (B, T + n).
 
     With eos_id, generation ends early once every row has produced it; rows that
-    finished first are padded with eos_id. decoder_mode: as for `stream`.
+    finished first are padded with eos_id. sampling (or its fields) and decoder_mode: as for `stream`.
     """
+    sampling = SamplingSettings.of(sampling, **fields)
     if decoder_mode is not None:
         check_ids(idx, model.config.vocab_size)
         check_length(model.config.block_size, idx.size(1), max_new_tokens)
         decoder = Decoder(model, idx.size(0), idx.size(1) + max_new_tokens, mode=decoder_mode)
-        return decoder.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                                generator=generator, eos_id=eos_id)
-    tokens = list(stream(model, idx, max_new_tokens, temperature, top_k, top_p, generator, eos_id))
+        return decoder.generate(idx, max_new_tokens, sampling, eos_id=eos_id)
+    tokens = list(stream(model, idx, max_new_tokens, sampling, eos_id=eos_id))
     return torch.cat([idx, torch.stack(tokens, dim=1)], dim=1) if tokens else idx.clone()
 
 
@@ -183,23 +183,23 @@ def complete(
     tokenizer: Tokenizer,
     prompts: Sequence[str],
     max_new_tokens: int,
+    sampling: SamplingSettings | None = None,
     *,
     num_samples: int = 1,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
     seed: int | None = None,
     stop: Sequence[str] = (),
     stop_at_eot: bool = True,
     batch_size: int | None = None,
     on_text: Callable[[Completion, str], None] | None = None,
     decoder_mode: str | None = None,
+    **fields,
 ) -> list[Completion]:
     """Sample num_samples continuations of each prompt.
 
     Prompts of equal token length are decoded together in one batch (up to
     batch_size rows); on_text(completion, new_text) is called as text arrives.
-    Returns the completions ordered by prompt, then sample. decoder_mode: as for `stream`.
+    Returns the completions ordered by prompt, then sample. sampling (or its fields) and
+    decoder_mode: as for `stream`; seed: draw from a new generator seeded with it (on the model's device).
     Text is decoded with tokenizer (minigpt.tokenizers.tokenizer.TextStream), so a character split over
     several tokens is handed out whole; with stop_at_eot a row ends at tokenizer.eot_id (a
     tokenizer without one, eot_id None, never stops early). "<|endoftext|>" written in a prompt
@@ -209,10 +209,12 @@ def complete(
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     if any(s == "" for s in stop):
         raise ValueError("stop strings must not be empty")
+    sampling = SamplingSettings.of(sampling, **fields)
     device = next(model.parameters()).device
-    generator = None
     if seed is not None:
-        generator = torch.Generator(device=device).manual_seed(seed)
+        if sampling.generator is not None:
+            raise ValueError("give a seed or a generator, not both")
+        sampling = SamplingSettings.of(sampling, generator=torch.Generator(device=device).manual_seed(seed))
     eot = tokenizer.eot_id if stop_at_eot else None
     encoded = [prompt_ids(tokenizer, p) for p in prompts]
     for ids in encoded:
@@ -228,8 +230,8 @@ def complete(
             batch = group[start : start + rows_per_batch]
             idx = torch.tensor([encoded[c.prompt_index] for c in batch], dtype=torch.long, device=device)
             rows = [_RowText(c, tokenizer, stop, on_text) for c in batch]
-            for token in stream(model, idx, max_new_tokens, temperature, top_k, top_p, generator, eot, decoder_mode):
-                for row, t in zip(rows, token.tolist()):
+            for token in stream(model, idx, max_new_tokens, sampling, eos_id=eot, decoder_mode=decoder_mode):
+                for row, t in zip(rows, token.tolist(), strict=True):
                     if not row.done:
                         row.push(t, eot)
                 if all(row.done for row in rows):

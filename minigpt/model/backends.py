@@ -46,8 +46,10 @@ _warned: set[str] = set()
 def triton_unavailable_reason(device: torch.device) -> str | None:
     """Why the Triton kernels cannot run on `device`, or None if they can."""
     if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        return (f"Triton kernels need a CUDA device (got {device.type}); set TRITON_INTERPRET=1 to run them in "
-                "the (slow) Triton interpreter")
+        return (
+            f"Triton kernels need a CUDA device (got {device.type}); set TRITON_INTERPRET=1 to run them in "
+            "the (slow) Triton interpreter"
+        )
     try:
         import triton  # noqa: F401
     except ImportError:

@@ -1,15 +1,25 @@
 """Model configuration: one dataclass and OpenAI's four released GPT-2 sizes."""
+
 from __future__ import annotations
 
 import dataclasses
 import math
 from dataclasses import dataclass
 
-
 # Activations by their transformers (ACT2FN) names; "relu2" is ReLU squared. The model
 # implements each (minigpt/model.py ACTIVATIONS); these are the names a config may hold.
-ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu", "quick_gelu", "relu", "relu2", "silu",
-               "swish", "tanh")
+ACTIVATIONS = (
+    "gelu_new",
+    "gelu_pytorch_tanh",
+    "gelu_fast",
+    "gelu",
+    "quick_gelu",
+    "relu",
+    "relu2",
+    "silu",
+    "swish",
+    "tanh",
+)
 POSITIONS = ("learned", "rope")
 
 
@@ -60,13 +70,20 @@ class GPTConfig:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.n_inner is not None and (not isinstance(self.n_inner, int) or isinstance(self.n_inner, bool)
-                                         or self.n_inner < 1):
+        if self.n_inner is not None and (
+            not isinstance(self.n_inner, int) or isinstance(self.n_inner, bool) or self.n_inner < 1
+        ):
             raise ValueError(f"GPTConfig.n_inner must be a positive integer or None (4 * n_embd), got {self.n_inner!r}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"GPTConfig.activation {self.activation!r} is not one of {', '.join(ACTIVATIONS)}")
-        for name in ("scale_attn_weights", "scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn",
-                     "tie_word_embeddings", "qk_norm", "bias"):
+        for name in (
+            "scale_attn_weights",
+            "scale_attn_by_inverse_layer_idx",
+            "reorder_and_upcast_attn",
+            "tie_word_embeddings",
+            "qk_norm",
+            "bias",
+        ):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"GPTConfig.{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
@@ -135,7 +152,7 @@ class GPTConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "GPTConfig":
+    def from_dict(cls, d: dict) -> GPTConfig:
         """The inverse of to_dict; fields missing from d (a config saved before they existed) keep their defaults."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names

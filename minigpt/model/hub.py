@@ -1,7 +1,7 @@
 """The Hugging Face hub: OpenAI's presets and any `OWNER/NAME[@REVISION]`, downloaded once into its cache.
 
-    python -m minigpt.model.hub download gpt2                        # while online; offline after that
-    python -m minigpt.model.hub download rinna/japanese-gpt2-small   # a hub id, with its tokenizer files
+python -m minigpt.model.hub download gpt2                        # while online; offline after that
+python -m minigpt.model.hub download rinna/japanese-gpt2-small   # a hub id, with its tokenizer files
 """
 
 from __future__ import annotations
@@ -16,11 +16,24 @@ from minigpt.rundir import CheckpointError
 
 # What a hub id brings down: the config, the weights and the tokenizer files, nothing else.
 HUB_CONFIG_FILES = ["config.json", "generation_config.json"]
-HUB_TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                       "vocab.json", "merges.txt", "spiece.model", "*.model"]
+HUB_TOKENIZER_FILES = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "spiece.model",
+    "*.model",
+]
 HUB_SAFETENSORS = ["model*.safetensors", "model.safetensors.index.json"]
 HUB_TORCH_BIN = ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 
 HUB_ID = re.compile(r"(?P<repo>[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*)(?:@(?P<revision>[^@\s]+))?")
 
@@ -48,8 +61,12 @@ def hub_snapshot(name: str, downloading: bool = False) -> Path:
     so a failure says what the download needs rather than suggesting the download command.
     """
     from huggingface_hub import HfApi, constants, snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError, \
-        RevisionNotFoundError
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     if name in PRESETS:
         repo, revision, patterns = HUB_REPOS[name], None, ["config.json", "model.safetensors"]
@@ -98,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m minigpt.model.hub",
         description="Download GPT-2 weights (OpenAI's or any GPT-2 model on the hub) into the Hugging Face "
-                    "cache, for later offline use.",
+        "cache, for later offline use.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     dl = sub.add_parser("download", help="fetch the config and weights of a preset, or of a hub id with its tokenizer")

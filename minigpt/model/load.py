@@ -40,8 +40,9 @@ def build_on_meta(config) -> GPT:
         return GPT(config)
 
 
-def from_pretrained(name_or_path: str | Path, device=None, dtype=None, attn_backend: str = "auto",
-                    ln_backend: str = "auto") -> GPT:
+def from_pretrained(
+    name_or_path: str | Path, device=None, dtype=None, attn_backend: str = "auto", ln_backend: str = "auto"
+) -> GPT:
     """Load OpenAI's GPT-2 (a preset name), a hub id, a Hugging Face style directory, a .safetensors
     file or a train.py run (its latest checkpoint), in eval mode, with the backends resolved for `device`."""
     config, state, source, family = weights.load_state_dict(name_or_path, dtype=dtype, device=device)

@@ -17,6 +17,7 @@ Rows whose target is `ignore_index` count neither in the loss nor in N, as in F.
 Under autocast the matmuls run in the autocast dtype and the softmax in fp32, as they do in the
 reference.
 """
+
 from __future__ import annotations
 
 import torch
@@ -29,8 +30,9 @@ IGNORE_INDEX = -100
 CHUNK_ELEMENTS = 1 << 26
 
 
-def linear_cross_entropy_reference(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                                   vocab_size: int, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+def linear_cross_entropy_reference(
+    x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, vocab_size: int, ignore_index: int = IGNORE_INDEX
+) -> torch.Tensor:
     """Mean cross-entropy of logits = x @ weight[:vocab_size].T against targets, x (N, C), targets (N,)."""
     logits = F.linear(x, weight)[:, :vocab_size]
     return F.cross_entropy(logits.float(), targets, ignore_index=ignore_index)
@@ -88,16 +90,24 @@ class LinearCrossEntropy(torch.autograd.Function):
         return dx, dw, None, None, None, None
 
 
-def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, vocab_size: int,
-                         ignore_index: int = IGNORE_INDEX, chunk_rows: int | None = None) -> torch.Tensor:
+def linear_cross_entropy(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    vocab_size: int,
+    ignore_index: int = IGNORE_INDEX,
+    chunk_rows: int | None = None,
+) -> torch.Tensor:
     """The same value and gradients as linear_cross_entropy_reference, computed a chunk of rows at a time.
 
     x (N, C) are the final hidden states, weight (V_padded, C) the lm_head (only its first
     vocab_size rows are used), targets (N,) token ids or ignore_index.
     """
     if x.dim() != 2 or targets.shape != x.shape[:1] or weight.dim() != 2 or weight.size(1) != x.size(1):
-        raise ValueError(f"expected x (N, C), weight (V, C), targets (N,); got {tuple(x.shape)}, "
-                         f"{tuple(weight.shape)}, {tuple(targets.shape)}")
+        raise ValueError(
+            f"expected x (N, C), weight (V, C), targets (N,); got {tuple(x.shape)}, "
+            f"{tuple(weight.shape)}, {tuple(targets.shape)}"
+        )
     if not 0 < vocab_size <= weight.size(0):
         raise ValueError(f"vocab_size {vocab_size} must be in 1..{weight.size(0)} (the lm_head's rows)")
     if chunk_rows is None:

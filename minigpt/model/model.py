@@ -255,8 +255,10 @@ class KVCache:
     def positions(self, B: int, T: int) -> torch.Tensor:
         """(T,) absolute positions of the next T tokens of B rows; ValueError if they do not fit."""
         if self.pos + T > self.max_len or B != self.batch_size:
-            raise ValueError(f"KV cache holds {self.batch_size} x {self.max_len} positions; "
-                             f"cannot add {B} x {T} tokens at position {self.pos}")
+            raise ValueError(
+                f"KV cache holds {self.batch_size} x {self.max_len} positions; "
+                f"cannot add {B} x {T} tokens at position {self.pos}"
+            )
         return torch.arange(self.pos, self.pos + T, device=self.k.device)
 
     def visible(self, positions: torch.Tensor) -> torch.Tensor | None:

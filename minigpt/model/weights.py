@@ -52,8 +52,9 @@ def resolve_directory(name_or_path: str | Path) -> Path | None:
 
 
 def _not_found(name: str) -> str:
-    return (f"{name}: no such file or directory, not a preset ({', '.join(PRESETS)}) and not a hub id "
-            "OWNER/NAME[@REVISION]")
+    return (
+        f"{name}: no such file or directory, not a preset ({', '.join(PRESETS)}) and not a hub id OWNER/NAME[@REVISION]"
+    )
 
 
 def _read_config_json(path: Path) -> tuple[GPTConfig, Family]:
@@ -118,8 +119,15 @@ def find_weights(name_or_path: str | Path) -> tuple[Path, GPTConfig | None, Fami
 
 # safetensors dtype names -> torch dtypes
 SAFETENSORS_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
     "BOOL": torch.bool,
 }
 
@@ -251,10 +259,14 @@ def _finite(stored: torch.Tensor, converted: torch.Tensor, key: str, source: Pat
     if bool(torch.isfinite(converted.sum(dtype=torch.float32))) or bool(torch.isfinite(converted).all()):
         return converted
     if converted.dtype != stored.dtype and bool(torch.isfinite(stored).all()):
-        raise CheckpointError(f"{source}: tensor {key} overflows {str(converted.dtype).removeprefix('torch.')} "
-                              "(its values are finite as stored); load it in a wider dtype")
-    raise CheckpointError(f"{source}: tensor {key} holds NaN or infinite values; the weights are damaged "
-                          "(or were saved after training diverged)")
+        raise CheckpointError(
+            f"{source}: tensor {key} overflows {str(converted.dtype).removeprefix('torch.')} "
+            "(its values are finite as stored); load it in a wider dtype"
+        )
+    raise CheckpointError(
+        f"{source}: tensor {key} holds NaN or infinite values; the weights are damaged "
+        "(or were saved after training diverged)"
+    )
 
 
 def load_state_dict(
@@ -301,8 +313,10 @@ def load_state_dict(
     wte = state.get("transformer.wte.weight")
     if config.tie_word_embeddings:
         if lm_head is not None and (wte is None or not torch.equal(lm_head.to(wte.device), wte)):
-            raise CheckpointError(f"{weights}: lm_head.weight differs from wte.weight, but the config ties them "
-                                  "(tie_word_embeddings is true)")
+            raise CheckpointError(
+                f"{weights}: lm_head.weight differs from wte.weight, but the config ties them "
+                "(tie_word_embeddings is true)"
+            )
     elif lm_head is not None:
         state["lm_head.weight"] = lm_head.to(device).contiguous()
     # The embedding (and an untied lm_head) is stored unpadded; pad with zero rows to the padded width.
@@ -313,15 +327,24 @@ def load_state_dict(
     return config, state, weights, family
 
 
-def check_state_dict(state: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]], config: GPTConfig,
-                     source: Path, family: Family = GPT2) -> None:
+def check_state_dict(
+    state: dict[str, torch.Tensor],
+    expected: dict[str, tuple[int, ...]],
+    config: GPTConfig,
+    source: Path,
+    family: Family = GPT2,
+) -> None:
     """A CheckpointError unless state holds exactly the expected tensor names and shapes."""
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing:
-        raise CheckpointError(f"{source}: missing tensor(s) {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+        raise CheckpointError(
+            f"{source}: missing tensor(s) {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
+        )
     if unexpected:
-        raise CheckpointError(f"{source}: unexpected tensor(s) {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}")
+        raise CheckpointError(
+            f"{source}: unexpected tensor(s) {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}"
+        )
     for name, shape in expected.items():
         got = tuple(state[name].shape)
         if name in PADDED:
@@ -350,8 +373,9 @@ def hf_state_dict(state_dict: dict[str, torch.Tensor], config: GPTConfig) -> dic
     return out
 
 
-def save_state_dict(state_dict: dict[str, torch.Tensor], config: GPTConfig, directory: str | Path,
-                    transformers_only: bool = True) -> None:
+def save_state_dict(
+    state_dict: dict[str, torch.Tensor], config: GPTConfig, directory: str | Path, transformers_only: bool = True
+) -> None:
     """Write model.safetensors + config.json (each atomically) that GPT2LMHeadModel loads.
 
     A config GPT2LMHeadModel cannot compute (config.hf_incompatibility()) is a ValueError naming the
@@ -371,5 +395,3 @@ def save_state_dict(state_dict: dict[str, torch.Tensor], config: GPTConfig, dire
     hf_config["dtype"] = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
     hf_config["minigpt"] = config.to_dict()
     atomic_write(directory / "config.json", json.dumps(hf_config, indent=2) + "\n")
-
-

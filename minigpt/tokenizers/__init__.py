@@ -4,6 +4,7 @@ One module per kind (gpt2, char, bpe, hf, sentencepiece) implements the `Tokeniz
 `base`; the table `KINDS` in `kinds` lists them and drives choosing (`parse_tokenizer_kind`),
 training (`train_tokenizer`) and loading (`load_tokenizer`). `TextStream` decodes ids as they come.
 """
+
 from minigpt.tokenizers.base import (
     EOT_TOKEN,
     OWN_TOKENIZER_FILES,
@@ -28,7 +29,26 @@ from minigpt.tokenizers.kinds import (
 from minigpt.tokenizers.sentencepiece import SentencePieceTokenizer
 from minigpt.tokenizers.stream import TextStream
 
-__all__ = ["EOT_TOKEN", "KINDS", "LOOKED_FOR", "OWN_TOKENIZER_FILES", "TOKENIZER_FILE", "TOKENIZER_KINDS",
-           "BPETokenizer", "CharTokenizer", "GPT2Tokenizer", "HFTokenizer", "SentencePieceTokenizer", "TextStream",
-           "Tokenizer", "TokenizerKind", "TokenizerUnavailable", "get_encoding", "kinds_help", "load_tokenizer",
-           "local_vocab_files", "parse_tokenizer_kind", "train_tokenizer"]
+__all__ = [
+    "EOT_TOKEN",
+    "KINDS",
+    "LOOKED_FOR",
+    "OWN_TOKENIZER_FILES",
+    "TOKENIZER_FILE",
+    "TOKENIZER_KINDS",
+    "BPETokenizer",
+    "CharTokenizer",
+    "GPT2Tokenizer",
+    "HFTokenizer",
+    "SentencePieceTokenizer",
+    "TextStream",
+    "Tokenizer",
+    "TokenizerKind",
+    "TokenizerUnavailable",
+    "get_encoding",
+    "kinds_help",
+    "load_tokenizer",
+    "local_vocab_files",
+    "parse_tokenizer_kind",
+    "train_tokenizer",
+]

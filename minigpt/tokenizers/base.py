@@ -4,6 +4,7 @@ Everything in minigpt that turns text into ids goes through this small interface
 vocab_size, eot_id, save_pretrained, ...), so the model, the data pipeline and the decoders never
 need to know which kind of tokenizer a run or checkpoint uses.
 """
+
 from __future__ import annotations
 
 import json
@@ -91,8 +92,13 @@ def eot_only(tokenizer: Tokenizer) -> None:
 def fast_config() -> dict:
     """transformers' settings for a tokenizer.json of ours: <|endoftext|> is bos, eos and unk,
     nothing is added around a text, decoding leaves spaces as they are."""
-    return {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": EOT_TOKEN, "eos_token": EOT_TOKEN,
-            "unk_token": EOT_TOKEN, "clean_up_tokenization_spaces": False}
+    return {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": EOT_TOKEN,
+        "eos_token": EOT_TOKEN,
+        "unk_token": EOT_TOKEN,
+        "clean_up_tokenization_spaces": False,
+    }
 
 
 def write_json(path: Path, data: dict) -> None:

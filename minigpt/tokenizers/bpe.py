@@ -4,6 +4,7 @@ A vocabulary fitted to the data at hand, for runs on text unlike GPT-2's or with
 vocabulary. Its alphabet is the 256 bytes, so no text is unknown. Saved as a tokenizer.json that
 transformers reads with the same ids.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
@@ -79,8 +80,9 @@ def parse_size(spec: str) -> int:
     """N from a "bpe:N" --tokenizer value; a ValueError unless N is above the 256 byte tokens."""
     size = spec.partition(":")[2]
     if not size.isdigit() or int(size) <= BYTE_FALLBACK:
-        raise ValueError(f"tokenizer bpe:N needs a vocabulary size N above {BYTE_FALLBACK} (its byte alphabet), "
-                         f"got {spec!r}")
+        raise ValueError(
+            f"tokenizer bpe:N needs a vocabulary size N above {BYTE_FALLBACK} (its byte alphabet), got {spec!r}"
+        )
     return int(size)
 
 

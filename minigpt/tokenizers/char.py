@@ -4,6 +4,7 @@ Small vocabularies for small runs. A character the training text lacks is writte
 its UTF-8 bytes, so every text round-trips (Japanese and emoji included). Saved as a `tokenizers`
 tokenizer.json with byte fallback, which transformers reads with the same ids.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence

@@ -10,6 +10,7 @@ once to a cache file in tiktoken's own `.tiktoken` format (`$XDG_CACHE_HOME/mini
 default `~/.cache/minigpt`) and read back by tiktoken's loader, which checks the file against its
 pinned sha256: a damaged cache is ignored and written again.
 """
+
 from __future__ import annotations
 
 import base64
@@ -164,11 +165,19 @@ class GPT2Tokenizer(Tokenizer):
         directory = Path(directory)
         atomic_write(directory / "vocab.json", Path(encoder_json).read_bytes())
         atomic_write(directory / "merges.txt", Path(vocab_bpe).read_bytes())
-        write_json(directory / HF_CONFIG_FILE, {
-            "tokenizer_class": "GPT2Tokenizer", "bos_token": EOT_TOKEN, "eos_token": EOT_TOKEN,
-            "unk_token": EOT_TOKEN, "add_bos_token": False, "add_prefix_space": False,
-            "clean_up_tokenization_spaces": False, "model_max_length": 1024,
-        })
+        write_json(
+            directory / HF_CONFIG_FILE,
+            {
+                "tokenizer_class": "GPT2Tokenizer",
+                "bos_token": EOT_TOKEN,
+                "eos_token": EOT_TOKEN,
+                "unk_token": EOT_TOKEN,
+                "add_bos_token": False,
+                "add_prefix_space": False,
+                "clean_up_tokenization_spaces": False,
+                "model_max_length": 1024,
+            },
+        )
         self._write_description(directory)
 
 

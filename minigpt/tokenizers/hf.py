@@ -4,6 +4,7 @@ GPT-2-architecture checkpoints on the hub ship a tokenizer.json, or GPT-2-style 
 merges.txt (distilgpt2 and fine-tunes), with transformers' settings files beside them. This reads
 them the way transformers' AutoTokenizer does, so ids and text equal transformers' for the model.
 """
+
 from __future__ import annotations
 
 import re
@@ -28,8 +29,18 @@ BYTE_PIECE = re.compile(r"<0x[0-9A-F]{2}>")  # a byte-fallback token of tokenize
 
 def _clean_up_tokenization(text: str) -> str:
     """transformers' clean_up_tokenization: the spaces a word-level tokenizer left before punctuation."""
-    for spaced, joined in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
-                           (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+    for spaced, joined in (
+        (" .", "."),
+        (" ?", "?"),
+        (" !", "!"),
+        (" ,", ","),
+        (" ' ", "'"),
+        (" n't", "n't"),
+        (" 'm", "'m"),
+        (" 's", "'s"),
+        (" 've", "'ve"),
+        (" 're", "'re"),
+    ):
         text = text.replace(spaced, joined)
     return text
 

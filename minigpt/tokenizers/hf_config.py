@@ -4,6 +4,7 @@ Beside a checkpoint's vocabulary (tokenizer.json, vocab.json + merges.txt or spi
 tokenizer_config.json, special_tokens_map.json and added_tokens.json: the special tokens, what
 tokenizer(text) adds, how decoding cleans up. The "hf" and "sentencepiece" kinds both need them.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,8 +29,11 @@ class HFConfig:
     def __init__(self, directory: Path, defaults: dict | None = None):
         self.directory = directory
         self.settings = dict(defaults or {})
-        self.files = [name for name in (HF_CONFIG_FILE, SPECIAL_TOKENS_MAP_FILE, ADDED_TOKENS_FILE)
-                      if (directory / name).is_file()]
+        self.files = [
+            name
+            for name in (HF_CONFIG_FILE, SPECIAL_TOKENS_MAP_FILE, ADDED_TOKENS_FILE)
+            if (directory / name).is_file()
+        ]
         if SPECIAL_TOKENS_MAP_FILE in self.files:
             self.settings.update(read_json(directory / SPECIAL_TOKENS_MAP_FILE))
         if HF_CONFIG_FILE in self.files:
@@ -52,8 +56,9 @@ class HFConfig:
             extra = list(extra.values())
         tokens += [t for t in map(_token_text, extra) if t is not None]
         decoder = self.settings.get("added_tokens_decoder") or {}
-        tokens += [t["content"] for t in decoder.values()
-                   if isinstance(t, dict) and t.get("special") and "content" in t]
+        tokens += [
+            t["content"] for t in decoder.values() if isinstance(t, dict) and t.get("special") and "content" in t
+        ]
         return list(dict.fromkeys(tokens))
 
     def copy_to(self, directory: Path) -> None:

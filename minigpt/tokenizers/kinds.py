@@ -5,6 +5,7 @@ built, which files identify it in a checkpoint directory, and a line of help. `p
 `train_tokenizer`, `load_tokenizer` and the help strings are all read from it, so a new kind is a
 module with its Tokenizer class and one entry here.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,41 +48,46 @@ class TokenizerKind:
         return f"{self.name}:N" if self.parse_size is not None else self.name
 
 
-KINDS: dict[str, TokenizerKind] = {kind.name: kind for kind in (
-    TokenizerKind(
-        name="gpt2",
-        description="GPT-2's BPE",
-        train=lambda texts, size: gpt2.GPT2Tokenizer(),
-        from_description=gpt2.from_description,
-        files=(Files(4, "a config.json with vocab_size 50257", gpt2.from_model_config, fallback=True),),
-    ),
-    TokenizerKind(
-        name="char",
-        description="the characters of the training text, with byte fallback",
-        train=lambda texts, size: char.CharTokenizer.train(texts),
-        from_description=char.from_description,
-    ),
-    TokenizerKind(
-        name="bpe",
-        description=f"a byte-level BPE of N tokens, N > {BYTE_FALLBACK}, trained on the training text",
-        train=lambda texts, size: bpe.BPETokenizer.train(texts, size),
-        parse_size=bpe.parse_size,
-        from_description=bpe.from_description,
-    ),
-    TokenizerKind(
-        name="hf",
-        description="a tokenizer.json, or GPT-2-style vocab.json + merges.txt, with transformers' settings",
-        from_description=hf.from_description,
-        files=(Files(1, HF_TOKENIZER_FILE, hf.from_tokenizer_json),
-               Files(3, "vocab.json + merges.txt", hf.from_vocab_and_merges)),
-    ),
-    TokenizerKind(
-        name="sentencepiece",
-        description="a spiece.model with transformers' T5Tokenizer settings",
-        from_description=sentencepiece.from_description,
-        files=(Files(2, "spiece.model (or another *.model)", sentencepiece.from_model_file),),
-    ),
-)}
+KINDS: dict[str, TokenizerKind] = {
+    kind.name: kind
+    for kind in (
+        TokenizerKind(
+            name="gpt2",
+            description="GPT-2's BPE",
+            train=lambda texts, size: gpt2.GPT2Tokenizer(),
+            from_description=gpt2.from_description,
+            files=(Files(4, "a config.json with vocab_size 50257", gpt2.from_model_config, fallback=True),),
+        ),
+        TokenizerKind(
+            name="char",
+            description="the characters of the training text, with byte fallback",
+            train=lambda texts, size: char.CharTokenizer.train(texts),
+            from_description=char.from_description,
+        ),
+        TokenizerKind(
+            name="bpe",
+            description=f"a byte-level BPE of N tokens, N > {BYTE_FALLBACK}, trained on the training text",
+            train=lambda texts, size: bpe.BPETokenizer.train(texts, size),
+            parse_size=bpe.parse_size,
+            from_description=bpe.from_description,
+        ),
+        TokenizerKind(
+            name="hf",
+            description="a tokenizer.json, or GPT-2-style vocab.json + merges.txt, with transformers' settings",
+            from_description=hf.from_description,
+            files=(
+                Files(1, HF_TOKENIZER_FILE, hf.from_tokenizer_json),
+                Files(3, "vocab.json + merges.txt", hf.from_vocab_and_merges),
+            ),
+        ),
+        TokenizerKind(
+            name="sentencepiece",
+            description="a spiece.model with transformers' T5Tokenizer settings",
+            from_description=sentencepiece.from_description,
+            files=(Files(2, "spiece.model (or another *.model)", sentencepiece.from_model_file),),
+        ),
+    )
+}
 
 
 def _one_of(words: list[str]) -> str:

@@ -6,6 +6,7 @@ A train.py checkpoint, or a directory written from one, carries its tokenizer
 one); OpenAI's presets and a bare .safetensors file use GPT-2's. `check_vocab` refuses a tokenizer whose ids are not the
 model's, so a mismatched pair fails in one line instead of decoding garbage.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,5 +25,7 @@ def tokenizer_for(init: str | Path) -> Tokenizer:
 def check_vocab(tokenizer: Tokenizer, vocab_size: int, where: str | Path) -> None:
     """ValueError unless the tokenizer has exactly the model's vocab_size ids."""
     if tokenizer.vocab_size != vocab_size:
-        raise ValueError(f"{where}: its {tokenizer.kind} tokenizer has {tokenizer.vocab_size} ids but the model "
-                         f"{vocab_size}; the tokenizer saved with it does not belong to these weights")
+        raise ValueError(
+            f"{where}: its {tokenizer.kind} tokenizer has {tokenizer.vocab_size} ids but the model "
+            f"{vocab_size}; the tokenizer saved with it does not belong to these weights"
+        )

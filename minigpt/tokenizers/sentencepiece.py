@@ -4,6 +4,7 @@ rinna's Japanese GPT-2s ship their vocabulary this way (spiece.model, do_lower_c
 of text, T5's extra ids). Encoding goes through sentencepiece itself, as the model was trained, with
 the special tokens and added ids laid out as transformers lays them out.
 """
+
 from __future__ import annotations
 
 import re
@@ -73,8 +74,9 @@ class SentencePieceTokenizer(Tokenizer):
         specials = {text: self._piece_id(text) for text in [*config.all_special(), *self.added]}
         self.special_tokens = {text: i for text, i in specials.items() if i is not None}
         self.special_ids = set(self.special_tokens.values())
-        self.special_ids |= {i for i in range(self.sp.get_piece_size())
-                             if self.sp.is_control(i) or self.sp.is_unknown(i)}
+        self.special_ids |= {
+            i for i in range(self.sp.get_piece_size()) if self.sp.is_control(i) or self.sp.is_unknown(i)
+        }
         # longest first, so that a special token that begins another never splits it
         self.special_pattern = re.compile("|".join(map(re.escape, sorted(self.special_tokens, key=len, reverse=True))))
         add_bos, add_eos = config.get("add_bos_token", False), config.get("add_eos_token", t5)
@@ -133,8 +135,9 @@ class SentencePieceTokenizer(Tokenizer):
             atomic_write(target, self.model_file.read_bytes())
         self.config.copy_to(directory)
         if HF_CONFIG_FILE not in self.config.files:
-            write_json(directory / HF_CONFIG_FILE, {"tokenizer_class": "T5Tokenizer", "extra_ids": 0,
-                                                     **self.config.settings})
+            write_json(
+                directory / HF_CONFIG_FILE, {"tokenizer_class": "T5Tokenizer", "extra_ids": 0, **self.config.settings}
+            )
         self._write_description(directory, model_file=self.model_file.name)
 
 
@@ -159,6 +162,7 @@ def from_description(directory: Path, data: dict) -> SentencePieceTokenizer:
     """The tokenizer a minigpt_tokenizer.json of kind "sentencepiece" describes: it names the model file."""
     name = data.get("model_file")
     if not isinstance(name, str) or Path(name).name != name or not (directory / name).is_file():
-        raise ValueError(f"{directory / TOKENIZER_FILE}: a sentencepiece tokenizer needs its model_file, "
-                         f"a file in {directory}")
+        raise ValueError(
+            f"{directory / TOKENIZER_FILE}: a sentencepiece tokenizer needs its model_file, a file in {directory}"
+        )
     return SentencePieceTokenizer(directory / name, HFConfig(directory))

@@ -3,6 +3,7 @@
 Streaming decoders print text as tokens arrive; decoding each token alone would print half
 characters and wrong spaces, so this decodes a short window of recent ids instead.
 """
+
 from __future__ import annotations
 
 from minigpt.tokenizers.base import Tokenizer

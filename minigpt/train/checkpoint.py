@@ -1,40 +1,12 @@
-"""Training checkpoints: writing, finding, pruning and reading them back.
+"""Training checkpoints: writing, pruning and reading them back, never leaving a partial one.
 
-A checkpoint is a directory `out_dir/ckpt_<step:08d>/`:
-
-    model.safetensors, config.json   the weights, as save_pretrained writes them, so
-                                     from_pretrained(out_dir) loads the latest one
-    train_state.safetensors          tensors: AdamW moments ("optimizer.<param>.<name>")
-                                     and each rank's torch RNG states ("rng.<rank>.<name>")
-    train_state.json                 the rest: step, TrainConfig, data-loader position,
-                                     optimizer hyper-parameters, python/numpy RNG states
-
-An FSDP run (--parallel fsdp) writes the same files, rank 0 gathering the full weights for
-model.safetensors, and also `sharded/`: every rank's shard of the weights and of the AdamW
-moments ("model.<name>", "optimizer.<name>.<moment>"), one safetensors file per rank written
-through torch.distributed.checkpoint. A resume reads its shards from there (on the same number
-of processes); train_state.safetensors then holds only the RNG states.
-
-It is written into `out_dir/.tmp_ckpt_<step>/` and renamed to `ckpt_<step>` only when
-complete, so every `ckpt_*` directory is whole even if the process is killed mid-write. A
-pruned checkpoint is first renamed to `.trash_ckpt_<step>` and only then deleted, so a kill
-during pruning leaves no partial `ckpt_*` either; leftovers of both kinds are removed later.
-Nothing is ever unpickled: tensors go through safetensors and the rest through JSON.
-
-The latest checkpoint. `out_dir/latest` names the newest checkpoint of the run's own line
-(it is rewritten, atomically, just before each new checkpoint is renamed into place). The
-latest checkpoint is the one of the highest step not above it: the pointed-to one, or the one
-before it if the kill came between the pointer and the rename. Without the file (older runs)
-it is the highest step. --resume, from_pretrained(out_dir) and the run's summary all use
-latest_checkpoint().
-
-Branches. Resuming from a checkpoint older than others in out_dir starts a new branch of the
-run: start_branch() points `latest` at the checkpoint resumed from and moves the later ones,
-with the old log.jsonl and run.json, into `out_dir/superseded/<time>-after-ckpt_<step>/`.
-Nothing is deleted, and out_dir then holds only the new branch's line, so pruning and
-"latest" never mix the two runs. Pruning keeps the newest `keep` checkpoints and, always,
-the one this process resumed from.
+A checkpoint `out_dir/ckpt_<step:08d>/` holds the weights as save_pretrained writes them (so
+from_pretrained(out_dir) loads the latest one) and the training state: train_state.safetensors
+(optimizer moments, each rank's RNG states) and train_state.json (step, TrainConfig, data-loader
+position, the rest). It is written into `.tmp_ckpt_<step>/` and renamed when complete; a pruned one
+is renamed to `.trash_ckpt_<step>` before it is deleted. Nothing is ever unpickled.
 """
+
 from __future__ import annotations
 
 import json
@@ -50,6 +22,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from minigpt.model.load import save_pretrained
 from minigpt.rundir import (
     CHECKPOINT_PREFIX,
     CheckpointError,
@@ -59,7 +32,6 @@ from minigpt.rundir import (
     latest_checkpoint,
     write_latest,
 )
-from minigpt.model.load import save_pretrained
 
 STATE_FORMAT_VERSION = 1
 TMP_PREFIX = ".tmp_" + CHECKPOINT_PREFIX  # a checkpoint being written; never loaded
@@ -72,7 +44,7 @@ SHARDED = "sharded"  # ckpt_<step>/sharded/: an FSDP run's per-rank shards
 def _remove_tree(path: Path) -> None:
     """Delete a directory so that no kill can leave a partial ckpt_<step>: rename, then delete."""
     if path.name.startswith(CHECKPOINT_PREFIX):
-        trash = path.with_name(TRASH_PREFIX + path.name[len(CHECKPOINT_PREFIX):])
+        trash = path.with_name(TRASH_PREFIX + path.name[len(CHECKPOINT_PREFIX) :])
         if trash.exists():
             shutil.rmtree(trash)
         os.replace(path, trash)
@@ -85,8 +57,7 @@ def remove_leftovers(out_dir: str | Path) -> list[Path]:
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         return []
-    stale = [p for prefix in (TMP_PREFIX, OLD_PREFIX, TRASH_PREFIX) for p in out_dir.glob(prefix + "*")
-             if p.is_dir()]
+    stale = [p for prefix in (TMP_PREFIX, OLD_PREFIX, TRASH_PREFIX) for p in out_dir.glob(prefix + "*") if p.is_dir()]
     for p in stale:
         shutil.rmtree(p)
     return stale
@@ -94,7 +65,7 @@ def remove_leftovers(out_dir: str | Path) -> list[Path]:
 
 def temp_dir(out_dir: str | Path, step: int) -> Path:
     """Where the checkpoint of `step` is written before it is renamed into place."""
-    return Path(out_dir) / (TMP_PREFIX + checkpoint_name(step)[len(CHECKPOINT_PREFIX):])
+    return Path(out_dir) / (TMP_PREFIX + checkpoint_name(step)[len(CHECKPOINT_PREFIX) :])
 
 
 def start_checkpoint(out_dir: str | Path, step: int) -> Path:
@@ -115,13 +86,30 @@ def write_failed(out_dir: str | Path, step: int, e: Exception) -> CheckpointWrit
     shutil.rmtree(temp_dir(out_dir, step), ignore_errors=True)
     previous = latest_checkpoint(out_dir)
     kept = f"the last checkpoint is still {previous}" if previous else "no earlier checkpoint exists"
-    return CheckpointWriteError(f"cannot write the checkpoint of step {step} in {out_dir} "
-                                f"({_reason(e)}); {kept}")
+    return CheckpointWriteError(f"cannot write the checkpoint of step {step} in {out_dir} ({_reason(e)}); {kept}")
 
 
-def save_checkpoint(out_dir: str | Path, step: int, model, optimizer_state: dict,
-                    state: dict, rng: list[tuple[dict, dict]], started: bool = False) -> Path:
-    """Write out_dir/ckpt_<step>/ atomically (see the module doc) and return its path.
+def save_checkpoint(
+    out_dir: str | Path,
+    step: int,
+    model,
+    optimizer_state: dict,
+    state: dict,
+    rng: list[tuple[dict, dict]],
+    started: bool = False,
+) -> Path:
+    """Write out_dir/ckpt_<step>/ atomically and return its path.
+
+    model.safetensors, config.json   the weights, as save_pretrained writes them
+    train_state.safetensors          tensors: AdamW moments ("optimizer.<param>.<name>")
+                                     and each rank's torch RNG states ("rng.<rank>.<name>")
+    train_state.json                 the rest: step, TrainConfig, data-loader position,
+                                     optimizer hyper-parameters, python/numpy RNG states
+
+    An FSDP run writes the same files, rank 0 gathering the full weights, and also `sharded/`:
+    every rank's shard of the weights and AdamW moments ("model.<name>", "optimizer.<name>.<moment>"),
+    one safetensors file per rank through torch.distributed.checkpoint, which a resume on the same
+    number of processes reads; train_state.safetensors then holds only the RNG states.
 
     `optimizer_state` is optimizer.state_dict() (or, for FSDP, its param_groups with an empty
     "state": the moments are in the shards); `state` holds the JSON-able rest (TrainConfig,
@@ -141,7 +129,7 @@ def save_checkpoint(out_dir: str | Path, step: int, model, optimizer_state: dict
     except (OSError, SafetensorError) as e:
         raise write_failed(out_dir, step, e) from None
     if final.exists():  # cannot happen after start_branch(), kept as a safe replace
-        old = out_dir / (OLD_PREFIX + final.name[len(CHECKPOINT_PREFIX):])
+        old = out_dir / (OLD_PREFIX + final.name[len(CHECKPOINT_PREFIX) :])
         if old.exists():
             shutil.rmtree(old)
         os.replace(final, old)
@@ -269,7 +257,7 @@ class Checkpoint:
         if rank >= len(self.state["rng"]):
             return None
         prefix = f"rng.{rank}."
-        tensors = {k[len(prefix):]: v for k, v in self.tensors.items() if k.startswith(prefix)}
+        tensors = {k[len(prefix) :]: v for k, v in self.tensors.items() if k.startswith(prefix)}
         return tensors, self.state["rng"][rank]
 
 
@@ -278,8 +266,11 @@ def read_train_state(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path} is not a checkpoint directory")
-    missing = [f for f in ("model.safetensors", "config.json", "train_state.json", "train_state.safetensors")
-               if not (path / f).is_file()]
+    missing = [
+        f
+        for f in ("model.safetensors", "config.json", "train_state.json", "train_state.safetensors")
+        if not (path / f).is_file()
+    ]
     if missing:
         raise CheckpointError(f"{path} is not a complete training checkpoint: missing {', '.join(missing)}")
     try:
@@ -288,8 +279,14 @@ def read_train_state(path: str | Path) -> dict:
         raise CheckpointError(f"cannot read {path / 'train_state.json'}: {e}") from None
     if not isinstance(state, dict) or state.get("format_version") != STATE_FORMAT_VERSION:
         raise CheckpointError(f"{path / 'train_state.json'} is not training-state format {STATE_FORMAT_VERSION}")
-    expected = {"step": int, "train_config": dict, "world_size": int, "data_loader": dict,
-                "optimizer": dict, "rng": list}
+    expected = {
+        "step": int,
+        "train_config": dict,
+        "world_size": int,
+        "data_loader": dict,
+        "optimizer": dict,
+        "rng": list,
+    }
     for key, kind in expected.items():
         if not isinstance(state.get(key), kind):
             raise CheckpointError(f"{path / 'train_state.json'}: '{key}' is missing or not a {kind.__name__}")
@@ -310,6 +307,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
 
 
 # --- RNG states ----------------------------------------------------------------------------------
+
 
 def rng_state(device: torch.device) -> tuple[dict[str, torch.Tensor], dict]:
     """This process's RNG states: (torch ones as uint8 tensors, python/numpy ones as JSON)."""

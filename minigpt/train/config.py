@@ -4,6 +4,7 @@ Each field that train.py offers as a flag is declared with `setting(default, hel
 text sits beside it and train.py builds `--kebab-case` flags from `dataclasses.fields`, so a
 new setting is one line here. The defaults are the `cpu` recipe.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,13 +12,13 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from minigpt.model.config import ACTIVATIONS, POSITIONS, GPTConfig
 from minigpt.data.loader import ORDERS
 from minigpt.eval.evaluate import tasks_help
 from minigpt.model.backends import ATTN_BACKENDS, LN_BACKENDS
+from minigpt.model.config import ACTIVATIONS, POSITIONS, GPTConfig
 from minigpt.tokenizers import kinds_help, parse_tokenizer_kind
 
-DTYPES = ("auto", "float32", "bfloat16")
+AUTOCAST_DTYPES = ("auto", "float32", "bfloat16")  # what training runs its matmuls in
 PARALLEL = ("ddp", "fsdp")
 
 
@@ -44,8 +45,9 @@ def wsd_lr(progress: float, cfg: TrainConfig) -> float:
 # The LR schedules --schedule names; lr_at looks the run's up here. A new schedule is one entry.
 SCHEDULES: dict[str, Schedule] = {
     "cosine": Schedule("half a cosine wave from lr to min-lr", cosine_lr),
-    "wsd": Schedule("warmup-stable-decay: hold lr, then decay linearly to min-lr over the last --decay-frac "
-                    "of the run", wsd_lr),
+    "wsd": Schedule(
+        "warmup-stable-decay: hold lr, then decay linearly to min-lr over the last --decay-frac of the run", wsd_lr
+    ),
 }
 
 
@@ -82,57 +84,84 @@ def setting(default, help: str, **flag):
 class TrainConfig:
     recipe: str = "cpu"  # the recipe these values started from (recorded, not re-applied)
     # data and output
-    data: str = setting("stdlib", "a prepared data directory (with meta.json), or a source for "
-                                  "minigpt.data: stdlib, shakespeare, fineweb-edu, openwebtext, a text file/dir/glob")
-    tokenizer: str = setting("gpt2", f"{kinds_help()}; N <= 65536 (the data shards hold uint16 ids); saved with "
-                                     "the data and every checkpoint. With --init the model's own tokenizer is used")
+    data: str = setting(
+        "stdlib",
+        "a prepared data directory (with meta.json), or a source for "
+        "minigpt.data: stdlib, shakespeare, fineweb-edu, openwebtext, a text file/dir/glob",
+    )
+    tokenizer: str = setting(
+        "gpt2",
+        f"{kinds_help()}; N <= 65536 (the data shards hold uint16 ids); saved with "
+        "the data and every checkpoint. With --init the model's own tokenizer is used",
+    )
     out_dir: str = setting("out", "where logs and checkpoints go")
-    data_order: str = setting("random", "order of the training windows: random (every window of the corpus, "
-                                        "shuffled each epoch from --seed) or sequential (the corpus in file "
-                                        "order); validation is always read in order", choices=ORDERS)
+    data_order: str = setting(
+        "random",
+        "order of the training windows: random (every window of the corpus, "
+        "shuffled each epoch from --seed) or sequential (the corpus in file "
+        "order); validation is always read in order",
+        choices=ORDERS,
+    )
     # model: from scratch with these sizes, or the weights of `init`
-    init: str | None = setting(None, "start from these weights (gpt2, gpt2-medium, ... or a from_pretrained "
-                                     "path) instead of a random init")
+    init: str | None = setting(
+        None, "start from these weights (gpt2, gpt2-medium, ... or a from_pretrained path) instead of a random init"
+    )
     n_layer: int = setting(4, "transformer blocks")
     n_head: int = setting(4, "attention heads")
     n_embd: int = setting(128, "embedding width")
-    block_size: int = setting(256, "tokens per training row (and the context of a new model); with --init, "
-                                   "at most the model's context window")
+    block_size: int = setting(
+        256, "tokens per training row (and the context of a new model); with --init, at most the model's context window"
+    )
     dropout: float = setting(0.0, "dropout on embeddings and residual branches")
     # switches of a new model (the defaults are GPT-2's); a checkpoint or --init model keeps its own
-    position: str = setting("learned", "positions: learned (GPT-2's table) or rope (rotary q and k, no table)",
-                            choices=POSITIONS)
+    position: str = setting(
+        "learned", "positions: learned (GPT-2's table) or rope (rotary q and k, no table)", choices=POSITIONS
+    )
     qk_norm: bool = setting(False, "RMS-normalise q and k per head before the attention scores")
     activation: str = setting("gelu_new", "the MLP's nonlinearity (relu2: ReLU squared)", choices=ACTIVATIONS)
-    tie_word_embeddings: bool = setting(True, "the lm_head is the token embedding, as in GPT-2 "
-                                              "(--no-tie-word-embeddings: a matrix of its own)")
+    tie_word_embeddings: bool = setting(
+        True, "the lm_head is the token embedding, as in GPT-2 (--no-tie-word-embeddings: a matrix of its own)"
+    )
     bias: bool = setting(True, "biases in the Linear layers and LayerNorms, as in GPT-2 (--no-bias: none)")
     attn_backend: str = setting("auto", "attention implementation (auto: triton on CUDA)", choices=ATTN_BACKENDS)
     ln_backend: str = setting("auto", "LayerNorm implementation (auto: triton on CUDA)", choices=LN_BACKENDS)
     # optimisation
     max_steps: int = setting(600, "optimizer steps; the LR schedule ends here (not used with a budget)")
     time_budget: float | None = setting(
-        None, "train for this many seconds, then stop with an evaluation and a checkpoint; the LR schedule "
-              "runs over the budget. Only the training steps count: data preparation, evaluation, samples "
-              "and checkpoints are excluded")
-    token_budget: int | None = setting(None, "train on this many tokens (whole steps, the last one may go "
-                                             "past it), the LR schedule running over them")
+        None,
+        "train for this many seconds, then stop with an evaluation and a checkpoint; the LR schedule "
+        "runs over the budget. Only the training steps count: data preparation, evaluation, samples "
+        "and checkpoints are excluded",
+    )
+    token_budget: int | None = setting(
+        None, "train on this many tokens (whole steps, the last one may go past it), the LR schedule running over them"
+    )
     batch_size: int = setting(2, "rows per micro-batch, per process")
     total_batch_size: int | None = setting(
-        None, "tokens per optimizer step, across processes; must be a multiple of batch-size * block-size * "
-              "processes (gradient accumulation makes up the rest; default: one micro-batch per process)")
+        None,
+        "tokens per optimizer step, across processes; must be a multiple of batch-size * block-size * "
+        "processes (gradient accumulation makes up the rest; default: one micro-batch per process)",
+    )
     lr: float = setting(3e-3, "peak learning rate")
     min_lr: float | None = setting(None, "final learning rate of the schedule (default: lr / 10)")
     warmup_steps: int = setting(30, "steps of linear warmup")
-    schedule: str | None = setting(None, f"LR decay after the warmup: {schedules_help()}; default wsd with a "
-                                         "budget, else cosine", choices=tuple(SCHEDULES))
-    decay_frac: float = setting(0.2, "fraction of the run (of its budget, or of the steps after warmup) "
-                                     "that the wsd schedule decays over")
+    schedule: str | None = setting(
+        None,
+        f"LR decay after the warmup: {schedules_help()}; default wsd with a budget, else cosine",
+        choices=tuple(SCHEDULES),
+    )
+    decay_frac: float = setting(
+        0.2, "fraction of the run (of its budget, or of the steps after warmup) that the wsd schedule decays over"
+    )
     weight_decay: float = setting(0.1, "AdamW weight decay of the matrices")
     beta1: float = setting(0.9, "AdamW beta1")
     beta2: float = setting(0.95, "AdamW beta2")
-    optimizer: str = setting("adamw", "adamw, or muon: torch.optim.Muon for the blocks' matrices (attention and "
-                                      "MLP weights), AdamW for embeddings, head, gains and biases", choices=OPTIMIZERS)
+    optimizer: str = setting(
+        "adamw",
+        "adamw, or muon: torch.optim.Muon for the blocks' matrices (attention and "
+        "MLP weights), AdamW for embeddings, head, gains and biases",
+        choices=OPTIMIZERS,
+    )
     muon_lr: float = setting(0.02, "Muon's peak learning rate (the schedule scales it as it scales --lr)")
     muon_momentum: float = setting(0.95, "Muon's momentum")
     grad_clip: float = setting(1.0, "clip the gradient norm to this (0: no clipping)")
@@ -141,33 +170,57 @@ class TrainConfig:
     eval_interval: int = setting(150, "evaluate every this many steps")
     eval_steps: int = setting(20, "val batches (of total-batch-size tokens) per evaluation")
     eval_task: list[str] | None = setting(
-        None, "also score this eval.py task at each evaluation (repeatable; scored on rank 0 with the run's "
-              f"tokenizer, logged as eval/TASK/METRIC and plotted in loss.png): {tasks_help()}", action="append")
+        None,
+        "also score this eval.py task at each evaluation (repeatable; scored on rank 0 with the run's "
+        f"tokenizer, logged as eval/TASK/METRIC and plotted in loss.png): {tasks_help()}",
+        action="append",
+    )
     sample_interval: int = setting(300, "print a sample every this many steps")
     sample_tokens: int = setting(200, "tokens per sample")
     sample_prompt: str = setting("def", "text the samples continue")
     ckpt_interval: int = setting(300, "write a checkpoint every this many steps")
     keep_checkpoints: int = setting(2, "keep the newest this many checkpoints, and the one resumed from (0: all)")
-    stop_at_step: int | None = setting(None, "stop with a checkpoint after this step, keeping the schedule of "
-                                             "--max-steps (split a run across jobs; continue with --resume)")
+    stop_at_step: int | None = setting(
+        None,
+        "stop with a checkpoint after this step, keeping the schedule of "
+        "--max-steps (split a run across jobs; continue with --resume)",
+    )
     # system
     device: str = setting("auto", "auto, cpu, cuda or cuda:N (auto: CUDA if available)")
-    dtype: str = setting("auto", "autocast precision (auto: bfloat16 on CUDA, float32 on CPU)", choices=DTYPES)
+    dtype: str = setting("auto", "autocast precision (auto: bfloat16 on CUDA, float32 on CPU)", choices=AUTOCAST_DTYPES)
     compile: bool = setting(False, "torch.compile the model")
     # scaling out (README, Scaling out)
-    parallel: str = setting("ddp", "how torchrun's processes share the model: ddp (each holds all of it) or fsdp "
-                                   "(FSDP2: parameters, gradients and AdamW state sharded across them)",
-                            choices=PARALLEL)
-    activation_checkpointing: bool = setting(False, "recompute each block's activations in the backward pass "
-                                                    "instead of keeping them (less memory, ~1/3 more compute)")
+    parallel: str = setting(
+        "ddp",
+        "how torchrun's processes share the model: ddp (each holds all of it) or fsdp "
+        "(FSDP2: parameters, gradients and AdamW state sharded across them)",
+        choices=PARALLEL,
+    )
+    activation_checkpointing: bool = setting(
+        False,
+        "recompute each block's activations in the backward pass "
+        "instead of keeping them (less memory, ~1/3 more compute)",
+    )
     peak_flops: float | None = setting(None, "peak FLOP/s of one device, for MFU when it is not in the table")
     wandb: bool = setting(False, "also log to Weights & Biases")
     tensorboard: bool = setting(False, "also log to TensorBoard (in out-dir/tensorboard)")
 
     def __post_init__(self):
         # nan passes every `<` check and disables what it configures (nan clips nothing): refuse it first.
-        for name in ("lr", "min_lr", "weight_decay", "beta1", "beta2", "grad_clip", "dropout", "peak_flops",
-                     "time_budget", "decay_frac", "muon_lr", "muon_momentum"):
+        for name in (
+            "lr",
+            "min_lr",
+            "weight_decay",
+            "beta1",
+            "beta2",
+            "grad_clip",
+            "dropout",
+            "peak_flops",
+            "time_budget",
+            "decay_frac",
+            "muon_lr",
+            "muon_momentum",
+        ):
             value = getattr(self, name)
             if value is None:
                 continue
@@ -175,8 +228,16 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be a finite number, got {value!r}")
         if self.min_lr is None:  # the one place min_lr is derived
             self.min_lr = self.lr / 10
-        positive = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "max_steps", "eval_steps",
-                    "sample_tokens")
+        positive = (
+            "n_layer",
+            "n_head",
+            "n_embd",
+            "block_size",
+            "batch_size",
+            "max_steps",
+            "eval_steps",
+            "sample_tokens",
+        )
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -212,15 +273,16 @@ class TrainConfig:
             raise ConfigError(f"tokenizer {self.tokenizer}: the data shards hold uint16 ids, at most 65536 tokens")
         if self.data_order not in ORDERS:
             raise ConfigError(f"data_order must be one of {', '.join(ORDERS)}, got {self.data_order!r}")
-        if self.eval_task is not None and (not isinstance(self.eval_task, list)
-                                           or not all(isinstance(t, str) for t in self.eval_task)):
+        if self.eval_task is not None and (
+            not isinstance(self.eval_task, list) or not all(isinstance(t, str) for t in self.eval_task)
+        ):
             raise ConfigError(f"eval_task must be a list of task specs, got {self.eval_task!r}")
         if self.stop_at_step is not None and self.budgeted and self.stop_at_step < 1:
             raise ConfigError(f"stop_at_step must be at least 1, got {self.stop_at_step}")
         if self.stop_at_step is not None and not self.budgeted and not 0 < self.stop_at_step <= self.max_steps:
             raise ConfigError(f"stop_at_step must be in [1, max_steps={self.max_steps}], got {self.stop_at_step}")
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.dtype not in AUTOCAST_DTYPES:
+            raise ConfigError(f"dtype must be one of {', '.join(AUTOCAST_DTYPES)}, got {self.dtype!r}")
         if self.parallel not in PARALLEL:
             raise ConfigError(f"parallel must be one of {', '.join(PARALLEL)}, got {self.parallel!r}")
         if self.optimizer not in OPTIMIZERS:
@@ -228,8 +290,10 @@ class TrainConfig:
         if not (self.muon_lr > 0 and 0 <= self.muon_momentum < 1):
             raise ConfigError(f"need muon_lr > 0 and muon_momentum in [0, 1), got {self.muon_lr}, {self.muon_momentum}")
         if self.optimizer == "muon" and self.parallel == "fsdp":
-            raise ConfigError("--optimizer muon does not run under --parallel fsdp (torch.optim.Muon "
-                              "orthogonalises whole matrices, FSDP holds shards of them); use --parallel ddp")
+            raise ConfigError(
+                "--optimizer muon does not run under --parallel fsdp (torch.optim.Muon "
+                "orthogonalises whole matrices, FSDP holds shards of them); use --parallel ddp"
+            )
         if self.peak_flops is not None and self.peak_flops <= 0:
             raise ConfigError(f"peak_flops must be positive, got {self.peak_flops}")
         self.model_config()  # the model sizes must make a valid GPTConfig
@@ -238,10 +302,19 @@ class TrainConfig:
         """The GPTConfig of a model trained from scratch with these settings and a tokenizer of
         vocab_size ids."""
         try:
-            return GPTConfig(block_size=self.block_size, vocab_size=vocab_size, n_layer=self.n_layer,
-                             n_head=self.n_head, n_embd=self.n_embd, dropout=self.dropout,
-                             position=self.position, qk_norm=self.qk_norm, activation=self.activation,
-                             tie_word_embeddings=self.tie_word_embeddings, bias=self.bias)
+            return GPTConfig(
+                block_size=self.block_size,
+                vocab_size=vocab_size,
+                n_layer=self.n_layer,
+                n_head=self.n_head,
+                n_embd=self.n_embd,
+                dropout=self.dropout,
+                position=self.position,
+                qk_norm=self.qk_norm,
+                activation=self.activation,
+                tie_word_embeddings=self.tie_word_embeddings,
+                bias=self.bias,
+            )
         except ValueError as e:
             raise ConfigError(str(e)) from None
 
@@ -305,21 +378,55 @@ RECIPES: dict[str, Recipe] = {
     # on GPT-2 tokens of the standard library, where these were not measured (README, Training).
     "cpu-push": Recipe(
         "Shakespeare, a 512-token BPE and Muon for 5 minutes on a CPU: the best CPU recipe of bench/push.py",
-        data="shakespeare", tokenizer="bpe:512", n_layer=4, n_head=4, n_embd=128, block_size=32, batch_size=12,
-        time_budget=300.0, lr=3e-3, min_lr=3e-4, warmup_steps=100, schedule="wsd", decay_frac=0.2,
-        optimizer="muon", muon_lr=0.02, beta2=0.99, bias=False, eval_interval=500, sample_interval=0,
-        sample_prompt="\n", ckpt_interval=1000,
+        data="shakespeare",
+        tokenizer="bpe:512",
+        n_layer=4,
+        n_head=4,
+        n_embd=128,
+        block_size=32,
+        batch_size=12,
+        time_budget=300.0,
+        lr=3e-3,
+        min_lr=3e-4,
+        warmup_steps=100,
+        schedule="wsd",
+        decay_frac=0.2,
+        optimizer="muon",
+        muon_lr=0.02,
+        beta2=0.99,
+        bias=False,
+        eval_interval=500,
+        sample_interval=0,
+        sample_prompt="\n",
+        ckpt_interval=1000,
     ),
     # GPT-2 124M on 10B tokens of FineWeb-Edu: the build-nanogpt / llm.c recipe for GPUs.
     # 2**19 tokens per step in micro-batches of 64 x 1024 (gradient accumulation makes up the
     # rest on fewer than 8 GPUs); 19073 steps is one pass over the 10B-token sample.
     "gpt2-124m": Recipe(
         "GPT-2 124M on FineWeb-Edu, build-nanogpt's / llm.c's recipe (for GPUs)",
-        data="fineweb-edu", n_layer=12, n_head=12, n_embd=768, block_size=1024, batch_size=64,
-        total_batch_size=2**19, max_steps=19073, lr=6e-4, min_lr=6e-5, warmup_steps=715,
-        weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0, eval_interval=250, eval_steps=20,
-        sample_interval=1000, sample_tokens=64, sample_prompt="Hello, I'm a language model,",
-        ckpt_interval=2000, keep_checkpoints=3,
+        data="fineweb-edu",
+        n_layer=12,
+        n_head=12,
+        n_embd=768,
+        block_size=1024,
+        batch_size=64,
+        total_batch_size=2**19,
+        max_steps=19073,
+        lr=6e-4,
+        min_lr=6e-5,
+        warmup_steps=715,
+        weight_decay=0.1,
+        beta1=0.9,
+        beta2=0.95,
+        grad_clip=1.0,
+        eval_interval=250,
+        eval_steps=20,
+        sample_interval=1000,
+        sample_tokens=64,
+        sample_prompt="Hello, I'm a language model,",
+        ckpt_interval=2000,
+        keep_checkpoints=3,
     ),
 }
 

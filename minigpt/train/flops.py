@@ -1,4 +1,5 @@
 """Model FLOPs utilisation: the FLOPs a training step needs, and the peak of the device it runs on."""
+
 from __future__ import annotations
 
 import torch

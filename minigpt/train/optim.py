@@ -5,6 +5,7 @@ The schedule is a pure function of the step and, for a run with a budget, of the
 the budget used (tokens: a function of the step again; time: the recorded training time, which
 a checkpoint saves), so a resumed run gets the learning rates of an uninterrupted one.
 """
+
 from __future__ import annotations
 
 import torch
@@ -52,16 +53,20 @@ class Optimizers:
     def load_state_dict(self, state_dict: dict) -> None:
         groups = state_dict["param_groups"]
         if len(groups) != len(self.param_groups):
-            raise ValueError(f"the saved optimizer state has {len(groups)} parameter groups, this "
-                             f"optimizer {len(self.param_groups)} (was it saved with another --optimizer?)")
+            raise ValueError(
+                f"the saved optimizer state has {len(groups)} parameter groups, this "
+                f"optimizer {len(self.param_groups)} (was it saved with another --optimizer?)"
+            )
         offset, first = 0, 0
         for o in self.optimizers:
             n_groups, n_params = len(o.param_groups), sum(len(g["params"]) for g in o.param_groups)
-            mine = groups[first:first + n_groups]
-            state = {int(pid) - offset: s for pid, s in state_dict["state"].items()
-                     if offset <= int(pid) < offset + n_params}
-            o.load_state_dict({"state": state, "param_groups": [
-                {**g, "params": [pid - offset for pid in g["params"]]} for g in mine]})
+            mine = groups[first : first + n_groups]
+            state = {
+                int(pid) - offset: s for pid, s in state_dict["state"].items() if offset <= int(pid) < offset + n_params
+            }
+            o.load_state_dict(
+                {"state": state, "param_groups": [{**g, "params": [pid - offset for pid in g["params"]]} for g in mine]}
+            )
             offset, first = offset + n_params, first + n_groups
 
 
@@ -69,8 +74,7 @@ def muon_parameters(model: torch.nn.Module) -> list[str]:
     """Names of the parameters Muon updates: the 2-D matrices inside the blocks (c_attn, c_proj,
     c_fc weights). Embeddings and the head take single rows per token rather than mixing
     features, and gains and biases are not matrices: AdamW keeps those, as modded-nanogpt does."""
-    return [name for name, p in model.named_parameters()
-            if p.requires_grad and p.dim() == 2 and ".h." in f".{name}"]
+    return [name for name, p in model.named_parameters() if p.requires_grad and p.dim() == 2 and ".h." in f".{name}"]
 
 
 def group_kinds(cfg: TrainConfig) -> list[str]:
@@ -78,7 +82,9 @@ def group_kinds(cfg: TrainConfig) -> list[str]:
     return ["muon", "decay", "no_decay"] if cfg.optimizer == "muon" else ["decay", "no_decay"]
 
 
-def configure_optimizer(model: torch.nn.Module, cfg: TrainConfig, device_type: str) -> torch.optim.Optimizer | Optimizers:
+def configure_optimizer(
+    model: torch.nn.Module, cfg: TrainConfig, device_type: str
+) -> torch.optim.Optimizer | Optimizers:
     """AdamW that decays matrices (embeddings, linear weights) but not biases or LayerNorm gains;
     with cfg.optimizer "muon", torch.optim.Muon at cfg.muon_lr for the blocks' matrices first
     (muon_parameters) and that AdamW for the rest.
@@ -95,15 +101,17 @@ def configure_optimizer(model: torch.nn.Module, cfg: TrainConfig, device_type: s
     ]
     # The fused kernel does the whole update in one pass over each tensor instead of ~10: fewer
     # launches on CUDA, and on a CPU no thread synchronisation per small op.
-    adamw = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8,
-                              fused=device_type in ("cuda", "cpu"))
+    adamw = torch.optim.AdamW(
+        groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8, fused=device_type in ("cuda", "cpu")
+    )
     if not to_muon:
         return adamw
     # Muon orthogonalises each matrix's momentum (Newton-Schulz, in bf16), so every direction of
     # the update moves by about the same amount; its lr scale is that of the update's RMS
     # (Keller Jordan's "original" adjustment for non-square matrices).
-    muon = torch.optim.Muon([p for n, p in named if n in to_muon], lr=cfg.muon_lr,
-                            weight_decay=cfg.weight_decay, momentum=cfg.muon_momentum)
+    muon = torch.optim.Muon(
+        [p for n, p in named if n in to_muon], lr=cfg.muon_lr, weight_decay=cfg.weight_decay, momentum=cfg.muon_momentum
+    )
     return Optimizers(muon, adamw)
 
 

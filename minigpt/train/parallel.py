@@ -13,6 +13,7 @@ storage: every rank writes one file of its pieces, and a resume on the same numb
 processes reads its pieces back. No pickle is involved (the default DCP format pickles its
 metadata).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,8 +21,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import CheckpointException
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+from torch.distributed.checkpoint import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -33,8 +34,8 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
-from minigpt.model.model import GPT
 from minigpt.model.load import build_on_meta
+from minigpt.model.model import GPT
 
 
 def checkpoint_activations(model: GPT) -> None:
@@ -59,8 +60,9 @@ def shard(model: GPT, device: torch.device, world_size: int, bf16: bool) -> None
         for t in model.state_dict().values():
             dist.broadcast(t, src=0)
     mesh = init_device_mesh(device.type, (world_size,))
-    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 \
-        else MixedPrecisionPolicy()
+    policy = (
+        MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+    )
     for block in model.transformer.h:
         fully_shard(block, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)
@@ -103,8 +105,9 @@ def save_shards(directory: Path, model: torch.nn.Module, optimizer: torch.optim.
     return [{k: list(v) if isinstance(v, tuple) else v for k, v in g.items()} for g in groups]
 
 
-def load_shards(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                param_groups: list[dict]) -> None:
+def load_shards(
+    directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, param_groups: list[dict]
+) -> None:
     """Read this rank's shards of the weights and AdamW state from `directory` into the model and
     optimizer. Every rank must call it. KeyError/ValueError/RuntimeError if they do not fit."""
     flat, _ = _flat_state(model, optimizer)  # the names, shapes and placements to fill
@@ -112,11 +115,11 @@ def load_shards(directory: Path, model: torch.nn.Module, optimizer: torch.optim.
         dcp.load(flat, storage_reader=dcp.HuggingFaceStorageReader(str(directory)))
     except CheckpointException as e:
         raise _first_failure(e) from None
-    weights = {k[len("model."):]: v for k, v in flat.items() if k.startswith("model.")}
+    weights = {k[len("model.") :]: v for k, v in flat.items() if k.startswith("model.")}
     state: dict[str, dict] = {}
     for key, value in flat.items():
         if key.startswith("optimizer."):
-            name, moment = key[len("optimizer."):].rsplit(".", 1)
+            name, moment = key[len("optimizer.") :].rsplit(".", 1)
             state.setdefault(name, {})[moment] = value
     groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in param_groups]
     set_model_state_dict(model, weights)

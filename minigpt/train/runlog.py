@@ -1,5 +1,6 @@
 """What a run reports: log.jsonl (mirrored to wandb/tensorboard if asked), loss.png, and
 messages on stderr."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -95,7 +96,7 @@ def eval_curves(records: list[dict]) -> dict[str, list[tuple[int, float]]]:
     for r in records:
         for key in r:
             if key.startswith("eval/"):
-                task, _, metric = key[len("eval/"):].rpartition("/")
+                task, _, metric = key[len("eval/") :].rpartition("/")
                 metrics.setdefault(task, set()).add(metric)
     curves = {}
     for task, names in metrics.items():
@@ -117,13 +118,13 @@ def plot_losses(records: list[dict], path: str | Path, baseline: float | None = 
     fig = Figure(figsize=(12, 4.5) if curves else (7, 4.5), dpi=100)
     ax = fig.add_subplot(1, 2, 1) if curves else fig.add_subplot()
     if train:
-        steps, losses = zip(*train)
+        steps, losses = zip(*train, strict=True)
         ax.plot(steps, losses, lw=0.6, alpha=0.35, color="C0")
         w = max(1, len(losses) // 40)  # a moving average shows the trend through batch-to-batch noise
         smooth = np.convolve(losses, np.ones(w) / w, mode="valid")
-        ax.plot(steps[w - 1:], smooth, lw=1.2, color="C0", label=f"train loss ({w}-step mean)")
+        ax.plot(steps[w - 1 :], smooth, lw=1.2, color="C0", label=f"train loss ({w}-step mean)")
     if val:
-        ax.plot(*zip(*val), "o-", ms=3, color="C1", label="val loss")
+        ax.plot(*zip(*val, strict=True), "o-", ms=3, color="C1", label="val loss")
     if baseline is not None:
         ax.axhline(baseline, color="gray", ls="--", lw=0.8, label=f"unigram entropy ({baseline:.2f})")
     ax.set_xlabel("step")
@@ -133,7 +134,7 @@ def plot_losses(records: list[dict], path: str | Path, baseline: float | None = 
     if curves:
         ax = fig.add_subplot(1, 2, 2)
         for label, points in curves.items():
-            ax.plot(*zip(*points), "o-", ms=3, label=label)
+            ax.plot(*zip(*points, strict=True), "o-", ms=3, label=label)
         ax.set_xlabel("step")
         ax.set_ylabel("eval task score")
         ax.grid(alpha=0.3)

@@ -4,6 +4,7 @@ Under torchrun (RANK/WORLD_SIZE/LOCAL_RANK set) a process group is started: NCCL
 gloo on CPU. One knob cannot live here: OMP_WAIT_POLICY is read when torch loads OpenMP,
 so train.py sets it before `import torch`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from minigpt.device import resolve_device
 from minigpt.model.backends import resolve_backends
 from minigpt.train.config import ConfigError
 
@@ -51,25 +53,19 @@ class Runtime:
             dist.destroy_process_group()
 
 
-def start_runtime(device: str = "auto", dtype: str = "auto", attn_backend: str = "auto",
-                  ln_backend: str = "auto") -> Runtime:
+def start_runtime(
+    device: str = "auto", dtype: str = "auto", attn_backend: str = "auto", ln_backend: str = "auto"
+) -> Runtime:
     """Pick the device and precision, set the device's knobs, and join the process group if any."""
     distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     rank = int(os.environ.get("RANK", 0))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
 
-    if device == "auto":
-        where = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    else:
-        try:
-            where = torch.device(device)
-        except RuntimeError as e:
-            raise ConfigError(f"--device {device!r}: {e}") from None
-        if where.type == "cuda" and where.index is None:
-            where = torch.device("cuda", local_rank)
-    if where.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device} asks for CUDA, but no CUDA GPU is available")
+    try:
+        where = resolve_device(device, local_rank)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if dtype == "auto":
         dtype = "bfloat16" if where.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
     try:

@@ -1,30 +1,5 @@
-"""The training loop: one run, from its TrainConfig to its last checkpoint.
+"""The training loop: one run, from its TrainConfig to its last checkpoint (Trainer, run_config)."""
 
-Each optimizer step sees total_batch_size tokens however many processes run it: every
-process reads its own slice of the batch (DataLoader rank/world_size) and accumulates
-batch_size x block_size micro-batches until the step's tokens are covered. Under torchrun
-the model is wrapped in DistributedDataParallel; gradients are all-reduced only on the last
-micro-step of a step (`no_sync` before it), the logged loss is the mean over ranks, and only
-rank 0 writes logs and checkpoints. With --parallel fsdp the model is sharded with FSDP2
-instead (minigpt/parallel.py): gradient sync is switched off but on the last micro-step,
-every rank writes its shards into the checkpoint and rank 0 the gathered full weights. The
-other ranks wait for rank 0 at a barrier while it prepares the data (NCCL gives up on a
-barrier after 10 minutes: prepare a large corpus first).
-
-A run ends at max_steps, or at a budget: --token-budget (tokens of whole steps) or
---time-budget (seconds spent in train_step, rank 0's clock, broadcast so that every rank stops
-after the same step; evaluation, samples and checkpoints do not count). The training time used
-is saved in each checkpoint's train state, and the LR schedule is a function of the fraction
-of the budget used (optim.lr_at). --eval-task tasks are read in __init__ and scored on rank 0
-at each evaluation (the other ranks wait for it at their next step's all-reduce).
-
-Outputs in out_dir: log.jsonl (one JSON object per step and per evaluation), loss.png,
-run.json (config, parameter count, unigram baseline), checkpoints ckpt_<step>/ and the
-`latest` pointer (minigpt/checkpoint.py). Resuming from a checkpoint older than others in
-out_dir starts a new branch: the later checkpoints are moved to out_dir/superseded/, never
-deleted (checkpoint.start_branch). SIGINT or SIGTERM finishes the current step, writes a
-checkpoint and returns; a second one raises KeyboardInterrupt at once.
-"""
 from __future__ import annotations
 
 import contextlib
@@ -43,7 +18,27 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+from minigpt.data.corpus import (
+    bytes_per_token,
+    data_tokenizer,
+    default_data_dir,
+    load_meta,
+    prepare,
+    tokenizer_hash,
+    tokenizer_key,
+)
+from minigpt.data.loader import DataLoader, check_token_ids, unigram_entropy
+from minigpt.eval.evaluate import LoadedTask, load_task
+from minigpt.eval.evaluate import evaluate as evaluate_tasks
+from minigpt.files import atomic_write
+from minigpt.generate.simple import complete, prompt_ids
+from minigpt.model.backends import set_backends
+from minigpt.model.load import from_pretrained
+from minigpt.model.model import GPT
+from minigpt.model.weights import find_weights
 from minigpt.rundir import CheckpointError, CheckpointWriteError, latest_checkpoint, run_checkpoints
+from minigpt.tokenizers import Tokenizer, load_tokenizer, parse_tokenizer_kind
+from minigpt.tokenizers.lookup import check_vocab, tokenizer_for
 from minigpt.train import parallel
 from minigpt.train.checkpoint import (
     SHARDED,
@@ -60,31 +55,11 @@ from minigpt.train.checkpoint import (
     temp_dir,
     write_failed,
 )
-from minigpt.data.corpus import (
-    bytes_per_token,
-    data_tokenizer,
-    default_data_dir,
-    load_meta,
-    prepare,
-    tokenizer_hash,
-    tokenizer_key,
-)
-from minigpt.eval.evaluate import LoadedTask, load_task
-from minigpt.eval.evaluate import evaluate as evaluate_tasks
-from minigpt.files import atomic_write
+from minigpt.train.config import ConfigError, Diverged, TrainConfig, TrainError, make_config
 from minigpt.train.flops import device_peak_flops, flops_per_token
-from minigpt.generate.simple import complete, prompt_ids
-from minigpt.data.loader import DataLoader, check_token_ids, unigram_entropy
-from minigpt.model.model import GPT
 from minigpt.train.optim import configure_optimizer, lr_at, set_hyperparameters
-from minigpt.tokenizers.lookup import check_vocab, tokenizer_for
 from minigpt.train.runlog import RunLog, check_loggers_installed, info, open_tensorboard, open_wandb, plot_losses
 from minigpt.train.runtime import start_runtime
-from minigpt.tokenizers import Tokenizer, load_tokenizer, parse_tokenizer_kind
-from minigpt.train.config import ConfigError, Diverged, TrainConfig, TrainError, make_config
-from minigpt.model.weights import find_weights
-from minigpt.model.backends import set_backends
-from minigpt.model.load import from_pretrained
 
 MODEL_SHAPE = ("n_layer", "n_head", "n_embd")
 # A checkpoint's weights had a sane loss if the loss they gave (the next step's) was finite, at
@@ -129,8 +104,10 @@ def run_config(recipe: str | None, overrides: dict, resume: str | None = None) -
             ckpt = latest_checkpoint(ckpt)  # an out_dir was given: its latest checkpoint
     saved = dict(read_train_state(ckpt)["train_config"])
     if recipe is not None and recipe != saved.get("recipe"):
-        raise TrainError(f"{ckpt} was trained with recipe {saved.get('recipe')!r}; --recipe {recipe} "
-                         "cannot change that (override single flags instead)")
+        raise TrainError(
+            f"{ckpt} was trained with recipe {saved.get('recipe')!r}; --recipe {recipe} "
+            "cannot change that (override single flags instead)"
+        )
     saved["stop_at_step"] = None  # a stop belongs to the invocation that asked for it
     saved.setdefault("data_order", "sequential")  # the only order before there was a choice
     saved["out_dir"] = str(ckpt.parent)  # unless --out-dir says otherwise: go on where it was
@@ -144,6 +121,31 @@ class Trainer:
     """One training run: set up in __init__ (nothing is written before every check passed), run by fit().
 
     `explicit` names the settings the user gave (they must match the model of `cfg.init`).
+
+    Each optimizer step sees total_batch_size tokens however many processes run it: every
+    process reads its own slice of the batch (DataLoader rank/world_size) and accumulates
+    batch_size x block_size micro-batches until the step's tokens are covered. Under torchrun
+    the model is wrapped in DistributedDataParallel; gradients are all-reduced only on the last
+    micro-step of a step (`no_sync` before it), the logged loss is the mean over ranks, and only
+    rank 0 writes logs and checkpoints. With --parallel fsdp the model is sharded with FSDP2
+    instead (minigpt.train.parallel): gradient sync is switched off but on the last micro-step,
+    every rank writes its shards into the checkpoint and rank 0 the gathered full weights. The
+    other ranks wait for rank 0 at a barrier while it prepares the data (NCCL gives up on a
+    barrier after 10 minutes: prepare a large corpus first).
+
+    A run ends at max_steps, or at a budget: --token-budget (tokens of whole steps) or
+    --time-budget (seconds spent in train_step, rank 0's clock, broadcast so that every rank stops
+    after the same step; evaluation, samples and checkpoints do not count). The training time used
+    is saved in each checkpoint's train state, and the LR schedule is a function of the fraction
+    of the budget used (optim.lr_at). --eval-task tasks are read in __init__ and scored on rank 0
+    at each evaluation (the other ranks wait for it at their next step's all-reduce).
+
+    Outputs in out_dir: log.jsonl (one JSON object per step and per evaluation), loss.png,
+    run.json (config, parameter count, unigram baseline), checkpoints ckpt_<step>/ and the
+    `latest` pointer (minigpt.rundir). Resuming from a checkpoint older than others in
+    out_dir starts a new branch: the later checkpoints are moved to out_dir/superseded/, never
+    deleted (checkpoint.start_branch). SIGINT or SIGTERM finishes the current step, writes a
+    checkpoint and returns; a second one raises KeyboardInterrupt at once.
     """
 
     def __init__(self, cfg: TrainConfig, resume: str | Path | None = None, explicit: frozenset[str] = frozenset()):
@@ -152,8 +154,10 @@ class Trainer:
         self.runtime = runtime = start_runtime(cfg.device, cfg.dtype, cfg.attn_backend, cfg.ln_backend)
         self.fsdp = cfg.parallel == "fsdp"
         if self.fsdp and not runtime.distributed:
-            raise ConfigError("--parallel fsdp shards the model across processes: launch it with torchrun "
-                              "(torchrun --nproc-per-node=1 train.py ... runs it in one)")
+            raise ConfigError(
+                "--parallel fsdp shards the model across processes: launch it with torchrun "
+                "(torchrun --nproc-per-node=1 train.py ... runs it in one)"
+            )
         self.device = runtime.device
         self.grad_accum = cfg.grad_accum_steps(runtime.world_size)
         self.out_dir = Path(cfg.out_dir)
@@ -163,10 +167,15 @@ class Trainer:
                 f"{self.out_dir} already holds checkpoints (latest {latest_checkpoint(self.out_dir).name}); "
                 "pass --resume to continue it, or choose another --out-dir"
             )
-        if resume is not None and Path(resume).parent.resolve() != self.out_dir.resolve() \
-                and latest_checkpoint(self.out_dir) is not None:
-            raise TrainError(f"{self.out_dir} holds checkpoints of another run (latest "
-                             f"{latest_checkpoint(self.out_dir).name}); resume {resume} into another --out-dir")
+        if (
+            resume is not None
+            and Path(resume).parent.resolve() != self.out_dir.resolve()
+            and latest_checkpoint(self.out_dir) is not None
+        ):
+            raise TrainError(
+                f"{self.out_dir} holds checkpoints of another run (latest "
+                f"{latest_checkpoint(self.out_dir).name}); resume {resume} into another --out-dir"
+            )
         ckpt = load_checkpoint(resume) if resume is not None else None
         self.resumed_from = ckpt.path if ckpt is not None else None
         self.train_time = 0.0  # seconds spent in training steps (rank 0's clock), the time budget's measure
@@ -184,14 +193,19 @@ class Trainer:
         cfg = self.cfg  # _build_model takes the model sizes of --init
 
         if self.meta["vocab_size"] > model.config.vocab_size:
-            raise ConfigError(f"the data has {self.meta['vocab_size']} token ids, the model only {model.config.vocab_size}")
+            raise ConfigError(
+                f"the data has {self.meta['vocab_size']} token ids, the model only {model.config.vocab_size}"
+            )
         if self.tokenizer.vocab_size != model.config.vocab_size:
-            raise ConfigError(f"the {self.tokenizer.kind} tokenizer of {self.data_dir} has {self.tokenizer.vocab_size} "
-                              f"ids, the model {model.config.vocab_size}")
+            raise ConfigError(
+                f"the {self.tokenizer.kind} tokenizer of {self.data_dir} has {self.tokenizer.vocab_size} "
+                f"ids, the model {model.config.vocab_size}"
+            )
         check_token_ids(self.data_dir, self.meta)
         loader_args = dict(rank=runtime.rank, world_size=runtime.world_size, seed=cfg.seed)
-        self.train_loader = DataLoader(self.data_dir, "train", cfg.batch_size, cfg.block_size,
-                                       order=cfg.data_order, **loader_args)
+        self.train_loader = DataLoader(
+            self.data_dir, "train", cfg.batch_size, cfg.block_size, order=cfg.data_order, **loader_args
+        )
         self.val_loader = DataLoader(self.data_dir, "val", cfg.batch_size, cfg.block_size, **loader_args)
 
         self.raw_model = set_backends(model.to(self.device), cfg.attn_backend, cfg.ln_backend)
@@ -226,8 +240,10 @@ class Trainer:
         value = ckpt.state.get("train_time")
         if value is None:
             if self.cfg.time_budget is not None:
-                raise CheckpointError(f"{ckpt.path} does not record its training time, which --time-budget "
-                                      "needs; continue it with --max-steps or --token-budget")
+                raise CheckpointError(
+                    f"{ckpt.path} does not record its training time, which --time-budget "
+                    "needs; continue it with --max-steps or --token-budget"
+                )
             return 0.0
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
             raise CheckpointError(f"{ckpt.path}: train_time must be a number of seconds, got {value!r}")
@@ -278,8 +294,10 @@ class Trainer:
                 except ValueError as e:  # CheckpointError is one
                     raise CheckpointError(f"--init {cfg.init}: {e}") from None
             if "tokenizer" in explicit and parse_tokenizer_kind(cfg.tokenizer)[0] != wanted.kind.partition(":")[0]:
-                raise ConfigError(f"--tokenizer {cfg.tokenizer}: --init {cfg.init} comes with its own {wanted.kind} "
-                                  "tokenizer, which fine-tuning keeps; leave --tokenizer out")
+                raise ConfigError(
+                    f"--tokenizer {cfg.tokenizer}: --init {cfg.init} comes with its own {wanted.kind} "
+                    "tokenizer, which fine-tuning keeps; leave --tokenizer out"
+                )
             self.cfg = cfg = dataclasses.replace(cfg, tokenizer=wanted.kind)
         data_dir = self._prepared_data_dir(cfg.data, wanted, "tokenizer" in explicit)
         tokenizer = data_tokenizer(data_dir)
@@ -287,8 +305,10 @@ class Trainer:
         if cfg.init is None and prepared_with != tokenizer_key(cfg.tokenizer) and "@" not in prepared_with:
             self.cfg = dataclasses.replace(cfg, tokenizer=prepared_with)  # a --data directory's own tokenizer
         if saved is not None and tokenizer_hash(saved) != tokenizer_hash(tokenizer):
-            raise CheckpointError(f"{ckpt.path} was trained with another {saved.kind} tokenizer than the one of "
-                                  f"its data in {data_dir} ({tokenizer.kind}); was the data prepared again?")
+            raise CheckpointError(
+                f"{ckpt.path} was trained with another {saved.kind} tokenizer than the one of "
+                f"its data in {data_dir} ({tokenizer.kind}); was the data prepared again?"
+            )
         return data_dir, tokenizer
 
     def _prepared_data_dir(self, spec: str, tokenizer: str | Tokenizer, explicit: bool) -> Path:
@@ -308,9 +328,11 @@ class Trainer:
                 mismatch = explicit and meta.get("tokenizer") != tokenizer_key(tokenizer)
             if mismatch:
                 need = tokenizer.kind if isinstance(tokenizer, Tokenizer) else tokenizer
-                raise ConfigError(f"--data {path} was prepared with the {meta.get('tokenizer')} tokenizer, this run "
-                                  f"needs {need}; pass the source instead of the prepared directory, and it is "
-                                  "prepared with that tokenizer")
+                raise ConfigError(
+                    f"--data {path} was prepared with the {meta.get('tokenizer')} tokenizer, this run "
+                    f"needs {need}; pass the source instead of the prepared directory, and it is "
+                    "prepared with that tokenizer"
+                )
             return path
         out = default_data_dir(spec, tokenizer)
         if self.runtime.master:
@@ -336,7 +358,9 @@ class Trainer:
         else:
             model = GPT(cfg.model_config(self.tokenizer.vocab_size))
         if cfg.block_size > model.config.block_size:
-            raise ConfigError(f"block_size {cfg.block_size} exceeds the model's context window of {model.config.block_size}")
+            raise ConfigError(
+                f"block_size {cfg.block_size} exceeds the model's context window of {model.config.block_size}"
+            )
         return model
 
     def _prepare(self, model: GPT) -> None:
@@ -377,15 +401,19 @@ class Trainer:
             )
         saved_optimizer = ckpt.train_config.get("optimizer", "adamw")
         if saved_optimizer != self.cfg.optimizer:
-            raise CheckpointError(f"{ckpt.path} was trained with --optimizer {saved_optimizer}; resume it with the same")
+            raise CheckpointError(
+                f"{ckpt.path} was trained with --optimizer {saved_optimizer}; resume it with the same"
+            )
         sharded = (ckpt.path / SHARDED).is_dir()
         if sharded != self.fsdp:
-            raise CheckpointError(f"{ckpt.path} was written with --parallel {'fsdp' if sharded else 'ddp'}; "
-                                  f"resume it with the same")
+            raise CheckpointError(
+                f"{ckpt.path} was written with --parallel {'fsdp' if sharded else 'ddp'}; resume it with the same"
+            )
         try:
             if self.fsdp:
-                parallel.load_shards(ckpt.path / SHARDED, self.raw_model, self.optimizer,
-                                     ckpt.state["optimizer"]["param_groups"])
+                parallel.load_shards(
+                    ckpt.path / SHARDED, self.raw_model, self.optimizer, ckpt.state["optimizer"]["param_groups"]
+                )
             else:
                 self.optimizer.load_state_dict(ckpt.optimizer_state_dict(self.optimizer))
             set_hyperparameters(self.optimizer, self.cfg)  # flags given now win over the saved ones
@@ -439,34 +467,46 @@ class Trainer:
         atomic_write(self.out_dir / "run.json", (json.dumps(run, indent=2) + "\n").encode())
 
         attn, ln = runtime.backends
-        info(f"model: {n_params / 1e6:.2f}M parameters ({config.n_layer} layers, {config.n_head} heads, "
-             f"{config.n_embd} wide, context {config.block_size})" + (f", from {cfg.init}" if cfg.init else ""))
-        info(f"device: {run['device']} x {runtime.world_size}, {runtime.dtype}, attention {attn}, "
-             f"LayerNorm {ln}{', compiled' if cfg.compile else ''}"
-             f"{', FSDP' if self.fsdp else ''}{', activation checkpointing' if cfg.activation_checkpointing else ''}")
-        info(f"data: {self.data_dir} ({run['train_tokens']:,} train / {run['val_tokens']:,} val tokens, "
-             f"{run['val_bytes_per_token']:.2f} bytes/token, {self.tokenizer.kind} tokenizer of "
-             f"{self.tokenizer.vocab_size} ids)")
+        info(
+            f"model: {n_params / 1e6:.2f}M parameters ({config.n_layer} layers, {config.n_head} heads, "
+            f"{config.n_embd} wide, context {config.block_size})" + (f", from {cfg.init}" if cfg.init else "")
+        )
+        info(
+            f"device: {run['device']} x {runtime.world_size}, {runtime.dtype}, attention {attn}, "
+            f"LayerNorm {ln}{', compiled' if cfg.compile else ''}"
+            f"{', FSDP' if self.fsdp else ''}{', activation checkpointing' if cfg.activation_checkpointing else ''}"
+        )
+        info(
+            f"data: {self.data_dir} ({run['train_tokens']:,} train / {run['val_tokens']:,} val tokens, "
+            f"{run['val_bytes_per_token']:.2f} bytes/token, {self.tokenizer.kind} tokenizer of "
+            f"{self.tokenizer.vocab_size} ids)"
+        )
         if cfg.time_budget is not None:
             length = f"a budget of {cfg.time_budget:g} s of training steps"
         elif cfg.token_budget is not None:
             length = f"a budget of {cfg.token_budget:,} tokens ({self._budget_steps()} steps)"
         else:
             length = f"{cfg.max_steps} steps"
-        info(f"batch: {cfg.batch_size} x {cfg.block_size} tokens x {self.grad_accum} micro-steps x "
-             f"{runtime.world_size} process(es) = {self.tokens_per_step:,} tokens/step, {length}; "
-             f"{cfg.schedule_kind} schedule, {cfg.data_order} data order")
+        info(
+            f"batch: {cfg.batch_size} x {cfg.block_size} tokens x {self.grad_accum} micro-steps x "
+            f"{runtime.world_size} process(es) = {self.tokens_per_step:,} tokens/step, {length}; "
+            f"{cfg.schedule_kind} schedule, {cfg.data_order} data order"
+        )
         if self.eval_tasks:
             info(f"eval tasks: {', '.join(t.task.name for t in self.eval_tasks)} (at each evaluation)")
-        info(f"baseline: unigram entropy of the train tokens {entropy:.4f} nats/token "
-             f"(a model that ignores context cannot do better)")
+        info(
+            f"baseline: unigram entropy of the train tokens {entropy:.4f} nats/token "
+            f"(a model that ignores context cannot do better)"
+        )
         if self.peak_flops is None:
             info(f"MFU: not reported; {peak_note}")
         if ckpt is not None:
             info(f"resumed from {ckpt.path} at step {ckpt.step}")
         if moved:
-            info(f"a new branch of the run: {len(moved)} later checkpoint(s) ({moved[0].name}"
-                 f"{f' .. {moved[-1].name}' if len(moved) > 1 else ''}) and the old log moved to {where}")
+            info(
+                f"a new branch of the run: {len(moved)} later checkpoint(s) ({moved[0].name}"
+                f"{f' .. {moved[-1].name}' if len(moved) > 1 else ''}) and the old log moved to {where}"
+            )
 
     @property
     def tokens_per_step(self) -> int:
@@ -528,8 +568,13 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
 
         # One reduction carries the loss, the norm and the stop request (> 0 if any rank asked).
-        stats = torch.stack([loss_sum / self.grad_accum, grad_norm.float().to(self.device),
-                             torch.tensor(float(stop_requested), device=self.device)])
+        stats = torch.stack(
+            [
+                loss_sum / self.grad_accum,
+                grad_norm.float().to(self.device),
+                torch.tensor(float(stop_requested), device=self.device),
+            ]
+        )
         loss, norm, stop = runtime.mean_over_ranks(stats).tolist()  # waits for the step to finish
         dt = clock() - t0
         if runtime.distributed and cfg.time_budget is not None:
@@ -537,16 +582,26 @@ class Trainer:
         self.train_time += dt
         self.step += 1
         if not (math.isfinite(loss) and math.isfinite(norm)):
-            raise Diverged(f"the loss became {loss} (grad norm {norm}) at step {self.step}; training "
-                           f"stopped without saving this state; {self._where_to_resume(loss)}")
+            raise Diverged(
+                f"the loss became {loss} (grad norm {norm}) at step {self.step}; training "
+                f"stopped without saving this state; {self._where_to_resume(loss)}"
+            )
         self.last_loss = loss
         tokens_per_sec = self.tokens_per_step / dt
         mfu = None
         if self.peak_flops is not None:
             mfu = self.flops_per_token * tokens_per_sec / (self.peak_flops * runtime.world_size)
-        record = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": norm, "dt": dt,
-                  "tokens_per_sec": tokens_per_sec, "mfu": mfu, "tokens": self.step * self.tokens_per_step,
-                  "train_time": self.train_time}
+        record = {
+            "step": self.step,
+            "loss": loss,
+            "lr": lr,
+            "grad_norm": norm,
+            "dt": dt,
+            "tokens_per_sec": tokens_per_sec,
+            "mfu": mfu,
+            "tokens": self.step * self.tokens_per_step,
+            "train_time": self.train_time,
+        }
         if cfg.budgeted:
             record["progress"] = self._progress()
         return {**record, "stop": stop > 0}
@@ -576,11 +631,15 @@ class Trainer:
             after = train_loss.get(step + 1)
             seen = [v for s, v in train_loss.items() if s <= step + 1 and math.isfinite(v)]
             if after is not None and math.isfinite(after) and after <= min(seen + [uniform]) + SANE_LOSS_MARGIN:
-                return (f"the last checkpoint with a sane loss is {path} (the next step's loss was "
-                        f"{after:.4g}); resume from it with a lower --lr")
+                return (
+                    f"the last checkpoint with a sane loss is {path} (the next step's loss was "
+                    f"{after:.4g}); resume from it with a lower --lr"
+                )
         best = min((v for v in train_loss.values() if math.isfinite(v)), default=math.nan)
-        return (f"no checkpoint has a sane loss (the latest is {found[-1][1]}; the lowest loss logged was "
-                f"{best:.4g}, a uniform guess scores {uniform:.4g}); start again with a lower --lr")
+        return (
+            f"no checkpoint has a sane loss (the latest is {found[-1][1]}; the lowest loss logged was "
+            f"{best:.4g}, a uniform guess scores {uniform:.4g}); start again with a lower --lr"
+        )
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -616,8 +675,9 @@ class Trainer:
         model.eval()
         # In the weights' own precision: the KV cache is kept in that dtype, and a few hundred
         # tokens cost nothing next to a training step.
-        [completion] = complete(model, self.tokenizer, [cfg.sample_prompt], n, temperature=0.8, top_k=200,
-                                seed=cfg.seed)
+        [completion] = complete(
+            model, self.tokenizer, [cfg.sample_prompt], n, temperature=0.8, top_k=200, seed=cfg.seed
+        )
         self.raw_model.train()
         return cfg.sample_prompt + completion.text
 
@@ -636,18 +696,21 @@ class Trainer:
             model, optimizer_state = self._save_shards()
         path, error = None, None
         if runtime.master:
-            state = {"train_config": self.cfg.to_dict(), "world_size": runtime.world_size,
-                     "data_loader": self.train_loader.state_dict(),
-                     "tokens_seen": self.step * self.tokens_per_step, "loss": self.last_loss,
-                     "train_time": self.train_time}
+            state = {
+                "train_config": self.cfg.to_dict(),
+                "world_size": runtime.world_size,
+                "data_loader": self.train_loader.state_dict(),
+                "tokens_seen": self.step * self.tokens_per_step,
+                "loss": self.last_loss,
+                "train_time": self.train_time,
+            }
             try:
                 if optimizer_state is None:
                     optimizer_state = self.optimizer.state_dict()
                 if not self.fsdp:  # (FSDP: _save_shards started it)
                     start_checkpoint(self.out_dir, self.step)
                 self._save_tokenizer(temp_dir(self.out_dir, self.step))
-                path = save_checkpoint(self.out_dir, self.step, model, optimizer_state, state, states,
-                                       started=True)
+                path = save_checkpoint(self.out_dir, self.step, model, optimizer_state, state, states, started=True)
                 prune_checkpoints(self.out_dir, self.cfg.keep_checkpoints, protect=self.resumed_from)
             except CheckpointWriteError as e:
                 error = str(e)
@@ -683,8 +746,7 @@ class Trainer:
         if box[0] is not None:
             raise CheckpointWriteError(box[0])
         try:
-            groups = parallel.save_shards(temp_dir(self.out_dir, self.step) / SHARDED, self.raw_model,
-                                          self.optimizer)
+            groups = parallel.save_shards(temp_dir(self.out_dir, self.step) / SHARDED, self.raw_model, self.optimizer)
         except OSError as e:  # raised on every rank, as each rank's write is a collective's part
             error = write_failed(self.out_dir, self.step, e)
             dist.barrier()
@@ -699,9 +761,12 @@ class Trainer:
         """{"eval/TASK/METRIC": value} of the --eval-task tasks (rank 0 only)."""
         with self.runtime.autocast():
             results = evaluate_tasks(self.raw_model, self.tokenizer, self.eval_tasks)
-        return {f"eval/{task}/{metric}": value for task, metrics in results.items()
-                for metric, value in metrics.items()
-                if metric != "n" and isinstance(value, (int, float)) and not isinstance(value, bool)}
+        return {
+            f"eval/{task}/{metric}": value
+            for task, metrics in results.items()
+            for metric, value in metrics.items()
+            if metric != "n" and isinstance(value, (int, float)) and not isinstance(value, bool)
+        }
 
     def _at_stop(self) -> bool:
         """True once this invocation is done: the run is finished, or --stop-at-step reached."""
@@ -714,10 +779,15 @@ class Trainer:
             val_bpb = val_loss / math.log(2) / bytes_per_token(self.meta, "val")
             scores = self.score_eval_tasks() if self.eval_tasks else {}
             self.log.log({"step": self.step, "val_loss": val_loss, "val_bpb": val_bpb, **scores})
-            shown = "".join(f", {k.removeprefix('eval/')} {v:.4f}" for k, v in scores.items()
-                            if k.rsplit("/", 1)[1] in HEADLINE_METRICS)
-            info(f"step {self.step}: val loss {val_loss:.4f}, val bpb {val_bpb:.4f} "
-                 f"(unigram baseline {self.unigram:.4f}){shown}")
+            shown = "".join(
+                f", {k.removeprefix('eval/')} {v:.4f}"
+                for k, v in scores.items()
+                if k.rsplit("/", 1)[1] in HEADLINE_METRICS
+            )
+            info(
+                f"step {self.step}: val loss {val_loss:.4f}, val bpb {val_bpb:.4f} "
+                f"(unigram baseline {self.unigram:.4f}){shown}"
+            )
             plot_losses(self.log.records, self.out_dir / "loss.png", self.unigram)
 
     def fit(self) -> int:
@@ -728,11 +798,15 @@ class Trainer:
             if master:
                 if cfg.budgeted:
                     flag = "--time-budget" if cfg.time_budget is not None else "--token-budget"
-                    info(f"the run is already complete: {self.resumed_from} used its budget; nothing to do "
-                         f"(pass a larger {flag} to train on)")
+                    info(
+                        f"the run is already complete: {self.resumed_from} used its budget; nothing to do "
+                        f"(pass a larger {flag} to train on)"
+                    )
                 else:
-                    info(f"the run is already complete: {self.resumed_from} is at step {self.step} of "
-                         f"--max-steps {cfg.max_steps}; nothing to do (pass a larger --max-steps to train on)")
+                    info(
+                        f"the run is already complete: {self.resumed_from} is at step {self.step} of "
+                        f"--max-steps {cfg.max_steps}; nothing to do (pass a larger --max-steps to train on)"
+                    )
             return 0
         received: list[int] = []
 
@@ -741,17 +815,26 @@ class Trainer:
                 raise KeyboardInterrupt
             received.append(signum)
             if master:
-                info(f"{signal.Signals(signum).name}: finishing this step, then saving a checkpoint "
-                     "(press Ctrl-C again to quit without saving)")
+                info(
+                    f"{signal.Signals(signum).name}: finishing this step, then saving a checkpoint "
+                    "(press Ctrl-C again to quit without saving)"
+                )
 
         previous = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 previous[sig] = signal.signal(sig, on_signal)
-        total = (None if cfg.time_budget is not None else self._budget_steps() if cfg.budgeted
-                 else cfg.max_steps)
-        bar = tqdm(total=total, initial=self.step, desc="train", unit="step", file=sys.stderr,
-                   dynamic_ncols=True, mininterval=0.5, disable=not master)
+        total = None if cfg.time_budget is not None else self._budget_steps() if cfg.budgeted else cfg.max_steps
+        bar = tqdm(
+            total=total,
+            initial=self.step,
+            desc="train",
+            unit="step",
+            file=sys.stderr,
+            dynamic_ncols=True,
+            mininterval=0.5,
+            disable=not master,
+        )
         try:
             if self.step == 0 and cfg.eval_interval > 0:
                 self._evaluate_and_log()
@@ -763,8 +846,11 @@ class Trainer:
                     self.log.log(record)
                     mfu = f" | mfu {record['mfu']:.1%}" if record["mfu"] is not None else ""
                     used = f"{record['progress']:.0%} of budget | " if cfg.budgeted else ""
-                    bar.set_postfix_str(f"{used}loss {record['loss']:.4f} | lr {record['lr']:.2e} | "
-                                        f"{record['tokens_per_sec']:,.0f} tok/s{mfu}", refresh=False)
+                    bar.set_postfix_str(
+                        f"{used}loss {record['loss']:.4f} | lr {record['lr']:.2e} | "
+                        f"{record['tokens_per_sec']:,.0f} tok/s{mfu}",
+                        refresh=False,
+                    )
                     bar.update(1)
                 if self._due(cfg.eval_interval):
                     self._evaluate_and_log()

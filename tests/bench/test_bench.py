@@ -1,4 +1,5 @@
 """bench/run.py: a tiny run completes and writes complete, well-formed results."""
+
 import json
 import math
 import subprocess
@@ -7,15 +8,43 @@ from pathlib import Path
 
 import pytest
 
+from minigpt.model.load import save_pretrained
+
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"
 
 ENVIRONMENT = {"device", "device_type", "torch", "triton", "transformers", "python", "commit", "date"}
-TRAIN = {"model", "params", "batch_size", "block_size", "attn", "ln", "compile", "dtype", "step_ms", "tokens_per_s",
-         "flops_per_token", "mfu", "matmul_fraction", "peak_memory_bytes", "memory_added_bytes", "memory_kind",
-         "times_s", "contention"}
-SAMPLE_SIDE = {"prefill_s", "prefill_tokens_per_s", "ttft_s", "decode_s", "decode_tokens_per_s",
-               "peak_memory_bytes", "memory_added_bytes", "memory_kind", "timings"}
+TRAIN = {
+    "model",
+    "params",
+    "batch_size",
+    "block_size",
+    "attn",
+    "ln",
+    "compile",
+    "dtype",
+    "step_ms",
+    "tokens_per_s",
+    "flops_per_token",
+    "mfu",
+    "matmul_fraction",
+    "peak_memory_bytes",
+    "memory_added_bytes",
+    "memory_kind",
+    "times_s",
+    "contention",
+}
+SAMPLE_SIDE = {
+    "prefill_s",
+    "prefill_tokens_per_s",
+    "ttft_s",
+    "decode_s",
+    "decode_tokens_per_s",
+    "peak_memory_bytes",
+    "memory_added_bytes",
+    "memory_kind",
+    "timings",
+}
 
 
 def positive(x) -> bool:
@@ -31,9 +60,24 @@ def tiny_run(tmp_path_factory):
 
     before = ours_in_results()
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run.py"), "--suite", "train,sample", "--tiny", "--device", "cpu",
-         "--threads", "2", "--max-contention", "1", "--out", str(out)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(ROOT / "bench" / "run.py"),
+            "--suite",
+            "train,sample",
+            "--tiny",
+            "--device",
+            "cpu",
+            "--threads",
+            "2",
+            "--max-contention",
+            "1",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert ours_in_results() == before, "a test run wrote into bench/results"
@@ -61,8 +105,18 @@ def test_tiny_run_writes_every_field(tiny_run):
     batch_sizes = [b for _, sizes, _, _ in settings["plan"]["sample"] for b in sizes]
     assert [r["batch_size"] for r in data["sample"]] == batch_sizes
     for r in data["sample"]:
-        assert {"model", "params", "prompt_len", "new_tokens", "dtype", "decode_mode", "ours", "transformers",
-                "ratio", "greedy_tokens_equal"} <= set(r)
+        assert {
+            "model",
+            "params",
+            "prompt_len",
+            "new_tokens",
+            "dtype",
+            "decode_mode",
+            "ours",
+            "transformers",
+            "ratio",
+            "greedy_tokens_equal",
+        } <= set(r)
         for side in ("ours", "transformers"):
             assert SAMPLE_SIDE <= set(r[side]), SAMPLE_SIDE - set(r[side])
             for key in ("prefill_tokens_per_s", "ttft_s", "decode_tokens_per_s", "peak_memory_bytes"):
@@ -86,8 +140,11 @@ def test_tiny_run_writes_markdown_plot_and_a_table(tiny_run):
 
 
 def test_bad_suite_is_a_usage_error(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--suite", "nope", "--out", str(tmp_path)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--suite", "nope", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and "unknown suite" in proc.stderr
     assert not any(tmp_path.iterdir())
 
@@ -105,8 +162,15 @@ def test_results_go_to_a_run_folder_unless_asked(monkeypatch, tmp_path, capsys):
         run.parse_args(["--out", str(tmp_path), "--update-results"])
     assert e.value.code == 2 and "not both" in capsys.readouterr().err
     assert subprocess.run(["git", "check-ignore", "-q", str(default / "e2e-cpu.json")], cwd=ROOT).returncode == 0
-    assert "--update-results" in subprocess.run([sys.executable, str(ROOT / "bench" / "kernel_speed.py"), "--help"],
-                                                capture_output=True, text=True, check=True).stdout
+    assert (
+        "--update-results"
+        in subprocess.run(
+            [sys.executable, str(ROOT / "bench" / "kernel_speed.py"), "--help"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
 
 
 def test_kernels_suite_without_bench_kernels(monkeypatch):
@@ -122,30 +186,54 @@ def test_kernels_suite_without_bench_kernels(monkeypatch):
 def test_train_step_of_each_implementation(monkeypatch, implementation):
     monkeypatch.syspath_prepend(str(ROOT))
     import torch
-    from bench import e2e
 
+    from bench import e2e
     from minigpt import GPTConfig
 
     config = GPTConfig(block_size=16, vocab_size=97, n_layer=1, n_head=2, n_embd=32)
-    r = e2e.bench_train(config, batch_size=2, block_size=16, attn="sdpa", ln="torch", compile=False,
-                        device=torch.device("cpu"), dtype=torch.float32, steps=1, repeats=1, warmup=1,
-                        peak=1e9, implementation=implementation)
+    r = e2e.bench_train(
+        config,
+        batch_size=2,
+        block_size=16,
+        attn="sdpa",
+        ln="torch",
+        compile=False,
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+        steps=1,
+        repeats=1,
+        warmup=1,
+        peak=1e9,
+        implementation=implementation,
+    )
     assert r["implementation"] == implementation and r["attn"]
     assert TRAIN - {"model", "matmul_fraction"} <= set(r)
     assert positive(r["tokens_per_s"]) and positive(r["peak_memory_bytes"])
     with pytest.raises(ValueError, match="unknown implementation"):
-        e2e.bench_train(config, batch_size=2, block_size=16, attn="sdpa", ln="torch", compile=False,
-                        device=torch.device("cpu"), dtype=torch.float32, steps=1, repeats=1, warmup=1,
-                        peak=1e9, implementation="nope")
+        e2e.bench_train(
+            config,
+            batch_size=2,
+            block_size=16,
+            attn="sdpa",
+            ln="torch",
+            compile=False,
+            device=torch.device("cpu"),
+            dtype=torch.float32,
+            steps=1,
+            repeats=1,
+            warmup=1,
+            peak=1e9,
+            implementation="nope",
+        )
 
 
 def test_quantize_quality_scores_every_variant_with_the_models_tokenizer(tmp_path):
     """bench/quantize_quality.py end to end on a tiny char model and a corpus prepared for it."""
-    from bench import quantize_quality
-    from minigpt.model.config import GPTConfig
     import torch
 
+    from bench import quantize_quality
     from minigpt.data.corpus import data_tokenizer, prepare
+    from minigpt.model.config import GPTConfig
     from minigpt.model.model import GPT
 
     source = tmp_path / "corpus.txt"
@@ -156,11 +244,15 @@ def test_quantize_quality_scores_every_variant_with_the_models_tokenizer(tmp_pat
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=64, vocab_size=tokenizer.vocab_size, n_layer=1, n_head=2, n_embd=64))
     init = tmp_path / "model"
-    model.save_pretrained(init)
+    save_pretrained(model, init)
     tokenizer.save_pretrained(init)
     out = tmp_path / "results"
-    assert quantize_quality.main(["--init", str(init), "--data", str(data), "--max-bytes", "2000",
-                                  "--group-sizes", "32", "--out", str(out)]) == 0
+    assert (
+        quantize_quality.main(
+            ["--init", str(init), "--data", str(data), "--max-bytes", "2000", "--group-sizes", "32", "--out", str(out)]
+        )
+        == 0
+    )
     payload = json.loads((out / "quantize-quality.json").read_text())
     assert [r["model"] for r in payload["results"]] == ["float32", "bfloat16", "int8", "int4-g32"]
     assert payload["config"]["vocab_size"] == tokenizer.vocab_size

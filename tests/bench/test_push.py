@@ -1,4 +1,5 @@
 """bench/push.py's logic on tiny settings: the arms, the analysis, and the shape of its results."""
+
 from __future__ import annotations
 
 import json
@@ -7,10 +8,10 @@ import random
 from pathlib import Path
 
 import pytest
+from tiny_run import ROOT, WORDS, load_script
 
 from bench import push
 from minigpt.train.optim import lr_at
-from tiny_run import ROOT, WORDS, load_script
 
 train = load_script(ROOT / "train.py")
 
@@ -39,15 +40,32 @@ def nanogpt_lr(it: int) -> float:
 
 def test_the_nanogpt_arm_is_nanogpts_cpu_recipe(tmp_path):
     cfg = push.Arm("nanogpt", push.NANOGPT).config(tmp_path / "data", tmp_path / "out")
-    assert (cfg.tokenizer, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size, cfg.batch_size) == \
-        ("char", 4, 4, 128, 64, 12)
+    assert (cfg.tokenizer, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size, cfg.batch_size) == (
+        "char",
+        4,
+        4,
+        128,
+        64,
+        12,
+    )
     assert (cfg.lr, cfg.min_lr, cfg.max_steps, cfg.warmup_steps, cfg.schedule_kind) == (1e-3, 1e-4, 2000, 100, "cosine")
-    assert (cfg.optimizer, cfg.beta1, cfg.beta2, cfg.weight_decay, cfg.grad_clip, cfg.dropout) == \
-        ("adamw", 0.9, 0.99, 0.1, 1.0, 0.0)
+    assert (cfg.optimizer, cfg.beta1, cfg.beta2, cfg.weight_decay, cfg.grad_clip, cfg.dropout) == (
+        "adamw",
+        0.9,
+        0.99,
+        0.1,
+        1.0,
+        0.0,
+    )
     assert cfg.total_batch_size is None and cfg.grad_accum_steps(1) == 1 and not cfg.budgeted
     model = cfg.model_config(vocab_size=65)
-    assert (model.position, model.bias, model.tie_word_embeddings, model.qk_norm, model.activation) == \
-        ("learned", False, True, False, "gelu_new")
+    assert (model.position, model.bias, model.tie_word_embeddings, model.qk_norm, model.activation) == (
+        "learned",
+        False,
+        True,
+        False,
+        "gelu_new",
+    )
     assert push.VAL_FRACTION == 0.1
     # The schedule is nanoGPT's after the warmup, and within its (it+1)/(warmup+1) during it.
     for it in range(0, 2001, 7):
@@ -75,8 +93,11 @@ def test_arm_flags_are_the_settings(tmp_path):
 
 
 def test_time_to_reach_interpolates_between_checkpoints():
-    traj = [{"step": 10, "train_time": 10.0, "bpb": 3.0}, {"step": 20, "train_time": 20.0, "bpb": 2.5},
-            {"step": 30, "train_time": 30.0, "bpb": 2.0}]
+    traj = [
+        {"step": 10, "train_time": 10.0, "bpb": 3.0},
+        {"step": 20, "train_time": 20.0, "bpb": 2.5},
+        {"step": 30, "train_time": 30.0, "bpb": 2.0},
+    ]
     got = push.time_to_reach(traj, 2.25)
     assert got == {"checkpoint_s": 30.0, "step": 30, "interpolated_s": pytest.approx(25.0)}
     assert push.time_to_reach(traj, 3.5)["interpolated_s"] == 10.0  # already there at the first one
@@ -89,7 +110,7 @@ def chinchilla_points(alpha=0.34, beta=0.28, budgets=(1e12, 1e13, 1e14, 1e15)):
     for c in budgets:
         for n in [10 ** (e / 4) for e in range(16, 37)]:  # 1e4 .. 1e9 parameters
             d = c / (6 * n)
-            points.append({"budget_s": c, "params": n, "flops": c, "bpb": 1.7 + 406.4 / n ** alpha + 410.7 / d ** beta})
+            points.append({"budget_s": c, "params": n, "flops": c, "bpb": 1.7 + 406.4 / n**alpha + 410.7 / d**beta})
     return points
 
 
@@ -101,23 +122,27 @@ def test_compute_optimal_fit_recovers_the_exponent():
     # Each budget's optimum lies between its best run's neighbours.
     for o in result["optima"]:
         runs = sorted((p for p in chinchilla_points() if p["budget_s"] == o["budget_s"]), key=lambda p: p["bpb"])
-        assert runs[0]["params"] / 10 ** 0.25 <= o["params"] <= runs[0]["params"] * 10 ** 0.25
+        assert runs[0]["params"] / 10**0.25 <= o["params"] <= runs[0]["params"] * 10**0.25
 
 
 def test_compute_optimal_with_two_sizes_takes_the_best_run():
-    pts = [{"budget_s": 30, "params": 1e5, "flops": 1e12, "bpb": 3.0},
-           {"budget_s": 30, "params": 1e6, "flops": 2e12, "bpb": 2.5},
-           {"budget_s": 60, "params": 1e5, "flops": 2e12, "bpb": 2.8},
-           {"budget_s": 60, "params": 1e6, "flops": 4e12, "bpb": 2.2}]
+    pts = [
+        {"budget_s": 30, "params": 1e5, "flops": 1e12, "bpb": 3.0},
+        {"budget_s": 30, "params": 1e6, "flops": 2e12, "bpb": 2.5},
+        {"budget_s": 60, "params": 1e5, "flops": 2e12, "bpb": 2.8},
+        {"budget_s": 60, "params": 1e6, "flops": 4e12, "bpb": 2.2},
+    ]
     result = push.compute_optimal(pts)
-    assert [(o["params"], o["flops"], o["how"]) for o in result["optima"]] == \
-        [(1e6, pytest.approx(2e12), "best run"), (1e6, pytest.approx(4e12), "best run")]
+    assert [(o["params"], o["flops"], o["how"]) for o in result["optima"]] == [
+        (1e6, pytest.approx(2e12), "best run"),
+        (1e6, pytest.approx(4e12), "best run"),
+    ]
     # The frontier: lower bpb for each larger FLOP count; (2e12, 2.8) loses to (2e12, 2.5).
     assert [(p["flops"], p["bpb"]) for p in result["frontier"]] == [(1e12, 3.0), (2e12, 2.5), (4e12, 2.2)]
 
 
 def test_power_law_fit():
-    fit = push.fit_power_law([1, 10, 100], [3, 30 * 10 ** -0.5, 300 * 10 ** -1])
+    fit = push.fit_power_law([1, 10, 100], [3, 30 * 10**-0.5, 300 * 10**-1])
     assert fit["a"] == pytest.approx(0.5) and fit["k"] == pytest.approx(3) and fit["r2"] == pytest.approx(1)
 
 
@@ -127,8 +152,9 @@ TINY = dict(n_layer=1, n_head=2, n_embd=16, block_size=16, batch_size=2, warmup_
 def test_push_end_to_end_on_tiny_settings(text, tmp_path):
     nanogpt = {**push.NANOGPT, **TINY, "max_steps": 8}
     minigpt = {**push.MINIGPT, **TINY}
-    result = push.push(text, tmp_path / "work", nanogpt=nanogpt, minigpt=minigpt, pilot_steps=3, points=2,
-                       pilot_budget=1.0)
+    result = push.push(
+        text, tmp_path / "work", nanogpt=nanogpt, minigpt=minigpt, pilot_steps=3, points=2, pilot_budget=1.0
+    )
     nano, mini, third = result["arms"]["nanogpt"], result["arms"]["minigpt"], result["third_budget"]
     assert nano["steps"] == 8 and nano["tokens"] == 8 * 2 * 16
     assert [p["step"] for p in nano["trajectory"]] == [4, 8]
@@ -142,8 +168,18 @@ def test_push_end_to_end_on_tiny_settings(text, tmp_path):
     assert text.read_text().endswith(held) and held.startswith(next(iter(held.split()))) and held[0] != "\n"
     env = {"cpu_model": "test CPU", "cpu_count": 2, "torch": "x", "commit": "y", "date": "z"}
     payload = json.loads(json.dumps({"environment": env, **result}))  # JSON-able as written
-    assert set(payload) >= {"environment", "text", "settings", "load", "arms", "bpb_ratio", "bpb_reduction",
-                            "time_to_nanogpt_bpb", "third_budget", "targets"}
+    assert set(payload) >= {
+        "environment",
+        "text",
+        "settings",
+        "load",
+        "arms",
+        "bpb_ratio",
+        "bpb_reduction",
+        "time_to_nanogpt_bpb",
+        "third_budget",
+        "targets",
+    }
     assert "| nanoGPT recipe |" in push.push_markdown(result, env)
     push.plot_push(result, tmp_path / "push.png")
     assert (tmp_path / "push.png").stat().st_size > 1000
@@ -171,11 +207,21 @@ def test_model_switches_reach_a_new_models_config(tmp_path):
     args = train.build_parser().parse_args(argv)
     overrides = {k: getattr(args, k) for k in ("position", "qk_norm", "activation", "tie_word_embeddings", "bias")}
     config = push.make_config("cpu", overrides).model_config(vocab_size=100)
-    assert (config.position, config.qk_norm, config.activation, config.tie_word_embeddings, config.bias) == \
-        ("rope", True, "relu2", False, False)
+    assert (config.position, config.qk_norm, config.activation, config.tie_word_embeddings, config.bias) == (
+        "rope",
+        True,
+        "relu2",
+        False,
+        False,
+    )
     default = push.make_config("cpu", {}).model_config()
-    assert (default.position, default.qk_norm, default.activation, default.tie_word_embeddings, default.bias) == \
-        ("learned", False, "gelu_new", True, True)
+    assert (default.position, default.qk_norm, default.activation, default.tie_word_embeddings, default.bias) == (
+        "learned",
+        False,
+        "gelu_new",
+        True,
+        True,
+    )
 
 
 def test_the_cpu_push_recipe_is_the_measured_minigpt_arm():

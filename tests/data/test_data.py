@@ -3,6 +3,7 @@
 Nothing here touches the network (the download test uses a refused local port) or tokenizes
 the standard library; every corpus is a few kB written to tmp_path.
 """
+
 import hashlib
 import json
 import os
@@ -16,8 +17,8 @@ import pytest
 import torch
 
 from minigpt.data import corpus as preparation  # "corpus" is a fixture below
-from minigpt.data.corpus import DataError, DownloadError, bytes_per_token, load_meta, prepare
 from minigpt.data import loader as loader_module
+from minigpt.data.corpus import DataError, DownloadError, bytes_per_token, load_meta, prepare
 from minigpt.data.loader import DataLoader
 from minigpt.tokenizers import get_encoding
 
@@ -71,7 +72,7 @@ def _documents(tokens: np.ndarray) -> list[str]:
     enc = get_encoding("gpt2")
     assert tokens[0] == EOT
     starts = np.flatnonzero(tokens == EOT).tolist() + [len(tokens)]
-    return [enc.decode(tokens[a + 1 : b].tolist()) for a, b in zip(starts, starts[1:])]
+    return [enc.decode(tokens[a + 1 : b].tolist()) for a, b in zip(starts, starts[1:], strict=True)]
 
 
 def _all_documents(out: Path, meta: dict) -> list[str]:
@@ -104,6 +105,7 @@ def count_tokenize(monkeypatch):
 
 
 # --- preparing ---------------------------------------------------------------------------------
+
 
 def test_directory_round_trip(corpus, tmp_path, capsys):
     root, docs = corpus
@@ -371,6 +373,7 @@ def test_stdlib_listing():
 
 # --- loading -----------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     """~2,700 tokens in shards of 97 (an odd size), so batches straddle shard boundaries."""
@@ -439,7 +442,7 @@ def test_state_dict_resumes_exactly(prepared, order):
     assert a.epoch >= 3
     b = DataLoader(out, "train", 2, 24, seed=5, order=order)
     b.load_state_dict(state)
-    for (xa, ya), (xb, yb) in zip(expected, _batches(b, 150)):
+    for (xa, ya), (xb, yb) in zip(expected, _batches(b, 150), strict=True):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
     assert b.state_dict() == a.state_dict()
 
@@ -469,7 +472,7 @@ def test_ranks_together_read_one_big_batch(prepared, world_size, order):
     ranks = [DataLoader(out, "train", B, T, rank=r, world_size=W, seed=1, order=order) for r in range(W)]
     single = DataLoader(out, "train", W * B, T, seed=1, order=order)
     for _ in range(3 * len(stream) // (W * B * T)):  # about three epochs
-        xs, ys = zip(*(r.next_batch() for r in ranks))
+        xs, ys = zip(*(r.next_batch() for r in ranks), strict=True)
         x, y = single.next_batch()
         assert torch.equal(torch.cat(xs), x) and torch.equal(torch.cat(ys), y)
     assert {r.epoch for r in ranks} == {single.epoch} and single.epoch >= 2
@@ -503,9 +506,11 @@ def test_random_order_covers_every_document_in_an_epoch(prepared):
 
 def test_random_order_follows_the_seed(prepared):
     out, meta, stream = prepared
+
     def first_batches(seed):
         loader = DataLoader(out, "train", 3, 16, seed=seed, order="random")
         return torch.cat([x for x, _ in _batches(loader, 5)])
+
     assert torch.equal(first_batches(11), first_batches(11))
     assert not torch.equal(first_batches(11), first_batches(12))
     with pytest.raises(DataError, match="unknown data order"):
@@ -529,7 +534,7 @@ def test_val_reset_restarts_evaluation(prepared):
     _batches(val, 20)
     val.reset()
     assert (val.epoch, val.position) == (0, 0)
-    for (xa, ya), (xb, yb) in zip(first, _batches(val, 3)):
+    for (xa, ya), (xb, yb) in zip(first, _batches(val, 3), strict=True):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
 
 
@@ -549,8 +554,10 @@ def _copy(prepared, tmp_path) -> tuple[Path, dict]:
 MALFORMED_META = {  # a parseable meta.json with the wrong types or values -> the words of the error
     "a list": (lambda m: [m], "format version"),
     "file is a number": (lambda m: m["splits"]["train"]["shards"][0].update(file=5), "shard's file"),
-    "file outside the directory": (lambda m: m["splits"]["val"]["shards"][0].update(file="../train_000000.npy"),
-                                   "shard's file"),
+    "file outside the directory": (
+        lambda m: m["splits"]["val"]["shards"][0].update(file="../train_000000.npy"),
+        "shard's file",
+    ),
     "vocab_size is a word": (lambda m: m.update(vocab_size="big"), "vocab_size"),
     "vocab_size too big for uint16": (lambda m: m.update(vocab_size=70000), "vocab_size"),
     "tokens is a string": (lambda m: m["splits"]["train"]["shards"][1].update(tokens="97"), "tokens"),
@@ -613,25 +620,54 @@ def test_loader_needs_a_prepared_directory(tmp_path):
 
 # --- command line ------------------------------------------------------------------------------
 
-def _cli(*args, env_dir):
+# The same command line two ways: the script beside train.py, and the package's entry point.
+COMMANDS = {"prepare.py": ["prepare.py"], "python -m minigpt.data": ["-m", "minigpt.data"]}
+
+
+def _cli(*args, env_dir, command="python -m minigpt.data"):
     env = {**os.environ, "MINIGPT_DATA_DIR": str(env_dir)}
-    return subprocess.run([sys.executable, "-m", "minigpt.data", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, *COMMANDS[command], *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
-def test_cli_help(tmp_path):
-    result = _cli("--help", env_dir=tmp_path)
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_cli_help(tmp_path, command):
+    result = _cli("--help", env_dir=tmp_path, command=command)
     assert result.returncode == 0
     for flag in ("--out-dir", "--shard-tokens", "--workers", "--val-fraction", "--max-bytes"):
         assert flag in result.stdout
 
 
-def test_cli_missing_path_is_one_error_line(tmp_path):
-    result = _cli(str(tmp_path / "nope.txt"), env_dir=tmp_path)
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_cli_missing_path_is_one_error_line(tmp_path, command):
+    result = _cli(str(tmp_path / "nope.txt"), env_dir=tmp_path, command=command)
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "nope.txt" in lines[0]
     assert not any(tmp_path.iterdir())  # nothing was written
+
+
+BAD_FLAGS = {
+    "--shard-tokens not a size": (["--shard-tokens", "lots"], 2, "not a size"),
+    "--max-bytes not a size": (["--max-bytes", "2X"], 2, "not a size"),
+    "--workers not a number": (["--workers", "two"], 2, "--workers"),
+    "unknown flag": (["--no-such-flag", "64M"], 2, "--no-such-flag"),
+    "--tokenizer names none": (["--tokenizer", "bpe:x"], 1, "tokenizer"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FLAGS))
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_cli_bad_flag_is_one_error_line(tmp_path, command, case):
+    args, code, message = BAD_FLAGS[case]
+    source = tmp_path / "src.txt"
+    source.write_text("some text\n" * 10, encoding="utf-8")
+    result = _cli(str(source), *args, env_dir=tmp_path / "cache", command=command)
+    assert result.returncode == code, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert result.stdout == "" and not (tmp_path / "cache").exists()  # nothing was written
 
 
 def test_random_order_checks_each_shard_once(prepared, monkeypatch):

@@ -1,4 +1,5 @@
 """eval.py from the command line: results on stdout and in JSON; every bad input is one line, exit 2."""
+
 import json
 import os
 import subprocess
@@ -25,8 +26,14 @@ def ckpt(tmp_path_factory):
 
 def run_cli(args, env=None, cwd=None):
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", **(env or {})}
-    return subprocess.run([sys.executable, str(ROOT / "eval.py"), *args], capture_output=True, text=True,
-                          env=full_env, cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "eval.py"), *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        timeout=300,
+    )
 
 
 def jsonl(*rows):
@@ -35,13 +42,33 @@ def jsonl(*rows):
 
 def test_mc_and_bpb_table_and_json(ckpt, tmp_path):
     quiz = tmp_path / "quiz.jsonl"
-    quiz.write_text(jsonl(GOOD, {"context": "質問: 猫は?", "choices": ["ねこ", "いぬ", "とり"], "label": 1},
-                          {"context": "word " * 30, "choices": [" yes", " no"], "label": 1}), encoding="utf-8")
+    quiz.write_text(
+        jsonl(
+            GOOD,
+            {"context": "質問: 猫は?", "choices": ["ねこ", "いぬ", "とり"], "label": 1},
+            {"context": "word " * 30, "choices": [" yes", " no"], "label": 1},
+        ),
+        encoding="utf-8",
+    )
     text = tmp_path / "t.txt"
     text.write_text("Hello world. " * 20, encoding="utf-8")
     out = tmp_path / "r.json"
-    r = run_cli(["--init", str(ckpt), "--task", f"mc:{quiz}", "--task", f"bpb:{text}", "--stride", "5",
-                 "--output", str(out), "--batch-size", "2"])
+    r = run_cli(
+        [
+            "--init",
+            str(ckpt),
+            "--task",
+            f"mc:{quiz}",
+            "--task",
+            f"bpb:{text}",
+            "--stride",
+            "5",
+            "--output",
+            str(out),
+            "--batch-size",
+            "2",
+        ]
+    )
     assert r.returncode == 0, r.stderr
     assert "acc_bytes" in r.stdout and "bpb" in r.stdout and "Traceback" not in r.stderr
     payload = json.loads(out.read_text(encoding="utf-8"))
@@ -74,30 +101,88 @@ OFFLINE = {"https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1
 # name, files written to tmp_path, arguments after --init, extra environment, what the one stderr line says
 CASES = [
     ("missing file", {}, ["--task", "mc:{tmp}/nope.jsonl"], {}, "nope.jsonl: no such file"),
-    ("not JSONL", {"q.jsonl": jsonl(GOOD, "{not json")}, ["--task", "mc:{tmp}/q.jsonl"], {}, "q.jsonl:2: not a JSON object"),
-    ("not an object", {"q.jsonl": jsonl([1, 2])}, ["--task", "mc:{tmp}/q.jsonl"], {}, "q.jsonl:1: expected a JSON object"),
-    ("label out of range", {"q.jsonl": jsonl(GOOD, dict(GOOD, label=2))}, ["--task", "mc:{tmp}/q.jsonl"], {},
-     "q.jsonl:2: label 2 is out of range for 2 choices"),
-    ("negative label", {"q.jsonl": jsonl(dict(GOOD, label=-1))}, ["--task", "mc:{tmp}/q.jsonl"], {}, "q.jsonl:1: label -1"),
-    ("one choice", {"q.jsonl": jsonl(dict(GOOD, choices=[" x"]))}, ["--task", "mc:{tmp}/q.jsonl"], {},
-     "q.jsonl:1: needs at least two choices"),
-    ("empty choice", {"q.jsonl": jsonl(dict(GOOD, choices=[" x", ""]))}, ["--task", "mc:{tmp}/q.jsonl"], {},
-     "q.jsonl:1: choice 1 is empty"),
-    ("missing label", {"q.jsonl": jsonl({"context": "a", "choices": ["b", "c"]})}, ["--task", "mc:{tmp}/q.jsonl"], {},
-     "q.jsonl:1: missing field 'label'"),
-    ("label not an int", {"q.jsonl": jsonl(dict(GOOD, label="0"))}, ["--task", "mc:{tmp}/q.jsonl"], {},
-     "q.jsonl:1: field 'label' must be int"),
-    ("choice not a string", {"q.jsonl": jsonl(dict(GOOD, choices=["a", 3]))}, ["--task", "mc:{tmp}/q.jsonl"], {},
-     "q.jsonl:1: every choice must be a string"),
+    (
+        "not JSONL",
+        {"q.jsonl": jsonl(GOOD, "{not json")},
+        ["--task", "mc:{tmp}/q.jsonl"],
+        {},
+        "q.jsonl:2: not a JSON object",
+    ),
+    (
+        "not an object",
+        {"q.jsonl": jsonl([1, 2])},
+        ["--task", "mc:{tmp}/q.jsonl"],
+        {},
+        "q.jsonl:1: expected a JSON object",
+    ),
+    (
+        "label out of range",
+        {"q.jsonl": jsonl(GOOD, dict(GOOD, label=2))},
+        ["--task", "mc:{tmp}/q.jsonl"],
+        {},
+        "q.jsonl:2: label 2 is out of range for 2 choices",
+    ),
+    (
+        "negative label",
+        {"q.jsonl": jsonl(dict(GOOD, label=-1))},
+        ["--task", "mc:{tmp}/q.jsonl"],
+        {},
+        "q.jsonl:1: label -1",
+    ),
+    (
+        "one choice",
+        {"q.jsonl": jsonl(dict(GOOD, choices=[" x"]))},
+        ["--task", "mc:{tmp}/q.jsonl"],
+        {},
+        "q.jsonl:1: needs at least two choices",
+    ),
+    (
+        "empty choice",
+        {"q.jsonl": jsonl(dict(GOOD, choices=[" x", ""]))},
+        ["--task", "mc:{tmp}/q.jsonl"],
+        {},
+        "q.jsonl:1: choice 1 is empty",
+    ),
+    (
+        "missing label",
+        {"q.jsonl": jsonl({"context": "a", "choices": ["b", "c"]})},
+        ["--task", "mc:{tmp}/q.jsonl"],
+        {},
+        "q.jsonl:1: missing field 'label'",
+    ),
+    (
+        "label not an int",
+        {"q.jsonl": jsonl(dict(GOOD, label="0"))},
+        ["--task", "mc:{tmp}/q.jsonl"],
+        {},
+        "q.jsonl:1: field 'label' must be int",
+    ),
+    (
+        "choice not a string",
+        {"q.jsonl": jsonl(dict(GOOD, choices=["a", 3]))},
+        ["--task", "mc:{tmp}/q.jsonl"],
+        {},
+        "q.jsonl:1: every choice must be a string",
+    ),
     ("empty file", {"q.jsonl": ""}, ["--task", "mc:{tmp}/q.jsonl"], {}, "q.jsonl: no examples"),
     ("not UTF-8", {"t.txt": b"caf\xe9"}, ["--task", "bpb:{tmp}/t.txt"], {}, "t.txt: not UTF-8"),
     ("missing text", {}, ["--task", "bpb:{tmp}/none.txt"], {}, "none.txt: no such file"),
-    ("continuation too long", {"q.jsonl": jsonl(dict(GOOD, choices=[" x", " y" * 40]))},
-     ["--task", "mc:{tmp}/q.jsonl"], {}, "q.jsonl:1: the continuation alone is 40 tokens"),
+    (
+        "continuation too long",
+        {"q.jsonl": jsonl(dict(GOOD, choices=[" x", " y" * 40]))},
+        ["--task", "mc:{tmp}/q.jsonl"],
+        {},
+        "q.jsonl:1: the continuation alone is 40 tokens",
+    ),
     ("unknown task", {}, ["--task", "squad"], {}, "unknown task 'squad'"),
     ("task without path", {}, ["--task", "mc"], {}, "task 'mc' needs an argument"),
-    ("bad batch size", {"q.jsonl": jsonl(GOOD)}, ["--task", "mc:{tmp}/q.jsonl", "--batch-size", "0"], {},
-     "--batch-size must be at least 1"),
+    (
+        "bad batch size",
+        {"q.jsonl": jsonl(GOOD)},
+        ["--task", "mc:{tmp}/q.jsonl", "--batch-size", "0"],
+        {},
+        "--batch-size must be at least 1",
+    ),
     ("bad checkpoint", {"q.jsonl": jsonl(GOOD)}, ["--task", "mc:{tmp}/q.jsonl"], {}, "nothing-here: no such file"),
     ("hellaswag offline", {}, ["--task", "hellaswag"], OFFLINE, "cannot download hellaswag"),
     ("lambada offline", {}, ["--task", "lambada"], OFFLINE, "--task lambada:PATH"),
@@ -131,12 +216,23 @@ def test_lm_eval_unknown_task_is_one_line(ckpt):
 
 def test_local_hellaswag_and_lambada(ckpt, tmp_path):
     hs = tmp_path / "hs.jsonl"
-    hs.write_text(jsonl({"activity_label": "Cooking", "ctx_a": "A man cuts onions.", "ctx_b": "he",
-                         "endings": ["cries.", "sings.", "runs [title] away.", "sleeps."], "label": 0}))
+    hs.write_text(
+        jsonl(
+            {
+                "activity_label": "Cooking",
+                "ctx_a": "A man cuts onions.",
+                "ctx_b": "he",
+                "endings": ["cries.", "sings.", "runs [title] away.", "sleeps."],
+                "label": 0,
+            }
+        )
+    )
     lam = tmp_path / "lambada.jsonl"
     lam.write_text(jsonl({"text": "She handed him the cup and said thank you"}))
-    r = run_cli(["--init", str(ckpt), "--task", f"hellaswag:{hs}", "--task", f"lambada:{lam}", "--no-progress"],
-                env={**OFFLINE, "MINIGPT_EVAL_DIR": str(tmp_path / "cache")})
+    r = run_cli(
+        ["--init", str(ckpt), "--task", f"hellaswag:{hs}", "--task", f"lambada:{lam}", "--no-progress"],
+        env={**OFFLINE, "MINIGPT_EVAL_DIR": str(tmp_path / "cache")},
+    )
     assert r.returncode == 0, r.stderr
     assert f"hellaswag:{hs}" in r.stdout and f"lambada:{lam}" in r.stdout
 
@@ -146,9 +242,24 @@ def test_eval_speed_bench_runs(tmp_path):
     pytest.importorskip("lm_eval")
     pytest.importorskip("accelerate")
     out = tmp_path / "speed.json"
-    r = subprocess.run([sys.executable, str(ROOT / "bench" / "eval_speed.py"), "--shape", "tiny", "--examples", "3",
-                        "--repeats", "1", "--output", str(out)], capture_output=True, text=True, timeout=600,
-                       env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "eval_speed.py"),
+            "--shape",
+            "tiny",
+            "--examples",
+            "3",
+            "--repeats",
+            "1",
+            "--output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     data = json.loads(out.read_text())
     assert data["accuracies_agree"] and data["examples"] == 3 and data["commit"] and data["device"]

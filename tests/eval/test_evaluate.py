@@ -3,6 +3,7 @@
 Tolerance: per-example log-likelihoods and total negative log-likelihoods within LOGITS_ATOL (fp32);
 accuracies exactly equal.
 """
+
 import json
 import math
 from importlib import resources
@@ -11,12 +12,18 @@ import pytest
 import torch
 from reference import LOGITS_ATOL, hf_model
 
-from minigpt import GPT
-from minigpt.eval.evaluate import bits_per_byte, choice_metrics, evaluate, lambada, multiple_choice, score_multiple_choice
+from minigpt.eval.evaluate import (
+    bits_per_byte,
+    choice_metrics,
+    evaluate,
+    lambada,
+    multiple_choice,
+    score_multiple_choice,
+)
 from minigpt.eval.scoring import Row, encode_pair, rolling_rows, score_rows, scored_logits
 from minigpt.eval.tasks import Example, read_multiple_choice
-from minigpt.tokenizers import GPT2Tokenizer
 from minigpt.model.load import from_pretrained
+from minigpt.tokenizers import GPT2Tokenizer
 
 # A small context window, so that long examples are cut and texts need many windows.
 CONFIG = dict(n_positions=48, vocab_size=50257, n_layer=2, n_head=2, n_embd=32)
@@ -74,19 +81,19 @@ def reference_pair(tok, context, continuation):
     if context == "":
         return [50256], tok.encode(continuation)
     stripped = context.rstrip()
-    whole = tok.encode(stripped + context[len(stripped):] + continuation)
+    whole = tok.encode(stripped + context[len(stripped) :] + continuation)
     ctx = tok.encode(stripped)
-    return ctx, whole[len(ctx):]
+    return ctx, whole[len(ctx) :]
 
 
 @torch.no_grad()
 def reference_loglikelihood(hf, tok, context, continuation):
     ctx, cont = reference_pair(tok, context, continuation)
     T = hf.config.n_positions
-    ids = (ctx + cont)[-(T + 1):]
+    ids = (ctx + cont)[-(T + 1) :]
     logp = hf(torch.tensor([ids[:-1]])).logits[0].double().log_softmax(-1)
     picked = logp[torch.arange(len(ids) - 1), torch.tensor(ids[1:])]
-    return picked[-len(cont):].sum().item()
+    return picked[-len(cont) :].sum().item()
 
 
 def test_tokenizers_agree(tok):
@@ -108,7 +115,7 @@ def test_choice_loglikelihoods_and_metrics_match_transformers(models, tok):
     exs = examples()
     lls, truncated = score_multiple_choice(model, enc, exs, batch_size=5)
     assert truncated == 1
-    for ex, got in zip(exs, lls):
+    for ex, got in zip(exs, lls, strict=True):
         want = [reference_loglikelihood(hf, tok, ex.context, ex.delimiter + c) for c in ex.choices]
         assert got == pytest.approx(want, abs=LOGITS_ATOL)
         # acc / acc_norm / acc_bytes from the reference log-likelihoods, written out plainly
@@ -117,8 +124,8 @@ def test_choice_loglikelihoods_and_metrics_match_transformers(models, tok):
         first_max = lambda v: v.index(max(v))  # noqa: E731
         assert choice_metrics(ex, got) == {
             "acc": float(first_max(want) == ex.label),
-            "acc_norm": float(first_max([w / n for w, n in zip(want, chars)]) == ex.label),
-            "acc_bytes": float(first_max([w / n for w, n in zip(want, nbytes)]) == ex.label),
+            "acc_norm": float(first_max([w / n for w, n in zip(want, chars, strict=True)]) == ex.label),
+            "acc_bytes": float(first_max([w / n for w, n in zip(want, nbytes, strict=True)]) == ex.label),
         }
 
 
@@ -134,9 +141,11 @@ def test_batching_does_not_change_scores(models):
     enc = GPT2Tokenizer()
     one, _ = score_multiple_choice(model, enc, examples(), batch_size=1)
     many, _ = score_multiple_choice(model, enc, examples(), batch_size=7)
-    for a, b in zip(one, many):
+    for a, b in zip(one, many, strict=True):
         assert a == pytest.approx(b, abs=1e-5)
-    assert multiple_choice(model, enc, examples(), batch_size=1) == multiple_choice(model, enc, examples(), batch_size=32)
+    assert multiple_choice(model, enc, examples(), batch_size=1) == multiple_choice(
+        model, enc, examples(), batch_size=32
+    )
 
 
 def test_score_rows_greedy(models):
@@ -162,9 +171,9 @@ def reference_nll(hf, ids, window, stride):
         end = min(window if done == 0 else done + stride, last)
         begin = max(0, end - window)
         logp = hf(torch.tensor([ids[begin:end]])).logits[0].double().log_softmax(-1)  # predicts ids[begin+1:end+1]
-        targets = torch.tensor(ids[begin + 1:end + 1])
+        targets = torch.tensor(ids[begin + 1 : end + 1])
         per_token = logp[torch.arange(len(targets)), targets]
-        total -= per_token[-(end - done):].sum().item()
+        total -= per_token[-(end - done) :].sum().item()
         done = end
     return total
 
@@ -190,7 +199,7 @@ def test_stride_one_is_every_token_with_the_full_window(models, tok):
     ids = [50256] + tok.encode(text)
     nll = 0.0
     for p in range(1, len(ids)):
-        ctx = ids[max(0, p - window):p]
+        ctx = ids[max(0, p - window) : p]
         nll -= hf(torch.tensor([ctx])).logits[0, -1].double().log_softmax(-1)[ids[p]].item()
     got = bits_per_byte(model, GPT2Tokenizer(), text, window=window, stride=1, batch_size=8)
     assert got["nll"] * got["tokens"] == pytest.approx(nll, abs=LOGITS_ATOL * len(ids))
@@ -200,7 +209,7 @@ def test_stride_one_is_every_token_with_the_full_window(models, tok):
 def test_rolling_rows_predict_every_token_once(n, window, stride):
     tokens = list(range(100, 100 + n + 1))
     rows = rolling_rows(tokens, window, stride)
-    predicted = [t for r in rows for t in r.tokens[-r.n:]]
+    predicted = [t for r in rows for t in r.tokens[-r.n :]]
     assert predicted == tokens[1:]
     assert all(len(r.tokens) <= window + 1 for r in rows)
     assert all(len(r.tokens) == window + 1 for r in rows[1:])  # full context after the first
@@ -209,8 +218,11 @@ def test_rolling_rows_predict_every_token_once(n, window, stride):
 def test_lambada_matches_transformers(models, tok):
     hf, model, _ = models
     enc = GPT2Tokenizer()
-    passages = [("p:1", "He opened the door and saw his old", " friend"), ("p:2", "日本の首都は", " 東京"),
-                ("p:3", "word " * 60 + "and the last", " word")]
+    passages = [
+        ("p:1", "He opened the door and saw his old", " friend"),
+        ("p:2", "日本の首都は", " 東京"),
+        ("p:3", "word " * 60 + "and the last", " word"),
+    ]
     got = lambada(model, enc, passages, batch_size=2)
     lls = [reference_loglikelihood(hf, tok, c, t) for _, c, t in passages]
     assert got["ppl"] == pytest.approx(math.exp(-sum(lls) / len(lls)), rel=1e-5)
@@ -219,12 +231,16 @@ def test_lambada_matches_transformers(models, tok):
 
 def test_japanese_jsonl_round_trips(tmp_path, models):
     _, model, _ = models
-    rows = [{"context": "質問: 日本で一番高い山は? 答え:", "choices": ["富士山", "北岳", "槍ヶ岳"], "label": 0},
-            {"context": "問題：「猫」の読みは？", "choices": ["ねこ", "いぬ"], "label": 0}]
+    rows = [
+        {"context": "質問: 日本で一番高い山は? 答え:", "choices": ["富士山", "北岳", "槍ヶ岳"], "label": 0},
+        {"context": "問題：「猫」の読みは？", "choices": ["ねこ", "いぬ"], "label": 0},
+    ]
     path = tmp_path / "jcqa.jsonl"
     path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
     exs = read_multiple_choice(path)
-    assert [(e.context, list(e.choices), e.label) for e in exs] == [(r["context"], r["choices"], r["label"]) for r in rows]
+    assert [(e.context, list(e.choices), e.label) for e in exs] == [
+        (r["context"], r["choices"], r["label"]) for r in rows
+    ]
     assert exs[1].where == f"{path}:2"
     enc = GPT2Tokenizer()
     assert enc.decode(sum(encode_pair(enc, exs[0].context, exs[0].choices[0]), [])) == rows[0]["context"] + "富士山"
@@ -248,8 +264,15 @@ def test_evaluate_restores_training_mode(models, tmp_path):
 def test_hellaswag_preprocessing(tmp_path):
     from minigpt.eval.tasks import read_hellaswag
 
-    row = {"ind": 4, "activity_label": "Removing ice from car", "ctx_a": "Then, the man writes over the snow.",
-           "ctx_b": "then", "ctx": "", "endings": [" [step] a man drives.", "b [title] c", "c", "d"], "label": "3"}
+    row = {
+        "ind": 4,
+        "activity_label": "Removing ice from car",
+        "ctx_a": "Then, the man writes over the snow.",
+        "ctx_b": "then",
+        "ctx": "",
+        "endings": [" [step] a man drives.", "b [title] c", "c", "d"],
+        "label": "3",
+    }
     path = tmp_path / "hs.jsonl"
     path.write_text(json.dumps(row) + "\n")
     (ex,) = read_hellaswag(path)

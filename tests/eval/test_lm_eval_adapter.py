@@ -2,6 +2,7 @@
 
 Tolerance: log-likelihoods within LOGITS_ATOL (fp32); accuracies exactly equal.
 """
+
 import json
 
 import pytest
@@ -54,8 +55,13 @@ def custom_task(tmp_path_factory):
 
 
 def run_task(lm, include_path):
-    out = simple_evaluate(model=lm, tasks=["minigpt_quiz"], task_manager=TaskManager(include_path=str(include_path)),
-                          log_samples=True, bootstrap_iters=0)
+    out = simple_evaluate(
+        model=lm,
+        tasks=["minigpt_quiz"],
+        task_manager=TaskManager(include_path=str(include_path)),
+        log_samples=True,
+        bootstrap_iters=0,
+    )
     samples = sorted(out["samples"]["minigpt_quiz"], key=lambda s: s["doc_id"])
     return out["results"]["minigpt_quiz"], [[r[0][0] for r in s["resps"]] for s in samples]
 
@@ -72,14 +78,15 @@ def test_multiple_choice_equals_lm_eval_hf(models, custom_task, hflm, monkeypatc
     data, include = custom_task
     want, want_lls = run_task(hflm, include)
     got, got_lls = run_task(MiniGPTLM(model, GPT2Tokenizer(), batch_size=3, progress=False), include)
-    for a, b in zip(got_lls, want_lls):
+    for a, b in zip(got_lls, want_lls, strict=True):
         assert a == pytest.approx(b, abs=LOGITS_ATOL)
     for metric in ("acc,none", "acc_norm,none", "acc_bytes,none"):
         assert got[metric] == want[metric]
     # minigpt's own mc task on the same file gives the same accuracies
     ours = evaluate(model, GPT2Tokenizer(), [f"mc:{data}"])[f"mc:{data}"]
     assert {k: ours[k] for k in ("acc", "acc_norm", "acc_bytes")} == {
-        k: want[k + ",none"] for k in ("acc", "acc_norm", "acc_bytes")}
+        k: want[k + ",none"] for k in ("acc", "acc_norm", "acc_bytes")
+    }
     # ... and so does the lm-eval: task of evaluate()
     through = evaluate(model, GPT2Tokenizer(), ["lm-eval:minigpt_quiz"], include_path=str(include))
     assert through["lm-eval:minigpt_quiz"]["acc"] == want["acc,none"]
@@ -109,15 +116,17 @@ def test_loglikelihood_with_empty_context_equals_lm_eval_hf(models, hflm):  # no
     args = [("", " hello there"), ("", "<|endoftext|> after the marker"), ("Some ", "text"), ("x" * 300, " y")]
     want = hflm.loglikelihood(requests("loglikelihood", args), disable_tqdm=True)
     got = MiniGPTLM(model, GPT2Tokenizer(), progress=False).loglikelihood(requests("loglikelihood", args))
-    for (a, ga), (b, gb) in zip(got, want):
+    for (a, ga), (b, gb) in zip(got, want, strict=True):
         assert a == pytest.approx(b, abs=LOGITS_ATOL) and ga == gb
 
 
 @torch.no_grad()
 def test_generate_until_equals_lm_eval_hf(models, hflm):  # noqa: F811
     _, model, _ = models
-    args = [("Once upon a time", {"until": ["\n"], "max_gen_toks": 12, "do_sample": False}),
-            ("The list: 1, 2,", {"until": [","], "max_gen_toks": 40, "do_sample": False})]
+    args = [
+        ("Once upon a time", {"until": ["\n"], "max_gen_toks": 12, "do_sample": False}),
+        ("The list: 1, 2,", {"until": [","], "max_gen_toks": 40, "do_sample": False}),
+    ]
     want = hflm.generate_until(requests("generate_until", args), disable_tqdm=True)
     got = MiniGPTLM(model, GPT2Tokenizer(), progress=False).generate_until(requests("generate_until", args))
     assert got == want

@@ -6,6 +6,7 @@ sample.main(argv) in this process; what needs real file descriptors (a closed st
 stdout, a reader that goes away) runs as real processes. The API cases raise ValueError or
 CheckpointError with a message that says what is wrong.
 """
+
 from __future__ import annotations
 
 import io
@@ -20,15 +21,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from tiny_run import ROOT, load_script, tree_hashes
 
-from minigpt.model import weights
-from minigpt.model.config import GPTConfig
 from minigpt.generate.decoder import Decoder
 from minigpt.generate.simple import complete, generate, generate_uncached, stream
+from minigpt.model import hub
+from minigpt.model.config import GPTConfig
+from minigpt.model.load import from_pretrained, save_pretrained
 from minigpt.model.model import GPT
-from minigpt.tokenizers import GPT2Tokenizer
 from minigpt.rundir import CheckpointError
-from minigpt.model.load import from_pretrained
-from minigpt.model.load import save_pretrained
+from minigpt.tokenizers import GPT2Tokenizer
 
 sample = load_script(ROOT / "sample.py")
 
@@ -74,9 +74,16 @@ def _raw_safetensors(path: Path, header: bytes) -> None:
     (path / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
 
 
-def _nan(t): t.view(-1)[7] = float("nan")
-def _inf(t): t.view(-1)[0] = float("-inf")
-def _big(t): t.view(-1)[0] = 1e6  # finite in float32, beyond float16's 65504
+def _nan(t):
+    t.view(-1)[7] = float("nan")
+
+
+def _inf(t):
+    t.view(-1)[0] = float("-inf")
+
+
+def _big(t):
+    t.view(-1)[0] = 1e6  # finite in float32, beyond float16's 65504
 
 
 DAMAGE = {
@@ -86,15 +93,17 @@ DAMAGE = {
     "config.json a string": lambda p: (p / "config.json").write_text('"gpt2"'),
     "config.json 'minigpt' entry a list": lambda p: (p / "config.json").write_text('{"minigpt": [1]}'),
     "config.json n_layer a string": lambda p: (p / "config.json").write_text('{"n_layer": "1", "n_embd": 16}'),
-    "config.json layer_norm_epsilon a string": lambda p: (p / "config.json").write_text(json.dumps(
-        dict(json.loads((p / "config.json").read_text())["minigpt"], layer_norm_epsilon="small"))),
+    "config.json layer_norm_epsilon a string": lambda p: (p / "config.json").write_text(
+        json.dumps(dict(json.loads((p / "config.json").read_text())["minigpt"], layer_norm_epsilon="small"))
+    ),
     "config.json garbled": lambda p: (p / "config.json").write_text('{"n_layer": '),
     "safetensors header a list": lambda p: _raw_safetensors(p, b"[1, 2]"),
     "safetensors header a number": lambda p: _raw_safetensors(p, b"12345"),
     "safetensors __metadata__ a list": lambda p: _raw_safetensors(p, b'{"__metadata__": [1]}'),
     "safetensors tensor entry a string": lambda p: _raw_safetensors(p, b'{"wte.weight": "F32"}'),
     "safetensors truncated": lambda p: (p / "model.safetensors").write_bytes(
-        (p / "model.safetensors").read_bytes()[:5000]),
+        (p / "model.safetensors").read_bytes()[:5000]
+    ),
     "safetensors garbage": lambda p: (p / "model.safetensors").write_bytes(b"not a safetensors file" * 3),
 }
 
@@ -121,19 +130,22 @@ def _index_with(content) -> callable:
     def damage(p: Path) -> None:
         (p / "model.safetensors").rename(p / "model-00001-of-00001.safetensors")
         (p / "model.safetensors.index.json").write_text(json.dumps(content))
+
     return damage
 
 
 DAMAGE["index.json weight_map a list"] = _index_with({"weight_map": ["model-00001-of-00001.safetensors"]})
 DAMAGE["index.json a list"] = _index_with([{"weight_map": {}}])
-DAMAGE_MESSAGES["index.json weight_map a list"] = "index.json is not a shard index: it has a weight_map that is a JSON array"
+DAMAGE_MESSAGES["index.json weight_map a list"] = (
+    "index.json is not a shard index: it has a weight_map that is a JSON array"
+)
 DAMAGE_MESSAGES["index.json a list"] = "index.json is not a shard index: it has no weight_map"
 
 
 def _pickle_bin(p: Path) -> None:
     class Boom:
         def __reduce__(self):
-            return (exec, ("open(%r, 'w').write('pwned')" % str(p / "pwned"),))
+            return (exec, (f"open({str(p / 'pwned')!r}, 'w').write('pwned')",))
 
     (p / "model.safetensors").unlink()
     torch.save({"wte.weight": Boom()}, p / "pytorch_model.bin")
@@ -180,16 +192,18 @@ CLI_CASES = {
     "--init does not exist": lambda c: c.argv(init=c.tmp / "nothing-here"),
     "--init a directory without weights": lambda c: (c.tmp / "empty").mkdir() or c.argv(init=c.tmp / "empty"),
     "--init not a preset or a path": lambda c: ["--init", "gpt3", "--device", "cpu"],
-    **{f"--init with {name}": (lambda name: lambda c: c.damaged(name))(name) for name in DAMAGE},
+    **{f"--init with {name}": (lambda name: lambda c: c.damaged(name))(name) for name in DAMAGE},  # noqa: B023
     # the tokenizer saved beside the weights
     "--init with a corrupt minigpt_tokenizer.json": lambda c: c.with_tokenizer_file(b"{oops"),
     "--init with a tokenizer of another vocabulary": lambda c: c.with_tokenizer_file(
-        b'{"kind": "char", "alphabet": "ab"}'),
+        b'{"kind": "char", "alphabet": "ab"}'
+    ),
     "--init with a bpe tokenizer but no tokenizer.json": lambda c: c.with_tokenizer_file(b'{"kind": "bpe:300"}'),
     # the prompt
     "--prompt longer than the context": lambda c: c.argv("--prompt", "word " * 100),
-    "--prompt + --max-new-tokens beyond the context": lambda c: c.argv("--prompt", "word " * 30,
-                                                                       "--max-new-tokens", "40"),
+    "--prompt + --max-new-tokens beyond the context": lambda c: c.argv(
+        "--prompt", "word " * 30, "--max-new-tokens", "40"
+    ),
     "--prompt empty": lambda c: c.argv("--prompt", ""),
     "--prompt-file missing": lambda c: c.argv("--prompt-file", str(c.tmp / "nope.txt")),
     "--prompt-file a directory": lambda c: c.argv("--prompt-file", str(c.tmp)),
@@ -225,16 +239,19 @@ CLI_CASES = {
     "--attn-backend unknown": lambda c: c.argv("--attn-backend", "flash"),
     "--device nonsense": lambda c: c.argv() + ["--device", "tpu"],
     "--device cuda:x": lambda c: c.argv() + ["--device", "cuda:x"],
-    "--device cuda without CUDA": lambda c: (pytest.skip("CUDA is available") if torch.cuda.is_available()
-                                             else c.argv() + ["--device", "cuda"]),
-    "--device cuda:7 beyond the GPUs": lambda c: (c.argv() + ["--device", "cuda:7"]
-                                                  if torch.cuda.device_count() < 8 else pytest.skip("8 GPUs")),
+    "--device cuda without CUDA": lambda c: (
+        pytest.skip("CUDA is available") if torch.cuda.is_available() else c.argv() + ["--device", "cuda"]
+    ),
+    "--device cuda:7 beyond the GPUs": lambda c: (
+        c.argv() + ["--device", "cuda:7"] if torch.cuda.device_count() < 8 else pytest.skip("8 GPUs")
+    ),
     "unknown flag": lambda c: c.argv("--temprature", "0"),
     # quantization (the tiny model is 16 wide)
     "--quantize int3": lambda c: c.argv("--quantize", "int3"),
     "--quantize int4 group size 48": lambda c: c.argv("--quantize", "int4", "--quantize-group-size", "48"),
-    "--quantize int4 group size not dividing the width": lambda c: c.argv("--quantize", "int4",
-                                                                        "--quantize-group-size", "32"),
+    "--quantize int4 group size not dividing the width": lambda c: c.argv(
+        "--quantize", "int4", "--quantize-group-size", "32"
+    ),
 }
 
 
@@ -274,12 +291,15 @@ def _sample_cmd(checkpoint: Path) -> str:
     return f"'{sys.executable}' sample.py --init '{checkpoint}' --device cpu --max-new-tokens 4"
 
 
-@pytest.mark.parametrize("redirect, message", [
-    ("--prompt-file - <&-", "standard input is closed"),
-    (">&-", "standard output is closed"),
-    ("--device cuda", "CUDA"),
-    ("--num-samples 0 --stream", "--num-samples must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "redirect, message",
+    [
+        ("--prompt-file - <&-", "standard input is closed"),
+        (">&-", "standard output is closed"),
+        ("--device cuda", "CUDA"),
+        ("--num-samples 0 --stream", "--num-samples must be >= 1"),
+    ],
+)
 def test_real_process_bad_input_is_one_line(checkpoint, redirect, message):
     if redirect == "--device cuda" and torch.cuda.is_available():
         pytest.skip("CUDA is available")
@@ -294,9 +314,25 @@ def test_reader_going_away_stops_quietly(tmp_path):
     torch.manual_seed(0)
     path = tmp_path / "long"
     save_pretrained(GPT(GPTConfig(block_size=512, n_layer=1, n_head=2, n_embd=16)), path)
-    proc = subprocess.Popen([sys.executable, "sample.py", "--init", str(path), "--device", "cpu", "--stream",
-                             "--max-new-tokens", "500", "--ignore-eot", "--prompt", "x"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "sample.py",
+            "--init",
+            str(path),
+            "--device",
+            "cpu",
+            "--stream",
+            "--max-new-tokens",
+            "500",
+            "--ignore-eot",
+            "--prompt",
+            "x",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     assert proc.stdout.read(1) == b"x"
     proc.stdout.close()  # what head does after its byte
     err = proc.stderr.read().decode()
@@ -308,19 +344,42 @@ def test_reader_going_away_stops_quietly(tmp_path):
 # --stop escapes
 
 
-@pytest.mark.parametrize("given, meant", [
-    (r"\n\n", "\n\n"), (r"a\tb", "a\tb"), (r"\r\n", "\r\n"), (r"C:\\path", "C:\\path"),
-    (r"\u3002", "\u3002"), ("。", "。"), ("ＥＮＤ", "ＥＮＤ"), (r"\U0001F600", "\U0001F600"),
-    ("plain", "plain"), (r"\\n", "\\n"),
-])
+@pytest.mark.parametrize(
+    "given, meant",
+    [
+        (r"\n\n", "\n\n"),
+        (r"a\tb", "a\tb"),
+        (r"\r\n", "\r\n"),
+        (r"C:\\path", "C:\\path"),
+        (r"\u3002", "\u3002"),
+        ("。", "。"),
+        ("ＥＮＤ", "ＥＮＤ"),
+        (r"\U0001F600", "\U0001f600"),
+        ("plain", "plain"),
+        (r"\\n", "\\n"),
+    ],
+)
 def test_stop_escapes(given, meant):
     assert sample.unescape_stop(given) == meant
 
 
 def test_stop_escapes_reach_the_stop_matcher(checkpoint):
     """The greedy text, then the same run stopped at its 3rd character given as \\uXXXX and as itself."""
-    cmd = [sys.executable, "sample.py", "--init", str(checkpoint), "--device", "cpu", "--temperature", "0",
-           "--ignore-eot", "--prompt", "Hello", "--max-new-tokens", "20"]
+    cmd = [
+        sys.executable,
+        "sample.py",
+        "--init",
+        str(checkpoint),
+        "--device",
+        "cpu",
+        "--temperature",
+        "0",
+        "--ignore-eot",
+        "--prompt",
+        "Hello",
+        "--max-new-tokens",
+        "20",
+    ]
     full = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout
     generated = full.removeprefix("Hello")
     char = generated[2]
@@ -328,8 +387,9 @@ def test_stop_escapes_reach_the_stop_matcher(checkpoint):
     for stop in (f"\\u{ord(char):04x}" if ord(char) <= 0xFFFF else f"\\U{ord(char):08x}", char):
         out = subprocess.run(cmd + ["--stop", stop], cwd=ROOT, capture_output=True, text=True, check=True).stdout
         assert out == expected, (stop, out, full)
-    help_ = subprocess.run([sys.executable, "sample.py", "--help"], cwd=ROOT, capture_output=True, text=True,
-                           check=True).stdout
+    help_ = subprocess.run(
+        [sys.executable, "sample.py", "--help"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
     assert "\\uXXXX" in help_ and "141" in help_
 
 
@@ -362,8 +422,9 @@ def char_checkpoint(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("stream_flag", [[], ["--stream"]])
 @pytest.mark.parametrize("stops, kept", STOPS, ids=[repr(s) for s, _ in STOPS])
-def test_multiline_japanese_prompt_file_and_full_width_stops(stops, kept, stream_flag, char_checkpoint, tmp_path,
-                                                             monkeypatch, capsys):
+def test_multiline_japanese_prompt_file_and_full_width_stops(
+    stops, kept, stream_flag, char_checkpoint, tmp_path, monkeypatch, capsys
+):
     """--prompt-file is read exactly (several lines of Japanese), and --stop matches full-width text
     and escapes in what the checkpoint's own tokenizer decodes, streamed or not."""
     from minigpt.tokenizers import load_tokenizer
@@ -379,8 +440,17 @@ def test_multiline_japanese_prompt_file_and_full_width_stops(stops, kept, stream
             yield torch.full((idx.size(0),), t)
 
     monkeypatch.setattr("minigpt.generate.simple.stream", fake_stream)
-    argv = ["--init", str(char_checkpoint), "--device", "cpu", "--prompt-file", str(prompt_file),
-            "--max-new-tokens", str(len(tokens)), *stream_flag]
+    argv = [
+        "--init",
+        str(char_checkpoint),
+        "--device",
+        "cpu",
+        "--prompt-file",
+        str(prompt_file),
+        "--max-new-tokens",
+        str(len(tokens)),
+        *stream_flag,
+    ]
     for stop in stops:
         argv += ["--stop", stop]
     assert sample.main(argv) == 0
@@ -434,11 +504,12 @@ API_CASES = {
     "generate: the last padding row (50303)": (lambda m: generate(m, _ids([50303]), 2), VOCAB),
     "generate: a negative id": (lambda m: generate(m, _ids([-1, 5]), 2), VOCAB),
     "generate: ids beyond the table": (lambda m: generate(m, _ids([60000]), 2), VOCAB),
-    "generate (decoder_mode): a padding-row id": (lambda m: generate(m, _ids([50300]), 2, decoder_mode="auto"),
-                                                   VOCAB),
+    "generate (decoder_mode): a padding-row id": (lambda m: generate(m, _ids([50300]), 2, decoder_mode="auto"), VOCAB),
     "stream: a padding-row id": (lambda m: list(stream(m, _ids([50300]), 2)), VOCAB),
-    "stream (decoder_mode): a padding-row id": (lambda m: list(stream(m, _ids([50300]), 2, decoder_mode="eager")),
-                                                VOCAB),
+    "stream (decoder_mode): a padding-row id": (
+        lambda m: list(stream(m, _ids([50300]), 2, decoder_mode="eager")),
+        VOCAB,
+    ),
     "Decoder.generate: a padding-row id": (lambda m: Decoder(m, 1, 8).generate(_ids([3, 50280]), 2), VOCAB),
     "Decoder.stream: a negative id": (lambda m: list(Decoder(m, 1, 8).stream(_ids([-5]), 2)), VOCAB),
     "generate_uncached: a padding-row id": (lambda m: generate_uncached(m, _ids([50300]), 2), VOCAB),
@@ -448,21 +519,26 @@ API_CASES = {
     "generate: float ids": (lambda m: generate(m, torch.tensor([[1.0, 2.0]]), 2), "integer tensor.*float32"),
     "generate: bool ids": (lambda m: generate(m, torch.tensor([[True]]), 2), "integer tensor.*bool"),
     "Decoder.generate: 1-D ids": (lambda m: Decoder(m, 1, 8).generate(torch.tensor([1, 2]), 2), IDS),
-    "generate: float max_new_tokens": (lambda m: generate(m, _ids([1, 2]), 2.0),
-                                       "max_new_tokens must be an integer >= 0, got 2.0 \\(float\\)"),
+    "generate: float max_new_tokens": (
+        lambda m: generate(m, _ids([1, 2]), 2.0),
+        "max_new_tokens must be an integer >= 0, got 2.0 \\(float\\)",
+    ),
     "generate: str max_new_tokens": (lambda m: generate(m, _ids([1, 2]), "2"), "max_new_tokens must be an integer"),
     "generate: negative max_new_tokens": (lambda m: generate(m, _ids([1, 2]), -1), "max_new_tokens must be >= 0"),
     "generate (decoder_mode): float max_new_tokens": (
-        lambda m: generate(m, _ids([1, 2]), 2.5, decoder_mode="auto"), "max_new_tokens must be an integer"),
-    "generate: an empty prompt": (lambda m: generate(m, torch.zeros(1, 0, dtype=torch.long), 2),
-                                  "the prompt is empty"),
+        lambda m: generate(m, _ids([1, 2]), 2.5, decoder_mode="auto"),
+        "max_new_tokens must be an integer",
+    ),
+    "generate: an empty prompt": (lambda m: generate(m, torch.zeros(1, 0, dtype=torch.long), 2), "the prompt is empty"),
     "generate: temperature nan": (lambda m: generate(m, _ids([1]), 2, temperature=float("nan")), "temperature"),
     "generate: temperature -1": (lambda m: generate(m, _ids([1]), 2, temperature=-1.0), "temperature"),
     "generate: top_k 0": (lambda m: generate(m, _ids([1]), 2, top_k=0), "top_k"),
     "generate: top_k 2.5": (lambda m: generate(m, _ids([1]), 2, top_k=2.5), "top_k"),
     "generate: top_p nan": (lambda m: generate(m, _ids([1]), 2, top_p=float("nan")), "top_p"),
     "Decoder.generate: temperature nan": (
-        lambda m: Decoder(m, 1, 8).generate(_ids([1]), 2, temperature=float("nan")), "temperature"),
+        lambda m: Decoder(m, 1, 8).generate(_ids([1]), 2, temperature=float("nan")),
+        "temperature",
+    ),
     "complete: num_samples 0": (lambda m: complete(m, GPT2Tokenizer(), ["x"], 2, num_samples=0), "num_samples"),
     "complete: an empty stop string": (lambda m: complete(m, GPT2Tokenizer(), ["x"], 2, stop=[""]), "stop"),
 }
@@ -494,7 +570,7 @@ def test_download_cli_offline_does_not_suggest_itself(tmp_path, monkeypatch, cap
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    assert weights.main(["download", "gpt2"]) == 2
+    assert hub.main(["download", "gpt2"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1, err
     assert "minigpt.model.hub download" not in err  # the very command that just failed

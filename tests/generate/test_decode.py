@@ -1,4 +1,5 @@
 """The fast decode path (minigpt.generate.decoder) against the simple one and transformers."""
+
 import pytest
 import torch
 from reference import hf_model, save_hf
@@ -8,8 +9,8 @@ from torch.utils._pytree import tree_flatten
 from minigpt import GPT, GPTConfig
 from minigpt.generate.decoder import Decoder, OneDNNLinear, onednn_unavailable_reason
 from minigpt.generate.simple import complete, generate, generate_uncached, stream
-from minigpt.tokenizers import GPT2Tokenizer
 from minigpt.model.load import from_pretrained
+from minigpt.tokenizers import GPT2Tokenizer
 
 GPT2_VOCAB = dict(n_positions=96, vocab_size=50257, n_layer=2, n_head=4, n_embd=64)
 CPU_MODES = ("eager", "static")  # "static" is the step a CUDA graph captures, run op by op
@@ -57,8 +58,7 @@ def test_seeded_sampling_equals_simple_path(checkpoint, mode):
     idx = torch.randint(0, 50257, (2, 5))
     for options in (dict(temperature=1.0), dict(temperature=0.8, top_k=50), dict(temperature=1.2, top_p=0.9)):
         ref = generate(model, idx, 25, generator=torch.Generator().manual_seed(7), **options)
-        out = Decoder(model, 2, 30, mode=mode).generate(idx, 25, generator=torch.Generator().manual_seed(7),
-                                                        **options)
+        out = Decoder(model, 2, 30, mode=mode).generate(idx, 25, generator=torch.Generator().manual_seed(7), **options)
         assert torch.equal(out, ref), options
 
 
@@ -96,8 +96,7 @@ def test_decoder_mode_of_generate_stream_and_complete(checkpoint):
     idx = torch.randint(0, 50257, (2, 7))
     ref = generate(model, idx, 15, temperature=0)
     assert torch.equal(generate(model, idx, 15, temperature=0, decoder_mode="auto"), ref)
-    assert torch.equal(torch.stack(list(stream(model, idx, 15, temperature=0, decoder_mode="auto")), dim=1),
-                       ref[:, 7:])
+    assert torch.equal(torch.stack(list(stream(model, idx, 15, temperature=0, decoder_mode="auto")), dim=1), ref[:, 7:])
     enc = GPT2Tokenizer()
     prompts = ["Hello", "A longer prompt here"]
     slow = complete(model, enc, prompts, 12, num_samples=2, temperature=0, stop_at_eot=False)
@@ -224,11 +223,14 @@ def test_cuda_graph_equals_eager_steps(checkpoint, dtype):
     if dtype == torch.float32:  # in bf16 other kernels may round a near-tie the other way
         assert torch.equal(graph.generate(idx, 40, temperature=0), generate(model, idx, 40, temperature=0))
     g1, g2 = torch.Generator("cuda").manual_seed(1), torch.Generator("cuda").manual_seed(1)
-    assert torch.equal(graph.generate(idx, 30, temperature=0.9, top_k=40, generator=g1),
-                       static.generate(idx, 30, temperature=0.9, top_k=40, generator=g2))
+    assert torch.equal(
+        graph.generate(idx, 30, temperature=0.9, top_k=40, generator=g1),
+        static.generate(idx, 30, temperature=0.9, top_k=40, generator=g2),
+    )
     eos = int(static.generate(idx, 40, temperature=0)[0, 20])
-    assert torch.equal(graph.generate(idx, 40, temperature=0, eos_id=eos),
-                       static.generate(idx, 40, temperature=0, eos_id=eos))
+    assert torch.equal(
+        graph.generate(idx, 40, temperature=0, eos_id=eos), static.generate(idx, 40, temperature=0, eos_id=eos)
+    )
 
 
 @pytest.mark.cuda

@@ -1,4 +1,5 @@
 """Generation: greedy equals transformers and uncached decoding; sampling options behave."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -8,11 +9,11 @@ import torch
 from reference import hf_model, save_hf
 
 from minigpt import GPT, GPTConfig
-from minigpt.generate.simple import complete, generate, generate_uncached, stream
 from minigpt.generate.sampling import sample_next
-from minigpt.tokenizers import GPT2Tokenizer, Tokenizer
+from minigpt.generate.simple import complete, generate, generate_uncached, stream
 from minigpt.model.backends import set_backends
 from minigpt.model.load import from_pretrained
+from minigpt.tokenizers import GPT2Tokenizer, Tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
 GPT2_VOCAB = dict(n_positions=96, vocab_size=50257, n_layer=2, n_head=4, n_embd=64)
@@ -54,11 +55,26 @@ def test_sample_py_greedy_equals_transformers(checkpoint):
     prompt = "The capital of France is"
     idx = torch.tensor([enc.encode(prompt)])
     ref = hf.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=20, do_sample=False)
-    expected = prompt + enc.decode(ref[0, idx.size(1):].tolist())
+    expected = prompt + enc.decode(ref[0, idx.size(1) :].tolist())
     out = subprocess.run(
-        [sys.executable, str(ROOT / "sample.py"), "--init", str(path), "--prompt", prompt, "--temperature", "0",
-         "--max-new-tokens", "20", "--ignore-eot", "--device", "cpu"],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            str(ROOT / "sample.py"),
+            "--init",
+            str(path),
+            "--prompt",
+            prompt,
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "20",
+            "--ignore-eot",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert out.stdout == expected
 
@@ -124,8 +140,16 @@ def test_stop_strings_and_streaming(checkpoint):
     full = complete(model, enc, ["Once upon"], 30, temperature=0, stop_at_eot=False)[0].text
     stop = full[5:9]
     pieces = []
-    c = complete(model, enc, ["Once upon"], 30, temperature=0, stop=[stop], stop_at_eot=False,
-                 on_text=lambda c, t: pieces.append(t))[0]
+    c = complete(
+        model,
+        enc,
+        ["Once upon"],
+        30,
+        temperature=0,
+        stop=[stop],
+        stop_at_eot=False,
+        on_text=lambda c, t: pieces.append(t),
+    )[0]
     assert c.finish_reason == "stop"
     assert c.text == full[: full.find(stop)]
     assert "".join(pieces) == c.text
@@ -140,7 +164,8 @@ def test_too_long_prompt_is_a_clear_error(checkpoint):
         generate(model, torch.zeros(1, 90, dtype=torch.long), 7)
     out = subprocess.run(
         [sys.executable, str(ROOT / "sample.py"), "--init", str(path), "--prompt", "word " * 200, "--device", "cpu"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert out.returncode == 2 and out.stdout == "" and "Traceback" not in out.stderr
     last = out.stderr.splitlines()[-1]
@@ -149,36 +174,96 @@ def test_too_long_prompt_is_a_clear_error(checkpoint):
 
 def test_sample_py_stream_seed_stdin_and_bad_init(checkpoint, tmp_path):
     _, path = checkpoint
-    cmd = [sys.executable, str(ROOT / "sample.py"), "--init", str(path), "--device", "cpu", "--max-new-tokens", "10",
-           "--seed", "1", "--top-k", "20", "--top-p", "0.9"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "sample.py"),
+        "--init",
+        str(path),
+        "--device",
+        "cpu",
+        "--max-new-tokens",
+        "10",
+        "--seed",
+        "1",
+        "--top-k",
+        "20",
+        "--top-p",
+        "0.9",
+    ]
     a = subprocess.run(cmd + ["--prompt", "abc", "--stream"], capture_output=True, text=True, check=True)
     b = subprocess.run(cmd + ["--prompt-file", "-"], input="abc", capture_output=True, text=True, check=True)
     assert a.stdout == b.stdout and a.stdout.startswith("abc") and len(a.stdout) > 3
-    bad = subprocess.run([sys.executable, str(ROOT / "sample.py"), "--init", str(tmp_path / "missing")],
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, str(ROOT / "sample.py"), "--init", str(tmp_path / "missing")], capture_output=True, text=True
+    )
     assert bad.returncode == 2 and bad.stderr.startswith("error:") and "Traceback" not in bad.stderr
-    help_ = subprocess.run([sys.executable, str(ROOT / "sample.py"), "--help"], capture_output=True, text=True, check=True)
-    for flag in ("--init", "--max-new-tokens", "--temperature", "--top-k", "--top-p", "--seed", "--num-samples",
-                 "--device", "--dtype", "--prompt-file", "--stream", "--decode"):
+    help_ = subprocess.run(
+        [sys.executable, str(ROOT / "sample.py"), "--help"], capture_output=True, text=True, check=True
+    )
+    for flag in (
+        "--init",
+        "--max-new-tokens",
+        "--temperature",
+        "--top-k",
+        "--top-p",
+        "--seed",
+        "--num-samples",
+        "--device",
+        "--dtype",
+        "--prompt-file",
+        "--stream",
+        "--decode",
+    ):
         assert flag in help_.stdout
 
 
 def test_sample_py_simple_and_fast_decoding_agree(checkpoint):
     _, path = checkpoint
-    cmd = [sys.executable, str(ROOT / "sample.py"), "--init", str(path), "--device", "cpu", "--max-new-tokens", "12",
-           "--prompt", "Once upon", "--num-samples", "2", "--ignore-eot"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "sample.py"),
+        "--init",
+        str(path),
+        "--device",
+        "cpu",
+        "--max-new-tokens",
+        "12",
+        "--prompt",
+        "Once upon",
+        "--num-samples",
+        "2",
+        "--ignore-eot",
+    ]
     for sampling in (["--temperature", "0"], ["--seed", "3", "--top-k", "40"]):
-        simple, fast, auto = (subprocess.run(cmd + sampling + ["--decode", d], capture_output=True, text=True,
-                                             check=True).stdout for d in ("simple", "fast", "auto"))
+        simple, fast, auto = (
+            subprocess.run(cmd + sampling + ["--decode", d], capture_output=True, text=True, check=True).stdout
+            for d in ("simple", "fast", "auto")
+        )
         assert simple == fast == auto and simple.startswith("Once upon") and len(simple) > len("Once upon") * 2
 
 
 def test_bfloat16_cpu_sampling(checkpoint):
     _, path = checkpoint
     out = subprocess.run(
-        [sys.executable, str(ROOT / "sample.py"), "--init", str(path), "--device", "cpu", "--dtype", "bfloat16",
-         "--prompt", "x", "--max-new-tokens", "5", "--seed", "0"],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            str(ROOT / "sample.py"),
+            "--init",
+            str(path),
+            "--device",
+            "cpu",
+            "--dtype",
+            "bfloat16",
+            "--prompt",
+            "x",
+            "--max-new-tokens",
+            "5",
+            "--seed",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert out.stdout.startswith("x")
 
@@ -192,8 +277,11 @@ BPE_TRAINING_TEXT = "the cat sat on the mat. " * 40  # ASCII only: Japanese is s
 def _tokenizers():
     from minigpt.tokenizers import BPETokenizer, CharTokenizer
 
-    return {"gpt2": GPT2Tokenizer(), "char": CharTokenizer("abc 。"),  # 「」 and the kana: byte fallback
-            "bpe": BPETokenizer.train([BPE_TRAINING_TEXT], 300)}
+    return {
+        "gpt2": GPT2Tokenizer(),
+        "char": CharTokenizer("abc 。"),  # 「」 and the kana: byte fallback
+        "bpe": BPETokenizer.train([BPE_TRAINING_TEXT], 300),
+    }
 
 
 REPLY = "答えは「はい」。\n次の行 😀 end"
@@ -247,8 +335,9 @@ class NoEndOfText(Tokenizer):
 def test_eot_id_none_never_stops_early(monkeypatch):
     tokenizer = _tokenizers()["char"]
     tokens = tokenizer.encode("abc") + [tokenizer.eot_id] + tokenizer.encode("cab")
-    monkeypatch.setattr("minigpt.generate.simple.stream",
-                        lambda model, idx, n, *a, **k: (torch.full((1,), t) for t in tokens[:n]))
+    monkeypatch.setattr(
+        "minigpt.generate.simple.stream", lambda model, idx, n, *a, **k: (torch.full((1,), t) for t in tokens[:n])
+    )
     model = GPT(GPTConfig(block_size=64, vocab_size=tokenizer.vocab_size, n_layer=1, n_head=1, n_embd=8))
     [stopped] = complete(model, tokenizer, ["a"], len(tokens))
     assert (stopped.text, stopped.finish_reason) == ("abc", "eot")

@@ -7,6 +7,7 @@ model's logits agree with its reference (every layer F.linear(x, dequantized_wei
 float32) to 3% of the largest logit; greedy tokens must be identical. The rounding of the
 weights is held to its bound exactly: |w - dequantized| <= scale / 2 per element.
 """
+
 import pytest
 import torch
 import torch.nn as nn
@@ -16,9 +17,8 @@ from test_decode import allocations_per_step
 from minigpt import GPT, GPTConfig
 from minigpt.generate import decoder as decode
 from minigpt.generate.decoder import Decoder
+from minigpt.generate.quantize import QuantizedLinear, quantize_int4, quantize_int8, quantize_model, set_reference
 from minigpt.generate.simple import generate
-from minigpt.generate.quantize import QuantizedLinear, quantize_int4, quantize_int8, set_reference
-from minigpt.generate.quantize import quantize_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
@@ -58,14 +58,14 @@ def test_int8_error_within_half_a_step():
 def test_int4_error_within_half_a_step(group):
     w = torch.randn(48, 192) * 0.02
     w[:, :group] += 3.0  # a group far from zero: the zero point has to carry it
-    w[7, group:2 * group] = 0.5  # a constant group
+    w[7, group : 2 * group] = 0.5  # a constant group
     q, scale, zero = quantize_int4(w, group)
     s = scale.float().repeat_interleave(group, dim=1)
     deq = (q.float() - 8) * s + zero.float().repeat_interleave(group, dim=1)
     assert q.min() >= 0 and q.max() <= 15
     assert ((w - deq).abs() <= s / 2 * (1 + 1e-5)).all()
     assert (w - deq)[:, :group].abs().max() < 0.2  # and the bound is not met by a huge scale
-    assert torch.allclose(deq[7, group:2 * group], torch.tensor(0.5), atol=1e-6)
+    assert torch.allclose(deq[7, group : 2 * group], torch.tensor(0.5), atol=1e-6)
 
 
 @pytest.mark.parametrize("mode,group", MODES)
@@ -166,7 +166,10 @@ def test_bad_input_is_one_line():
     cases = [
         (lambda: quantize_model(model, "int3"), "unknown quantization 'int3'"),
         (lambda: quantize_model(model, "int4", group_size=48), "group size must be one of 32, 64, 128, 256"),
-        (lambda: quantize_model(model, "int4", group_size=64), "group size 64 does not divide the layer's input width 96"),
+        (
+            lambda: quantize_model(model, "int4", group_size=64),
+            "group size 64 does not divide the layer's input width 96",
+        ),
         (lambda: quantize_model(tiny_model(n_embd=40, n_head=2), "int4", group_size=32), "does not divide"),
         (lambda: quantize_model(GPT(GPTConfig(**ODD)), "int8"), "call model.eval"),  # training mode
     ]

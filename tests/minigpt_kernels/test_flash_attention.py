@@ -17,6 +17,7 @@ analytically (T = 1: softmax over one key is constant, so dq = dk = 0).
 
 The reference always starts from the very same (rounded) inputs, upcast.
 """
+
 import importlib
 import math
 
@@ -70,7 +71,7 @@ def check_against_reference(q, k, v, do, causal, sm_scale=None):
     grads = torch.autograd.grad(out, (q, k, v), do)
     ref_out, ref_grads = reference_outputs(q, k, v, do, causal, sm_scale)
     assert_close("out", out, ref_out, q.dtype)
-    for name, x, r in zip(("dq", "dk", "dv"), grads, ref_grads):
+    for name, x, r in zip(("dq", "dk", "dv"), grads, ref_grads, strict=True):
         assert_close(name, x, r, q.dtype)
 
 
@@ -163,7 +164,7 @@ def test_other_tilings(fwd_blocks, bwd_blocks, Tq, Tk):
     grads = _backward(do, q, k, v, out, lse, True, scale, blocks=bwd_blocks)
     ref_out, ref_grads = reference_outputs(q, k, v, do, True)
     assert_close("out", out, ref_out, q.dtype)
-    for name, x, r in zip(("dq", "dk", "dv"), grads, ref_grads):
+    for name, x, r in zip(("dq", "dk", "dv"), grads, ref_grads, strict=True):
         assert_close(name, x, r, q.dtype)
 
 
@@ -280,5 +281,5 @@ def test_cuda_backward_is_deterministic():
     q, k, v, do = make_inputs(4, 4, 12, 1024, 1024, 64, dtype=torch.bfloat16)
     first = torch.autograd.grad(flash_attention(q, k, v), (q, k, v), do)
     second = torch.autograd.grad(flash_attention(q, k, v), (q, k, v), do)
-    for a, b in zip(first, second):
+    for a, b in zip(first, second, strict=True):
         assert torch.equal(a, b)

@@ -11,6 +11,7 @@ and that every kernel fits an H100's shared memory.
 The compiles run in a child process: under TRITON_INTERPRET=1 (set by conftest.py)
 triton.jit builds interpreted functions, which have nothing to compile.
 """
+
 import importlib
 import json
 import os
@@ -22,8 +23,27 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-POINTERS = {"Q", "K", "V", "O", "LSE", "DO", "DELTA", "DQ", "DK", "DV",  # attention
-            "X", "Y", "W", "B", "Mean", "Rstd", "DY", "DX", "Partial"}  # LayerNorm
+POINTERS = {
+    "Q",
+    "K",
+    "V",
+    "O",
+    "LSE",
+    "DO",
+    "DELTA",
+    "DQ",
+    "DK",
+    "DV",  # attention
+    "X",
+    "Y",
+    "W",
+    "B",
+    "Mean",
+    "Rstd",
+    "DY",
+    "DX",
+    "Partial",
+}  # LayerNorm
 FP32_POINTERS = {"LSE", "DELTA", "Mean", "Rstd", "Partial"}
 FLOATS = {"sm_scale", "eps"}
 
@@ -47,8 +67,9 @@ def compile_for_hopper(fn, dtype: str, constants: dict, num_warps: int, num_stag
         if p.name in POINTERS or p.name.startswith("stride"):
             attrs[(i,)] = [["tt.divisibility", 16]]
     source = ASTSource(fn, signature, constexprs=constants, attrs=attrs)
-    return triton.compile(source, target=GPUTarget("cuda", 90, 32),
-                          options={"num_warps": num_warps, "num_stages": num_stages})
+    return triton.compile(
+        source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps, "num_stages": num_stages}
+    )
 
 
 def compile_all() -> list[dict]:
@@ -64,15 +85,23 @@ def compile_all() -> list[dict]:
         except Exception as e:  # reported to the test, which fails with the message
             results.append({"kernel": name, "dtype": dtype, "error": f"{type(e).__name__}: {e}"[:2000]})
             return
-        results.append({"kernel": name, "dtype": dtype, "wgmma": "wgmma" in kernel.asm["ptx"],
-                        "pipelined": "async_copy_global_to_local" in kernel.asm["ttgir"],
-                        "shared": kernel.metadata.shared})
+        results.append(
+            {
+                "kernel": name,
+                "dtype": dtype,
+                "wgmma": "wgmma" in kernel.asm["ptx"],
+                "pipelined": "async_copy_global_to_local" in kernel.asm["ttgir"],
+                "shared": kernel.metadata.shared,
+            }
+        )
 
     for dtype in ("bf16", "fp16"):
         for head_dim in (64, 128):
-            for name, fn, configs in (("attn_fwd", fa._attn_fwd, fa._FWD_CONFIGS),
-                                      ("attn_bwd_dkdv", fa._attn_bwd_dkdv, fa._DKDV_CONFIGS),
-                                      ("attn_bwd_dq", fa._attn_bwd_dq, fa._DQ_CONFIGS)):
+            for name, fn, configs in (
+                ("attn_fwd", fa._attn_fwd, fa._FWD_CONFIGS),
+                ("attn_bwd_dkdv", fa._attn_bwd_dkdv, fa._DKDV_CONFIGS),
+                ("attn_bwd_dq", fa._attn_bwd_dq, fa._DQ_CONFIGS),
+            ):
                 config = configs[0]
                 constants = dict(config.kwargs, HEAD_DIM=head_dim, CAUSAL=True, DOT_PRECISION="tf32")
                 record(f"{name} d={head_dim}", fn, dtype, constants, config.num_warps, config.num_stages)

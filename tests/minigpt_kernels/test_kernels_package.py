@@ -1,6 +1,7 @@
 """The `minigpt_kernels` package: the one in this repository, independent of minigpt, and out of
 the way of Hugging Face's `kernels` distribution (which transformers depends on and imports as
 the top-level module `kernels`)."""
+
 import os
 import subprocess
 import sys
@@ -12,8 +13,9 @@ KERNELS_DIR = (REPO_ROOT / "minigpt_kernels").resolve()
 
 def run_fresh(code: str) -> subprocess.CompletedProcess:
     """`code` in a fresh interpreter started in the repository root (as `python train.py` is)."""
-    return subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=dict(os.environ),
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=120
+    )
 
 
 def test_import_resolves_to_this_repository():
@@ -48,8 +50,10 @@ def test_nothing_here_shadows_a_top_level_kernels_module():
 
 
 def test_transformers_gpt2_imports_beside_minigpt():
-    result = run_fresh("import minigpt, minigpt_kernels\nfrom transformers import GPT2LMHeadModel, GPT2Config\n"
-                       "GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=8, vocab_size=16, n_positions=8))\n")
+    result = run_fresh(
+        "import minigpt, minigpt_kernels\nfrom transformers import GPT2LMHeadModel, GPT2Config\n"
+        "GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=8, vocab_size=16, n_positions=8))\n"
+    )
     assert result.returncode == 0, result.stderr[-2000:]
 
 

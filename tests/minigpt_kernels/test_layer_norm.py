@@ -18,6 +18,7 @@ bfloat16  1e-2       half a bf16 ulp is 2**-8 ~ 3.9e-3; the Triton interpreter
 On a machine without CUDA these run under the Triton interpreter (see
 conftest.py) at small shapes; the `cuda` tests use GPT-2's sizes.
 """
+
 import os
 import subprocess
 import sys

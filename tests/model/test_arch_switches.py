@@ -3,6 +3,7 @@ each against a plain float64 reference written here, through the KV cache, the b
 the checkpoint writers. Every switch off is GPT-2 exactly (tests/test_model.py holds that
 against transformers). Tolerance: fp32 logits within LOGITS_ATOL of the reference.
 """
+
 import math
 
 import pytest
@@ -11,13 +12,12 @@ import torch.nn.functional as F
 from reference import LOGITS_ATOL
 
 from minigpt import GPT, GPTConfig, KVCache
-from minigpt.train.flops import flops_per_token
-from minigpt.generate.simple import generate, generate_uncached
-from minigpt.model.model import apply_rotary, rotary_angles
 from minigpt.generate.decoder import StaticKVCache
+from minigpt.generate.simple import generate, generate_uncached
 from minigpt.model.backends import set_backends
-from minigpt.model.load import from_pretrained
-from minigpt.model.load import save_pretrained
+from minigpt.model.load import from_pretrained, save_pretrained
+from minigpt.model.model import apply_rotary, rotary_angles
+from minigpt.train.flops import flops_per_token
 
 BASE = dict(block_size=40, vocab_size=97, n_layer=2, n_head=3, n_embd=48)
 SWITCHES = {
@@ -27,11 +27,15 @@ SWITCHES = {
     "relu2": dict(activation="relu2"),
     "no-bias": dict(bias=False),
     "untied": dict(tie_word_embeddings=False),
-    "all": dict(position="rope", qk_norm=True, activation="relu2", tie_word_embeddings=False, bias=False,
-                n_inner=100),
+    "all": dict(position="rope", qk_norm=True, activation="relu2", tie_word_embeddings=False, bias=False, n_inner=100),
 }
-HF_INCOMPATIBLE = {"rope": "position", "rope-theta-500": "position", "qk_norm": "qk_norm", "no-bias": "bias",
-                   "all": "position"}
+HF_INCOMPATIBLE = {
+    "rope": "position",
+    "rope-theta-500": "position",
+    "qk_norm": "qk_norm",
+    "no-bias": "bias",
+    "all": "position",
+}
 
 
 def widened(model: GPT) -> GPT:
@@ -77,7 +81,7 @@ def linear(x, layer):
 
 
 ACTIVATION_REFERENCE = {
-    "gelu_new": lambda u: 0.5 * u * (1 + torch.tanh(math.sqrt(2 / math.pi) * (u + 0.044715 * u ** 3))),
+    "gelu_new": lambda u: 0.5 * u * (1 + torch.tanh(math.sqrt(2 / math.pi) * (u + 0.044715 * u**3))),
     "relu2": lambda u: torch.where(u > 0, u * u, torch.zeros_like(u)),
 }
 
@@ -95,7 +99,7 @@ def reference_logits(model: GPT, idx: torch.Tensor) -> torch.Tensor:
     def norm(ln, x):
         return layer_norm(x, ln.weight.double(), None if ln.bias is None else ln.bias.double(), eps)
 
-    for i, block in enumerate(tr.h):
+    for block in tr.h:
         q, k, v = linear(norm(block.ln_1, x), block.attn.c_attn).split(cfg.n_embd, dim=-1)
         q, k, v = (t.view(B, T, nh, hs).transpose(1, 2) for t in (q, k, v))
         if cfg.qk_norm:
@@ -177,7 +181,7 @@ def test_kv_cache_continues_the_full_forward(name):
             for static in (False, True):
                 cache = (StaticKVCache if static else KVCache)(model.config, 2, 33)
                 parts = [model(idx[:, :12], cache=cache), model(idx[:, 12:19], cache=cache)]
-                parts += [model(idx[:, t:t + 1], cache=cache) for t in range(19, 33)]
+                parts += [model(idx[:, t : t + 1], cache=cache) for t in range(19, 33)]
                 assert (torch.cat(parts, 1) - full).abs().max().item() <= LOGITS_ATOL, (backend, static)
     idx = idx[:, :8]
     expected = generate_uncached(model, idx, 20)
@@ -251,8 +255,18 @@ def test_saving(name, tmp_path):
 def test_triton_backends_with_switches():
     """The flash kernel takes the variants' scale; the LayerNorm kernel runs without a bias too."""
     torch.manual_seed(3)
-    cfg = GPTConfig(block_size=24, vocab_size=67, n_layer=2, n_head=2, n_embd=32, position="rope", qk_norm=True,
-                    scale_attn_by_inverse_layer_idx=True, scale_attn_weights=False, bias=False)
+    cfg = GPTConfig(
+        block_size=24,
+        vocab_size=67,
+        n_layer=2,
+        n_head=2,
+        n_embd=32,
+        position="rope",
+        qk_norm=True,
+        scale_attn_by_inverse_layer_idx=True,
+        scale_attn_weights=False,
+        bias=False,
+    )
     model = widened(set_backends(GPT(cfg), attn="math"))
     idx = torch.randint(0, 67, (1, 17))
     with torch.no_grad():
@@ -261,18 +275,21 @@ def test_triton_backends_with_switches():
         assert (model(idx) - ref).abs().max().item() <= LOGITS_ATOL
 
 
-@pytest.mark.parametrize("fields, message", [
-    (dict(position="alibi"), "position"),
-    (dict(activation="mish"), "activation"),
-    (dict(n_inner=0), "n_inner"),
-    (dict(position="rope", n_head=5, n_embd=45), "head_dim"),
-    (dict(position="rope", rope_theta=1.0), "rope_theta"),
-    (dict(bias="no"), "bias"),
-    (dict(qk_norm=1), "qk_norm"),
-    (dict(tie_word_embeddings=None), "tie_word_embeddings"),
-    (dict(pad_token_id=-3), "pad_token_id"),
-    (dict(eos_token_id=[1, "x"]), "eos_token_id"),
-])
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (dict(position="alibi"), "position"),
+        (dict(activation="mish"), "activation"),
+        (dict(n_inner=0), "n_inner"),
+        (dict(position="rope", n_head=5, n_embd=45), "head_dim"),
+        (dict(position="rope", rope_theta=1.0), "rope_theta"),
+        (dict(bias="no"), "bias"),
+        (dict(qk_norm=1), "qk_norm"),
+        (dict(tie_word_embeddings=None), "tie_word_embeddings"),
+        (dict(pad_token_id=-3), "pad_token_id"),
+        (dict(eos_token_id=[1, "x"]), "eos_token_id"),
+    ],
+)
 def test_bad_switches_are_clear_errors(fields, message):
     with pytest.raises(ValueError, match=message) as e:
         GPTConfig(**{**BASE, **fields})

@@ -3,13 +3,14 @@
 Tolerances: fp32 against the float64 reference, relative error <= 1e-5 for the loss and every
 gradient; under bf16 autocast, against the reference under the same autocast, 2e-2.
 """
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from minigpt import GPT, GPTConfig
-from minigpt.model.loss import linear_cross_entropy, linear_cross_entropy_reference
 from minigpt.model.backends import set_backends
+from minigpt.model.loss import linear_cross_entropy, linear_cross_entropy_reference
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -25,12 +26,15 @@ def inputs(N, C, V, padded, seed, ignore=0):
     return x, w, t
 
 
-@pytest.mark.parametrize("N,C,V,padded,chunk,ignore", [
-    (37, 24, 97, 128, None, 0),  # one chunk
-    (37, 24, 97, 128, 5, 3),  # ragged last chunk, ignored rows
-    (1, 16, 50, 50, 1, 0),  # one row, no padding
-    (64, 48, 1000, 1024, 64, 63),  # all but one row ignored
-])
+@pytest.mark.parametrize(
+    "N,C,V,padded,chunk,ignore",
+    [
+        (37, 24, 97, 128, None, 0),  # one chunk
+        (37, 24, 97, 128, 5, 3),  # ragged last chunk, ignored rows
+        (1, 16, 50, 50, 1, 0),  # one row, no padding
+        (64, 48, 1000, 1024, 64, 63),  # all but one row ignored
+    ],
+)
 def test_fp32_equals_float64_reference(N, C, V, padded, chunk, ignore):
     x, w, t = inputs(N, C, V, padded, seed=N + V, ignore=ignore)
     x64, w64 = x.double().requires_grad_(), w.double().requires_grad_()
@@ -57,7 +61,7 @@ def test_bf16_autocast_matches_reference_under_autocast():
         loss.backward()
         assert xi.grad.dtype == wi.grad.dtype == torch.float32
         results.append((loss, xi.grad, wi.grad))
-    for ours, ref in zip(results[1], results[0]):
+    for ours, ref in zip(results[1], results[0], strict=True):
         assert rel_err(ours, ref) <= 2e-2
 
 
@@ -132,6 +136,6 @@ def test_cuda_bf16_at_gpt2_size_uses_less_memory():
         torch.cuda.synchronize()
         peaks.append(torch.cuda.max_memory_allocated() - start)
         results.append((loss, xi.grad, wi.grad))
-    for ours, ref in zip(results[1], results[0]):
+    for ours, ref in zip(results[1], results[0], strict=True):
         assert rel_err(ours, ref) <= 2e-2
     assert peaks[1] < peaks[0]

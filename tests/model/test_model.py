@@ -1,12 +1,13 @@
 """The model against transformers' GPT2LMHeadModel, and its backends against each other."""
+
 import pytest
 import torch
 from reference import CONFIGS, LOGITS_ATOL, hf_model, save_hf
 
 from minigpt import GPT, GPTConfig, KVCache
-from minigpt.model.config import PRESETS, preset
 from minigpt.generate.decoder import StaticKVCache
 from minigpt.model.backends import ATTENTION, set_backends
+from minigpt.model.config import PRESETS, preset
 from minigpt.model.load import from_pretrained, save_pretrained
 
 
@@ -19,7 +20,9 @@ def load_pair(tmp_path, name, **save_kw):
 @pytest.mark.parametrize("name", list(CONFIGS))
 @pytest.mark.parametrize("layout", ["safetensors", "bin", "bin-no-prefix", "safetensors-no-prefix"])
 def test_logits_equal_transformers(tmp_path, name, layout):
-    hf, model = load_pair(tmp_path, name, safetensors=layout.startswith("safetensors"), prefix="no-prefix" not in layout)
+    hf, model = load_pair(
+        tmp_path, name, safetensors=layout.startswith("safetensors"), prefix="no-prefix" not in layout
+    )
     idx = torch.randint(0, hf.config.vocab_size, (2, min(37, hf.config.n_positions)))
     with torch.no_grad():
         ref = hf(idx).logits
@@ -95,8 +98,12 @@ def test_backward_math_equals_sdpa():
 
 
 def test_presets_have_openai_sizes():
-    expected = {"gpt2": (12, 12, 768, 124), "gpt2-medium": (24, 16, 1024, 355),
-                "gpt2-large": (36, 20, 1280, 774), "gpt2-xl": (48, 25, 1600, 1558)}
+    expected = {
+        "gpt2": (12, 12, 768, 124),
+        "gpt2-medium": (24, 16, 1024, 355),
+        "gpt2-large": (36, 20, 1280, 774),
+        "gpt2-xl": (48, 25, 1600, 1558),
+    }
     for name, (L, H, C, millions) in expected.items():
         cfg = preset(name)
         assert (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size, cfg.vocab_size) == (L, H, C, 1024, 50257)

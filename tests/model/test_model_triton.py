@@ -4,12 +4,13 @@ On the CPU the kernels run in the Triton interpreter (conftest.py sets
 TRITON_INTERPRET=1), so the configs are tiny. Tolerances: fp32 logits and every
 gradient within 1e-4 relative to the largest magnitude; bf16 on CUDA within 2e-2.
 """
+
 import pytest
 import torch
 
 from minigpt import GPT, GPTConfig, KVCache
-from minigpt.model.config import preset
 from minigpt.model.backends import set_backends
+from minigpt.model.config import preset
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

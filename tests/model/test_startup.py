@@ -1,4 +1,5 @@
 """Building the model to load a checkpoint into runs no initialiser (the checkpoint provides every tensor)."""
+
 import torch
 from torch.overrides import TorchFunctionMode
 

@@ -4,6 +4,7 @@ logits and greedy tokens; our export of each loads back in transformers; the res
 Tolerances as in tests/reference.py (fp32 logits to LOGITS_ATOL). transformers runs its eager
 attention, the one implementation that honours reorder_and_upcast_attn.
 """
+
 import json
 
 import pytest
@@ -11,13 +12,12 @@ import torch
 from reference import LOGITS_ATOL
 
 from minigpt import GPT, GPTConfig, KVCache
-from minigpt.rundir import CheckpointError
-from minigpt.model.config import ACTIVATIONS
-from minigpt.generate.simple import generate
 from minigpt.generate.decoder import StaticKVCache
+from minigpt.generate.simple import generate
 from minigpt.model.backends import set_backends
-from minigpt.model.load import from_pretrained
-from minigpt.model.load import save_pretrained
+from minigpt.model.config import ACTIVATIONS
+from minigpt.model.load import from_pretrained, save_pretrained
+from minigpt.rundir import CheckpointError
 
 BASE = dict(n_positions=48, vocab_size=503, n_layer=2, n_head=4, n_embd=64, bos_token_id=500, eos_token_id=500)
 
@@ -25,18 +25,33 @@ BASE = dict(n_positions=48, vocab_size=503, n_layer=2, n_head=4, n_embd=64, bos_
 VARIANTS = {
     "n_inner-4.5x": (dict(n_inner=288), dict(n_inner=288)),
     **{f"act-{a}": (dict(activation_function=a), dict(activation=a)) for a in ACTIVATIONS},
-    "scale-by-inverse-layer-idx": (dict(scale_attn_by_inverse_layer_idx=True, n_layer=3),
-                                   dict(scale_attn_by_inverse_layer_idx=True)),
+    "scale-by-inverse-layer-idx": (
+        dict(scale_attn_by_inverse_layer_idx=True, n_layer=3),
+        dict(scale_attn_by_inverse_layer_idx=True),
+    ),
     "reorder-and-upcast": (dict(reorder_and_upcast_attn=True), dict(reorder_and_upcast_attn=True)),
     "unscaled-attention": (dict(scale_attn_weights=False), dict(scale_attn_weights=False)),
-    "vocab-32000": (dict(vocab_size=32000, n_embd=32, n_head=2, bos_token_id=1, eos_token_id=2),
-                    dict(vocab_size=32000)),
+    "vocab-32000": (
+        dict(vocab_size=32000, n_embd=32, n_head=2, bos_token_id=1, eos_token_id=2),
+        dict(vocab_size=32000),
+    ),
     "untied-head": (dict(tie_word_embeddings=False), dict(tie_word_embeddings=False)),
-    "token-ids": (dict(bos_token_id=3, eos_token_id=4, pad_token_id=5),
-                  dict(bos_token_id=3, eos_token_id=4, pad_token_id=5)),
-    "all-at-once": (dict(n_inner=100, activation_function="quick_gelu", scale_attn_by_inverse_layer_idx=True,
-                         reorder_and_upcast_attn=True, tie_word_embeddings=False, vocab_size=1000, n_head=8),
-                    dict(n_inner=100, activation="quick_gelu", tie_word_embeddings=False, vocab_size=1000)),
+    "token-ids": (
+        dict(bos_token_id=3, eos_token_id=4, pad_token_id=5),
+        dict(bos_token_id=3, eos_token_id=4, pad_token_id=5),
+    ),
+    "all-at-once": (
+        dict(
+            n_inner=100,
+            activation_function="quick_gelu",
+            scale_attn_by_inverse_layer_idx=True,
+            reorder_and_upcast_attn=True,
+            tie_word_embeddings=False,
+            vocab_size=1000,
+            n_head=8,
+        ),
+        dict(n_inner=100, activation="quick_gelu", tie_word_embeddings=False, vocab_size=1000),
+    ),
 }
 
 
@@ -88,7 +103,7 @@ def test_logits_equal_transformers(variant):
         # the KV cache, growing and static, continues exactly as the full forward
         for static in (False, True):
             cache = (StaticKVCache if static else KVCache)(model.config, 2, 37)
-            parts = [model(idx[:, :20], cache=cache)] + [model(idx[:, t:t + 1], cache=cache) for t in range(20, 37)]
+            parts = [model(idx[:, :20], cache=cache)] + [model(idx[:, t : t + 1], cache=cache) for t in range(20, 37)]
             assert (torch.cat(parts, 1) - ref).abs().max().item() <= LOGITS_ATOL, static
 
 
@@ -110,9 +125,18 @@ def test_export_loads_in_transformers(variant, tmp_path):
     model = from_pretrained(path)
     save_pretrained(model, tmp_path)
     back = GPT2LMHeadModel.from_pretrained(tmp_path, attn_implementation="eager").eval()
-    for name in ("n_inner", "activation_function", "scale_attn_weights", "scale_attn_by_inverse_layer_idx",
-                 "reorder_and_upcast_attn", "tie_word_embeddings", "vocab_size", "bos_token_id", "eos_token_id",
-                 "pad_token_id"):
+    for name in (
+        "n_inner",
+        "activation_function",
+        "scale_attn_weights",
+        "scale_attn_by_inverse_layer_idx",
+        "reorder_and_upcast_attn",
+        "tie_word_embeddings",
+        "vocab_size",
+        "bos_token_id",
+        "eos_token_id",
+        "pad_token_id",
+    ):
         assert getattr(back.config, name) == getattr(hf.config, name), name
     idx = torch.randint(0, hf.config.vocab_size, (2, 21))
     with torch.no_grad():
@@ -134,8 +158,9 @@ def test_upcast_attention_in_bfloat16():
 
 
 def test_untied_head_pads_and_counts(tmp_path):
-    config = GPTConfig(block_size=16, vocab_size=100, n_layer=1, n_head=2, n_embd=16, tie_word_embeddings=False,
-                       n_inner=40)
+    config = GPTConfig(
+        block_size=16, vocab_size=100, n_layer=1, n_head=2, n_embd=16, tie_word_embeddings=False, n_inner=40
+    )
     model = GPT(config)
     assert model.lm_head.weight.shape == (config.padded_vocab_size, 16) and model.lm_head.bias is None
     assert model.head_weight is model.lm_head.weight
@@ -167,8 +192,10 @@ def test_sharded_checkpoints(tmp_path):
     assert (tmp_path / "st" / "model.safetensors.index.json").is_file()
     sd = {k: v.contiguous() for k, v in hf.state_dict().items()}
     names = sorted(sd)
-    halves = {"pytorch_model-00001-of-00002.bin": names[: len(names) // 2],
-              "pytorch_model-00002-of-00002.bin": names[len(names) // 2:]}
+    halves = {
+        "pytorch_model-00001-of-00002.bin": names[: len(names) // 2],
+        "pytorch_model-00002-of-00002.bin": names[len(names) // 2 :],
+    }
     (tmp_path / "bin").mkdir()
     hf.config.to_json_file(tmp_path / "bin" / "config.json")
     for file, keys in halves.items():
@@ -182,13 +209,16 @@ def test_sharded_checkpoints(tmp_path):
             assert (from_pretrained(tmp_path / d)(idx) - ref).abs().max().item() <= LOGITS_ATOL, d
 
 
-@pytest.mark.parametrize("field, value, named", [
-    ("add_cross_attention", True, "add_cross_attention"),
-    ("model_type", "gpt_neo", "model_type"),
-    ("activation_function", "mish", "activation_function"),
-    ("n_inner", 0, "n_inner"),
-    ("eos_token_id", -1, "eos_token_id"),
-])
+@pytest.mark.parametrize(
+    "field, value, named",
+    [
+        ("add_cross_attention", True, "add_cross_attention"),
+        ("model_type", "gpt_neo", "model_type"),
+        ("activation_function", "mish", "activation_function"),
+        ("n_inner", 0, "n_inner"),
+        ("eos_token_id", -1, "eos_token_id"),
+    ],
+)
 def test_unimplemented_config_fields_are_refused(tmp_path, field, value, named):
     hf = hf_variant(0)
     hf.save_pretrained(tmp_path)
@@ -216,12 +246,25 @@ def test_n_ctx_is_ignored_as_transformers_does(tmp_path):
 
 def test_old_config_dicts_still_load():
     """A config saved before the variant fields existed gets GPT-2's behaviour for all of them."""
-    old = dict(block_size=16, vocab_size=64, n_layer=1, n_head=2, n_embd=16, layer_norm_epsilon=1e-5, dropout=0.0,
-               pad_vocab_multiple=64)
+    old = dict(
+        block_size=16,
+        vocab_size=64,
+        n_layer=1,
+        n_head=2,
+        n_embd=16,
+        layer_norm_epsilon=1e-5,
+        dropout=0.0,
+        pad_vocab_multiple=64,
+    )
     config = GPTConfig.from_dict(old)
     assert config == GPTConfig(**old)
-    assert (config.mlp_width, config.activation, config.position, config.tie_word_embeddings, config.bias) == \
-        (64, "gelu_new", "learned", True, True)
+    assert (config.mlp_width, config.activation, config.position, config.tie_word_embeddings, config.bias) == (
+        64,
+        "gelu_new",
+        "learned",
+        True,
+        True,
+    )
     assert config.hf_incompatibility() is None
 
 
@@ -254,14 +297,26 @@ def cache_snapshot(cache, repo: str, refs: tuple[str, ...] = ("main",)):
     return snapshot, commit
 
 
-@pytest.mark.parametrize("name, parsed", [
-    ("rinna/japanese-gpt2-xsmall", ("rinna/japanese-gpt2-xsmall", None)),
-    ("owner/name@v1.0", ("owner/name", "v1.0")),
-    ("owner/name@refs/pr/3", ("owner/name", "refs/pr/3")),
-    ("Owner_1/my.model-2@0123abc", ("Owner_1/my.model-2", "0123abc")),
-    ("gpt2", None), ("a/b/c", None), ("./a/b", None), ("/abs/path", None), ("a//b", None), ("a/b@", None),
-    ("-a/b", None), ("a/..", None), ("a/b@x@y", None), ("a b/c", None), ("ckpt.safetensors", None),
-])
+@pytest.mark.parametrize(
+    "name, parsed",
+    [
+        ("rinna/japanese-gpt2-xsmall", ("rinna/japanese-gpt2-xsmall", None)),
+        ("owner/name@v1.0", ("owner/name", "v1.0")),
+        ("owner/name@refs/pr/3", ("owner/name", "refs/pr/3")),
+        ("Owner_1/my.model-2@0123abc", ("Owner_1/my.model-2", "0123abc")),
+        ("gpt2", None),
+        ("a/b/c", None),
+        ("./a/b", None),
+        ("/abs/path", None),
+        ("a//b", None),
+        ("a/b@", None),
+        ("-a/b", None),
+        ("a/..", None),
+        ("a/b@x@y", None),
+        ("a b/c", None),
+        ("ckpt.safetensors", None),
+    ],
+)
 def test_hub_id_parsing(name, parsed):
     from minigpt.model.hub import parse_hub_id
 

@@ -1,4 +1,5 @@
 """Loading and saving checkpoints: round trips with transformers, strictness, safety."""
+
 import json
 
 import pytest
@@ -6,9 +7,8 @@ import torch
 from reference import CONFIGS, LOGITS_ATOL, hf_model, save_hf
 
 from minigpt import GPT, GPTConfig
+from minigpt.model.load import from_pretrained, save_pretrained
 from minigpt.rundir import CheckpointError
-from minigpt.model.load import from_pretrained
-from minigpt.model.load import save_pretrained
 
 
 def test_save_pretrained_loads_in_transformers(tmp_path):
@@ -99,7 +99,7 @@ def test_untied_lm_head_is_refused(tmp_path):
 def test_pickle_is_never_executed(tmp_path):
     class Boom:
         def __reduce__(self):
-            return (exec, ("open(%r, 'w').write('pwned')" % str(tmp_path / "pwned"),))
+            return (exec, (f"open({str(tmp_path / 'pwned')!r}, 'w').write('pwned')",))
 
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 1}))
     torch.save({"wte.weight": Boom()}, tmp_path / "pytorch_model.bin")

@@ -2,6 +2,7 @@
 GPT2LMHeadModel written by transformers beside a sentencepiece model in rinna's layout, a
 byte-level tokenizer.json or a byte-fallback one. sample.py on such a directory prints what
 transformers' generate + decode give, and eval.py scores it without any tokenizer flag."""
+
 from __future__ import annotations
 
 import subprocess
@@ -28,8 +29,15 @@ def checkpoint(request, tmp_path_factory):
     LAYOUTS[request.param](directory)
     hf_tok = auto(directory)
     config = transformers.GPT2Config(
-        vocab_size=len(hf_tok), n_positions=64, n_embd=32, n_layer=2, n_head=2, n_inner=72,
-        activation_function="gelu", bos_token_id=hf_tok.bos_token_id, eos_token_id=hf_tok.eos_token_id,
+        vocab_size=len(hf_tok),
+        n_positions=64,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        n_inner=72,
+        activation_function="gelu",
+        bos_token_id=hf_tok.bos_token_id,
+        eos_token_id=hf_tok.eos_token_id,
         tie_word_embeddings=False,
     )
     torch.manual_seed(0)
@@ -54,9 +62,10 @@ def test_sample_py_greedy_prints_what_transformers_generates(checkpoint):
         ids = ids[:-1]
     assert prompt_ids(tokenizer_for(directory), PROMPT) == ids
     idx = torch.tensor([ids])
-    ref = hf.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=20, do_sample=False,
-                      eos_token_id=None, pad_token_id=0)
-    new = ref[0, idx.size(1):].tolist()
+    ref = hf.generate(
+        idx, attention_mask=torch.ones_like(idx), max_new_tokens=20, do_sample=False, eos_token_id=None, pad_token_id=0
+    )
+    new = ref[0, idx.size(1) :].tolist()
     if (directory / "spiece.model").exists():
         # transformers 5's T5Tokenizer prints byte pieces as "<0xNN>" text; sentencepiece, which the
         # model was trained with, decodes them to bytes (tests/test_hub_tokenizers.py says more)
@@ -66,9 +75,24 @@ def test_sample_py_greedy_prints_what_transformers_generates(checkpoint):
     else:
         expected = PROMPT + hf_tok.decode(new)
     out = subprocess.run(
-        [sys.executable, str(ROOT / "sample.py"), "--init", str(directory), "--prompt", PROMPT, "--temperature", "0",
-         "--max-new-tokens", "20", "--ignore-eot", "--device", "cpu"],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            str(ROOT / "sample.py"),
+            "--init",
+            str(directory),
+            "--prompt",
+            PROMPT,
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "20",
+            "--ignore-eot",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert out.stdout == expected
 
@@ -87,7 +111,8 @@ def test_eval_py_scores_without_a_tokenizer_flag(checkpoint, tmp_path):
     text.write_text(PROMPT * 3 + "\n", encoding="utf-8")
     out = subprocess.run(
         [sys.executable, str(ROOT / "eval.py"), "--init", str(directory), "--task", f"bpb:{text}", "--device", "cpu"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert out.returncode == 0, out.stderr
     assert "bpb" in out.stdout
@@ -96,8 +121,11 @@ def test_eval_py_scores_without_a_tokenizer_flag(checkpoint, tmp_path):
 def test_a_checkpoint_without_a_tokenizer_is_one_line(tmp_path):
     config = transformers.GPT2Config(vocab_size=500, n_positions=32, n_embd=16, n_layer=1, n_head=2)
     transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path)
-    out = subprocess.run([sys.executable, str(ROOT / "sample.py"), "--init", str(tmp_path), "--prompt", "a",
-                          "--max-new-tokens", "2"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "sample.py"), "--init", str(tmp_path), "--prompt", "a", "--max-new-tokens", "2"],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode != 0 and out.stderr.startswith("error:") and out.stderr.count("\n") == 1
     assert "tokenizer" in out.stderr and "Traceback" not in out.stderr
 

@@ -13,6 +13,7 @@ do_lower_case. minigpt encodes with sentencepiece itself, as the model was train
 with AutoTokenizer on text whose characters the vocabulary holds (compared lowercased), and with
 sentencepiece on any text.
 """
+
 import functools
 import io
 import json
@@ -60,12 +61,28 @@ def write_json(path: Path, data) -> None:
 # The checkpoint directories
 
 RINNA_CONFIG = {  # rinna/japanese-gpt2-small's tokenizer_config.json
-    "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "[PAD]", "extra_ids": 0,
-    "additional_special_tokens": [], "sp_model_kwargs": {}, "bos_token": "<s>", "cls_token": "[CLS]",
-    "sep_token": "[SEP]", "mask_token": "[MASK]", "do_lower_case": True, "tokenizer_class": "T5Tokenizer",
+    "eos_token": "</s>",
+    "unk_token": "<unk>",
+    "pad_token": "[PAD]",
+    "extra_ids": 0,
+    "additional_special_tokens": [],
+    "sp_model_kwargs": {},
+    "bos_token": "<s>",
+    "cls_token": "[CLS]",
+    "sep_token": "[SEP]",
+    "mask_token": "[MASK]",
+    "do_lower_case": True,
+    "tokenizer_class": "T5Tokenizer",
 }
-RINNA_SPECIAL = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "sep_token": "[SEP]",
-                 "pad_token": "[PAD]", "cls_token": "[CLS]", "mask_token": "[MASK]"}
+RINNA_SPECIAL = {
+    "bos_token": "<s>",
+    "eos_token": "</s>",
+    "unk_token": "<unk>",
+    "sep_token": "[SEP]",
+    "pad_token": "[PAD]",
+    "cls_token": "[CLS]",
+    "mask_token": "[MASK]",
+}
 
 
 @pytest.fixture(scope="module")
@@ -80,17 +97,28 @@ def rinna_tokenizer(directory: Path) -> Path:
     lines = [" ".join(shuffle.sample(CORPUS, 6)) for _ in range(200)]
     model = io.BytesIO()
     sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines), model_writer=model, vocab_size=400, model_type="unigram",
-        character_coverage=1.0, byte_fallback=True, pad_id=0, unk_id=1, bos_id=2, eos_id=3,
-        pad_piece="[PAD]", user_defined_symbols=["[CLS]", "[SEP]", "[MASK]"], hard_vocab_limit=False,
+        sentence_iterator=iter(lines),
+        model_writer=model,
+        vocab_size=400,
+        model_type="unigram",
+        character_coverage=1.0,
+        byte_fallback=True,
+        pad_id=0,
+        unk_id=1,
+        bos_id=2,
+        eos_id=3,
+        pad_piece="[PAD]",
+        user_defined_symbols=["[CLS]", "[SEP]", "[MASK]"],
+        hard_vocab_limit=False,
         minloglevel=2,
     )
     (directory / "spiece.model").write_bytes(model.getvalue())
     write_json(directory / "tokenizer_config.json", RINNA_CONFIG)
     write_json(directory / "special_tokens_map.json", RINNA_SPECIAL)
     size = sentencepiece.SentencePieceProcessor(model_file=str(directory / "spiece.model")).get_piece_size()
-    write_json(directory / "config.json", {"model_type": "gpt2", "vocab_size": size, "bos_token_id": 2,
-                                           "eos_token_id": 3})
+    write_json(
+        directory / "config.json", {"model_type": "gpt2", "vocab_size": size, "bos_token_id": 2, "eos_token_id": 3}
+    )
     return directory
 
 
@@ -102,15 +130,27 @@ def bytelevel_bpe(directory: Path) -> None:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<s>"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<s>"],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(CORPUS, trainer=trainer)
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A",
-                                                       special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+    )
     tok.save(str(directory / "tokenizer.json"))
-    write_json(directory / "tokenizer_config.json", {
-        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
-        "pad_token": "<pad>", "clean_up_tokenization_spaces": True})
+    write_json(
+        directory / "tokenizer_config.json",
+        {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": "<s>",
+            "eos_token": "</s>",
+            "pad_token": "<pad>",
+            "clean_up_tokenization_spaces": True,
+        },
+    )
 
 
 def byte_fallback_bpe(directory: Path) -> None:
@@ -122,17 +162,27 @@ def byte_fallback_bpe(directory: Path) -> None:
     tok = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
     tok.normalizer = normalizers.NFKC()
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
-    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                     decoders.Strip(" ", 1, 0)])
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
     specials = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
     trainer = trainers.BpeTrainer(vocab_size=500, special_tokens=specials, show_progress=False)
     tok.train_from_iterator(CORPUS, trainer=trainer)
     tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>", special_tokens=[("<s>", tok.token_to_id("<s>")), ("</s>", tok.token_to_id("</s>"))])
+        single="<s> $A </s>", special_tokens=[("<s>", tok.token_to_id("<s>")), ("</s>", tok.token_to_id("</s>"))]
+    )
     tok.save(str(directory / "tokenizer.json"))
-    write_json(directory / "tokenizer_config.json", {
-        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
-        "unk_token": "<unk>", "add_bos_token": False, "add_eos_token": False})
+    write_json(
+        directory / "tokenizer_config.json",
+        {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": "<s>",
+            "eos_token": "</s>",
+            "unk_token": "<unk>",
+            "add_bos_token": False,
+            "add_eos_token": False,
+        },
+    )
 
 
 def gpt2_files(directory: Path, with_config: bool, add_bos: bool = False) -> None:
@@ -142,8 +192,14 @@ def gpt2_files(directory: Path, with_config: bool, add_bos: bool = False) -> Non
     (directory / "merges.txt").write_bytes(Path(vocab_bpe).read_bytes())
     write_json(directory / "config.json", {"model_type": "gpt2", "vocab_size": 50257})
     if with_config:
-        write_json(directory / "tokenizer_config.json", {"tokenizer_class": "GPT2Tokenizer", "model_max_length": 1024,
-                                                         **({"add_bos_token": True} if add_bos else {})})
+        write_json(
+            directory / "tokenizer_config.json",
+            {
+                "tokenizer_class": "GPT2Tokenizer",
+                "model_max_length": 1024,
+                **({"add_bos_token": True} if add_bos else {}),
+            },
+        )
 
 
 def gpt2_saved_by_transformers(directory: Path) -> None:
@@ -152,11 +208,14 @@ def gpt2_saved_by_transformers(directory: Path) -> None:
     transformers.GPT2Tokenizer.from_pretrained(str(directory)).save_pretrained(str(directory))
 
 
-HUB_KINDS = {"bytelevel-json": bytelevel_bpe, "bytefallback-json": byte_fallback_bpe,
-             "gpt2-files": lambda d: gpt2_files(d, with_config=False),
-             "gpt2-files-config": lambda d: gpt2_files(d, with_config=True),
-             "gpt2-files-add-bos": lambda d: gpt2_files(d, with_config=True, add_bos=True),
-             "gpt2-json": gpt2_saved_by_transformers}
+HUB_KINDS = {
+    "bytelevel-json": bytelevel_bpe,
+    "bytefallback-json": byte_fallback_bpe,
+    "gpt2-files": lambda d: gpt2_files(d, with_config=False),
+    "gpt2-files-config": lambda d: gpt2_files(d, with_config=True),
+    "gpt2-files-add-bos": lambda d: gpt2_files(d, with_config=True, add_bos=True),
+    "gpt2-json": gpt2_saved_by_transformers,
+}
 
 
 @pytest.fixture(scope="module", params=sorted(HUB_KINDS))
@@ -184,6 +243,7 @@ def hf_ids(hf, text: str, add: bool = True) -> list[int]:
 # ----------------------------------------------------------------------------------------------
 # tokenizer.json and vocab.json + merges.txt: equal to AutoTokenizer
 
+
 @pytest.mark.parametrize("text", COVERED + UNCOVERED)
 def test_hub_tokenizer_equals_auto_tokenizer(hub_dir, text):
     ours, hf = load_tokenizer(hub_dir), auto(hub_dir)
@@ -196,18 +256,30 @@ def test_hub_tokenizer_equals_auto_tokenizer(hub_dir, text):
 
 
 # what tokenizer(text) puts around a text, per directory: (before, after)
-AROUND = {"bytelevel-json": (["<s>"], []), "bytefallback-json": (["<s>"], ["</s>"]), "gpt2-files": ([], []),
-          "gpt2-files-config": ([], []), "gpt2-files-add-bos": ([EOT_TOKEN], []), "gpt2-json": ([], [])}
+AROUND = {
+    "bytelevel-json": (["<s>"], []),
+    "bytefallback-json": (["<s>"], ["</s>"]),
+    "gpt2-files": ([], []),
+    "gpt2-files-config": ([], []),
+    "gpt2-files-add-bos": ([EOT_TOKEN], []),
+    "gpt2-json": ([], []),
+}
 
 
 def test_hub_tokenizer_special_ids_equal_auto_tokenizer(hub_dir):
     ours, hf = load_tokenizer(hub_dir), auto(hub_dir)
     before, after = AROUND[hub_dir.name.rstrip("0123456789")]
     assert (list(ours.special_prefix), list(ours.special_suffix)) == (
-        hf.convert_tokens_to_ids(before), hf.convert_tokens_to_ids(after))
+        hf.convert_tokens_to_ids(before),
+        hf.convert_tokens_to_ids(after),
+    )
     assert ours.vocab_size == len(hf)
     assert (ours.bos_id, ours.eos_id, ours.pad_id, ours.unk_id) == (
-        hf.bos_token_id, hf.eos_token_id, hf.pad_token_id, hf.unk_token_id)
+        hf.bos_token_id,
+        hf.eos_token_id,
+        hf.pad_token_id,
+        hf.unk_token_id,
+    )
     assert ours.eot_id == hf.eos_token_id
     plain = ours.encode("dog")
     full = ours.encode("dog", add_special_tokens=True)
@@ -248,6 +320,7 @@ def test_special_tokens_in_plain_text_stay_text(hub_dir):
 # ----------------------------------------------------------------------------------------------
 # sentencepiece in rinna's layout
 
+
 def lower_outside_specials(text: str) -> str:
     """What do_lower_case does to a text: every stretch between special tokens lowercased."""
     specials = sorted(RINNA_SPECIAL.values(), key=len, reverse=True)
@@ -259,8 +332,11 @@ def test_rinna_layout_loads_as_transformers_does(rinna_dir):
     ours, hf = load_tokenizer(rinna_dir), auto(rinna_dir)
     assert ours.kind == "sentencepiece" and type(hf).__name__ == "T5Tokenizer"
     assert ours.vocab_size == len(hf) == json.loads((rinna_dir / "config.json").read_text())["vocab_size"]
-    assert (ours.bos_id, ours.eos_id, ours.pad_id, ours.unk_id) == (2, 3, 0, 1) == (
-        hf.bos_token_id, hf.eos_token_id, hf.pad_token_id, hf.unk_token_id)
+    assert (
+        (ours.bos_id, ours.eos_id, ours.pad_id, ours.unk_id)
+        == (2, 3, 0, 1)
+        == (hf.bos_token_id, hf.eos_token_id, hf.pad_token_id, hf.unk_token_id)
+    )
     assert ours.eot_id == 3 and ours.special_prefix == () and ours.special_suffix == (3,)
 
 
@@ -370,8 +446,13 @@ def test_rinna_saves_what_auto_tokenizer_reads(rinna_dir, tmp_path):
 # ----------------------------------------------------------------------------------------------
 # Streaming: the pieces add up to decode(all ids), never a broken character
 
-STREAM_TEXTS = ["吾輩は猫である。 the dog", "emoji 😀👍🏽🇯🇵 and 鬱", "日本語とenglishと😀が混ざった文。\n次の行 ok !",
-                "  spaced   out  ", "猫[CLS]犬</s>end " + "x" * 30 + "漢字😀" * 5]
+STREAM_TEXTS = [
+    "吾輩は猫である。 the dog",
+    "emoji 😀👍🏽🇯🇵 and 鬱",
+    "日本語とenglishと😀が混ざった文。\n次の行 ok !",
+    "  spaced   out  ",
+    "猫[CLS]犬</s>end " + "x" * 30 + "漢字😀" * 5,
+]
 
 
 def every_tokenizer(rinna_dir, tmp_path_factory):
@@ -383,8 +464,10 @@ def every_tokenizer(rinna_dir, tmp_path_factory):
     directory = tmp_path_factory.mktemp("cleanup")  # a clean-up that joins " ." after the fact
     bytelevel_bpe(directory)
     config = json.loads((directory / "tokenizer_config.json").read_text())
-    write_json(directory / "tokenizer_config.json",
-               {**config, "clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output": True})
+    write_json(
+        directory / "tokenizer_config.json",
+        {**config, "clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output": True},
+    )
     yield "cleanup", load_tokenizer(directory)
     for spec in ("gpt2", "char", "bpe:300"):
         yield spec, train_tokenizer(spec, TRAIN)
@@ -413,21 +496,25 @@ def test_text_stream_keeps_the_space_of_a_sentencepiece_word(rinna_dir):
 # ----------------------------------------------------------------------------------------------
 # Bad files: one line
 
+
 def corrupt(directory: Path, name: str, content: bytes) -> None:
     (directory / name).write_bytes(content)
 
 
-@pytest.mark.parametrize("files, message", [
-    ({"tokenizer.json": b"{not json"}, "tokenizer.json: not a readable tokenizers file"),
-    ({"tokenizer.json": b'{"model": {"type": "Nothing"}}'}, "not a readable tokenizers file"),
-    ({"spiece.model": b"\x00garbage"}, "spiece.model: not a readable sentencepiece model"),
-    ({"vocab.json": b"[1, 2]", "merges.txt": b"#version: 0.2\n"}, "not a readable GPT-2 BPE vocabulary"),
-    ({"vocab.json": b'{"a": 0}', "merges.txt": b"#version: 0.2\nb c\n"}, "not a readable GPT-2 BPE vocabulary"),
-    ({"minigpt_tokenizer.json": b'{"kind": "sentencepiece", "model_file": "../x.model"}'}, "model_file"),
-    ({"minigpt_tokenizer.json": b'{"kind": "hf"}'}, "not a readable GPT-2 BPE vocabulary"),
-    ({"a.model": b"", "b.model": b""}, "several sentencepiece models"),
-    ({"config.json": b"{oops"}, "config.json: not a readable JSON file"),
-])
+@pytest.mark.parametrize(
+    "files, message",
+    [
+        ({"tokenizer.json": b"{not json"}, "tokenizer.json: not a readable tokenizers file"),
+        ({"tokenizer.json": b'{"model": {"type": "Nothing"}}'}, "not a readable tokenizers file"),
+        ({"spiece.model": b"\x00garbage"}, "spiece.model: not a readable sentencepiece model"),
+        ({"vocab.json": b"[1, 2]", "merges.txt": b"#version: 0.2\n"}, "not a readable GPT-2 BPE vocabulary"),
+        ({"vocab.json": b'{"a": 0}', "merges.txt": b"#version: 0.2\nb c\n"}, "not a readable GPT-2 BPE vocabulary"),
+        ({"minigpt_tokenizer.json": b'{"kind": "sentencepiece", "model_file": "../x.model"}'}, "model_file"),
+        ({"minigpt_tokenizer.json": b'{"kind": "hf"}'}, "not a readable GPT-2 BPE vocabulary"),
+        ({"a.model": b"", "b.model": b""}, "several sentencepiece models"),
+        ({"config.json": b"{oops"}, "config.json: not a readable JSON file"),
+    ],
+)
 def test_corrupt_tokenizer_files_are_one_line_errors(tmp_path, files, message):
     for name, content in files.items():
         corrupt(tmp_path, name, content)
@@ -437,9 +524,14 @@ def test_corrupt_tokenizer_files_are_one_line_errors(tmp_path, files, message):
 
 
 @pytest.mark.parametrize("name", ["tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"])
-@pytest.mark.parametrize("content, message", [(b"{broken", "not a readable JSON file"),
-                                              (b"[1]", "expected a JSON object"),
-                                              (b"\xff\xfe", "not a readable JSON file")])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"{broken", "not a readable JSON file"),
+        (b"[1]", "expected a JSON object"),
+        (b"\xff\xfe", "not a readable JSON file"),
+    ],
+)
 def test_corrupt_settings_files_are_one_line_errors(rinna_dir, tmp_path, name, content, message):
     for path in rinna_dir.iterdir():
         (tmp_path / path.name).write_bytes(path.read_bytes())

@@ -4,6 +4,7 @@ Every trainable kind in KINDS round-trips through save_pretrained and load_token
 shows up in the help strings and error messages; and a kind added to the table (a made-up one
 here) is parsed, trained, saved, found in a directory and loaded back with no other change.
 """
+
 import re
 from pathlib import Path
 
@@ -49,8 +50,12 @@ def test_every_trainable_kind_round_trips(kind, tmp_path):
     trained.save_pretrained(tmp_path)
     assert (tmp_path / TOKENIZER_FILE).is_file()
     loaded = load_tokenizer(tmp_path)
-    assert (type(loaded), loaded.kind, loaded.vocab_size, loaded.eot_id) == \
-        (type(trained), trained.kind, trained.vocab_size, trained.eot_id)
+    assert (type(loaded), loaded.kind, loaded.vocab_size, loaded.eot_id) == (
+        type(trained),
+        trained.kind,
+        trained.vocab_size,
+        trained.eot_id,
+    )
     for text in PROBES:
         assert loaded.encode(text) == trained.encode(text)
         assert loaded.encode(text, allow_special=True) == trained.encode(text, allow_special=True)
@@ -68,8 +73,9 @@ def test_help_lists_every_kind():
 
 
 def test_looked_for_is_every_kinds_files_in_load_order():
-    assert LOOKED_FOR == ("minigpt_tokenizer.json, tokenizer.json, spiece.model (or another *.model), "
-                          "vocab.json + merges.txt")
+    assert LOOKED_FOR == (
+        "minigpt_tokenizer.json, tokenizer.json, spiece.model (or another *.model), vocab.json + merges.txt"
+    )
     files = [files for kind in KINDS.values() for files in kind.files]
     for found in files:
         assert (found.names in LOOKED_FOR) != found.fallback
@@ -87,8 +93,9 @@ def test_errors_name_every_kind(tmp_path):
     (tmp_path / TOKENIZER_FILE).unlink()
     with pytest.raises(ValueError) as e:
         load_tokenizer(tmp_path)
-    assert str(e.value) == (f"{tmp_path}: no tokenizer found (looked for {LOOKED_FOR}, "
-                            "or a config.json with vocab_size 50257)")
+    assert str(e.value) == (
+        f"{tmp_path}: no tokenizer found (looked for {LOOKED_FOR}, or a config.json with vocab_size 50257)"
+    )
 
 
 @pytest.mark.parametrize("kind", [kind for kind in KINDS.values() if not kind.trainable], ids=lambda kind: kind.name)

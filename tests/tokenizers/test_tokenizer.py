@@ -1,6 +1,7 @@
 """The offline GPT-2 tokenizer against an independent BPE implementation (transformers'
 GPT2Tokenizer: the Rust `tokenizers` library in transformers 5, pure Python before) built
 from the same verified vocabulary files."""
+
 import inspect
 
 import pytest
@@ -153,8 +154,11 @@ def test_unknown_encoding():
 # ----------------------------------------------------------------------------------------------
 # The Tokenizer interface: gpt2, char, bpe:N
 
-CORPUS = ["To be, or not to be: that is the question.\n" * 20, "def fib(n):\n    return n\n" * 10,
-          "吾輩は猫である。名前はまだ無い。\n" * 5]
+CORPUS = [
+    "To be, or not to be: that is the question.\n" * 20,
+    "def fib(n):\n    return n\n" * 10,
+    "吾輩は猫である。名前はまだ無い。\n" * 5,
+]
 HARD = TEXTS + ["unseen: 😀🇯🇵 ∑ and \x00 \x7f control, ＡＢＣ全角", "a<|endoftext|>b"]
 
 
@@ -220,13 +224,16 @@ def test_directory_without_tokenizer_is_a_one_line_error(tmp_path, config):
     assert "\n" not in str(e.value) and "tokenizer.json" in str(e.value) and "spiece.model" in str(e.value)
 
 
-@pytest.mark.parametrize("content, message", [
-    ("{not json", "not a readable tokenizer"),
-    ("[1, 2]", "unknown tokenizer kind"),
-    ('{"kind": "word"}', "unknown tokenizer kind"),
-    ('{"kind": "char", "alphabet": 5}', "alphabet"),
-    ('{"kind": "bpe:300"}', "tokenizer.json"),  # the tokenizers file itself is missing
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{not json", "not a readable tokenizer"),
+        ("[1, 2]", "unknown tokenizer kind"),
+        ('{"kind": "word"}', "unknown tokenizer kind"),
+        ('{"kind": "char", "alphabet": 5}', "alphabet"),
+        ('{"kind": "bpe:300"}', "tokenizer.json"),  # the tokenizers file itself is missing
+    ],
+)
 def test_bad_tokenizer_description_is_a_clear_error(tmp_path, content, message):
     (tmp_path / TOKENIZER_FILE).write_text(content)
     with pytest.raises(ValueError, match=message):

@@ -4,6 +4,7 @@ A tiny run trains its tokenizer on the train split of a made-up corpus (with Jap
 emoji), saves it with the data and every checkpoint, and sample.py / eval.py / --resume find
 it from the run's directory with no tokenizer flag.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,8 +48,21 @@ def corpus(tmp_path, monkeypatch) -> Path:
 @pytest.mark.parametrize("kind", ["char", "bpe:300"])
 def test_run_then_sample_and_eval_with_its_own_tokenizer(kind, corpus, tmp_path, capsys):
     out = tmp_path / "out"
-    assert train.main(tiny_argv(corpus, out, tokenizer=kind, max_steps=4, ckpt_interval=2, eval_interval=4,
-                                sample_interval=4, sample_prompt="猫")) == 0
+    assert (
+        train.main(
+            tiny_argv(
+                corpus,
+                out,
+                tokenizer=kind,
+                max_steps=4,
+                ckpt_interval=2,
+                eval_interval=4,
+                sample_interval=4,
+                sample_prompt="猫",
+            )
+        )
+        == 0
+    )
     data_dir = default_data_dir(str(corpus), kind)
     assert data_dir.name.endswith("-char" if kind == "char" else "-bpe300")
     meta = load_meta(data_dir)
@@ -70,8 +84,10 @@ def test_run_then_sample_and_eval_with_its_own_tokenizer(kind, corpus, tmp_path,
     capsys.readouterr()
 
     prompt = "猫が「"
-    assert sample.main(["--init", str(out), "--prompt", prompt, "--max-new-tokens", "6", "--seed", "1",
-                        "--device", "cpu"]) == 0
+    assert (
+        sample.main(["--init", str(out), "--prompt", prompt, "--max-new-tokens", "6", "--seed", "1", "--device", "cpu"])
+        == 0
+    )
     captured = capsys.readouterr()
     assert captured.out.startswith(prompt) and f"{tokenizer.kind} tokenizer" in captured.err
 
@@ -79,8 +95,22 @@ def test_run_then_sample_and_eval_with_its_own_tokenizer(kind, corpus, tmp_path,
     text = corpus_text(20) + VAL_ONLY
     text_file.write_text(text, encoding="utf-8")
     result_file = tmp_path / "result.json"
-    assert eval_cli.main(["--init", str(out), "--task", f"bpb:{text_file}", "--device", "cpu", "--no-progress",
-                          "--output", str(result_file)]) == 0
+    assert (
+        eval_cli.main(
+            [
+                "--init",
+                str(out),
+                "--task",
+                f"bpb:{text_file}",
+                "--device",
+                "cpu",
+                "--no-progress",
+                "--output",
+                str(result_file),
+            ]
+        )
+        == 0
+    )
     got = json.loads(result_file.read_text())["results"][f"bpb:{text_file}"]
     model = from_pretrained(out)
     want = bits_per_byte(model, tokenizer, text)
@@ -105,8 +135,7 @@ def test_fine_tuning_keeps_the_checkpoint_tokenizer(corpus, tmp_path, capsys):
     assert train.main(tiny_argv(corpus, first, tokenizer="char", max_steps=2)) == 0
     other = tmp_path / "other.txt"
     other.write_text("a different text, with letters the first corpus never had: xyzq 😀\n" * 80, encoding="utf-8")
-    assert train.main(tiny_argv(other, tuned, init=first, max_steps=2, n_layer=None, n_head=None,
-                                n_embd=None)) == 0
+    assert train.main(tiny_argv(other, tuned, init=first, max_steps=2, n_layer=None, n_head=None, n_embd=None)) == 0
     original = load_tokenizer(first / "ckpt_00000002")
     assert load_tokenizer(tuned / "ckpt_00000002").encode("xyzq 猫") == original.encode("xyzq 猫")
     assert "x" not in original.alphabet  # so "xyzq" above went through the byte fallback

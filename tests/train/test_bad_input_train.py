@@ -3,6 +3,7 @@
 nothing changed). Runs go through train.main(argv) in this process; two cases run as real
 processes to show that nothing prints a traceback there either.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -16,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_run import ROOT, load_script, make_corpus, tiny_argv
 
 from minigpt.model.config import GPTConfig
-from minigpt.model.model import GPT
-from tiny_run import ROOT, load_script, make_corpus, tiny_argv
 from minigpt.model.load import save_pretrained
+from minigpt.model.model import GPT
 
 train = load_script(ROOT / "train.py")
 
@@ -89,8 +90,9 @@ def _read_only_out_dir(c: Case) -> list[str]:
     parent.mkdir()
     if os.geteuid() == 0:  # root ignores permission bits: deny the way a read-only mount would
         access = os.access
-        c.monkeypatch.setattr("minigpt.train.trainer.os.access",
-                              lambda p, mode: False if Path(p) == parent else access(p, mode))
+        c.monkeypatch.setattr(
+            "minigpt.train.trainer.os.access", lambda p, mode: False if Path(p) == parent else access(p, mode)
+        )
     else:
         parent.chmod(0o555)
     return tiny_argv(c.data, parent / "out", max_steps=4)
@@ -152,8 +154,9 @@ CASES = {
     "--n-embd not divisible by --n-head": lambda c: c.new(n_embd=30, n_head=4),
     "--batch-size too big for the data": lambda c: c.new(batch_size=1000),
     "--device nonsense": lambda c: c.new(device="tpu"),
-    "--device cuda without CUDA": lambda c: (pytest.skip("CUDA is available") if torch.cuda.is_available()
-                                             else c.new(device="cuda")),
+    "--device cuda without CUDA": lambda c: (
+        pytest.skip("CUDA is available") if torch.cuda.is_available() else c.new(device="cuda")
+    ),
     # budgets, schedule, data order
     "--time-budget 0": lambda c: c.new(time_budget=0),
     "--time-budget nan": lambda c: c.new(time_budget="nan"),
@@ -166,8 +169,13 @@ CASES = {
     "--eval-task unknown": lambda c: c.new() + ["--eval-task", "squad"],
     "--eval-task a missing file": lambda c: c.new() + ["--eval-task", f"mc:{c.tmp / 'missing.jsonl'}"],
     "--eval-task not JSONL": lambda c: c.new() + ["--eval-task", f"mc:{_file(c, 'quiz.jsonl', b'{oops')}"],
-    "--eval-task a label out of range": lambda c: c.new() + ["--eval-task", "mc:" + str(_file(
-        c, "quiz.jsonl", b'{"context": "a", "choices": [" b", " c"], "label": 2}\n'))],
+    "--eval-task a label out of range": lambda c: (
+        c.new()
+        + [
+            "--eval-task",
+            "mc:" + str(_file(c, "quiz.jsonl", b'{"context": "a", "choices": [" b", " c"], "label": 2}\n')),
+        ]
+    ),
     "--eval-task bpb of a missing file": lambda c: c.new() + ["--eval-task", f"bpb:{c.tmp / 'none.txt'}"],
     # the out dir
     "--out-dir is a file": lambda c: tiny_argv(c.data, _file(c, "taken"), max_steps=4),
@@ -178,12 +186,12 @@ CASES = {
     "--data does not exist": lambda c: tiny_argv(c.tmp / "no-such-data", c.out),
     "--data an empty file": lambda c: tiny_argv(_file(c, "empty.txt", b""), c.out),
     "--data a binary file": lambda c: tiny_argv(_file(c, "blob.txt", bytes(range(256)) * 4), c.out),
-    'meta.json "file": 5': lambda c: _new_with_data(
-        c, lambda m: m["splits"]["train"]["shards"][0].update(file=5)),
+    'meta.json "file": 5': lambda c: _new_with_data(c, lambda m: m["splits"]["train"]["shards"][0].update(file=5)),
     'meta.json "vocab_size": "big"': lambda c: _new_with_data(c, lambda m: m.update(vocab_size="big")),
     "meta.json a list": lambda c: _new_with_data(c, lambda m: [m]),
     "meta.json max_id beyond the vocabulary": lambda c: _new_with_data(
-        c, lambda m: m["splits"]["val"]["shards"][0].update(max_id=50257)),
+        c, lambda m: m["splits"]["val"]["shards"][0].update(max_id=50257)
+    ),
     "meta.json garbled": lambda c: tiny_argv(_garble(c.data_copy()), c.out),
     "a shard with ids beyond the vocabulary": _shard_out_of_vocabulary,
     "a shard of the wrong length": lambda c: tiny_argv(_shorten_shard(c.data_copy()), c.out),
@@ -194,55 +202,96 @@ CASES = {
     "--tokenizer bpe: beyond uint16": lambda c: c.new(tokenizer="bpe:70000"),
     "--tokenizer foo": lambda c: c.new(tokenizer="foo"),
     "--tokenizer char on an empty corpus": lambda c: (
-        (c.tmp / "corpus").mkdir(), _file(c, "corpus/a.txt", b""), _file(c, "corpus/b.txt", b""),
-        tiny_argv(c.tmp / "corpus", c.out, tokenizer="char"))[3],
+        (c.tmp / "corpus").mkdir(),
+        _file(c, "corpus/a.txt", b""),
+        _file(c, "corpus/b.txt", b""),
+        tiny_argv(c.tmp / "corpus", c.out, tokenizer="char"),
+    )[3],
     "--init whose minigpt_tokenizer.json is corrupt": lambda c: (
         (c.weights(block_size=64, n_layer=2, n_head=2, n_embd=32) / "minigpt_tokenizer.json").write_text("{oops"),
-        c.new(init=c.tmp / "init"))[1],
+        c.new(init=c.tmp / "init"),
+    )[1],
     "--tokenizer char for --data prepared with gpt2": lambda c: c.new(tokenizer="char"),
     "--tokenizer char with --init of a gpt2 model": lambda c: c.new(
-        init=c.weights(block_size=64, n_layer=2, n_head=2, n_embd=32), tokenizer="char"),
+        init=c.weights(block_size=64, n_layer=2, n_head=2, n_embd=32), tokenizer="char"
+    ),
     "--resume a checkpoint with a corrupt minigpt_tokenizer.json": lambda c: _broken_run(
-        c, lambda r: (r / "ckpt_00000004" / "minigpt_tokenizer.json").write_text("{oops")),
+        c, lambda r: (r / "ckpt_00000004" / "minigpt_tokenizer.json").write_text("{oops")
+    ),
     "--resume a checkpoint whose tokenizer has another vocabulary": lambda c: _broken_run(
-        c, lambda r: (r / "ckpt_00000004" / "minigpt_tokenizer.json").write_text(
-            '{"kind": "char", "alphabet": "abc"}')),
+        c, lambda r: (r / "ckpt_00000004" / "minigpt_tokenizer.json").write_text('{"kind": "char", "alphabet": "abc"}')
+    ),
     "--resume a checkpoint with an unknown tokenizer kind": lambda c: _broken_run(
-        c, lambda r: (r / "ckpt_00000004" / "minigpt_tokenizer.json").write_text('{"kind": "wordpiece"}')),
+        c, lambda r: (r / "ckpt_00000004" / "minigpt_tokenizer.json").write_text('{"kind": "wordpiece"}')
+    ),
     # --init
     "--init does not exist": lambda c: c.new(init=c.tmp / "nothing-here"),
     "--init a directory without weights": lambda c: (c.tmp / "empty").mkdir() or c.new(init=c.tmp / "empty"),
     "--init a truncated model.safetensors": lambda c: (
         _truncated(c.weights(block_size=64, n_layer=1, n_head=2, n_embd=16) / "model.safetensors"),
-        c.new(init=c.tmp / "init", n_layer=None, n_head=None, n_embd=None))[1],
+        c.new(init=c.tmp / "init", n_layer=None, n_head=None, n_embd=None),
+    )[1],
     "--init a model with other sizes than the flags": lambda c: c.new(
-        init=c.weights(block_size=64, n_layer=1, n_head=2, n_embd=16)),
+        init=c.weights(block_size=64, n_layer=1, n_head=2, n_embd=16)
+    ),
     "--block-size beyond the --init model's context": lambda c: c.new(
-        init=c.weights(block_size=16, n_layer=1, n_head=2, n_embd=16), n_layer=None, n_head=None, n_embd=None),
+        init=c.weights(block_size=16, n_layer=1, n_head=2, n_embd=16), n_layer=None, n_head=None, n_embd=None
+    ),
     # --resume
     "--resume a path that does not exist": lambda c: ["--resume", str(c.tmp / "nope")],
     "--resume an out dir without checkpoints": lambda c: ["--resume", "--out-dir", str(c.tmp)],
     "--resume a truncated model.safetensors": lambda c: _broken_run(
-        c, lambda r: _truncated(r / "ckpt_00000004" / "model.safetensors")),
+        c, lambda r: _truncated(r / "ckpt_00000004" / "model.safetensors")
+    ),
     "--resume a truncated train state": lambda c: _broken_run(
-        c, lambda r: _truncated(r / "ckpt_00000004" / "train_state.safetensors")),
+        c, lambda r: _truncated(r / "ckpt_00000004" / "train_state.safetensors")
+    ),
     "--resume a garbled train_state.json": lambda c: _broken_run(
-        c, lambda r: (r / "ckpt_00000004" / "train_state.json").write_text('{"step": ')),
+        c, lambda r: (r / "ckpt_00000004" / "train_state.json").write_text('{"step": ')
+    ),
     "--resume without train_state.json": lambda c: _broken_run(
-        c, lambda r: (r / "ckpt_00000004" / "train_state.json").unlink()),
+        c, lambda r: (r / "ckpt_00000004" / "train_state.json").unlink()
+    ),
     "--resume with a garbled latest pointer": lambda c: _broken_run(c, lambda r: (r / "latest").write_text("x")),
     "--resume into an --out-dir holding another run": lambda c: (
         shutil.copytree(c.finished, c.tmp / "other"),
-        ["--resume", str(c.run() / "ckpt_00000002"), "--out-dir", str(c.tmp / "other"), "--max-steps", "8"])[1],
+        ["--resume", str(c.run() / "ckpt_00000002"), "--out-dir", str(c.tmp / "other"), "--max-steps", "8"],
+    )[1],
     "--resume with another --recipe": lambda c: ["--resume", "--out-dir", str(c.run()), "--recipe", "gpt2-124m"],
-    "--resume with other model sizes": lambda c: ["--resume", "--out-dir", str(c.run()), "--max-steps", "8",
-                                                  "--n-embd", "48"],
-    "--resume with another batch size": lambda c: ["--resume", "--out-dir", str(c.run()), "--max-steps", "8",
-                                                   "--batch-size", "2"],
-    "--resume with --max-steps below the checkpoint": lambda c: ["--resume", "--out-dir", str(c.run()),
-                                                                 "--max-steps", "3"],
-    "--resume with --stop-at-step not after it": lambda c: ["--resume", "--out-dir", str(c.run()),
-                                                            "--max-steps", "8", "--stop-at-step", "4"],
+    "--resume with other model sizes": lambda c: [
+        "--resume",
+        "--out-dir",
+        str(c.run()),
+        "--max-steps",
+        "8",
+        "--n-embd",
+        "48",
+    ],
+    "--resume with another batch size": lambda c: [
+        "--resume",
+        "--out-dir",
+        str(c.run()),
+        "--max-steps",
+        "8",
+        "--batch-size",
+        "2",
+    ],
+    "--resume with --max-steps below the checkpoint": lambda c: [
+        "--resume",
+        "--out-dir",
+        str(c.run()),
+        "--max-steps",
+        "3",
+    ],
+    "--resume with --stop-at-step not after it": lambda c: [
+        "--resume",
+        "--out-dir",
+        str(c.run()),
+        "--max-steps",
+        "8",
+        "--stop-at-step",
+        "4",
+    ],
 }
 
 
@@ -286,8 +335,13 @@ def test_bad_input_is_one_line_and_changes_nothing(case, data_dir, finished, tmp
 @pytest.mark.parametrize("flags", [["--grad-clip", "nan"], ["--recipe", "nope"]])
 def test_bad_input_in_a_real_process(flags, data_dir, tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *tiny_argv(data_dir, out), *flags],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *tiny_argv(data_dir, out), *flags],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
     assert not out.exists()

@@ -7,6 +7,7 @@ step takes exactly 0.25 s (minigpt.train.trainer.clock is read twice a step). Wi
 must match the uninterrupted one exactly, as a step-bound run does (test_train.py). The real
 clock is used where only the stopping rule is checked.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,19 +15,19 @@ import math
 import os
 import subprocess
 import sys
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
+from tiny_run import ROOT, load_script, make_corpus, read_log, tiny_argv
 
+from minigpt.eval.evaluate import evaluate
+from minigpt.model.load import from_pretrained
+from minigpt.tokenizers import GPT2Tokenizer
 from minigpt.train import trainer as trainer_module
 from minigpt.train.checkpoint import load_checkpoint
-from minigpt.eval.evaluate import evaluate
-from minigpt.model.model import GPT
-from minigpt.train.optim import lr_at
-from minigpt.tokenizers import GPT2Tokenizer
 from minigpt.train.config import ConfigError, TrainConfig
-from tiny_run import ROOT, load_script, make_corpus, read_log, tiny_argv
-from minigpt.model.load import from_pretrained
+from minigpt.train.optim import lr_at
 
 train = load_script(ROOT / "train.py")
 TOKENS_PER_STEP = 4 * 32  # tiny_settings: batch 4 x block 32, one process
@@ -76,7 +77,7 @@ def test_wsd_schedule_over_the_budget():
     assert lr_at(10, cfg, 0.875) == pytest.approx(0.55)  # halfway down the decay
     assert lr_at(10, cfg, 1.0) == lr_at(10, cfg, 1.5) == 0.1  # the end value, at the budget
     lrs = [lr_at(10, cfg, p / 100) for p in range(101)]
-    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert all(a >= b for a, b in pairwise(lrs))
     # cosine over a budget: the half-wave runs over the progress
     cos = TrainConfig(lr=1.0, min_lr=0.0, warmup_steps=0, time_budget=60.0, schedule="cosine")
     assert lr_at(5, cos, 0.5) == pytest.approx(0.5) and lr_at(5, cos, 1.0) == 0.0
@@ -85,16 +86,19 @@ def test_wsd_schedule_over_the_budget():
     assert lr_at(60, steps) == 1.0 and lr_at(85, steps) == pytest.approx(0.5) and lr_at(110, steps) == 0.0
 
 
-@pytest.mark.parametrize("bad, message", [
-    (dict(time_budget=10.0, token_budget=100), "not both"),
-    (dict(time_budget=0.0), "time_budget must be positive"),
-    (dict(time_budget=math.inf), "finite"),
-    (dict(token_budget=0), "token_budget"),
-    (dict(decay_frac=0.0), "decay_frac"),
-    (dict(decay_frac=1.5), "decay_frac"),
-    (dict(schedule="linear"), "schedule"),
-    (dict(data_order="shuffled"), "data_order"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(time_budget=10.0, token_budget=100), "not both"),
+        (dict(time_budget=0.0), "time_budget must be positive"),
+        (dict(time_budget=math.inf), "finite"),
+        (dict(token_budget=0), "token_budget"),
+        (dict(decay_frac=0.0), "decay_frac"),
+        (dict(decay_frac=1.5), "decay_frac"),
+        (dict(schedule="linear"), "schedule"),
+        (dict(data_order="shuffled"), "data_order"),
+    ],
+)
 def test_bad_budget_settings(bad, message):
     with pytest.raises(ConfigError, match=message):
         TrainConfig(**bad)
@@ -179,8 +183,15 @@ def test_time_budget_on_the_real_clock(data_dir, tmp_path, capsys):
 
 def test_two_gloo_processes_stop_at_the_same_step(data_dir, tmp_path):
     out = tmp_path / "two"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-           str(ROOT / "train.py"), *tiny_argv(data_dir, out, batch_size=2, time_budget=1.5, max_steps=None)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        str(ROOT / "train.py"),
+        *tiny_argv(data_dir, out, batch_size=2, time_budget=1.5, max_steps=None),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]  # a rank stopping alone would hang the other
@@ -196,9 +207,11 @@ def test_two_gloo_processes_stop_at_the_same_step(data_dir, tmp_path):
 
 def test_eval_tasks_are_scored_and_logged_at_each_evaluation(data_dir, tmp_path, capsys):
     mc = tmp_path / "quiz.jsonl"
-    rows = [{"context": "the cat sat on the", "choices": [" mat", " pond", " tree"], "label": 0},
-            {"context": "the bird flew over the", "choices": [" house", " fish"], "label": 0},
-            {"context": "a small", "choices": [" dog", " quickly", " and"], "label": 0}]
+    rows = [
+        {"context": "the cat sat on the", "choices": [" mat", " pond", " tree"], "label": 0},
+        {"context": "the bird flew over the", "choices": [" house", " fish"], "label": 0},
+        {"context": "a small", "choices": [" dog", " quickly", " and"], "label": 0},
+    ]
     mc.write_text("".join(json.dumps(r) + "\n" for r in rows))
     text = tmp_path / "held_out.txt"
     text.write_text("the red fish swam under the big blue tree.\n" * 5)
@@ -228,12 +241,31 @@ def test_eval_tasks_are_scored_and_logged_at_each_evaluation(data_dir, tmp_path,
 
 def test_loss_plot_takes_one_metric_per_task():
     from minigpt.train.runlog import eval_curves
-    records = [{"step": 0, "val_loss": 5.0, "eval/mc:q.jsonl/acc": 0.2, "eval/mc:q.jsonl/acc_norm": 0.3,
-                "eval/bpb:t.txt/bpb": 4.0, "eval/bpb:t.txt/ppl": 90.0, "eval/lm-eval:arc/acc,none": 0.25},
-               {"step": 1, "loss": 4.0},
-               {"step": 2, "val_loss": 4.5, "eval/mc:q.jsonl/acc": 0.4, "eval/mc:q.jsonl/acc_norm": 0.5,
-                "eval/bpb:t.txt/bpb": 3.0, "eval/bpb:t.txt/ppl": 40.0, "eval/lm-eval:arc/acc,none": 0.3}]
-    assert eval_curves(records) == {"mc:q.jsonl acc_norm": [(0, 0.3), (2, 0.5)],
-                                    "bpb:t.txt bpb": [(0, 4.0), (2, 3.0)],
-                                    "lm-eval:arc acc,none": [(0, 0.25), (2, 0.3)]}
+
+    records = [
+        {
+            "step": 0,
+            "val_loss": 5.0,
+            "eval/mc:q.jsonl/acc": 0.2,
+            "eval/mc:q.jsonl/acc_norm": 0.3,
+            "eval/bpb:t.txt/bpb": 4.0,
+            "eval/bpb:t.txt/ppl": 90.0,
+            "eval/lm-eval:arc/acc,none": 0.25,
+        },
+        {"step": 1, "loss": 4.0},
+        {
+            "step": 2,
+            "val_loss": 4.5,
+            "eval/mc:q.jsonl/acc": 0.4,
+            "eval/mc:q.jsonl/acc_norm": 0.5,
+            "eval/bpb:t.txt/bpb": 3.0,
+            "eval/bpb:t.txt/ppl": 40.0,
+            "eval/lm-eval:arc/acc,none": 0.3,
+        },
+    ]
+    assert eval_curves(records) == {
+        "mc:q.jsonl acc_norm": [(0, 0.3), (2, 0.5)],
+        "bpb:t.txt bpb": [(0, 4.0), (2, 3.0)],
+        "lm-eval:arc acc,none": [(0, 0.25), (2, 0.3)],
+    }
     assert eval_curves(records[1:2]) == {}

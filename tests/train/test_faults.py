@@ -7,6 +7,7 @@ latest checkpoint is never older than before. The child processes run train.py t
 tests/fault_hooks.py, which pauses at a named point (a training step, a checkpoint write,
 between the `latest` pointer and the rename, a half-done prune) so that the kill lands there.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,9 +22,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_run import ROOT, load_script, make_corpus, read_log, tiny_argv
 
 from minigpt.train.checkpoint import checkpoints, latest_checkpoint, load_checkpoint
-from tiny_run import ROOT, load_script, make_corpus, read_log, tiny_argv
 
 pytestmark = pytest.mark.slow
 train = load_script(ROOT / "train.py")
@@ -53,8 +54,14 @@ def reference(data_dir, tmp_path_factory) -> Path:
 def start(argv: list[str], events: Path, **env) -> subprocess.Popen:
     events.write_text("")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "FAULT_EVENTS": str(events), **env}
-    return subprocess.Popen([sys.executable, str(HOOKS), *argv], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(HOOKS), *argv],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def kill_when_paused(proc: subprocess.Popen, events: Path, timeout: float = 120) -> bool:

@@ -18,6 +18,7 @@ still be 100% off; AdamW hides such a scale from the losses, so the norm is the 
 Activation checkpointing recomputes the very same operations, so its losses and gradients are
 bitwise those of the plain model.
 """
+
 from __future__ import annotations
 
 import errno
@@ -29,12 +30,12 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_run import ROOT, load_script, make_corpus, read_log, tiny_argv
 
 from minigpt.model.config import GPTConfig
+from minigpt.model.load import from_pretrained
 from minigpt.model.model import GPT
 from minigpt.train.parallel import checkpoint_activations
-from tiny_run import ROOT, load_script, make_corpus, read_log, tiny_argv
-from minigpt.model.load import from_pretrained
 
 train = load_script(ROOT / "train.py")
 
@@ -51,8 +52,15 @@ def data_dir(tmp_path_factory):
 
 
 def torchrun(argv: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           str(ROOT / "train.py"), *argv]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        str(ROOT / "train.py"),
+        *argv,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
@@ -74,8 +82,9 @@ def one_rank_group(monkeypatch):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                           MASTER_PORT=str(port)).items():
+    for key, value in dict(
+        RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    ).items():
         monkeypatch.setenv(key, value)
 
 
@@ -128,8 +137,14 @@ def test_fsdp_checkpoint_layout_and_full_export(fsdp_run):
 
     ckpt = fsdp_run / "ckpt_00000006"
     assert sorted(p.name for p in fsdp_run.glob("ckpt_*")) == [ckpt.name]
-    assert {p.name for p in ckpt.iterdir()} == {"model.safetensors", "config.json", "train_state.json",
-                                                "train_state.safetensors", "sharded", *GPT2_TOKENIZER_FILES}
+    assert {p.name for p in ckpt.iterdir()} == {
+        "model.safetensors",
+        "config.json",
+        "train_state.json",
+        "train_state.safetensors",
+        "sharded",
+        *GPT2_TOKENIZER_FILES,
+    }
     assert not list(fsdp_run.glob(".tmp_*"))
     # The export is the two ranks' shards put back together (wte without its padding rows).
     shards = [load_file(str(p)) for p in sorted((ckpt / "sharded").glob("*.safetensors"))]
@@ -228,6 +243,7 @@ def test_full_disk_while_writing_shards_is_one_line(data_dir, one_rank_group, tm
     code = train.main(tiny_argv(data_dir, out, parallel="fsdp", max_steps=2))
     err = capsys.readouterr().err
     assert code == 1, err
-    assert err.splitlines()[-1] == (f"error: cannot write the checkpoint of step 2 in {out} (No space left on "
-                                    "device); no earlier checkpoint exists")
+    assert err.splitlines()[-1] == (
+        f"error: cannot write the checkpoint of step 2 in {out} (No space left on device); no earlier checkpoint exists"
+    )
     assert not list(out.glob("ckpt_*")) and not list(out.glob(".tmp_*"))

@@ -11,6 +11,7 @@ dropping the Nesterov term, the lr scale or the weight decay moves it by 37-88%.
 
 Resumes must be bitwise: the same float operations run in the same order.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,13 +23,13 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_run import ROOT, load_script, make_corpus, read_log, tiny_argv
 
-from minigpt.train.checkpoint import latest_checkpoint
 from minigpt.model.config import GPTConfig
 from minigpt.model.model import GPT
-from minigpt.train.optim import Optimizers, configure_optimizer, muon_parameters, set_hyperparameters
+from minigpt.train.checkpoint import latest_checkpoint
 from minigpt.train.config import ConfigError, TrainConfig
-from tiny_run import ROOT, load_script, make_corpus, read_log, tiny_argv
+from minigpt.train.optim import Optimizers, configure_optimizer, muon_parameters, set_hyperparameters
 
 train = load_script(ROOT / "train.py")
 
@@ -70,8 +71,11 @@ def loss_of(model: GPT, seed: int) -> torch.Tensor:
 
 def test_muon_takes_the_block_matrices_only():
     names = set(muon_parameters(tiny_model()))
-    assert names == {f"transformer.h.{i}.{m}.weight" for i in range(2)
-                     for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")}
+    assert names == {
+        f"transformer.h.{i}.{m}.weight"
+        for i in range(2)
+        for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+    }
     cfg = TrainConfig(optimizer="muon")
     opt = configure_optimizer(tiny_model(), cfg, "cpu")
     muon, adamw = opt.optimizers
@@ -135,7 +139,7 @@ def test_state_dict_round_trip_numbers_parameters_across_optimizers():
     assert set(sd["state"][0]) == {"momentum_buffer"}  # Muon's parameters come first
     assert set(sd["state"][n_params - 1]) == {"step", "exp_avg", "exp_avg_sq"}
     opt_b.load_state_dict(sd)
-    for p, q in zip(a.parameters(), b.parameters()):
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
         for key, value in opt_a.state[p].items():
             assert torch.equal(value, opt_b.state[q][key])
     with pytest.raises(ValueError, match="parameter groups"):
@@ -175,8 +179,15 @@ def test_muon_two_gloo_processes_match_one(data_dir, tmp_path):
     common = dict(batch_size=4, total_batch_size=256, max_steps=4, optimizer="muon")
     one, two = tmp_path / "one", tmp_path / "two"
     assert train.main(tiny_argv(data_dir, one, **common)) == 0
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-           str(ROOT / "train.py"), *tiny_argv(data_dir, two, **common)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        str(ROOT / "train.py"),
+        *tiny_argv(data_dir, two, **common),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -11,6 +11,7 @@ the losses and gradient norms by a few ulps (1e-7 relative seen over 5 steps); 1
 relative leaves a wide margin, while a wrong batch (a skipped or repeated row) or a
 mis-scaled gradient changes them in the third digit or earlier.
 """
+
 from __future__ import annotations
 
 import errno
@@ -23,24 +24,24 @@ import signal
 import subprocess
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
 import torch
+from tiny_run import ROOT, load_script, make_corpus, read_log, tiny_argv, tiny_settings, tree_hashes
 
+from minigpt.data.corpus import load_meta
+from minigpt.data.loader import DataLoader, unigram_entropy
+from minigpt.model.config import GPTConfig, preset
+from minigpt.model.load import from_pretrained, save_pretrained
+from minigpt.model.model import GPT
 from minigpt.train import checkpoint
 from minigpt.train.checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints
-from minigpt.model.config import GPTConfig, preset
-from minigpt.data.corpus import load_meta
-from minigpt.train.flops import PEAK_FLOPS, device_peak_flops, flops_per_token
-from minigpt.data.loader import DataLoader, unigram_entropy
-from minigpt.model.model import GPT
-from minigpt.train.optim import configure_optimizer, lr_at
 from minigpt.train.config import TrainConfig, make_config
+from minigpt.train.flops import PEAK_FLOPS, device_peak_flops, flops_per_token
+from minigpt.train.optim import configure_optimizer, lr_at
 from minigpt.train.trainer import Trainer
-from tiny_run import ROOT, load_script, make_corpus, read_log, tiny_argv, tiny_settings, tree_hashes
-from minigpt.model.load import from_pretrained
-from minigpt.model.load import save_pretrained
 
 train = load_script(ROOT / "train.py")
 
@@ -73,7 +74,7 @@ def test_lr_schedule_warmup_then_cosine_to_min_lr():
     assert lr_at(110, cfg) == pytest.approx(1e-4)
     assert lr_at(500, cfg) == pytest.approx(1e-4)
     lrs = [lr_at(s, cfg) for s in range(10, 111)]
-    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert all(a >= b for a, b in pairwise(lrs))
     assert TrainConfig(lr=2e-3).min_lr == pytest.approx(2e-4)  # default: 10% of lr
 
 
@@ -102,9 +103,15 @@ def test_peak_flops_table(monkeypatch):
     assert device_peak_flops(torch.device("cpu")) == (None, device_peak_flops(torch.device("cpu"))[1])
     assert device_peak_flops(torch.device("cpu"), 1e12)[0] == 1e12
     names = {
-        "NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H100 PCIe": 756e12, "NVIDIA H200": 989e12,
-        "NVIDIA A100-SXM4-80GB": 312e12, "NVIDIA A10G": 125e12, "NVIDIA L4": 121e12,
-        "NVIDIA L40S": 362e12, "NVIDIA GeForce RTX 4090": 165e12, "Tesla V100-SXM2-16GB": 125e12,
+        "NVIDIA H100 80GB HBM3": 989e12,
+        "NVIDIA H100 PCIe": 756e12,
+        "NVIDIA H200": 989e12,
+        "NVIDIA A100-SXM4-80GB": 312e12,
+        "NVIDIA A10G": 125e12,
+        "NVIDIA L4": 121e12,
+        "NVIDIA L40S": 362e12,
+        "NVIDIA GeForce RTX 4090": 165e12,
+        "Tesla V100-SXM2-16GB": 125e12,
         "Some Future GPU": None,
     }
     for name, peak in names.items():
@@ -191,7 +198,7 @@ def test_gradient_accumulation_matches_one_big_batch(data_dir, tmp_path, capsys)
         losses[batch_size] = [(r["loss"], r["grad_norm"]) for r in steps.values()]
         assert steps[5]["tokens"] == 5 * 256
     for batch_size in (4, 2):
-        for got, want in zip(losses[batch_size], losses[8]):
+        for got, want in zip(losses[batch_size], losses[8], strict=True):
             assert got == pytest.approx(want, rel=1e-5, abs=0)
     assert losses[8][-1][0] < losses[8][0][0]
 
@@ -200,8 +207,15 @@ def test_two_gloo_processes_match_one(data_dir, tmp_path, capsys):
     common = dict(batch_size=4, total_batch_size=256, max_steps=5, eval_interval=5, eval_steps=2)
     one, two = tmp_path / "one", tmp_path / "two"
     assert run_main(tiny_argv(data_dir, one, **common), capsys)[0] == 0  # 2 micro-steps x 1 process
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-           str(ROOT / "train.py"), *tiny_argv(data_dir, two, **common)]  # 1 micro-step x 2 processes
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        str(ROOT / "train.py"),
+        *tiny_argv(data_dir, two, **common),
+    ]  # 1 micro-step x 2 processes
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -230,8 +244,16 @@ def test_checkpoint_loads_with_from_pretrained(data_dir, tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded(x), trainer.raw_model(x))
     names = {p.name for p in (out / "ckpt_00000004").iterdir()}
-    assert names == {"model.safetensors", "config.json", "train_state.safetensors", "train_state.json",
-                     "minigpt_tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json"}
+    assert names == {
+        "model.safetensors",
+        "config.json",
+        "train_state.safetensors",
+        "train_state.json",
+        "minigpt_tokenizer.json",
+        "vocab.json",
+        "merges.txt",
+        "tokenizer_config.json",
+    }
     assert not list(out.glob(".tmp_*"))
     assert (out / "loss.png").stat().st_size > 0
 
@@ -497,7 +519,9 @@ BREAKAGES = {
     "missing train_state.json": (lambda c: (c / "train_state.json").unlink(), []),
     "garbled train_state.json": (lambda c: (c / "train_state.json").write_text('{"step": '), []),
     "swapped config.json": (
-        lambda c: (c / "config.json").write_text((c / "config.json").read_text().replace('"n_layer": 2', '"n_layer": 3')),
+        lambda c: (c / "config.json").write_text(
+            (c / "config.json").read_text().replace('"n_layer": 2', '"n_layer": 3')
+        ),
         [],
     ),
     "different batch size": (None, ["--batch-size", "2"]),

@@ -1,0 +1,122 @@
+"""minigpt.cli: the command-line layer the top-level scripts share, and that they do share it."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from minigpt import cli
+from minigpt.generate.sampling import SamplingSettings
+from minigpt.model.backends import ATTN_BACKENDS
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ["train.py", "sample.py", "eval.py", "prepare.py"]
+
+
+def parser() -> cli.OneLineParser:
+    p = cli.OneLineParser(prog="x")
+    cli.add_device_flags(p)
+    cli.add_attn_backend_flag(p)
+    cli.add_sampling_flags(p)
+    return p
+
+
+def test_defaults():
+    args = parser().parse_args([])
+    assert (args.device, args.dtype, args.attn_backend) == ("auto", "auto", "auto")
+    assert (args.temperature, args.top_k, args.top_p, args.seed) == (1.0, None, None, None)
+    assert cli.sampling_settings(args) == SamplingSettings()
+
+
+def test_attn_backend_choices_are_the_backend_table():
+    action = next(a for a in parser()._actions if a.dest == "attn_backend")
+    assert tuple(action.choices) == ATTN_BACKENDS
+
+
+@pytest.mark.parametrize("argv", [["--dtype", "float8"], ["--attn-backend", "flash"], ["--top-k", "2.5"], ["--nope"]])
+def test_usage_error_is_one_line(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        parser().parse_args(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "(see --help)" in err
+
+
+@pytest.mark.parametrize(
+    "flags, name", [(["--temperature", "-1"], "temperature"), (["--top-p", "0"], "top_p"), (["--top-k", "0"], "top_k")]
+)
+def test_bad_sampling_flags(flags, name):
+    with pytest.raises(ValueError, match=name):
+        cli.sampling_settings(parser().parse_args(flags))
+
+
+def test_resolve_device():
+    assert cli.resolve_device("cpu") == torch.device("cpu")
+    assert cli.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="not a device"):
+        cli.resolve_device("cuda:x")
+    with pytest.raises(ValueError, match="cpu, cuda or mps"):
+        cli.resolve_device("meta")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="asks for CUDA"):
+            cli.resolve_device("cuda")
+    if torch.cuda.device_count() < 8:
+        with pytest.raises(ValueError, match="CUDA" if not torch.cuda.is_available() else "CUDA device"):
+            cli.resolve_device("cuda:7")
+    if not torch.backends.mps.is_available():
+        with pytest.raises(ValueError, match="MPS"):
+            cli.resolve_device("mps")
+
+
+def test_resolve_dtype():
+    cpu = torch.device("cpu")
+    assert cli.resolve_dtype("auto", cpu) == torch.float32
+    for name, dtype in cli.DTYPES.items():
+        assert cli.resolve_dtype(name, cpu) == dtype
+    with pytest.raises(ValueError, match="--dtype"):
+        cli.resolve_dtype("float8", cpu)
+    if torch.cuda.is_available():
+        gpu = torch.device("cuda")
+        assert cli.resolve_dtype("auto", gpu) == (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32)
+
+
+def test_one_definition_each():
+    """The shared pieces are defined once in the whole tree, and no script hard-codes backend choices."""
+    sources = [p for d in ("minigpt", "bench") for p in (ROOT / d).rglob("*.py")] + [ROOT / s for s in SCRIPTS]
+    once = {
+        "class OneLineParser": "minigpt/cli.py",
+        "\nDTYPES = ": "minigpt/device.py",
+        "def resolve_device": "minigpt/device.py",
+        "def resolve_dtype": "minigpt/device.py",
+        "def cpu_model": "minigpt/provenance.py",
+        "\ndef log(": "bench/common.py",
+        "\ndef atomic_write(": "minigpt/files.py",
+    }
+    for definition, home in once.items():
+        found = sorted(str(p.relative_to(ROOT)) for p in sources if definition in p.read_text())
+        if definition == "\ndef atomic_write(":  # the bench's torch-free copy, for the GPU suite's supervisor
+            found = [f for f in found if f != "bench/common.py"]
+        assert found == [home], (definition, found)
+    for script in SCRIPTS:
+        assert '"triton"]' not in (ROOT / script).read_text(), script
+
+
+def test_only_command_lines_import_cli():
+    """Nothing in the package imports minigpt.cli but the command line of `python -m minigpt.data`."""
+    forms = ("from minigpt.cli", "import minigpt.cli", "from minigpt import cli")
+    importers = [
+        p.relative_to(ROOT).as_posix()
+        for p in (ROOT / "minigpt").rglob("*.py")
+        if p.name != "cli.py" and any(form in p.read_text() for form in forms)
+    ]
+    assert importers == ["minigpt/data/prepare.py"]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_scripts_help(script):
+    r = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "usage:" in r.stdout, r.stderr
+    if script in ("sample.py", "eval.py"):
+        for flag in ("--device", "--dtype", "--attn-backend"):
+            assert flag in r.stdout
