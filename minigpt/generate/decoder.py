@@ -5,7 +5,8 @@ bookkeeping on the host. A `Decoder` keeps what a step reads and writes (the cac
 the current token, the finished rows) in device buffers updated in place, and calls the model's own
 forward for every step. With `StaticKVCache` every shape is fixed, so on CUDA one step is captured
 as a CUDA graph and each token costs one replay; on a CPU the cache grows, and the matrix-vector
-products run through F.linear or oneDNN, whichever a few timed steps found faster for this model.
+products run through F.linear or oneDNN, whichever a few timed steps found faster for this model
+(timed only for a decode long enough to pay for the trial: F.linear, as the simple path, until then).
 Greedy tokens equal those of the simple path (tests/generate/test_decode.py).
 
     decoder = Decoder(model, batch_size=1, max_len=256)
@@ -119,6 +120,14 @@ class OneDNNLinear(TorchFunctionMode):
 # The measured choice of `cpu_linear="auto"`, per (model shape, dtype, batch size, threads).
 _measured_cpu_linear: dict[tuple, str] = {}
 
+# The timed trial of `cpu_linear="auto"` runs TRIAL_STEPS greedy steps (after a one-token prefill) with each
+# candidate, over a warm-up and TRIAL_ROUNDS timed rounds: (1 + 5) x 3 x (1 + 3) = 72 forwards for three
+# candidates, whose tokens are thrown away. A decode runs it only when that is at most TRIAL_SHARE of its own
+# steps: on a 100-token sample it cost more than oneDNN could ever win back (issue 20, item 10: auto ran at
+# 47-87 tok/s where simple ran at 158-177), and on a busy machine it can misjudge, so short decodes use F.linear,
+# the simple path's own kernel.
+TRIAL_STEPS, TRIAL_ROUNDS, TRIAL_SHARE = 3, 5, 0.05
+
 
 # ----------------------------------------------------------------------------------------------
 # The decoder
@@ -135,7 +144,8 @@ class Decoder:
     cpu_linear: how the CPU runs the matrix-vector products: "torch" (F.linear), "onednn"
     (`OneDNNLinear` on the model's weights), "onednn-packed" (on reordered copies of them),
     or "auto": the fastest of those that can run, timed on a few decode steps of this model
-    the first time a decoder of its shape, dtype and batch size decodes. Ignored on a GPU.
+    the first time a decoder of its shape, dtype and batch size decodes enough tokens for the
+    trial to cost at most TRIAL_SHARE of the decode (F.linear before that). Ignored on a GPU.
 
     A Decoder can be reused for any number of `generate` calls with the same batch size;
     each starts afresh from its prompt.
@@ -245,15 +255,13 @@ class Decoder:
         self.graphs[greedy] = graph
 
     # --- the oneDNN choice ----------------------------------------------------------------------
-    def measure_cpu_linear(self, steps: int = 3, rounds: int = 5, margin: float = 0.1) -> str:
+    def measure_cpu_linear(self, steps: int = TRIAL_STEPS, rounds: int = TRIAL_ROUNDS, margin: float = 0.1) -> str:
         """Time greedy decode steps with each runnable cpu_linear, in alternation, and return the
         fastest (the median over rounds); oneDNN only if it beats F.linear by `margin`, so that
         noise on a busy machine does not pick a path slower than the simple decoder's. Leaves the
         decoding state to be overwritten by a prefill."""
-        candidates = ["torch"]
-        if onednn_unavailable_reason(self.dtype) is None:
-            candidates += ["onednn", "onednn-packed"]
-        if len(candidates) == 1 or is_quantized(self.model):  # its linears call no F.linear to route
+        candidates = self.cpu_linear_candidates()
+        if len(candidates) == 1:  # no oneDNN here, or a quantized model: its linears call no F.linear to route
             return "torch"
         steps = max(1, min(steps, self.max_len - 2))
         contexts = {name: self._linears(name) for name in candidates}
@@ -275,8 +283,23 @@ class Decoder:
         self.linears = contexts[best]
         return best
 
-    def choose_cpu_linear(self) -> None:
-        """Settle cpu_linear="auto", measuring once per model shape, dtype, batch size and thread count."""
+    def cpu_linear_candidates(self) -> list[str]:
+        """The cpu_linear values the trial times: "torch", and oneDNN's where it can run and has linears to route."""
+        if onednn_unavailable_reason(self.dtype) is not None or is_quantized(self.model):
+            return ["torch"]
+        return ["torch", "onednn", "onednn-packed"]
+
+    def trial_forwards(self) -> int:
+        """How many forwards `measure_cpu_linear` runs (none when there is nothing to choose from)."""
+        n = len(self.cpu_linear_candidates())
+        return 0 if n == 1 else (1 + TRIAL_ROUNDS) * n * (1 + max(1, min(TRIAL_STEPS, self.max_len - 2)))
+
+    def choose_cpu_linear(self, new_tokens: int | None = None) -> None:
+        """Settle cpu_linear="auto", measuring once per model shape, dtype, batch size and thread count.
+
+        With new_tokens (the length of the decode about to run), a trial not yet made is made only if it
+        costs at most TRIAL_SHARE of that decode; otherwise this decode runs F.linear and cpu_linear stays
+        "auto" (a later, longer decode may still measure)."""
         key = (
             tuple(sorted(self.config.to_dict().items())),
             self.dtype,
@@ -285,6 +308,9 @@ class Decoder:
             torch.get_num_threads(),
         )
         if key not in _measured_cpu_linear:
+            if new_tokens is not None and self.trial_forwards() > TRIAL_SHARE * new_tokens:
+                self.linears = contextlib.nullcontext()  # F.linear, as the simple path
+                return
             _measured_cpu_linear[key] = self.measure_cpu_linear()
         self.cpu_linear = _measured_cpu_linear[key]
         self.linears = self._linears(self.cpu_linear)
@@ -334,7 +360,7 @@ class Decoder:
             return
         greedy = sampling.greedy
         if self.cpu_linear == "auto" and max_new_tokens > 1:
-            self.choose_cpu_linear()
+            self.choose_cpu_linear(max_new_tokens)
         if self.mode == "graph" and max_new_tokens > 1 and greedy not in self.graphs:
             self.capture(greedy)
         logits = self.prefill(idx, eos_id)

@@ -27,6 +27,38 @@ def check_mode(mode: str, group_size: int = DEFAULT_GROUP_SIZE) -> None:
         raise ValueError(f"int4 group size must be one of {', '.join(map(str, INT4_GROUP_SIZES))}, got {group_size}")
 
 
+def kernel_shape_problem(
+    mode: str, out_features: int, in_features: int, group_size: int, device_type: str
+) -> str | None:
+    """Why the packed kernel of `mode` on `device_type` cannot multiply by an (out_features, in_features)
+    weight, or None if it can. Checked before anything is quantized: the CPU kernels do not check
+    shapes themselves, and read out of bounds (garbage, NaN or a segfault) where these rules fail.
+
+    - int8, CPU (_weight_int8pack_mm, aten/src/ATen/native/cpu/int8mm_kernel.cpp): the AVX-512 kernel
+      steps through the input 16 values at a time with aligned 16- and 32-byte loads (AVX2: 8 at a time):
+      the input width must be a multiple of 16. Any output width.
+    - int8, CUDA (aten/src/ATen/native/cuda/int8mm.cu): one plain loop per output, any shape (its dtype
+      checks are raised by the kernel itself, caught by the trial call of `quantize_model`).
+    - int4, CPU and CUDA: the group size divides the input width (so it is a multiple of 32), and the
+      output width is a multiple of 16 (the packing ops' N % 16 on a CPU, the CUDA tiles of 8 columns).
+    """
+    N, K = out_features, in_features
+    if N < 1 or K < 1:
+        return f"the kernels need both widths >= 1, got {N} x {K}"
+    if mode == "int8":
+        if device_type == "cpu" and K % 16:
+            return (
+                f"the CPU int8 kernel needs an input width that is a multiple of 16 (it reads 16 values at a time), "
+                f"got {K}"
+            )
+        return None
+    if K % group_size:
+        return f"the int4 group size {group_size} does not divide the layer's input width {K}"
+    if N % 16:
+        return f"int4 needs a layer's output width to be a multiple of 16, got {N}"
+    return None
+
+
 def _round_up_bf16(x: torch.Tensor) -> torch.Tensor:
     """x (float32) rounded to the nearest bfloat16 that is >= x."""
     b = x.to(torch.bfloat16)
@@ -143,17 +175,14 @@ class QuantizedLinear(nn.Module):
         self.mode, self.in_features, self.out_features = mode, K, N
         self.group_size = group_size if mode == "int4" else None
         self.reference = False
+        problem = kernel_shape_problem(mode, N, K, group_size, weight.device.type)
+        if problem is not None:
+            raise ValueError(f"cannot quantize this {N} x {K} layer to {mode}: {problem}")
         if mode == "int8":
             q, scale = quantize_int8(weight)
             self.register_buffer("qweight", q)
             self.register_buffer("scale", scale)
         else:
-            if K % group_size:
-                raise ValueError(f"int4 group size {group_size} does not divide the layer's input width {K}")
-            if N % 16:
-                raise ValueError(f"int4 needs a layer's output width to be a multiple of 16, got {N}")
-            if K % 16:
-                raise ValueError(f"int4 needs a layer's input width to be a multiple of 16, got {K}")
             q, scale, zero = quantize_int4(weight, group_size)
             self.register_buffer("qweight", _kernel_call(_int4_pack, q))
             self.register_buffer("scale_and_zero", torch.stack([scale.t(), zero.t()], dim=-1).contiguous())
@@ -183,7 +212,9 @@ class QuantizedLinear(nn.Module):
                 f"this layer was quantized on {self.packed_for} and cannot run on {x.device.type}: "
                 "move the model first, then quantize it"
             )
-        rows = x.reshape(-1, self.in_features).to(self.kernel_dtype)
+        rows = x.reshape(-1, self.in_features).to(self.kernel_dtype).contiguous()
+        if rows.data_ptr() % 64:  # the CPU kernels make aligned loads: a view at an odd offset is copied first
+            rows = rows.clone()
         if self.mode == "int8":
             y = torch.ops.aten._weight_int8pack_mm(rows, self.qweight, self.scale)
         elif x.device.type == "cuda":
@@ -232,17 +263,25 @@ def quantize_model(model: nn.Module, mode: str, group_size: int = DEFAULT_GROUP_
     if model.training:
         raise ValueError("quantize a model for inference: call model.eval() first")
     targets = [
-        (parent, name, child)
-        for parent in model.transformer.h.modules()
+        (parent, name, child, f"transformer.h.{prefix}.{name}")
+        for prefix, parent in model.transformer.h.named_modules()
         for name, child in parent.named_children()
         if isinstance(child, nn.Linear)
     ]
     if is_quantized(model):
         raise ValueError("the model is already quantized")
     head = model.lm_head if model.lm_head is not None else model.transformer.wte.weight
+    head_name = "lm_head" if model.lm_head is not None else "lm_head (tied to transformer.wte)"
+    weights = [(linear.weight, name) for _, _, linear, name in targets] + [
+        (head if isinstance(head, torch.Tensor) else head.weight, head_name)
+    ]
+    for weight, name in weights:  # every shape first: nothing is quantized if one layer cannot be
+        problem = kernel_shape_problem(mode, *weight.shape, group_size, weight.device.type)
+        if problem is not None:
+            raise ValueError(f"cannot quantize {name} ({weight.shape[0]} x {weight.shape[1]}) to {mode}: {problem}")
     replaced = []
     with torch.no_grad():
-        for parent, name, linear in targets:
+        for parent, name, linear, _ in targets:
             replaced.append((parent, name, QuantizedLinear(linear, mode, group_size)))
         lm_head = QuantizedLinear(head, mode, group_size)
         for layer in [m for _, _, m in replaced] + [lm_head]:

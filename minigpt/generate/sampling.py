@@ -112,6 +112,12 @@ def check_ids(idx, vocab_size: int) -> None:
             f"token ids must be a torch.Tensor of shape (batch, time), got a {type(idx).__name__}; "
             "e.g. torch.tensor([ids]) for one prompt"
         )
+    if idx.is_nested or idx.layout != torch.strided:
+        kind = "nested" if idx.is_nested else str(idx.layout).removeprefix("torch.")
+        raise ValueError(
+            f"token ids must be a dense tensor of shape (batch, time), got a {kind} tensor; "
+            "pad the prompts to one length, or generate from each prompt on its own"
+        )
     if idx.dim() != 2:
         hint = "; use ids[None] for one prompt" if idx.dim() == 1 else ""
         raise ValueError(f"token ids must have shape (batch, time), got shape {tuple(idx.shape)}{hint}")

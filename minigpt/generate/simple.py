@@ -27,6 +27,12 @@ from minigpt.generate.sampling import SamplingSettings, check_ids, check_length
 from minigpt.model.model import GPT, KVCache
 from minigpt.tokenizers import TextStream, Tokenizer
 
+# Rows decoded together by `complete` unless batch_size says otherwise. A decode step costs about the same for 1
+# row as for a few dozen on a CPU (it reads every weight once), so batching pays up to about here; beyond it a
+# batch only holds more memory (every row keeps a KV cache and a row of logits) for no more speed (issue 20,
+# item 19: --num-samples 10000 in one batch grew by ~1 MB a sample and ran no faster).
+DEFAULT_BATCH_SIZE = 32
+
 
 @torch.no_grad()
 def stream(
@@ -196,8 +202,8 @@ def complete(
 ) -> list[Completion]:
     """Sample num_samples continuations of each prompt.
 
-    Prompts of equal token length are decoded together in one batch (up to
-    batch_size rows); on_text(completion, new_text) is called as text arrives.
+    Prompts of equal token length are decoded together in batches of up to batch_size rows
+    (DEFAULT_BATCH_SIZE if None); on_text(completion, new_text) is called as text arrives.
     Returns the completions ordered by prompt, then sample. sampling (or its fields) and
     decoder_mode: as for `stream`; seed: draw from a new generator seeded with it (on the model's device).
     Text is decoded with tokenizer (minigpt.tokenizers.tokenizer.TextStream), so a character split over
@@ -224,7 +230,9 @@ def complete(
     by_length: dict[int, list[Completion]] = {}
     for c in completions:
         by_length.setdefault(len(encoded[c.prompt_index]), []).append(c)
-    rows_per_batch = batch_size or len(completions)
+    if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1):
+        raise ValueError(f"batch_size must be an integer >= 1 (or None), got {batch_size!r}")
+    rows_per_batch = batch_size or DEFAULT_BATCH_SIZE
     for group in by_length.values():
         for start in range(0, len(group), rows_per_batch):
             batch = group[start : start + rows_per_batch]

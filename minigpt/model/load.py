@@ -60,5 +60,12 @@ def save_pretrained(model: GPT, directory: str | Path, transformers_only: bool =
     A model with a switch GPT2LMHeadModel lacks (config.hf_incompatibility()) is a ValueError,
     unless transformers_only=False: then config.json holds only minigpt's own config, which
     from_pretrained reads and transformers refuses (training checkpoints are written so).
+
+    A model whose tensors are not the float ones its config describes (a quantized model: its
+    int8/int4 buffers replace the weights) is a ValueError, raised before anything is written:
+    writing it would lose them (over its own source directory: the model itself).
     """
-    weights.save_state_dict(model.state_dict(), model.config, directory, transformers_only)
+    state = model.state_dict()
+    if set(state) != set(build_on_meta(model.config).state_dict()):
+        raise ValueError("this model is quantized; save it before quantizing (a checkpoint holds float weights)")
+    weights.save_state_dict(state, model.config, directory, transformers_only)

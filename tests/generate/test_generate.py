@@ -343,3 +343,53 @@ def test_eot_id_none_never_stops_early(monkeypatch):
     assert (stopped.text, stopped.finish_reason) == ("abc", "eot")
     [kept] = complete(model, NoEndOfText(tokenizer), ["a"], len(tokens))
     assert (kept.text, kept.finish_reason) == ("abc<|endoftext|>cab", "length")
+
+
+def test_many_samples_are_decoded_in_bounded_batches(checkpoint, monkeypatch):
+    """Issue 20, item 19: --num-samples 10000 went into one batch of 10000 rows (memory grew ~1 MB a
+    sample, for no speed-up). complete() now decodes at most DEFAULT_BATCH_SIZE rows at a time."""
+    import minigpt.generate.simple as simple
+
+    _, path = checkpoint
+    model = from_pretrained(path)
+    enc = GPT2Tokenizer()
+    rows = []
+    real_stream = simple.stream
+
+    def recording_stream(model, idx, *args, **kwargs):
+        rows.append(idx.size(0))
+        return real_stream(model, idx, *args, **kwargs)
+
+    monkeypatch.setattr(simple, "stream", recording_stream)
+    n = 2 * simple.DEFAULT_BATCH_SIZE + 5
+    out = complete(model, enc, ["Hello"], 4, num_samples=n, temperature=0, stop_at_eot=False)
+    assert rows == [simple.DEFAULT_BATCH_SIZE, simple.DEFAULT_BATCH_SIZE, 5]
+    assert [c.sample_index for c in out] == list(range(n))
+    single = complete(model, enc, ["Hello"], 4, temperature=0, stop_at_eot=False, batch_size=1)[0]
+    assert all(c.tokens == single.tokens and len(c.tokens) == 4 for c in out)  # greedy: every sample alike
+    rows.clear()
+    complete(model, enc, ["Hello"], 2, num_samples=7, temperature=0, batch_size=3)
+    assert rows == [3, 3, 1]
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
+            complete(model, enc, ["Hello"], 2, batch_size=bad)
+
+
+@pytest.mark.parametrize("decoder_mode", [None, "auto"])
+def test_nested_or_sparse_ids_are_a_clear_error(decoder_mode):
+    """Issue 20, item 17: a nested tensor to generate() ended in torch's NotImplementedError."""
+    model = GPT(GPTConfig(block_size=16, vocab_size=101, n_layer=1, n_head=1, n_embd=16)).eval()
+    ragged = [torch.tensor([1, 2, 3]), torch.tensor([4, 5])]
+    cases = [
+        (torch.nested.nested_tensor(ragged), "got a nested tensor; pad the prompts"),
+        (torch.nested.nested_tensor(ragged, layout=torch.jagged), "got a nested tensor; pad the prompts"),
+        (torch.tensor([[1, 2, 3]]).to_sparse(), "got a sparse_coo tensor"),
+    ]
+    for idx, message in cases:
+        for call in (
+            lambda idx=idx: generate(model, idx, 3, decoder_mode=decoder_mode),
+            lambda idx=idx: list(stream(model, idx, 3, decoder_mode=decoder_mode)),
+        ):
+            with pytest.raises(ValueError, match=message) as e:
+                call()
+            assert "\n" not in str(e.value)

@@ -8,6 +8,12 @@ float32) to 3% of the largest logit; greedy tokens must be identical. The roundi
 weights is held to its bound exactly: |w - dequantized| <= scale / 2 per element.
 """
 
+import json
+import os
+import re
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn as nn
@@ -19,6 +25,7 @@ from minigpt.generate import decoder as decode
 from minigpt.generate.decoder import Decoder
 from minigpt.generate.quantize import QuantizedLinear, quantize_int4, quantize_int8, quantize_model, set_reference
 from minigpt.generate.simple import generate
+from minigpt.model.load import from_pretrained, save_pretrained
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
@@ -210,3 +217,90 @@ def test_decoder_does_not_reuse_a_float_models_cpu_linear_choice():
     decoder = Decoder(quantize_model(model, "int8"), 1, 16)
     decoder.generate(idx, 4, temperature=0)
     assert decoder.cpu_linear == "torch"
+
+
+# ----------------------------------------------------------------------------------------------
+# Widths the kernels cannot take (issue 20, item 5): before, int8 at widths 8, 24, 40 gave NaN or
+# garbage and widths 4, 12, 20, n_embd=1, n_inner=7 segfaulted on the first forward
+
+SWEEP = r"""
+import json, sys, torch
+from minigpt import GPT, GPTConfig
+from minigpt.generate.quantize import QuantizedLinear, quantize_model, set_reference
+torch.manual_seed(0)
+out = []
+for n_embd, n_inner, mode, group in json.loads(sys.argv[1]):
+    model = GPT(GPTConfig(block_size=16, vocab_size=101, n_layer=1, n_head=1, n_embd=n_embd, n_inner=n_inner)).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randint(0, 101, (2, 5))
+    try:
+        quantize_model(model, mode, **({} if group is None else {"group_size": group}))
+    except ValueError as e:
+        after = model.state_dict()
+        unchanged = not any(isinstance(m, QuantizedLinear) for m in model.modules()) and before.keys() == after.keys()
+        unchanged = unchanged and all(torch.equal(before[k], after[k]) for k in before)
+        out.append(dict(error=str(e), unchanged=unchanged))
+        continue
+    with torch.no_grad():
+        got = model(x)[0]
+        want = set_reference(model)(x)[0]
+    err = float((got - want).abs().max() / want.abs().max().clamp(min=1e-6))
+    out.append(dict(error=None, finite=bool(torch.isfinite(got).all()), rel_err=err))
+print(json.dumps(out))
+"""
+
+
+def test_odd_widths_are_refused_in_one_line_or_quantized_right():
+    """Each shape either quantizes to a model that agrees with its reference, or is refused in one line
+    naming the layer and the rule, the model unchanged. Run in a subprocess: a segfault fails the test."""
+    cases = []
+    for n_embd, n_inner in [(1, None), (4, None), (8, None), (12, None), (20, None), (24, None), (40, None)]:
+        cases.append((n_embd, n_inner, "int8", None))
+    cases += [(16, 7, "int8", None), (32, 7, "int8", None), (16, None, "int8", None), (48, 40, "int8", None)]
+    cases += [(32, None, "int8", None), (64, 96, "int8", None)]
+    cases += [(32, 7, "int4", 32), (40, None, "int4", 32), (8, None, "int4", 32), (96, None, "int4", 32)]
+    cases += [(64, 48, "int4", 32), (64, 96, "int4", 32)]
+    proc = subprocess.run(
+        [sys.executable, "-c", SWEEP, json.dumps(cases)], capture_output=True, text=True, timeout=600, env=os.environ
+    )
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    results = json.loads(proc.stdout)
+    refused = {}
+    for case, r in zip(cases, results, strict=True):
+        n_embd, n_inner, mode, _ = case
+        if r["error"] is None:
+            assert r["finite"] and r["rel_err"] < 0.03, (case, r)
+        else:
+            assert "\n" not in r["error"] and r["unchanged"], (case, r)
+            assert re.match(
+                r"cannot quantize (transformer\.h\.0\.\S+|lm_head.*) \(\d+ x \d+\) to int[48]: ", r["error"]
+            )
+            refused[case] = r["error"]
+    # the rules: int8 on a CPU needs input widths that are multiples of 16; int4 the group dividing them
+    for case, r in zip(cases, results, strict=True):
+        n_embd, n_inner, mode, group = case
+        widths = (n_embd, n_inner or 4 * n_embd)
+        expect_ok = all(w % 16 == 0 for w in widths) if mode == "int8" else all(w % group == 0 for w in widths)
+        assert (case not in refused) == expect_ok, (case, r)
+    assert "multiple of 16" in refused[(16, 7, "int8", None)] and "mlp.c_proj" in refused[(16, 7, "int8", None)]
+    assert "transformer.h.0.attn.c_attn (3 x 1)" in refused[(1, None, "int8", None)]
+
+
+def test_saving_a_quantized_model_is_refused_and_writes_nothing(tmp_path):
+    """Issue 20, item 3: save_pretrained of a quantized model wrote a model.safetensors without any
+    c_attn/c_proj/c_fc weight; over its source directory, that destroyed the model."""
+    model = tiny_model(seed=2)
+    source = tmp_path / "source"
+    save_pretrained(model, source, transformers_only=False)
+    files = {p.name: p.read_bytes() for p in source.iterdir()}
+    assert "model.safetensors" in files
+    quantize_model(model, "int8")
+    fresh = tmp_path / "fresh"
+    for directory in (source, fresh):
+        with pytest.raises(ValueError, match="this model is quantized; save it before quantizing") as e:
+            save_pretrained(model, directory, transformers_only=False)
+        assert "\n" not in str(e.value)
+    assert {p.name: p.read_bytes() for p in source.iterdir()} == files  # not a byte changed
+    assert not fresh.exists()
+    reloaded = from_pretrained(source)  # the float model is still there
+    assert reloaded.transformer.h[0].attn.c_attn.weight.shape == (3 * 96, 96)
