@@ -9,6 +9,8 @@ writes and reads the checkpoints themselves.
 
 from __future__ import annotations
 
+import fcntl
+import os
 from pathlib import Path
 
 from minigpt.files import atomic_write
@@ -78,3 +80,74 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
     """The run's newest complete checkpoint in out_dir, if any (see the module doc)."""
     found = run_checkpoints(out_dir)
     return found[-1][1] if found else None
+
+
+LOCK = ".lock"  # out_dir/.lock: flock'ed by the train.py run writing into out_dir, holding its PID
+
+
+class RunDirLocked(CheckpointError):
+    """Another live process holds the out dir's lock (a run is writing into it)."""
+
+    exit_code = 2
+
+
+def _locked_message(out_dir: Path, f) -> str:
+    f.seek(0)
+    pid = f.read().strip()
+    holder = f"process {pid}" if pid.isdigit() else "another process"
+    return (
+        f"{out_dir} is in use by another train.py run ({holder} holds {out_dir / LOCK}); "
+        "wait for it to end, or choose another --out-dir"
+    )
+
+
+def check_unlocked(out_dir: str | Path) -> None:
+    """RunDirLocked if a live process holds out_dir's lock; writes nothing (a lock file left by a
+    dead process is not held: the OS released it with the process)."""
+    out_dir = Path(out_dir)
+    try:
+        f = open(out_dir / LOCK, encoding="utf-8", errors="replace")
+    except OSError:  # no lock file (or none readable): nobody can hold it
+        return
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunDirLocked(_locked_message(out_dir, f)) from None
+        except OSError:  # a file system without flock: nothing to check
+            return
+        fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def lock_run_dir(out_dir: str | Path):
+    """Take out_dir's lock for this process's life (out_dir must exist) and write our PID into it.
+
+    Returns the open lock file: the lock holds until it is closed (release_run_dir) or the
+    process ends, however it ends. RunDirLocked, naming the holder's PID, if a live process
+    holds it; the lock file is then left as it is.
+    """
+    out_dir = Path(out_dir)
+    fd = os.open(out_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    f = os.fdopen(fd, "r+", encoding="utf-8", errors="replace")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        message = _locked_message(out_dir, f)
+        f.close()
+        raise RunDirLocked(message) from None
+    except OSError:  # a file system without flock (some network mounts): run unlocked
+        pass
+    except BaseException:
+        f.close()
+        raise
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
+
+
+def release_run_dir(lock) -> None:
+    """Give up a lock lock_run_dir took (the file stays: removing it could race a new holder)."""
+    if lock is not None and not lock.closed:
+        lock.close()

@@ -196,6 +196,11 @@ class TrainConfig:
         "(FSDP2: parameters, gradients and AdamW state sharded across them)",
         choices=PARALLEL,
     )
+    dist_timeout: float = setting(
+        600.0,
+        "seconds a process waits for the others at a collective (an all-reduce, a barrier) under torchrun "
+        "before it stops with an error naming the rank that did not answer",
+    )
     activation_checkpointing: bool = setting(
         False,
         "recompute each block's activations in the backward pass "
@@ -220,6 +225,7 @@ class TrainConfig:
             "decay_frac",
             "muon_lr",
             "muon_momentum",
+            "dist_timeout",
         ):
             value = getattr(self, name)
             if value is None:
@@ -294,6 +300,8 @@ class TrainConfig:
                 "--optimizer muon does not run under --parallel fsdp (torch.optim.Muon "
                 "orthogonalises whole matrices, FSDP holds shards of them); use --parallel ddp"
             )
+        if self.dist_timeout <= 0:
+            raise ConfigError(f"dist_timeout must be a positive number of seconds, got {self.dist_timeout}")
         if self.peak_flops is not None and self.peak_flops <= 0:
             raise ConfigError(f"peak_flops must be positive, got {self.peak_flops}")
         self.model_config()  # the model sizes must make a valid GPTConfig

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import datetime
 import os
 import platform
+import re
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -18,7 +21,7 @@ import torch.distributed as dist
 
 from minigpt.device import resolve_device
 from minigpt.model.backends import resolve_backends
-from minigpt.train.config import ConfigError
+from minigpt.train.config import ConfigError, TrainError
 
 
 @dataclass
@@ -30,6 +33,7 @@ class Runtime:
     device: torch.device
     dtype: str  # "float32" or "bfloat16" (autocast)
     backends: tuple[str, str]  # (attention, LayerNorm) as they will run on `device`
+    timeout: float = 600.0  # seconds a collective waits for the other processes
 
     @property
     def master(self) -> bool:
@@ -52,11 +56,49 @@ class Runtime:
         if self.distributed and dist.is_initialized():
             dist.destroy_process_group()
 
+    @contextlib.contextmanager
+    def collective_timeouts(self):
+        """Turn a collective that timed out (a rank that froze, or died without its process group
+        noticing) into a TrainError of one line naming the rank(s) that did not answer."""
+        try:
+            yield
+        except RuntimeError as e:  # DistBackendError is one
+            if not self.distributed or "timed out" not in str(e).lower() and "timeout" not in str(e).lower():
+                raise
+            error = CollectiveTimeout(self.rank, self.world_size, self.timeout, str(e))
+            if not self.master:  # train.py prints rank 0's errors only; here rank 0 may be the silent one
+                print(f"error: {error}", file=sys.stderr, flush=True)
+            raise error from None
+
+
+class CollectiveTimeout(TrainError):
+    """A collective waited longer than --dist-timeout for another rank."""
+
+    exit_code = 1
+
+    def __init__(self, rank: int, world_size: int, timeout: float, reason: str):
+        others = [r for r in range(world_size) if r != rank]
+        named = re.findall(r"\brank[ _:]*(\d+)", reason, flags=re.IGNORECASE)
+        silent = sorted({int(r) for r in named if int(r) != rank and int(r) < world_size}) or others
+        who = ", ".join(str(r) for r in silent)
+        super().__init__(
+            f"rank {rank}: rank {who} stopped answering (no reply at a collective within "
+            f"--dist-timeout {timeout:g} s); stopping. Resume the run from its last checkpoint with --resume"
+            if len(silent) == 1
+            else f"rank {rank}: one of ranks {who} stopped answering (no reply at a collective within "
+            f"--dist-timeout {timeout:g} s); stopping. Resume the run from its last checkpoint with --resume"
+        )
+
 
 def start_runtime(
-    device: str = "auto", dtype: str = "auto", attn_backend: str = "auto", ln_backend: str = "auto"
+    device: str = "auto",
+    dtype: str = "auto",
+    attn_backend: str = "auto",
+    ln_backend: str = "auto",
+    timeout: float = 600.0,
 ) -> Runtime:
-    """Pick the device and precision, set the device's knobs, and join the process group if any."""
+    """Pick the device and precision, set the device's knobs, and join the process group if any
+    (its collectives give up after `timeout` seconds: see collective_timeouts)."""
     distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     rank = int(os.environ.get("RANK", 0))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -82,11 +124,12 @@ def start_runtime(
         torch.backends.cudnn.allow_tf32 = True
         torch.set_float32_matmul_precision("high")
     if distributed:
+        wait = datetime.timedelta(seconds=timeout)
         if where.type == "cuda":
-            dist.init_process_group(backend="nccl", device_id=where)
+            dist.init_process_group(backend="nccl", device_id=where, timeout=wait)
         else:
-            dist.init_process_group(backend="gloo")
-    return Runtime(rank, local_rank, world_size, distributed, where, dtype, backends)
+            dist.init_process_group(backend="gloo", timeout=wait)
+    return Runtime(rank, local_rank, world_size, distributed, where, dtype, backends, timeout)
 
 
 def keep_freed_memory() -> bool:

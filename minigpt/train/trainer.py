@@ -33,10 +33,19 @@ from minigpt.eval.evaluate import evaluate as evaluate_tasks
 from minigpt.files import atomic_write
 from minigpt.generate.simple import complete, prompt_ids
 from minigpt.model.backends import set_backends
+from minigpt.model.config import GPTConfig
 from minigpt.model.load import from_pretrained
 from minigpt.model.model import GPT
 from minigpt.model.weights import find_weights
-from minigpt.rundir import CheckpointError, CheckpointWriteError, latest_checkpoint, run_checkpoints
+from minigpt.rundir import (
+    CheckpointError,
+    CheckpointWriteError,
+    check_unlocked,
+    latest_checkpoint,
+    lock_run_dir,
+    release_run_dir,
+    run_checkpoints,
+)
 from minigpt.tokenizers import Tokenizer, load_tokenizer, parse_tokenizer_kind
 from minigpt.tokenizers.lookup import check_vocab, tokenizer_for
 from minigpt.train import parallel
@@ -62,6 +71,16 @@ from minigpt.train.runlog import RunLog, check_loggers_installed, info, open_ten
 from minigpt.train.runtime import start_runtime
 
 MODEL_SHAPE = ("n_layer", "n_head", "n_embd")
+# The settings of a run that are the model's own (GPTConfig fields, all but the context window,
+# which a run may set below the model's): a checkpoint or an --init model keeps its values, and a
+# flag asking for another is refused (a new field of both dataclasses joins by itself).
+MODEL_SETTINGS = tuple(
+    f.name
+    for f in dataclasses.fields(GPTConfig)
+    if f.name in {t.name for t in dataclasses.fields(TrainConfig)} and f.name != "block_size"
+)
+# The settings that say where a run ends.
+RUN_LENGTH = {"max_steps", "time_budget", "token_budget"}
 # A checkpoint's weights had a sane loss if the loss they gave (the next step's) was finite, at
 # most this many nats above the lowest train loss logged up to then, and at most this many above
 # a uniform guess (ln vocab_size).
@@ -102,7 +121,18 @@ def run_config(recipe: str | None, overrides: dict, resume: str | None = None) -
         ckpt = Path(resume)
         if ckpt.is_dir() and not (ckpt / "train_state.json").exists() and latest_checkpoint(ckpt):
             ckpt = latest_checkpoint(ckpt)  # an out_dir was given: its latest checkpoint
-    saved = dict(read_train_state(ckpt)["train_config"])
+    state = read_train_state(ckpt)
+    saved = dict(state["train_config"])
+    newest = latest_checkpoint(ckpt.parent)
+    if newest is not None and newest != ckpt and not RUN_LENGTH & set(overrides):
+        # An older checkpoint starts a branch that trains to the run's end: the newest
+        # checkpoint's, as the run may have been extended since this one was written.
+        try:
+            newest_state = read_train_state(newest)
+        except CheckpointError:  # a damaged newest checkpoint: the older one's own end
+            newest_state = {"step": -1}
+        if newest_state["step"] > state["step"]:
+            saved.update({k: newest_state["train_config"].get(k, saved.get(k)) for k in RUN_LENGTH})
     if recipe is not None and recipe != saved.get("recipe"):
         raise TrainError(
             f"{ckpt} was trained with recipe {saved.get('recipe')!r}; --recipe {recipe} "
@@ -151,7 +181,9 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, resume: str | Path | None = None, explicit: frozenset[str] = frozenset()):
         self.cfg = cfg
         check_loggers_installed(cfg)
-        self.runtime = runtime = start_runtime(cfg.device, cfg.dtype, cfg.attn_backend, cfg.ln_backend)
+        self.runtime = runtime = start_runtime(
+            cfg.device, cfg.dtype, cfg.attn_backend, cfg.ln_backend, cfg.dist_timeout
+        )
         self.fsdp = cfg.parallel == "fsdp"
         if self.fsdp and not runtime.distributed:
             raise ConfigError(
@@ -161,7 +193,11 @@ class Trainer:
         self.device = runtime.device
         self.grad_accum = cfg.grad_accum_steps(runtime.world_size)
         self.out_dir = Path(cfg.out_dir)
+        self.lock = None  # out_dir/.lock, held by rank 0 from _start_outputs to close()
         check_out_dir(self.out_dir)
+        # Another run writing into out_dir: refused before anything is read or written (rank 0
+        # checks, every rank stops). _start_outputs takes the lock itself.
+        self._raise_on_all_ranks(self._lock_error() if runtime.master else None, TrainError)
         if resume is None and latest_checkpoint(self.out_dir) is not None:
             raise TrainError(
                 f"{self.out_dir} already holds checkpoints (latest {latest_checkpoint(self.out_dir).name}); "
@@ -181,6 +217,7 @@ class Trainer:
         self.train_time = 0.0  # seconds spent in training steps (rank 0's clock), the time budget's measure
         if ckpt is not None:
             self.train_time = self._saved_train_time(ckpt)
+            self._check_resume_model(ckpt, explicit)
         self.complete = ckpt is not None and self._check_resume_step(ckpt)
         if self.complete:  # nothing to do: nothing is built or written
             self.step = ckpt.step
@@ -235,6 +272,22 @@ class Trainer:
         if ckpt.step > cfg.max_steps:
             raise ConfigError(f"{ckpt.path} is at step {ckpt.step}, past --max-steps {cfg.max_steps}")
         return ckpt.step == cfg.max_steps
+
+    def _lock_error(self) -> str | None:
+        try:
+            check_unlocked(self.out_dir)
+        except CheckpointError as e:
+            return str(e)
+        return None
+
+    def _raise_on_all_ranks(self, error: str | None, kind: type[Exception]) -> None:
+        """Raise kind(error) on every rank if rank 0's error is not None."""
+        if self.runtime.distributed:
+            box = [error]
+            dist.broadcast_object_list(box, src=0)
+            error = box[0]
+        if error is not None:
+            raise kind(error)
 
     def _saved_train_time(self, ckpt: Checkpoint) -> float:
         value = ckpt.state.get("train_time")
@@ -346,15 +399,15 @@ class Trainer:
         cfg = self.cfg
         if ckpt is not None:
             model = from_pretrained(ckpt.path)
-            self._check_model(model, ckpt.path, list(MODEL_SHAPE) + ["dropout"])
+            self._check_model(model.config, ckpt.path, self._resume_keys(explicit))
         elif cfg.init is not None:
             model = from_pretrained(cfg.init)
-            self._check_model(model, cfg.init, [k for k in MODEL_SHAPE if k in explicit])
+            self._check_model(model.config, cfg.init, [k for k in MODEL_SETTINGS if k in explicit and k != "dropout"])
             if model.config.dropout != cfg.dropout:  # the released weights come with dropout 0
                 state = model.state_dict()
                 model = GPT(dataclasses.replace(model.config, dropout=cfg.dropout))
                 model.load_state_dict(state)
-            self.cfg = dataclasses.replace(cfg, **{k: getattr(model.config, k) for k in MODEL_SHAPE})
+            self.cfg = dataclasses.replace(cfg, **{k: getattr(model.config, k) for k in MODEL_SETTINGS})
         else:
             model = GPT(cfg.model_config(self.tokenizer.vocab_size))
         if cfg.block_size > model.config.block_size:
@@ -382,11 +435,35 @@ class Trainer:
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         return loss_module, DDP(loss_module, device_ids=device_ids)
 
-    def _check_model(self, model: GPT, source, keys: list[str]) -> None:
-        """The model at `source` must have the sizes the config asks for."""
-        different = [k for k in keys if getattr(model.config, k) != getattr(self.cfg, k)]
+    @staticmethod
+    def _resume_keys(explicit: frozenset[str]) -> list[str]:
+        """The model settings a resumed run must match: the sizes and dropout always (as saved),
+        the others where a flag asks (an --init run saved before they were recorded holds the
+        defaults there, not its model's values)."""
+        return [k for k in MODEL_SETTINGS if k in MODEL_SHAPE or k == "dropout" or k in explicit]
+
+    def _check_resume_model(self, ckpt: Checkpoint, explicit: frozenset[str]) -> None:
+        """CheckpointError if a flag asks for another model than the checkpoint's (issue 20, item 6:
+        the flag was recorded as applied and the checkpoint's model trained unchanged)."""
+        saved_init = ckpt.train_config.get("init")
+        if "init" in explicit and self.cfg.init != saved_init:
+            started = "from scratch" if saved_init is None else f"from --init {saved_init}"
+            raise CheckpointError(
+                f"{ckpt.path} was trained {started}; --resume goes on with its weights, "
+                f"--init {self.cfg.init} cannot change them (start a new run in another --out-dir)"
+            )
+        try:
+            _, config, _ = find_weights(ckpt.path)
+        except ValueError as e:  # CheckpointError is one
+            raise CheckpointError(f"cannot resume: {e}") from None
+        if config is not None:
+            self._check_model(config, ckpt.path, self._resume_keys(explicit))
+
+    def _check_model(self, config: GPTConfig, source, keys: list[str]) -> None:
+        """The model at `source` (its config) must have the `keys` settings (MODEL_SETTINGS) the run asks for."""
+        different = [k for k in keys if getattr(config, k) != getattr(self.cfg, k)]
         if different:
-            have = ", ".join(f"{k}={getattr(model.config, k)}" for k in different)
+            have = ", ".join(f"{k}={getattr(config, k)}" for k in different)
             want = ", ".join(f"{k}={getattr(self.cfg, k)}" for k in different)
             raise CheckpointError(f"{source} holds a model with {have}, but the flags ask for {want}")
 
@@ -428,14 +505,38 @@ class Trainer:
         self.step = ckpt.step
 
     def _start_outputs(self, ckpt: Checkpoint | None, peak_note: str) -> None:
-        """Create out_dir, the log and run.json; only called once every check has passed."""
-        cfg, runtime = self.cfg, self.runtime
+        """Create and lock out_dir, then write the log and run.json; only called once every check has passed.
+
+        The lock (out_dir/.lock, minigpt.rundir.lock_run_dir) is taken before anything else is
+        written there and held until close(); a second run into the same out_dir stops here in
+        one line naming the first one's PID.
+        """
         entropy, counted = unigram_entropy(self.data_dir, self.meta, "train")
         self.unigram = entropy
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ConfigError(f"cannot create --out-dir {self.out_dir}: {e.strerror or e}") from None
+        try:
+            self.lock = lock_run_dir(self.out_dir)  # before anything else is written there
+        except CheckpointError as e:
+            raise TrainError(str(e)) from None
+        except OSError as e:
+            raise ConfigError(f"cannot lock --out-dir {self.out_dir}: {e.strerror or e}") from None
+        try:
+            if ckpt is None and latest_checkpoint(self.out_dir) is not None:  # a run that ended since __init__
+                raise TrainError(
+                    f"{self.out_dir} already holds checkpoints (latest {latest_checkpoint(self.out_dir).name}); "
+                    "pass --resume to continue it, or choose another --out-dir"
+                )
+            self._write_outputs(ckpt, peak_note, entropy, counted)
+        except BaseException:
+            release_run_dir(self.lock)
+            self.lock = None
+            raise
+
+    def _write_outputs(self, ckpt: Checkpoint | None, peak_note: str, entropy: float, counted: int) -> None:
+        cfg, runtime = self.cfg, self.runtime
         remove_leftovers(self.out_dir)
         moved, where = start_branch(self.out_dir, ckpt.step) if ckpt else ([], None)
         wandb_run = open_wandb(cfg) if cfg.wandb else None
@@ -790,6 +891,37 @@ class Trainer:
             )
             plot_losses(self.log.records, self.out_dir / "loss.png", self.unigram)
 
+    def _loop(self, bar: tqdm, received: list[int]) -> bool:
+        """fit()'s steps, evaluations, samples and checkpoints; True if stopped by a signal."""
+        cfg, master = self.cfg, self.runtime.master
+        if self.step == 0 and cfg.eval_interval > 0:
+            self._evaluate_and_log()
+        stopped = False
+        while not self._at_stop() and not stopped:
+            record = self.train_step(stop_requested=bool(received))
+            stopped = record.pop("stop")
+            if master:
+                self.log.log(record)
+                mfu = f" | mfu {record['mfu']:.1%}" if record["mfu"] is not None else ""
+                used = f"{record['progress']:.0%} of budget | " if cfg.budgeted else ""
+                bar.set_postfix_str(
+                    f"{used}loss {record['loss']:.4f} | lr {record['lr']:.2e} | "
+                    f"{record['tokens_per_sec']:,.0f} tok/s{mfu}",
+                    refresh=False,
+                )
+                bar.update(1)
+            if self._due(cfg.eval_interval):
+                self._evaluate_and_log()
+            if (master or self.fsdp) and self._due(cfg.sample_interval):
+                text = self.sample()
+                if master:
+                    info(f"--- sample at step {self.step} ---\n{text}\n---")
+            if self._due(cfg.ckpt_interval) or self._at_stop() or stopped:
+                path = self.save()
+                if master:
+                    info(f"step {self.step}: saved {path}")
+        return stopped
+
     def fit(self) -> int:
         """Train to stop_at_step, max_steps or the budget; returns the exit code (128 + signal if
         interrupted)."""
@@ -836,32 +968,8 @@ class Trainer:
             disable=not master,
         )
         try:
-            if self.step == 0 and cfg.eval_interval > 0:
-                self._evaluate_and_log()
-            stopped = False
-            while not self._at_stop() and not stopped:
-                record = self.train_step(stop_requested=bool(received))
-                stopped = record.pop("stop")
-                if master:
-                    self.log.log(record)
-                    mfu = f" | mfu {record['mfu']:.1%}" if record["mfu"] is not None else ""
-                    used = f"{record['progress']:.0%} of budget | " if cfg.budgeted else ""
-                    bar.set_postfix_str(
-                        f"{used}loss {record['loss']:.4f} | lr {record['lr']:.2e} | "
-                        f"{record['tokens_per_sec']:,.0f} tok/s{mfu}",
-                        refresh=False,
-                    )
-                    bar.update(1)
-                if self._due(cfg.eval_interval):
-                    self._evaluate_and_log()
-                if (master or self.fsdp) and self._due(cfg.sample_interval):
-                    text = self.sample()
-                    if master:
-                        info(f"--- sample at step {self.step} ---\n{text}\n---")
-                if self._due(cfg.ckpt_interval) or self._at_stop() or stopped:
-                    path = self.save()
-                    if master:
-                        info(f"step {self.step}: saved {path}")
+            with self.runtime.collective_timeouts():
+                stopped = self._loop(bar, received)
         finally:
             bar.close()
             for sig, handler in previous.items():
@@ -889,4 +997,7 @@ class Trainer:
         return 0
 
     def close(self) -> None:
+        """Release the out dir and leave the process group (every exit path of train.py calls it)."""
+        release_run_dir(getattr(self, "lock", None))
+        self.lock = None
         self.runtime.close()

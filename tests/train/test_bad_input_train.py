@@ -6,6 +6,7 @@ processes to show that nothing prints a traceback there either.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -48,6 +49,7 @@ class Case:
     def __init__(self, data_dir: Path, finished: Path, tmp: Path, monkeypatch):
         self.data, self.finished, self.tmp, self.monkeypatch = data_dir, finished, tmp, monkeypatch
         self.out = tmp / "out"  # where a new run would write
+        self.expect = ""  # a part of the error line, if the case names one
 
     def new(self, **overrides) -> list[str]:
         """The flags of a new tiny run into self.out."""
@@ -98,6 +100,23 @@ def _read_only_out_dir(c: Case) -> list[str]:
     return tiny_argv(c.data, parent / "out", max_steps=4)
 
 
+def _out_dir_in_use(c: Case, fresh: bool) -> list[str]:
+    """An out dir whose lock a live process holds (this one, through another open file: flock
+    locks belong to the open file, so the run's own attempt is refused as another process's is)."""
+    out = c.out if fresh else c.run()
+    out.mkdir(exist_ok=True)
+    lock = open(out / ".lock", "w")  # noqa: SIM115 (held until the case ends)
+    lock.write("4242\n")
+    lock.flush()
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    c.held, c.expect = lock, f"process 4242 holds {out / '.lock'}"
+    return c.new() if fresh else ["--resume", "--out-dir", str(out), "--max-steps", "8"]
+
+
+def _resume_with(*flags: str):
+    return lambda c: ["--resume", "--out-dir", str(c.run()), *flags]
+
+
 def _file(c: Case, name: str, content: bytes = b"x") -> Path:
     path = c.tmp / name
     path.write_bytes(content)
@@ -135,6 +154,8 @@ CASES = {
     "--dropout -0.1": lambda c: c.new(dropout=-0.1),
     "--peak-flops inf": lambda c: c.new(peak_flops="inf"),
     "--peak-flops 0": lambda c: c.new(peak_flops=0),
+    "--dist-timeout 0": lambda c: c.new(dist_timeout=0),
+    "--dist-timeout nan": lambda c: c.new(dist_timeout="nan"),
     # the optimizer and the architecture switches of a new model
     "--optimizer sgd": lambda c: c.new() + ["--optimizer", "sgd"],
     "--muon-lr 0": lambda c: c.new(optimizer="muon", muon_lr=0),
@@ -182,6 +203,8 @@ CASES = {
     "--out-dir under a file": lambda c: tiny_argv(c.data, _file(c, "taken") / "out", max_steps=4),
     "--out-dir read-only": _read_only_out_dir,
     "--out-dir holds checkpoints, no --resume": lambda c: tiny_argv(c.data, c.run(), max_steps=4),
+    "--out-dir locked by a live run (new)": lambda c: _out_dir_in_use(c, fresh=True),
+    "--out-dir locked by a live run (--resume)": lambda c: _out_dir_in_use(c, fresh=False),
     # the data
     "--data does not exist": lambda c: tiny_argv(c.tmp / "no-such-data", c.out),
     "--data an empty file": lambda c: tiny_argv(_file(c, "empty.txt", b""), c.out),
@@ -267,6 +290,22 @@ CASES = {
         "--n-embd",
         "48",
     ],
+    # every model setting the checkpoint holds (issue 20, item 6: these were trained unchanged)
+    **{
+        f"--resume with {' '.join(flags)}": _resume_with(*flags)
+        for flags in (
+            ["--position", "rope"],
+            ["--no-bias"],
+            ["--qk-norm"],
+            ["--activation", "relu"],
+            ["--no-tie-word-embeddings"],
+            ["--dropout", "0.1"],
+            ["--init", "gpt2"],
+        )
+    },
+    "--init with --position rope (the model has learned positions)": lambda c: c.new(
+        init=c.weights(block_size=64, n_layer=2, n_head=2, n_embd=32), position="rope"
+    ),
     "--resume with another batch size": lambda c: [
         "--resume",
         "--out-dir",
@@ -318,7 +357,8 @@ def test_bad_input_is_one_line_and_changes_nothing(case, data_dir, finished, tmp
     monkeypatch.setenv("MINIGPT_DATA_DIR", str(tmp_path / "cache"))  # where --data SOURCE would be prepared
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    argv = [str(a) for a in CASES[case](Case(data_dir, finished, scratch, monkeypatch))]
+    given = Case(data_dir, finished, scratch, monkeypatch)
+    argv = [str(a) for a in CASES[case](given)]
     before = snapshot(scratch)
     capsys.readouterr()
     try:
@@ -329,6 +369,7 @@ def test_bad_input_is_one_line_and_changes_nothing(case, data_dir, finished, tmp
     assert code == 2, err
     assert err.startswith("error: ") and err.count("\n") == 1, err
     assert "Traceback" not in err
+    assert given.expect in err
     assert snapshot(scratch) == before
 
 

@@ -152,3 +152,37 @@ def test_disk_full_in_a_real_process_then_resume(data_dir, reference, tmp_path):
     assert proc.returncode == 0, err[-2000:]
     got, want = read_log(out)[0], read_log(reference)[0]
     assert [got[s]["loss"] for s in want] == [want[s]["loss"] for s in want]
+
+
+def test_a_second_run_into_a_locked_out_dir_is_refused_then_a_dead_holder_is_not(data_dir, tmp_path):
+    out, events = tmp_path / "run", tmp_path / "events"
+    first = start(tiny_argv(data_dir, out, **SETTINGS), events, FAULT_AT="step:3")  # paused after ckpt_2
+    try:
+        deadline = time.monotonic() + 120
+        while "PAUSED" not in events.read_text():
+            assert first.poll() is None, first.communicate()[1][-2000:]
+            assert time.monotonic() < deadline, "the first run never reached step 3"
+            time.sleep(0.02)
+        before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+        for argv in (tiny_argv(data_dir, out, **SETTINGS), ["--resume", "--out-dir", str(out)]):
+            second = subprocess.run(
+                [sys.executable, str(ROOT / "train.py"), *argv],
+                cwd=ROOT,
+                env={**os.environ, "OMP_NUM_THREADS": "1"},
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert second.returncode == 2, second.stderr[-2000:]
+            assert second.stderr.count("\n") == 1 and second.stderr.startswith("error: "), second.stderr
+            assert f"process {first.pid} holds" in second.stderr
+            assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before  # nothing written
+    finally:
+        first.kill()
+        first.communicate()
+    # The lock file of the killed run is left, but no live process holds it: --resume goes on.
+    assert (out / ".lock").read_text().strip() == str(first.pid)
+    proc = start(["--resume", "--out-dir", str(out)], events)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    assert check_checkpoints(out) == STEPS

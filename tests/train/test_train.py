@@ -301,6 +301,25 @@ def test_resume_from_an_older_checkpoint_starts_a_branch(data_dir, tmp_path, cap
     assert names(out) == ["ckpt_00000005", "ckpt_00000006"]
 
 
+def test_resuming_an_older_checkpoint_of_an_extended_run_starts_a_branch(data_dir, tmp_path, capsys):
+    # README: "`--resume out/ckpt_00000400` while `out/` also holds later checkpoints starts a new
+    # branch of the run". Issue 20, item 9: ckpt_4 recorded --max-steps 4 (the run was extended to
+    # 6 later), so resuming it said "already complete" and branched nothing.
+    out = tmp_path / "run"
+    assert run_main(tiny_argv(data_dir, out, max_steps=4, ckpt_interval=2), capsys)[0] == 0
+    assert run_main(["--resume", "--out-dir", str(out), "--max-steps", "6"], capsys)[0] == 0
+    assert names(out) == ["ckpt_00000002", "ckpt_00000004", "ckpt_00000006"]
+    old_6 = tree_hashes(out / "ckpt_00000006")
+    code, err = run_main(["--resume", str(out / "ckpt_00000004")], capsys)
+    assert code == 0, err
+    assert "already complete" not in err and "a new branch of the run" in err
+    [aside] = (out / "superseded").iterdir()
+    assert tree_hashes(aside / "ckpt_00000006") == old_6
+    assert latest_checkpoint(out) == out / "ckpt_00000006" and load_checkpoint(out / "ckpt_00000006").step == 6
+    assert sorted(read_log(out)[0]) == [1, 2, 3, 4, 5, 6]  # trained to the run's end, step 6
+    assert json.loads((out / "run.json").read_text())["train_config"]["max_steps"] == 6
+
+
 def test_stop_after_a_branch_keeps_the_checkpoint_it_saved(data_dir, tmp_path, capsys):
     out = tmp_path / "run"
     assert run_main(tiny_argv(data_dir, out, max_steps=6, ckpt_interval=2), capsys)[0] == 0
@@ -617,3 +636,56 @@ def test_ctrl_c_saves_a_checkpoint_and_exits(data_dir, tmp_path):
     assert ckpt.name == f"ckpt_{last_step:08d}"
     assert f"saved {ckpt}" in err
     assert from_pretrained(out).config.n_embd == 32
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("frozen", [1, 0])
+def test_a_frozen_rank_stops_the_other_within_the_timeout(data_dir, tmp_path, frozen):
+    """Issue 20, item 12: a rank stopped with SIGSTOP left the other blocked in a collective for
+    gloo's 30-minute default. With --dist-timeout 5 the survivor exits 1 in one line naming it."""
+    out, port = tmp_path / "run", 29500 + os.getpid() % 1000 + frozen
+    argv = tiny_argv(data_dir, out, max_steps=10_000, dist_timeout=5)
+    procs, events = [], []
+    for rank in (0, 1):
+        events.append(tmp_path / f"events{rank}")
+        events[rank].write_text("")
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "FAULT_EVENTS": str(events[rank]),
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(ROOT / "tests" / "fault_hooks.py"), *argv],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while events[frozen].read_text().count("step") < 3:
+            assert all(p.poll() is None for p in procs), [p.communicate()[1][-2000:] for p in procs]
+            assert time.monotonic() < deadline, "the run never reached step 3"
+            time.sleep(0.05)
+        procs[frozen].send_signal(signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        survivor = procs[1 - frozen]
+        _, err = survivor.communicate(timeout=60)
+        waited = time.monotonic() - stopped_at
+    finally:
+        for p in procs:
+            p.kill()
+            p.communicate()
+    assert survivor.returncode == 1, err[-2000:]
+    assert "Traceback" not in err
+    [line] = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert f"rank {1 - frozen}: rank {frozen} stopped answering" in line and "--dist-timeout 5 s" in line, err
+    assert waited < 40, waited
