@@ -11,13 +11,45 @@ log-likelihoods are the ones that model gives on the same checkpoint. This modul
 
 from __future__ import annotations
 
+import os
+import sys
+
 import torch
 from lm_eval.api.model import LM
 from tqdm import tqdm
 
 from minigpt.eval.scoring import encode, encode_pair, fit_window, rolling_rows, score_rows, start_id
 from minigpt.generate.simple import generate
+from minigpt.model.hub import hub_unreachable
 from minigpt.tokenizers import Tokenizer
+
+_checked_hub = False
+
+
+def offline_if_unreachable() -> bool:
+    """Put huggingface_hub and datasets in offline mode when the hub cannot be reached (checked
+    once per process, one request, no retries); whether they are offline now.
+
+    Offline, lm-eval's dataset loading retried every request and printed five HF retry lines
+    before its error; in offline mode a cached dataset loads and an uncached one fails at once.
+    Online nothing changes.
+    """
+    global _checked_hub
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or _checked_hub:
+        return bool(constants.HF_HUB_OFFLINE)
+    _checked_hub = True
+    if hub_unreachable() is None:
+        return False
+    os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"  # for what is imported later
+    constants.HF_HUB_OFFLINE = True  # and what already read them
+    datasets_config = sys.modules.get("datasets.config")
+    if datasets_config is not None:
+        for flag in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+            if hasattr(datasets_config, flag):
+                setattr(datasets_config, flag, True)
+    return True
 
 
 class MiniGPTLM(LM):
@@ -25,6 +57,7 @@ class MiniGPTLM(LM):
         self, model, tokenizer: Tokenizer, batch_size: int = 16, max_gen_toks: int = 256, progress: bool = True
     ):
         super().__init__()
+        offline_if_unreachable()  # before lm-eval loads its datasets
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.batch_size = batch_size

@@ -36,6 +36,7 @@ def resolve_directory(name_or_path: str | Path) -> Path | None:
 
     A train.py output directory resolves to its latest checkpoint.
     """
+
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         if (path / "config.json").is_file() or has_weights(path):
@@ -88,6 +89,7 @@ def _config_from_dict(d, what: str) -> GPTConfig:
 
 def find_weights(name_or_path: str | Path) -> tuple[Path, GPTConfig | None, Family]:
     """(weights file, config if one was found beside it, its family) for a name or a local path."""
+
     path = Path(name_or_path).expanduser()
     if not path.exists():
         name = str(name_or_path)
@@ -132,6 +134,35 @@ SAFETENSORS_DTYPES = {
 }
 
 
+def _count(value) -> bool:
+    """Whether a parsed JSON value is a non-negative integer (not a float, not a boolean)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _shown(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _header_entry(key: str, info: dict) -> tuple[int, int, torch.dtype, list[int]]:
+    """(begin, end, dtype, shape) of one tensor's safetensors header entry; a ValueError naming the
+    field unless data_offsets is two non-negative integers, dtype a known name and shape a list of
+    non-negative integers."""
+    for field in ("dtype", "shape", "data_offsets"):
+        if field not in info:
+            raise ValueError(f"the entry of tensor {key} has no {field}")
+    offsets, dtype, shape = info["data_offsets"], info["dtype"], info["shape"]
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_count(o) for o in offsets)):
+        raise ValueError(f"tensor {key} has data_offsets {_shown(offsets)}, not two non-negative integers")
+    if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
+        raise ValueError(f"tensor {key} has dtype {_shown(dtype)}, not one of {', '.join(SAFETENSORS_DTYPES)}")
+    if not (isinstance(shape, list) and all(_count(d) for d in shape)):
+        raise ValueError(f"tensor {key} has shape {_shown(shape)}, not a list of non-negative integers")
+    if any(d >= 2**48 for d in shape):  # torch cannot even make an empty tensor of such a shape
+        raise ValueError(f"tensor {key} has shape {_shown(shape)}, with a dimension of 2**48 or more")
+    return offsets[0], offsets[1], SAFETENSORS_DTYPES[dtype], shape
+
+
 def _iter_safetensors(path: Path) -> tuple[dict, Iterator[tuple[str, torch.Tensor]]]:
     """Read a .safetensors file one tensor at a time with plain file reads.
 
@@ -158,9 +189,7 @@ def _iter_safetensors(path: Path) -> tuple[dict, Iterator[tuple[str, torch.Tenso
         for key, info in header.items():
             if not isinstance(info, dict):
                 raise ValueError(f"the entry of tensor {key} is a JSON {_json_type(info)}, not an object")
-            begin, end = info["data_offsets"]
-            dtype = SAFETENSORS_DTYPES[info["dtype"]]
-            shape = [int(d) for d in info["shape"]]
+            begin, end, dtype, shape = _header_entry(key, info)
             numel = 1
             for d in shape:
                 numel *= d
@@ -269,6 +298,22 @@ def _finite(stored: torch.Tensor, converted: torch.Tensor, key: str, source: Pat
     )
 
 
+def _check_size(config: GPTConfig, state: dict[str, torch.Tensor], lm_head, source: Path) -> None:
+    """A CheckpointError if the config describes a model far larger than the tensors read, before
+    anything of the config's size is allocated (a config with n_embd=1e9 was a RuntimeError from
+    torch); exact shapes are compared with the model's afterwards (check_state_dict)."""
+    held = sum(t.numel() for t in state.values()) + (0 if lm_head is None else lm_head.numel())
+    described = config.num_params()
+    if described > 2 * held + 1_000_000:
+        size = ", ".join(
+            f"{k}={getattr(config, k)}" for k in ("n_layer", "n_embd", "n_inner", "vocab_size", "block_size")
+        )
+        raise CheckpointError(
+            f"{source}: its config ({size}) describes a model of {described:,} parameters, but the file holds "
+            f"{held:,}; the config does not belong to these weights"
+        )
+
+
 def load_state_dict(
     name_or_path: str | Path, dtype: torch.dtype | None = None, device=None
 ) -> tuple[GPTConfig, dict[str, torch.Tensor], Path, Family]:
@@ -309,6 +354,7 @@ def load_state_dict(
         state[name] = t.to(device).contiguous()
     if config is None:
         config = _infer_config({k: tuple(v.shape) for k, v in state.items()}, weights)
+    _check_size(config, state, lm_head, weights)
 
     wte = state.get("transformer.wte.weight")
     if config.tie_word_embeddings:

@@ -130,3 +130,39 @@ def test_generate_until_equals_lm_eval_hf(models, hflm):  # noqa: F811
     want = hflm.generate_until(requests("generate_until", args), disable_tqdm=True)
     got = MiniGPTLM(model, GPT2Tokenizer(), progress=False).generate_until(requests("generate_until", args))
     assert got == want
+
+
+def test_unreachable_hub_puts_hf_offline_once(monkeypatch):
+    # issue 20, item 17: offline, lm-eval's dataset loading printed five HF retry lines before its
+    # error; with the hub unreachable (a closed loopback port here) it goes to offline mode at once
+    import time
+
+    import datasets.config
+    import huggingface_hub.constants as constants
+
+    from minigpt.eval import lm_eval_adapter
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    for flag in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):  # restored afterwards, as the rest
+        monkeypatch.setattr(datasets.config, flag, False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(lm_eval_adapter, "_checked_hub", False)
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    start = time.monotonic()
+    assert lm_eval_adapter.offline_if_unreachable() is True
+    assert time.monotonic() - start < 15
+    assert constants.HF_HUB_OFFLINE is True
+    assert __import__("os").environ["HF_DATASETS_OFFLINE"] == "1"
+    assert datasets.config.HF_HUB_OFFLINE is True
+
+
+def test_hub_check_is_skipped_when_already_offline(monkeypatch):
+    import huggingface_hub.constants as constants
+
+    from minigpt.eval import lm_eval_adapter
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(lm_eval_adapter, "_checked_hub", False)
+    monkeypatch.setattr(lm_eval_adapter, "hub_unreachable", lambda: pytest.fail("the hub was asked although offline"))
+    assert lm_eval_adapter.offline_if_unreachable() is True

@@ -383,3 +383,85 @@ def test_download_command_refuses_bad_names(capsys):
     assert main(["download", "not-a-model"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# The hub unreachable (issue 20, items 13 and 16): a closed port on the loopback stands in for a
+# machine without network, so nothing here leaves this machine. Before the fix, a hub id ended in
+# an httpx ConnectError traceback after ~30 s of retries, and `python -m minigpt.model.hub` always
+# printed runpy's RuntimeWarning.
+
+CLOSED_PORT = "http://127.0.0.1:9"  # discard: nothing listens there
+
+
+def _run_hub_command(tmp_path, *args):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(HF_ENDPOINT=CLOSED_PORT, HF_HUB_CACHE=str(tmp_path / "empty-cache"), HF_HOME=str(tmp_path / "hf"))
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    return proc, time.monotonic() - start
+
+
+@pytest.mark.parametrize("name", ["someone/tiny-gpt2", "gpt2"])
+def test_download_command_unreachable_hub_is_one_line_at_once(tmp_path, name):
+    proc, took = _run_hub_command(tmp_path, "-m", "minigpt.model.hub", "download", name)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: cannot download ") and proc.stderr.count("\n") == 1, proc.stderr
+    assert "cannot be reached" in proc.stderr and "Connection refused" in proc.stderr
+    assert "RuntimeWarning" not in proc.stderr and "Traceback" not in proc.stderr
+    assert took < 20, f"{took:.0f} s: the hub was retried rather than found unreachable once"
+
+
+def test_importing_minigpt_does_not_import_the_hub_command(tmp_path):
+    # what makes runpy warn: the package already holding the module `python -m` runs
+    proc, _ = _run_hub_command(tmp_path, "-c", "import sys, minigpt; print('minigpt.model.hub' in sys.modules)")
+    assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stdout + proc.stderr
+
+
+@pytest.fixture
+def unreachable_hub(tmp_path, monkeypatch):
+    import huggingface_hub.constants as c
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(c, "ENDPOINT", CLOSED_PORT)
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+
+
+def test_uncached_hub_id_with_the_hub_unreachable_is_one_line_at_once(unreachable_hub):
+    import time
+
+    from minigpt.model.weights import resolve_directory
+
+    for call in (from_pretrained, resolve_directory):
+        start = time.monotonic()
+        with pytest.raises(CheckpointError) as e:
+            call("someone/tiny-gpt2")
+        msg = str(e.value)
+        assert "\n" not in msg and "cannot be reached" in msg and CLOSED_PORT in msg
+        assert "python -m minigpt.model.hub download someone/tiny-gpt2" in msg
+        assert time.monotonic() - start < 20
+
+
+def test_network_failure_after_the_hub_answered_is_one_line(unreachable_hub, monkeypatch):
+    # the hub answers the check and then goes away: whatever the HTTP library raises is caught
+    import huggingface_hub
+
+    from minigpt.model import hub
+
+    monkeypatch.setattr(hub, "hub_unreachable", lambda: None)
+    http = next(m for m in ("httpx2", "httpx", "requests") if m in __import__("sys").modules)
+    error = __import__(http).ConnectionError if http == "requests" else __import__(http).ConnectError
+
+    def refuse(*args, **kwargs):
+        raise error("[Errno 111] Connection refused")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", refuse)
+    with pytest.raises(CheckpointError, match=r"cannot be reached \(ConnectE\w+: \[Errno 111\]") as e:
+        from_pretrained("someone/tiny-gpt2")
+    assert "\n" not in str(e.value)

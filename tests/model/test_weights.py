@@ -150,3 +150,96 @@ def test_latest_training_checkpoint_is_found(tmp_path):
     (tmp_path / ".tmp_ckpt_00000200").mkdir()  # an unfinished write is ignored
     loaded = from_pretrained(tmp_path)
     assert loaded.config == model.config
+
+
+# ----------------------------------------------------------------------------------------------
+# The safetensors header, field by field (issue 20, item 14): before, float offsets ended in
+# "TypeError: 'float' object cannot be interpreted as an integer".
+
+GOOD_ENTRY = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
+
+
+def _safetensors_with(path, entry):
+    header = json.dumps({"x": entry}).encode()
+    path.write_bytes(len(header).to_bytes(8, "little") + header + bytes(8))
+    return path
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("data_offsets", [0.0, 8.0]),
+        ("data_offsets", [0, 8.5]),
+        ("data_offsets", ["0", "8"]),
+        ("data_offsets", [False, 8]),
+        ("data_offsets", [0, 4, 8]),
+        ("data_offsets", [8]),
+        ("data_offsets", [-8, 0]),
+        ("data_offsets", {"begin": 0, "end": 8}),
+        ("data_offsets", None),
+        ("data_offsets", "0..8"),
+        ("dtype", "F8"),
+        ("dtype", "f32"),
+        ("dtype", 32),
+        ("dtype", ["F32"]),
+        ("dtype", None),
+        ("shape", [2.0]),
+        ("shape", [-2]),
+        ("shape", ["2"]),
+        ("shape", [True, 2]),
+        ("shape", 2),
+        ("shape", "2"),
+        ("shape", None),
+        ("shape", [[2]]),
+        ("shape", [0, 10**20]),  # no bytes, but torch cannot make the empty tensor
+        ("data_offsets", "missing"),
+        ("dtype", "missing"),
+        ("shape", "missing"),
+    ],
+)
+def test_safetensors_header_fields_are_checked(tmp_path, field, value):
+    from minigpt.model.weights import read_tensors
+
+    entry = dict(GOOD_ENTRY)
+    if value == "missing":
+        del entry[field]
+    else:
+        entry[field] = value
+    if field == "shape" and value == [0, 10**20]:
+        entry["data_offsets"] = [0, 0]
+    path = _safetensors_with(tmp_path / "w.safetensors", entry)
+    with pytest.raises(CheckpointError, match=f"w.safetensors is not a readable safetensors file: .*{field}") as e:
+        read_tensors(path)
+    assert "\n" not in str(e.value)
+    with pytest.raises(CheckpointError, match=field):
+        from_pretrained(path)
+
+
+def test_safetensors_header_table_starts_from_a_readable_file(tmp_path):
+    # the cases above differ from this file in one field only
+    from minigpt.model.weights import read_tensors
+
+    _, tensors = read_tensors(_safetensors_with(tmp_path / "w.safetensors", GOOD_ENTRY))
+    assert [(k, tuple(t.shape)) for k, t in tensors] == [("x", (2,))]
+
+
+# A config.json whose sizes do not belong to its weights (issue 20, item 17): before, n_embd=1e9 was
+# torch's RuntimeError (and n_layer=1e6 built a million layers), now one line before any allocation.
+@pytest.mark.parametrize(
+    "field, value",
+    [("n_embd", 10**9), ("n_layer", 10**6), ("n_positions", 10**9), ("vocab_size", 10**12), ("n_inner", 10**9)],
+)
+def test_config_far_larger_than_its_weights_is_refused(tmp_path, field, value):
+    model = GPT(GPTConfig(block_size=16, vocab_size=64, n_layer=1, n_head=2, n_embd=16))
+    save_pretrained(model, tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config[field] = value
+    config["minigpt"][{"n_positions": "block_size"}.get(field, field)] = value
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"describes a model of [\d,]+ parameters, but the file holds") as e:
+        from_pretrained(tmp_path)
+    assert "\n" not in str(e.value) and f"{value}" in str(e.value)
+    del config["minigpt"]  # transformers' fields alone
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="describes a model of"):
+        from_pretrained(tmp_path)
