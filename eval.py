@@ -10,14 +10,19 @@ The results table goes to stdout; progress and load time to stderr.
 
 from __future__ import annotations
 
+from minigpt import entrypoint
+
+if __name__ == "__main__":
+    entrypoint.start()  # before torch is imported: passive OpenMP waiting, a quiet early Ctrl-C
+
 import argparse
-import json
+import os
 import sys
 import time
 
 from minigpt.cli import OneLineParser, add_attn_backend_flag, add_device_flags, resolve_device, resolve_dtype
-from minigpt.eval.evaluate import evaluate, format_table, load_task, run_info, tasks_help
-from minigpt.files import atomic_write
+from minigpt.eval.evaluate import evaluate, format_table, load_task, results_json, run_info, tasks_help
+from minigpt.files import atomic_write, check_not_input
 from minigpt.model.load import from_pretrained
 from minigpt.rundir import CheckpointError
 
@@ -71,9 +76,18 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         return run(args)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (entrypoint.Interrupted), e.g. while scoring
+        print("error: interrupted; nothing was written", file=sys.stderr)
+        return entrypoint.exit_code(e)
     except (CheckpointError, ValueError, RuntimeError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        lines = str(e).strip().splitlines() or [type(e).__name__]
+        print(f"error: {lines[0]}", file=sys.stderr)
         return 2
+
+
+def input_paths(args: argparse.Namespace) -> list[str]:
+    """The files and directories the command reads: --init, each task's PATH, --include-path."""
+    return [args.init, args.include_path, *(t.partition(":")[2] for t in args.task)]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -88,6 +102,10 @@ def run(args: argparse.Namespace) -> int:
     ):
         if value is not None and value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
+    if args.output:  # refused before any work: the results must never overwrite what they score
+        if os.path.isdir(args.output):
+            raise ValueError(f"--output {args.output} is a directory; name a file")
+        check_not_input(args.output, input_paths(args))
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     # Task data is read (and downloaded) first, so bad data fails before the model loads.
@@ -126,10 +144,10 @@ def run(args: argparse.Namespace) -> int:
             "results": results,
             **run_info(device),
         }
-        atomic_write(args.output, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+        atomic_write(args.output, results_json(payload))  # a device or symlink is written through
         print(f"wrote {args.output}", file=sys.stderr)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entrypoint.run(main))

@@ -9,14 +9,20 @@
 this prepares it ahead of time. The sources, the layout of a prepared directory and the
 train/val split: minigpt/data/corpus.py.
 
-Exit codes: 0 done; 1 the corpus cannot be prepared (one line on stderr); 2 a bad flag; 130 interrupted.
+Exit codes: 0 done; 1 the corpus cannot be prepared (one line on stderr); 2 a bad flag; 130 interrupted
+(Ctrl-C); 143 SIGTERM.
 """
 
 from __future__ import annotations
+
+from minigpt import entrypoint
+
+if __name__ == "__main__":
+    entrypoint.start()  # before torch is imported: passive OpenMP waiting, a quiet early Ctrl-C
 
 import sys
 
 from minigpt.data.prepare import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entrypoint.run(main))

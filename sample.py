@@ -9,10 +9,15 @@ Everything informational (load time, tokens/s) goes to stderr.
 
 Exit codes: 0 done; 2 bad input (one line on stderr saying what is wrong); 141 the reader
 of stdout went away (e.g. `| head -c1`): sampling stops quietly, as it does for Unix tools
-killed by SIGPIPE (the shell reports those as 128 + 13 = 141); 130 interrupted (Ctrl-C).
+killed by SIGPIPE (the shell reports those as 128 + 13 = 141); 130 interrupted (Ctrl-C); 143 SIGTERM.
 """
 
 from __future__ import annotations
+
+from minigpt import entrypoint
+
+if __name__ == "__main__":
+    entrypoint.start()  # before torch is imported: passive OpenMP waiting, a quiet early Ctrl-C
 
 import argparse
 import os
@@ -29,7 +34,7 @@ from minigpt.cli import (
     resolve_dtype,
     sampling_settings,
 )
-from minigpt.generate.quantize import quantize_model
+from minigpt.generate.quantize import DEFAULT_GROUP_SIZE, quantize_model
 from minigpt.generate.simple import Completion, complete
 from minigpt.model.load import from_pretrained
 from minigpt.rundir import CheckpointError
@@ -37,12 +42,17 @@ from minigpt.tokenizers.lookup import check_vocab, tokenizer_for
 
 SEPARATOR = "\n" + "-" * 40 + "\n"
 EXIT_BROKEN_PIPE = 141
-EXIT_INTERRUPTED = 130
 
 
 # --stop takes the escapes a shell does not interpret inside quotes: "\n\n" is two newlines.
 STOP_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
 _STOP_ESCAPE = re.compile(r"\\(u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|.|$)", re.DOTALL)
+
+
+def _quoted(text: str) -> str:
+    """text in quotes as the user typed it (repr would double every backslash); repr only for
+    text with a newline or other unprintable character, which must not break the error's one line."""
+    return f'"{text}"' if text.isprintable() else repr(text)
 
 
 def unescape_stop(text: str) -> str:
@@ -52,6 +62,8 @@ def unescape_stop(text: str) -> str:
     Other characters, including non-ASCII ones, are kept as they are.
     """
 
+    shown = _quoted(text)
+
     def replace(match: re.Match) -> str:
         code = match.group(1)
         if code in STOP_ESCAPES:
@@ -59,14 +71,14 @@ def unescape_stop(text: str) -> str:
         if len(code) > 1:  # uXXXX or UXXXXXXXX
             value = int(code[1:], 16)
             if value > 0x10FFFF or 0xD800 <= value <= 0xDFFF:
-                raise ValueError(f"--stop {text!r}: \\{code} is not a Unicode character")
+                raise ValueError(f"--stop {shown}: \\{code} is not a Unicode character")
             return chr(value)
         if code == "":
-            raise ValueError(f"--stop {text!r} ends in a lone backslash; write \\\\ for a backslash")
+            raise ValueError(f"--stop {shown} ends in a lone backslash; write \\\\ for a backslash")
         if code in "uU":
-            raise ValueError(f"--stop {text!r}: \\{code} needs {4 if code == 'u' else 8} hex digits")
+            raise ValueError(f"--stop {shown}: \\{code} needs {4 if code == 'u' else 8} hex digits")
         raise ValueError(
-            f"--stop {text!r}: unknown escape \\{code}; the escapes are \\n \\t \\r \\\\ "
+            f"--stop {shown}: unknown escape \\{code}; the escapes are \\n \\t \\r \\\\ "
             "\\uXXXX \\UXXXXXXXX (write \\\\ for a backslash)"
         )
 
@@ -121,8 +133,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--quantize-group-size",
         type=int,
-        default=64,
-        help="inputs per int4 scale and zero: 32, 64, 128 or 256, dividing the model's width (default 64)",
+        default=None,
+        help="--quantize int4 only: inputs per scale and zero, 32, 64, 128 or 256, dividing the model's width "
+        f"(default {DEFAULT_GROUP_SIZE})",
     )
     return p.parse_args(argv)
 
@@ -160,6 +173,9 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
     if args.seed is not None and not 0 <= args.seed < 2**63 - args.num_samples:
         raise ValueError(f"--seed must be between 0 and 2**63 - 1, got {args.seed}")
+    if args.quantize_group_size is not None and args.quantize != "int4":
+        given = f"--quantize {args.quantize}" if args.quantize else "no --quantize"
+        raise ValueError(f"--quantize-group-size is for --quantize int4 only (int8 has one scale per row), not {given}")
     args.sampling = sampling_settings(args)
     args.stop = [unescape_stop(s) for s in args.stop]
     if "" in args.stop:
@@ -188,9 +204,9 @@ def main(argv=None) -> int:
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as Unix tools do
         _detach_stdout()
         return EXIT_BROKEN_PIPE
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (entrypoint.Interrupted)
         info("error: interrupted")
-        return EXIT_INTERRUPTED
+        return entrypoint.exit_code(e)
     except (CheckpointError, ValueError, RuntimeError) as e:
         lines = str(e).strip().splitlines() or [type(e).__name__]
         info(f"error: {lines[0]}")
@@ -213,7 +229,8 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     model = from_pretrained(args.init, device=device, dtype=dtype, attn_backend=args.attn_backend)
     if args.quantize:
-        quantize_model(model, args.quantize, group_size=args.quantize_group_size)
+        group_size = DEFAULT_GROUP_SIZE if args.quantize_group_size is None else args.quantize_group_size
+        quantize_model(model, args.quantize, group_size=group_size)
     tokenizer = tokenizer_for(args.init)  # the one saved with a train.py checkpoint, else GPT-2's
     check_vocab(tokenizer, model.config.vocab_size, args.init)
     info(
@@ -262,4 +279,4 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entrypoint.run(main))

@@ -17,15 +17,14 @@ current step, writes a checkpoint and exits; a second Ctrl-C quits at once witho
 
 from __future__ import annotations
 
-import os
+from minigpt import entrypoint
 
 if __name__ == "__main__":
-    # Read by OpenMP when torch loads it, so it must come before `import torch`: idle OpenMP
-    # threads then sleep instead of spinning, which starves their siblings on a shared CPU.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    entrypoint.start()  # before torch is imported: passive OpenMP waiting, a quiet early Ctrl-C
 
 import argparse
 import dataclasses
+import os
 import sys
 import textwrap
 import typing
@@ -35,6 +34,7 @@ import torch.distributed as dist
 
 from minigpt.cli import OneLineParser
 from minigpt.data.corpus import DataError
+from minigpt.files import check_not_input
 from minigpt.model import weights
 from minigpt.rundir import CheckpointError, latest_checkpoint
 from minigpt.tokenizers import TokenizerUnavailable
@@ -103,6 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_out_dir(cfg: TrainConfig) -> None:
+    """--out-dir must not be what the run reads (--data, an --eval-task file): its logs and
+    checkpoints would land among, or over, the inputs. A TrainError of one line."""
+    inputs = [cfg.data, *(task.partition(":")[2] for task in cfg.eval_task or [])]
+    try:
+        check_not_input(cfg.out_dir, inputs, "--out-dir")
+    except ValueError as e:
+        raise TrainError(str(e)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = {f.name: getattr(args, f.name) for f in FLAG_FIELDS if getattr(args, f.name) is not None}
@@ -110,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     trainer = None
     try:
         cfg, resume = run_config(args.recipe, overrides, args.resume)
+        check_out_dir(cfg)
         trainer = Trainer(cfg, resume, explicit=frozenset(overrides))
         return trainer.fit()
     except ERRORS as e:
@@ -121,14 +132,14 @@ def main(argv: list[str] | None = None) -> int:
             where = f" ({e.filename})" if e.filename else ""
             print(f"error: {e.strerror or e}{where}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (entrypoint.Interrupted), before or between steps
         if master:
             if trainer is None:
                 print("error: interrupted before training started", file=sys.stderr)
             else:
                 last = latest_checkpoint(Path(trainer.cfg.out_dir))
                 print(f"error: interrupted without saving; the last checkpoint is {last}", file=sys.stderr)
-        return 130
+        return entrypoint.exit_code(e)
     finally:
         if trainer is not None:
             trainer.close()
@@ -137,4 +148,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entrypoint.run(main))

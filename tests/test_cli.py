@@ -1,5 +1,6 @@
 """minigpt.cli: the command-line layer the top-level scripts share, and that they do share it."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -120,3 +121,41 @@ def test_scripts_help(script):
     if script in ("sample.py", "eval.py"):
         for flag in ("--device", "--dtype", "--attn-backend"):
             assert flag in r.stdout
+
+
+# --- an output that is one of the command's inputs is refused (every option that writes) --------
+
+# script, its arguments ({d}: a directory of text that is the input, {q}: a task file in it), what the line says
+OUTPUT_IS_INPUT = [
+    ("eval.py", ["--init", "{ckpt}", "--task", "mc:{q}", "--output", "{q}"], "--output"),
+    ("eval.py", ["--init", "{ckpt}", "--task", "mc:{q}", "--output", "{d}/../{dname}/alias.jsonl"], "--output"),
+    ("prepare.py", ["{d}", "--out-dir", "{d}"], "--out-dir"),
+    ("train.py", ["--data", "{d}", "--out-dir", "{d}/.", "--device", "cpu"], "--out-dir"),
+    ("train.py", ["--data", "stdlib", "--eval-task", "mc:{q}", "--out-dir", "{q}", "--device", "cpu"], "--out-dir"),
+]
+
+
+@pytest.mark.parametrize(
+    "script, args, flag", OUTPUT_IS_INPUT, ids=[f"{c[0]} {c[2]} {i}" for i, c in enumerate(OUTPUT_IS_INPUT)]
+)
+def test_output_that_is_an_input_is_refused(tmp_path, script, args, flag):
+    d = tmp_path / "notes"
+    d.mkdir()
+    (d / "a.txt").write_text("hello world\n" * 50)
+    q = d / "quiz.jsonl"
+    q.write_text('{"context": "The sky is", "choices": [" blue", " green"], "label": 0}\n')
+    (d / "alias.jsonl").symlink_to(q)
+    ckpt = tmp_path / "ckpt"
+    if script == "eval.py":
+        from minigpt import GPT, GPTConfig
+        from minigpt.model.load import save_pretrained
+
+        save_pretrained(GPT(GPTConfig(block_size=16, vocab_size=50257, n_layer=1, n_head=2, n_embd=16)), ckpt)
+    before = {p.name: p.read_bytes() for p in d.iterdir()}
+    argv = [a.format(d=d, q=q, ckpt=ckpt, dname=d.name) for a in args]
+    env = {**os.environ, "MINIGPT_DATA_DIR": str(tmp_path / "data"), "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, script, *argv], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith(f"error: {flag} ") and r.stderr.count("\n") == 1, r.stderr
+    assert "is also an input" in r.stderr and "Traceback" not in r.stderr
+    assert {p.name: p.read_bytes() for p in d.iterdir()} == before  # nothing added, changed or removed

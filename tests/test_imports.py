@@ -199,3 +199,21 @@ def test_each_module_imports_in_a_fresh_interpreter():
         allowed[name] = sorted(with_packages(closure(graph, name) | above))
     assert run_imports(order, allowed) == []  # bottom up: each loads only what is below it
     assert run_imports(order[::-1], allowed) == []  # top down: what a cycle would break
+
+
+def test_the_package_imports_its_names_when_first_used():
+    """`import minigpt.files` loads no torch (the GPU suite's supervisor relies on it), and running a
+    module with `python -m` finds it not yet imported; `from minigpt import GPT` still works."""
+    code = (
+        "import sys, minigpt.files\n"
+        "assert 'torch' not in sys.modules and 'minigpt.model.model' not in sys.modules, sorted(sys.modules)\n"
+        "from minigpt import GPT, GPTConfig, from_pretrained, save_pretrained, KVCache, PRESETS\n"
+        "import minigpt\n"
+        "assert GPT.__module__ == 'minigpt.model.model' and 'gpt2' in PRESETS and 'GPT' in dir(minigpt)\n"
+        "try:\n"
+        "    minigpt.nothing\n"
+        "except AttributeError:\n"
+        "    print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

@@ -16,6 +16,7 @@ import json
 import multiprocessing
 import os
 import re
+import signal
 import sys
 import sysconfig
 import tempfile
@@ -484,6 +485,11 @@ _worker_tokenizer: Tokenizer | None = None  # a worker process's tokenizer, read
 
 
 def _start_worker(directory: str) -> None:
+    # The parent stops the pool (Pool.terminate sends SIGTERM) when it is interrupted: a worker
+    # ignores Ctrl-C, which a terminal sends to the whole process group, and dies quietly at
+    # SIGTERM instead of running a handler it inherited from the parent (or printing a traceback).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     global _worker_tokenizer
     _worker_tokenizer = load_tokenizer(directory)
 
@@ -689,7 +695,8 @@ def _download(url: str, dest: Path) -> Path:
         reason = _one_line(getattr(e, "reason", None) or e)  # URLError keeps the cause in .reason
         raise DownloadError(
             f"could not download {url} ({reason}); if you are offline, fetch the file elsewhere "
-            f"and pass its local path instead: python -m minigpt.data path/to/{Path(url).name}"
+            f"and pass its local path instead: train.py --data path/to/{Path(url).name} "
+            f"(or prepare.py path/to/{Path(url).name})"
         ) from None
     atomic_write(dest, body)
     return dest

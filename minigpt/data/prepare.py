@@ -21,6 +21,7 @@ from minigpt.data.corpus import (
     default_data_dir,
     prepare,
 )
+from minigpt.files import check_not_input
 from minigpt.tokenizers import kinds_help
 
 
@@ -52,13 +53,18 @@ def run(
 ) -> int:
     """Prepare `source` into out_dir (None: its default directory) and print one line about it.
 
-    Returns the exit code: 0 done, 1 a DataError (printed as one line on stderr), 130 interrupted.
+    Returns the exit code: 0 done, 1 a DataError (printed as one line on stderr), 2 an --out-dir that
+    is the source itself, 130 interrupted (143 by SIGTERM).
     """
     try:
         out_dir = out_dir if out_dir is not None else default_data_dir(source, tokenizer)
+        check_not_input(out_dir, [source], "--out-dir")  # its shards and meta.json would land among the sources
     except DataError as e:  # a --tokenizer that names none
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         meta = prepare(
             source,
@@ -73,9 +79,9 @@ def run(
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM where the script turns it into one (minigpt.entrypoint)
         print(f"error: interrupted; {out_dir} is incomplete and will be prepared again next time", file=sys.stderr)
-        return 130
+        return getattr(e, "exit_code", 130)
     splits = meta["splits"]
     print(
         f"{out_dir} ({meta['tokenizer_kind']} tokenizer): {splits['train']['tokens']:,} train tokens in "

@@ -30,6 +30,7 @@ its scorer and its help line (tasks_help, for eval.py --task and train.py --eval
 
 from __future__ import annotations
 
+import json
 import math
 import platform
 import re
@@ -426,16 +427,40 @@ def evaluate(
 
 
 def format_table(results: dict[str, dict]) -> str:
-    """One line per task and metric: task, metric, value, examples."""
-    lines = [f"{'task':<32} {'metric':<12} {'value':>10} {'n':>7}"]
+    """One line per task and metric: task, metric, value, examples; each column as wide as its
+    widest entry, so a long task name (a path) does not push its row out of line."""
+    rows = []
     for task, metrics in results.items():
         n = metrics.get("n", "")
         for metric, value in metrics.items():
             if metric in ("n", "window", "stride", "tokens", "bytes", "words", "nll"):
                 continue
             shown = f"{value:.4f}" if isinstance(value, float) else str(value)
-            lines.append(f"{task:<32} {metric:<12} {shown:>10} {n!s:>7}")
-    return "\n".join(lines)
+            rows.append((task, metric, shown, str(n)))
+    header = ("task", "metric", "value", "n")
+    minimums = (32, 12, 10, 7)  # the widths of a table of short names
+    widths = [max([minimums[i], len(header[i]), *(len(r[i]) for r in rows)]) for i in range(4)]
+    return "\n".join(
+        f"{t:<{widths[0]}} {m:<{widths[1]}} {v:>{widths[2]}} {n:>{widths[3]}}".rstrip()
+        for t, m, v, n in [header, *rows]
+    )
+
+
+def json_safe(value):
+    """value with every infinite or NaN float replaced by None (JSON null): a perplexity too large
+    for a float (word_ppl of a text without whitespace) is `Infinity`, which JSON has no word for."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def results_json(payload: dict) -> str:
+    """payload as strictly valid JSON text (non-finite numbers are null), indented, ending in a newline."""
+    return json.dumps(json_safe(payload), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
 
 
 def run_info(device: torch.device | str) -> dict:

@@ -72,7 +72,7 @@ def _documents(tokens: np.ndarray) -> list[str]:
     enc = get_encoding("gpt2")
     assert tokens[0] == EOT
     starts = np.flatnonzero(tokens == EOT).tolist() + [len(tokens)]
-    return [enc.decode(tokens[a + 1 : b].tolist()) for a, b in zip(starts, starts[1:], strict=True)]
+    return [enc.decode(tokens[a + 1 : b].tolist()) for a, b in zip(starts[:-1], starts[1:], strict=True)]
 
 
 def _all_documents(out: Path, meta: dict) -> list[str]:
@@ -340,6 +340,8 @@ def test_download_failure_is_one_clear_line(tmp_path, monkeypatch):
     with pytest.raises(DownloadError, match="could not download http://127.0.0.1:9/input.txt") as info:
         prepare("shakespeare", tmp_path / "out", quiet=True)
     assert "local path" in str(info.value) and "\n" not in str(info.value)
+    # what a train.py user (--data shakespeare, --recipe cpu-push) types, not the module's command
+    assert "train.py --data path/to/input.txt" in str(info.value) and "python -m minigpt.data" not in str(info.value)
     assert not (tmp_path / "out" / "meta.json").exists()
 
 

@@ -187,6 +187,20 @@ CASES = [
     ("hellaswag offline", {}, ["--task", "hellaswag"], OFFLINE, "cannot download hellaswag"),
     ("lambada offline", {}, ["--task", "lambada"], OFFLINE, "--task lambada:PATH"),
     ("lm-eval missing", {}, ["--task", "lm-eval:hellaswag"], {"NO_LM_EVAL": "1"}, "pip install 'minigpt[eval]'"),
+    (
+        "--output is the task file",
+        {"q.jsonl": jsonl(GOOD)},
+        ["--task", "mc:{tmp}/q.jsonl", "--output", "{tmp}/../{tmp.name}/q.jsonl"],
+        {},
+        "is also an input",
+    ),
+    (
+        "--output is a directory",
+        {"q.jsonl": jsonl(GOOD)},
+        ["--task", "mc:{tmp}/q.jsonl", "--output", "{tmp}"],
+        {},
+        "is a directory; name a file",
+    ),
 ]
 
 
@@ -205,6 +219,9 @@ def test_bad_input_is_one_line(ckpt, tmp_path, no_lm_eval, name, files, args, en
     assert len(errors) == 1 and message in errors[0], r.stderr
     assert r.stderr.rstrip().splitlines()[-1] == errors[0]
     assert r.stdout == ""
+    for filename, content in files.items():  # no input was touched
+        path = tmp_path / filename
+        assert (path.read_bytes() if isinstance(content, bytes) else path.read_text(encoding="utf-8")) == content
 
 
 def test_lm_eval_unknown_task_is_one_line(ckpt):
@@ -264,3 +281,39 @@ def test_eval_speed_bench_runs(tmp_path):
     data = json.loads(out.read_text())
     assert data["accuracies_agree"] and data["examples"] == 3 and data["commit"] and data["device"]
     assert set(data["speedup_vs_lm_eval_hf"]) == {"lm-eval hf", "lm-eval minigpt", "minigpt mc"}
+
+
+def test_output_json_is_strict_and_a_symlink_stays_a_link(ckpt, tmp_path):
+    """Text without whitespace is one word: its word_ppl overflows a float and is written as null
+    (JSON has no Infinity); a long task name keeps the table's columns in line; --output through
+    a symlink replaces the file it names and keeps the link."""
+    long_dir = tmp_path / ("a_directory_with_a_long_name_" * 3)
+    long_dir.mkdir()
+    text = long_dir / "nospace.txt"
+    text.write_text("x" * 3000, encoding="utf-8")
+    target = tmp_path / "results.json"
+    target.write_text("old")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    r = run_cli(["--init", str(ckpt), "--task", f"bpb:{text}", "--no-progress", "--output", str(link)])
+    assert r.returncode == 0, r.stderr
+
+    def no_constants(name):
+        raise AssertionError(f"not JSON: {name}")
+
+    payload = json.loads(target.read_text(encoding="utf-8"), parse_constant=no_constants)
+    assert payload["results"][f"bpb:{text}"]["word_ppl"] is None and link.is_symlink()
+    rows = r.stdout.rstrip("\n").splitlines()
+    assert len(rows) >= 3 and rows[0].startswith("task ")
+    assert len({len(row) for row in rows}) == 1, rows  # every column right-aligned at the same place
+    assert len({row.index(" bpb ") for row in rows if " bpb " in row} | {rows[0].index(" metric ")}) == 1, rows
+    assert any(row.split()[-2] == "inf" for row in rows if row.split()[1] == "word_ppl"), rows
+
+
+def test_output_to_a_device_is_written_through(ckpt, tmp_path):
+    quiz = tmp_path / "quiz.jsonl"
+    quiz.write_text(jsonl(GOOD), encoding="utf-8")
+    r = run_cli(["--init", str(ckpt), "--task", f"mc:{quiz}", "--no-progress", "--output", os.devnull])
+    assert r.returncode == 0, r.stderr
+    assert os.path.exists(os.devnull) and not os.path.isfile(os.devnull)
+    assert not [p for p in Path(os.devnull).parent.glob(".null.*")]  # no temporary left beside it

@@ -6,6 +6,7 @@ accuracies exactly equal.
 
 import json
 import math
+import re
 from importlib import resources
 
 import pytest
@@ -289,3 +290,22 @@ def test_scored_logits_equal_the_full_forward(models, B, T):
     t = torch.randint(0, T, (7,))
     with torch.no_grad():
         torch.testing.assert_close(scored_logits(model, idx, b, t), model(idx)[b, t], rtol=1e-5, atol=1e-5)
+
+
+def test_format_table_keeps_long_task_names_in_line():
+    from minigpt.eval.evaluate import format_table
+
+    long = "bpb:/a/very/long/path/" + "x" * 60 + ".txt"
+    rows = format_table({long: {"bpb": 1.5, "word_ppl": math.inf, "n": 1}, "mc:q.jsonl": {"acc": 0.5, "n": 12}})
+    rows = rows.splitlines()
+    assert len({len(r) for r in rows}) == 1, rows
+    assert len({re.match(r"\S+\s+", r).end() for r in rows}) == 1, rows  # the metric column starts in line
+    assert rows[2].split() == [long, "word_ppl", "inf", "1"]
+
+
+def test_results_json_is_strict_json():
+    from minigpt.eval.evaluate import results_json
+
+    text = results_json({"results": {"bpb:x": {"word_ppl": math.inf, "ppl": math.nan, "bpb": 1.25, "n": [1.0]}}})
+    assert json.loads(text) == {"results": {"bpb:x": {"word_ppl": None, "ppl": None, "bpb": 1.25, "n": [1.0]}}}
+    assert "Infinity" not in text and "NaN" not in text and text.endswith("}\n")

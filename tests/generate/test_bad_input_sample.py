@@ -252,6 +252,8 @@ CLI_CASES = {
     "--quantize int4 group size not dividing the width": lambda c: c.argv(
         "--quantize", "int4", "--quantize-group-size", "32"
     ),
+    "--quantize-group-size without --quantize": lambda c: c.argv("--quantize-group-size", "32"),
+    "--quantize-group-size with --quantize int8": lambda c: c.argv("--quantize", "int8", "--quantize-group-size", "16"),
 }
 
 
@@ -361,6 +363,17 @@ def test_reader_going_away_stops_quietly(tmp_path):
 )
 def test_stop_escapes(given, meant):
     assert sample.unescape_stop(given) == meant
+
+
+@pytest.mark.parametrize(
+    "given, shown",
+    [(r"C:\path", r'"C:\path"'), ("end\\", r'"end\"'), (r"\u12", r'"\u12"'), ("a\nb\\q", r"'a\nb\\q'")],
+)
+def test_stop_error_shows_the_text_as_typed(given, shown):
+    """The error quotes --stop as the user typed it: repr would double every backslash (C:\\path)."""
+    with pytest.raises(ValueError) as e:
+        sample.unescape_stop(given)
+    assert str(e.value).startswith(f"--stop {shown}") and "\n" not in str(e.value), str(e.value)
 
 
 def test_stop_escapes_reach_the_stop_matcher(checkpoint):
