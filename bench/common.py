@@ -4,9 +4,9 @@ Every results file carries the device it ran on, the library versions and the gi
 figure can always be traced back to what produced it. Progress goes to stderr through log(),
 results to files through write_json() and write_text(), which replace a file atomically.
 
-Importing this module imports neither torch nor minigpt (the functions that need them import
-them): bench/gpu_suite.py's supervising process uses the log and the writers, and it must not
-import torch (see bench/supervisor.py).
+Importing this module imports no torch (minigpt.files is plain Python; the functions that need
+torch import it): bench/gpu_suite.py's supervising process uses the log and the writers, and it
+must not import torch (see bench/supervisor.py).
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
+
+from minigpt import files
 
 if TYPE_CHECKING:
     import torch
@@ -38,30 +40,10 @@ def log(message: str) -> None:
 
 
 def atomic_write(path: str | Path, data: str | bytes | Callable[[BinaryIO], object]) -> Path:
-    """Write text (UTF-8), bytes or write(f) for an open binary file to path, atomically: a reader
-    sees the old file or the new one, never half of one. The parent folder is made if missing.
-
-    The same as minigpt.files.atomic_write, which cannot be used here: importing minigpt imports
-    torch. The temporary file (beside path, its name ending in .tmp) is removed if anything fails.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            if isinstance(data, str):
-                f.write(data.encode("utf-8"))
-            elif isinstance(data, (bytes, bytearray, memoryview)):
-                f.write(data)
-            else:
-                data(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    """minigpt.files.atomic_write (text, bytes or write(f); a reader sees the old file or the new
+    one), making the parent folder first if it is missing."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return files.atomic_write(path, data)
 
 
 def write_text(path: str | Path, text: str) -> Path:

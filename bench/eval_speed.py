@@ -23,9 +23,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+if __name__ == "__main__":  # before torch is imported: passive OpenMP waiting, a quiet early Ctrl-C
+    from minigpt import entrypoint
+
+    entrypoint.start()
+
+import torch  # noqa: E402
 
 from bench.common import RESULTS_DIR, environment, log, write_json  # noqa: E402
 

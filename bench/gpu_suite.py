@@ -72,6 +72,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: make `bench`, `minigpt` and `minigpt_kernels` importable
     sys.path.insert(0, str(ROOT))
 
+if __name__ == "__main__":  # before torch is imported: passive OpenMP waiting, a quiet early Ctrl-C
+    from minigpt import entrypoint
+
+    entrypoint.start()
+
 # Nothing here may import torch (see bench/supervisor.py): the workers import it where they need it.
 from bench.common import RESULTS_DIR, log, slug, write_json, write_text  # noqa: E402
 from bench.supervisor import (  # noqa: E402

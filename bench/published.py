@@ -31,6 +31,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+if __name__ == "__main__":  # before torch is imported: passive OpenMP waiting, a quiet early Ctrl-C
+    from minigpt import entrypoint
+
+    entrypoint.start()
+
 from bench.common import RESULTS_DIR, environment, log, write_json, write_text  # noqa: E402
 
 PAPER = "Radford et al. 2019, Language Models are Unsupervised Multitask Learners, Table 3 (zero-shot)"

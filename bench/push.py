@@ -48,6 +48,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: the repository's package, not an installed one
     sys.path.insert(0, str(ROOT))
 
+if __name__ == "__main__":  # before torch is imported: passive OpenMP waiting, a quiet early Ctrl-C
+    from minigpt import entrypoint
+
+    entrypoint.start()
+
 from bench.common import RESULTS_DIR, environment, log, write_json, write_text  # noqa: E402
 from minigpt.provenance import cpu_model  # noqa: E402
 from minigpt.train.config import TrainConfig, make_config  # noqa: E402

@@ -21,6 +21,11 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `bench` and `minigpt` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+if __name__ == "__main__":  # before torch is imported: passive OpenMP waiting, a quiet early Ctrl-C
+    from minigpt import entrypoint
+
+    entrypoint.start()
+
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 

@@ -44,6 +44,11 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `bench` and `minigpt` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+if __name__ == "__main__":  # before torch is imported: passive OpenMP waiting, a quiet early Ctrl-C
+    from minigpt import entrypoint
+
+    entrypoint.start()
+
 import torch  # noqa: E402
 
 from bench import e2e, report  # noqa: E402

@@ -96,7 +96,7 @@ def test_one_definition_each():
     }
     for definition, home in once.items():
         found = sorted(str(p.relative_to(ROOT)) for p in sources if definition in p.read_text())
-        if definition == "\ndef atomic_write(":  # the bench's torch-free copy, for the GPU suite's supervisor
+        if definition == "\ndef atomic_write(":  # bench's wrapper: makes the folder, then calls minigpt.files'
             found = [f for f in found if f != "bench/common.py"]
         assert found == [home], (definition, found)
     for script in SCRIPTS:
