@@ -123,7 +123,7 @@ _measured_cpu_linear: dict[tuple, str] = {}
 # The timed trial of `cpu_linear="auto"` runs TRIAL_STEPS greedy steps (after a one-token prefill) with each
 # candidate, over a warm-up and TRIAL_ROUNDS timed rounds: (1 + 5) x 3 x (1 + 3) = 72 forwards for three
 # candidates, whose tokens are thrown away. A decode runs it only when that is at most TRIAL_SHARE of its own
-# steps: on a 100-token sample it cost more than oneDNN could ever win back (issue 20, item 10: auto ran at
+# steps: on a 100-token sample it cost more than oneDNN could ever win back (auto ran at
 # 47-87 tok/s where simple ran at 158-177), and on a busy machine it can misjudge, so short decodes use F.linear,
 # the simple path's own kernel.
 TRIAL_STEPS, TRIAL_ROUNDS, TRIAL_SHARE = 3, 5, 0.05

@@ -29,8 +29,8 @@ from minigpt.tokenizers import TextStream, Tokenizer
 
 # Rows decoded together by `complete` unless batch_size says otherwise. A decode step costs about the same for 1
 # row as for a few dozen on a CPU (it reads every weight once), so batching pays up to about here; beyond it a
-# batch only holds more memory (every row keeps a KV cache and a row of logits) for no more speed (issue 20,
-# item 19: --num-samples 10000 in one batch grew by ~1 MB a sample and ran no faster).
+# batch only holds more memory (every row keeps a KV cache and a row of logits) for no more speed
+# (--num-samples 10000 in one batch grew by ~1 MB a sample and ran no faster).
 DEFAULT_BATCH_SIZE = 32
 
 

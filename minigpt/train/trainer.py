@@ -443,8 +443,8 @@ class Trainer:
         return [k for k in MODEL_SETTINGS if k in MODEL_SHAPE or k == "dropout" or k in explicit]
 
     def _check_resume_model(self, ckpt: Checkpoint, explicit: frozenset[str]) -> None:
-        """CheckpointError if a flag asks for another model than the checkpoint's (issue 20, item 6:
-        the flag was recorded as applied and the checkpoint's model trained unchanged)."""
+        """CheckpointError if a flag asks for another model than the checkpoint's (otherwise the flag
+        would be recorded as applied while the checkpoint's model trains unchanged)."""
         saved_init = ckpt.train_config.get("init")
         if "init" in explicit and self.cfg.init != saved_init:
             started = "from scratch" if saved_init is None else f"from --init {saved_init}"

@@ -133,7 +133,7 @@ def test_generate_until_equals_lm_eval_hf(models, hflm):  # noqa: F811
 
 
 def test_unreachable_hub_puts_hf_offline_once(monkeypatch):
-    # issue 20, item 17: offline, lm-eval's dataset loading printed five HF retry lines before its
+    # Offline, lm-eval's dataset loading printed five HF retry lines before its
     # error; with the hub unreachable (a closed loopback port here) it goes to offline mode at once
     import time
 

@@ -147,7 +147,7 @@ def test_bad_arguments_are_clear_errors(checkpoint):
 
 
 # ----------------------------------------------------------------------------------------------
-# cpu_linear="auto" is never slower than the simple path (issue 20, item 10)
+# cpu_linear="auto" is never slower than the simple path
 
 
 def test_auto_times_the_cpu_linears_only_for_a_decode_long_enough_to_pay(monkeypatch):

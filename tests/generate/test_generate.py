@@ -346,7 +346,7 @@ def test_eot_id_none_never_stops_early(monkeypatch):
 
 
 def test_many_samples_are_decoded_in_bounded_batches(checkpoint, monkeypatch):
-    """Issue 20, item 19: --num-samples 10000 went into one batch of 10000 rows (memory grew ~1 MB a
+    """--num-samples 10000 went into one batch of 10000 rows (memory grew ~1 MB a
     sample, for no speed-up). complete() now decodes at most DEFAULT_BATCH_SIZE rows at a time."""
     import minigpt.generate.simple as simple
 
@@ -377,7 +377,7 @@ def test_many_samples_are_decoded_in_bounded_batches(checkpoint, monkeypatch):
 
 @pytest.mark.parametrize("decoder_mode", [None, "auto"])
 def test_nested_or_sparse_ids_are_a_clear_error(decoder_mode):
-    """Issue 20, item 17: a nested tensor to generate() ended in torch's NotImplementedError."""
+    """A nested tensor to generate() ended in torch's NotImplementedError."""
     model = GPT(GPTConfig(block_size=16, vocab_size=101, n_layer=1, n_head=1, n_embd=16)).eval()
     ragged = [torch.tensor([1, 2, 3]), torch.tensor([4, 5])]
     cases = [

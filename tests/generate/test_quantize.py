@@ -220,7 +220,7 @@ def test_decoder_does_not_reuse_a_float_models_cpu_linear_choice():
 
 
 # ----------------------------------------------------------------------------------------------
-# Widths the kernels cannot take (issue 20, item 5): before, int8 at widths 8, 24, 40 gave NaN or
+# Widths the kernels cannot take: before, int8 at widths 8, 24, 40 gave NaN or
 # garbage and widths 4, 12, 20, n_embd=1, n_inner=7 segfaulted on the first forward
 
 SWEEP = r"""
@@ -287,7 +287,7 @@ def test_odd_widths_are_refused_in_one_line_or_quantized_right():
 
 
 def test_saving_a_quantized_model_is_refused_and_writes_nothing(tmp_path):
-    """Issue 20, item 3: save_pretrained of a quantized model wrote a model.safetensors without any
+    """Save_pretrained of a quantized model wrote a model.safetensors without any
     c_attn/c_proj/c_fc weight; over its source directory, that destroyed the model."""
     model = tiny_model(seed=2)
     source = tmp_path / "source"

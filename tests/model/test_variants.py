@@ -386,7 +386,7 @@ def test_download_command_refuses_bad_names(capsys):
 
 
 # ----------------------------------------------------------------------------------------------
-# The hub unreachable (issue 20, items 13 and 16): a closed port on the loopback stands in for a
+# The hub unreachable: a closed port on the loopback stands in for a
 # machine without network, so nothing here leaves this machine. Before the fix, a hub id ended in
 # an httpx ConnectError traceback after ~30 s of retries, and `python -m minigpt.model.hub` always
 # printed runpy's RuntimeWarning.

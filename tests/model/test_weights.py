@@ -153,7 +153,7 @@ def test_latest_training_checkpoint_is_found(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------
-# The safetensors header, field by field (issue 20, item 14): before, float offsets ended in
+# The safetensors header, field by field: before, float offsets ended in
 # "TypeError: 'float' object cannot be interpreted as an integer".
 
 GOOD_ENTRY = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
@@ -223,7 +223,7 @@ def test_safetensors_header_table_starts_from_a_readable_file(tmp_path):
     assert [(k, tuple(t.shape)) for k, t in tensors] == [("x", (2,))]
 
 
-# A config.json whose sizes do not belong to its weights (issue 20, item 17): before, n_embd=1e9 was
+# A config.json whose sizes do not belong to its weights: before, n_embd=1e9 was
 # torch's RuntimeError (and n_layer=1e6 built a million layers), now one line before any allocation.
 @pytest.mark.parametrize(
     "field, value",

@@ -290,7 +290,7 @@ CASES = {
         "--n-embd",
         "48",
     ],
-    # every model setting the checkpoint holds (issue 20, item 6: these were trained unchanged)
+    # every model setting the checkpoint holds (these were trained unchanged)
     **{
         f"--resume with {' '.join(flags)}": _resume_with(*flags)
         for flags in (

@@ -303,7 +303,7 @@ def test_resume_from_an_older_checkpoint_starts_a_branch(data_dir, tmp_path, cap
 
 def test_resuming_an_older_checkpoint_of_an_extended_run_starts_a_branch(data_dir, tmp_path, capsys):
     # README: "`--resume out/ckpt_00000400` while `out/` also holds later checkpoints starts a new
-    # branch of the run". Issue 20, item 9: ckpt_4 recorded --max-steps 4 (the run was extended to
+    # branch of the run". ckpt_4 recorded --max-steps 4 (the run was extended to
     # 6 later), so resuming it said "already complete" and branched nothing.
     out = tmp_path / "run"
     assert run_main(tiny_argv(data_dir, out, max_steps=4, ckpt_interval=2), capsys)[0] == 0
@@ -641,7 +641,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits(data_dir, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("frozen", [1, 0])
 def test_a_frozen_rank_stops_the_other_within_the_timeout(data_dir, tmp_path, frozen):
-    """Issue 20, item 12: a rank stopped with SIGSTOP left the other blocked in a collective for
+    """A rank stopped with SIGSTOP left the other blocked in a collective for
     gloo's 30-minute default. With --dist-timeout 5 the survivor exits 1 in one line naming it."""
     out, port = tmp_path / "run", 29500 + os.getpid() % 1000 + frozen
     argv = tiny_argv(data_dir, out, max_steps=10_000, dist_timeout=5)
