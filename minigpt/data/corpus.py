@@ -19,7 +19,6 @@ import re
 import signal
 import sys
 import sysconfig
-import tempfile
 import urllib.request
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -35,6 +34,7 @@ from minigpt.tokenizers import (
     Tokenizer,
     load_tokenizer,
     parse_tokenizer_kind,
+    tokenizer_hash,
     train_tokenizer,
 )
 
@@ -96,16 +96,6 @@ def tokenizer_key(tokenizer: str | Tokenizer) -> str:
     except ValueError as e:
         raise DataError(str(e)) from None
     return name if size is None else f"{name}:{size}"
-
-
-def tokenizer_hash(tokenizer: Tokenizer) -> str:
-    """sha1 of the files tokenizer.save writes: equal for the same tokenizer, whatever its object."""
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer.save(tmp)
-        h = hashlib.sha1()
-        for path in sorted(Path(tmp).iterdir()):
-            h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    return h.hexdigest()
 
 
 def data_tokenizer(data_dir: str | Path, meta: dict | None = None) -> Tokenizer:

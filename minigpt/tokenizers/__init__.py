@@ -11,6 +11,7 @@ from minigpt.tokenizers.base import (
     TOKENIZER_FILE,
     Tokenizer,
     TokenizerUnavailable,
+    tokenizer_hash,
 )
 from minigpt.tokenizers.bpe import BPETokenizer
 from minigpt.tokenizers.char import CharTokenizer
@@ -50,5 +51,6 @@ __all__ = [
     "load_tokenizer",
     "local_vocab_files",
     "parse_tokenizer_kind",
+    "tokenizer_hash",
     "train_tokenizer",
 ]

@@ -7,7 +7,9 @@ need to know which kind of tokenizer a run or checkpoint uses.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -120,3 +122,13 @@ def first_line(e: BaseException) -> str:
     """The first line of an exception's message (tokenizers' and sentencepiece's run long)."""
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+def tokenizer_hash(tokenizer: Tokenizer) -> str:
+    """sha1 of the files tokenizer.save writes: equal for the same tokenizer, whatever its object."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save(tmp)
+        h = hashlib.sha1()
+        for path in sorted(Path(tmp).iterdir()):
+            h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()

@@ -24,7 +24,6 @@ from minigpt.data.corpus import (
     default_data_dir,
     load_meta,
     prepare,
-    tokenizer_hash,
     tokenizer_key,
 )
 from minigpt.data.loader import DataLoader, check_token_ids, unigram_entropy
@@ -46,7 +45,7 @@ from minigpt.rundir import (
     release_run_dir,
     run_checkpoints,
 )
-from minigpt.tokenizers import Tokenizer, load_tokenizer, parse_tokenizer_kind
+from minigpt.tokenizers import Tokenizer, load_tokenizer, parse_tokenizer_kind, tokenizer_hash
 from minigpt.tokenizers.lookup import check_vocab, tokenizer_for
 from minigpt.train import parallel
 from minigpt.train.checkpoint import (
@@ -225,6 +224,7 @@ class Trainer:
         self.eval_tasks = self._load_eval_tasks()
         torch.manual_seed(cfg.seed + runtime.rank)
         self.data_dir, self.tokenizer = self._data_and_tokenizer(ckpt, explicit)
+        self.tokenizer_sha1 = tokenizer_hash(self.tokenizer)
         self.meta = load_meta(self.data_dir)
         model = self._build_model(ckpt, explicit)
         cfg = self.cfg  # _build_model takes the model sizes of --init
@@ -804,6 +804,7 @@ class Trainer:
                 "tokens_seen": self.step * self.tokens_per_step,
                 "loss": self.last_loss,
                 "train_time": self.train_time,
+                "tokenizer_sha1": self.tokenizer_sha1,  # what sample.py and eval.py check the saved files against
             }
             try:
                 if optimizer_state is None:

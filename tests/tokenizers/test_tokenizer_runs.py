@@ -207,3 +207,32 @@ def test_a_gpt2_directory_prepared_before_tokenizer_files_is_still_gpt2(tmp_path
         if p.suffix in (".json", ".txt") and p.name != "meta.json":
             p.unlink()
     assert isinstance(data_tokenizer(out), GPT2Tokenizer)
+
+
+def test_a_swapped_tokenizer_file_is_refused_on_load(corpus, tmp_path, capsys):
+    """A tokenizer file replaced by another of the same size (here the same characters in another
+    order) is refused by sample.py and eval.py: the checkpoint records the sha1 of its files."""
+    out = tmp_path / "out"
+    assert train.main(tiny_argv(corpus, out, tokenizer="char", max_steps=2)) == 0
+    ckpt = out / "ckpt_00000002"
+    original = load_tokenizer(ckpt)
+    state = json.loads((ckpt / "train_state.json").read_text())
+    assert isinstance(state["tokenizer_sha1"], str)
+    alphabet = list(original.alphabet)
+    random.Random(0).shuffle(alphabet)
+    CharTokenizer("".join(alphabet)).save(ckpt)  # same ids, same sizes, another meaning
+    assert load_tokenizer(ckpt).vocab_size == original.vocab_size
+    capsys.readouterr()
+    text_file = tmp_path / "text.txt"
+    text_file.write_text(corpus_text(5), encoding="utf-8")
+    for run, argv in (
+        (sample.main, ["--init", str(out), "--prompt", "猫", "--max-new-tokens", "2", "--device", "cpu"]),
+        (eval_cli.main, ["--init", str(out), "--task", f"bpb:{text_file}", "--device", "cpu", "--no-progress"]),
+    ):
+        assert run(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and "sha1" in err, err
+    # a checkpoint that recorded no hash (written before the record existed) still loads
+    del state["tokenizer_sha1"]
+    (ckpt / "train_state.json").write_text(json.dumps(state))
+    assert sample.main(["--init", str(out), "--prompt", "猫", "--max-new-tokens", "2", "--device", "cpu"]) == 0
