@@ -149,6 +149,7 @@ def test_power_law_fit():
 TINY = dict(n_layer=1, n_head=2, n_embd=16, block_size=16, batch_size=2, warmup_steps=2, eval_steps=2)
 
 
+@pytest.mark.slow
 def test_push_end_to_end_on_tiny_settings(text, tmp_path):
     nanogpt = {**push.NANOGPT, **TINY, "max_steps": 8}
     minigpt = {**push.MINIGPT, **TINY}
@@ -185,6 +186,7 @@ def test_push_end_to_end_on_tiny_settings(text, tmp_path):
     assert (tmp_path / "push.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_study_and_ab_on_tiny_settings(text, tmp_path):
     base = {**push.MINIGPT, **TINY}
     r = push.study(text, tmp_path / "study", base, sizes=[(1, 2, 16), (1, 2, 32)], budgets=[1.0])

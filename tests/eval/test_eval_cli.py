@@ -224,6 +224,7 @@ def test_bad_input_is_one_line(ckpt, tmp_path, no_lm_eval, name, files, args, en
         assert (path.read_bytes() if isinstance(content, bytes) else path.read_text(encoding="utf-8")) == content
 
 
+@pytest.mark.slow
 def test_lm_eval_unknown_task_is_one_line(ckpt):
     pytest.importorskip("lm_eval")
     r = run_cli(["--init", str(ckpt), "--task", "lm-eval:no_such_task_anywhere"])

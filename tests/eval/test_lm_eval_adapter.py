@@ -72,6 +72,7 @@ def hflm(models):  # noqa: F811
     return HFLM(pretrained=str(directory), batch_size=4, device="cpu")
 
 
+@pytest.mark.slow
 def test_multiple_choice_equals_lm_eval_hf(models, custom_task, hflm, monkeypatch):  # noqa: F811
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     _, model, _ = models

@@ -376,6 +376,7 @@ def test_stop_error_shows_the_text_as_typed(given, shown):
     assert str(e.value).startswith(f"--stop {shown}") and "\n" not in str(e.value), str(e.value)
 
 
+@pytest.mark.slow
 def test_stop_escapes_reach_the_stop_matcher(checkpoint):
     """The greedy text, then the same run stopped at its 3rd character given as \\uXXXX and as itself."""
     cmd = [

@@ -172,6 +172,7 @@ def test_too_long_prompt_is_a_clear_error(checkpoint):
     assert last.startswith("error:") and "context window" in last
 
 
+@pytest.mark.slow
 def test_sample_py_stream_seed_stdin_and_bad_init(checkpoint, tmp_path):
     _, path = checkpoint
     cmd = [
@@ -217,6 +218,7 @@ def test_sample_py_stream_seed_stdin_and_bad_init(checkpoint, tmp_path):
         assert flag in help_.stdout
 
 
+@pytest.mark.slow
 def test_sample_py_simple_and_fast_decoding_agree(checkpoint):
     _, path = checkpoint
     cmd = [

@@ -113,6 +113,7 @@ def compile_all() -> list[dict]:
     return results
 
 
+@pytest.mark.slow
 def test_kernels_compile_for_hopper(tmp_path):
     pytest.importorskip("triton")
     try:

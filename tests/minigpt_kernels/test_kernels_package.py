@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KERNELS_DIR = (REPO_ROOT / "minigpt_kernels").resolve()
 
@@ -25,6 +27,7 @@ def test_import_resolves_to_this_repository():
     assert Path(minigpt_kernels.__file__).resolve().parent == KERNELS_DIR, minigpt_kernels.__file__
 
 
+@pytest.mark.slow
 def test_kernels_do_not_import_minigpt():
     result = run_fresh(
         "import sys, minigpt_kernels\n"
@@ -49,6 +52,7 @@ def test_nothing_here_shadows_a_top_level_kernels_module():
     assert not origin or Path(origin).resolve().parent.parent != REPO_ROOT, origin  # not ./kernels/
 
 
+@pytest.mark.slow
 def test_transformers_gpt2_imports_beside_minigpt():
     result = run_fresh(
         "import minigpt, minigpt_kernels\nfrom transformers import GPT2LMHeadModel, GPT2Config\n"

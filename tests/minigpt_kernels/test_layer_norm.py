@@ -205,6 +205,7 @@ def test_device_mismatch_is_rejected():
         layer_norm(x, weight, torch.randn(8, device=DEVICE))
 
 
+@pytest.mark.slow
 def test_cpu_tensor_without_interpreter_is_rejected():
     # TRITON_INTERPRET is read when the kernels are defined, so use a fresh process.
     code = (

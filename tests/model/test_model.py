@@ -172,6 +172,7 @@ def test_auto_backend_on_cpu_is_pytorch(monkeypatch):
     assert model.backends == ("sdpa", "torch")
 
 
+@pytest.mark.slow
 def test_exact_124m_in_openai_hub_layout(tmp_path):
     """The full gpt2 shape, saved the way OpenAI's upload is: no `transformer.` prefix,
     the attn.bias / attn.masked_bias buffers present, lm_head absent."""

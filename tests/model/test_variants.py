@@ -107,6 +107,7 @@ def test_logits_equal_transformers(variant):
             assert (torch.cat(parts, 1) - ref).abs().max().item() <= LOGITS_ATOL, static
 
 
+@pytest.mark.slow
 def test_greedy_equals_transformers_generate(variant):
     hf, path, _ = variant
     model = from_pretrained(path)

@@ -55,6 +55,7 @@ def test_the_tokenizer_is_found_from_the_directory(checkpoint):
     assert ours.eot_id == hf_tok.eos_token_id
 
 
+@pytest.mark.slow
 def test_sample_py_greedy_prints_what_transformers_generates(checkpoint):
     directory, hf, hf_tok = checkpoint
     ids = hf_tok(PROMPT)["input_ids"]
@@ -105,6 +106,7 @@ def test_logits_equal_transformers(checkpoint):
         assert torch.allclose(model(idx), hf(idx).logits, atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_eval_py_scores_without_a_tokenizer_flag(checkpoint, tmp_path):
     directory, hf, hf_tok = checkpoint
     text = tmp_path / "held_out.txt"

@@ -181,6 +181,7 @@ def test_time_budget_on_the_real_clock(data_dir, tmp_path, capsys):
     assert sorted(evals) == [last] and (out / f"ckpt_{last:08d}").is_dir()
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_stop_at_the_same_step(data_dir, tmp_path):
     out = tmp_path / "two"
     cmd = [

@@ -175,6 +175,7 @@ def test_resuming_an_adamw_checkpoint_with_muon_is_one_line(data_dir, tmp_path, 
     assert err[-1].endswith("was trained with --optimizer adamw; resume it with the same")
 
 
+@pytest.mark.slow
 def test_muon_two_gloo_processes_match_one(data_dir, tmp_path):
     common = dict(batch_size=4, total_batch_size=256, max_steps=4, optimizer="muon")
     one, two = tmp_path / "one", tmp_path / "two"

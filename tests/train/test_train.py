@@ -148,6 +148,7 @@ def test_recipes():
 # Training
 
 
+@pytest.mark.slow
 def test_overfits_a_single_batch(data_dir):
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=32, n_layer=2, n_head=2, n_embd=32))
@@ -165,6 +166,7 @@ def test_overfits_a_single_batch(data_dir):
     assert losses[-1] < 0.1, losses[-10:]
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(data_dir, tmp_path, capsys):
     # Dropout makes the RNG state part of what must be restored.
     common = dict(max_steps=20, dropout=0.1, eval_interval=10, eval_steps=2)
@@ -187,6 +189,7 @@ def test_resume_continues_exactly(data_dir, tmp_path, capsys):
     assert a[20]["loss"] < a[1]["loss"] - 1.0  # it did learn something
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_matches_one_big_batch(data_dir, tmp_path, capsys):
     losses = {}
     for batch_size in (8, 4, 2):  # 1, 2 and 4 micro-batches per step of 256 tokens
@@ -203,6 +206,7 @@ def test_gradient_accumulation_matches_one_big_batch(data_dir, tmp_path, capsys)
     assert losses[8][-1][0] < losses[8][0][0]
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_match_one(data_dir, tmp_path, capsys):
     common = dict(batch_size=4, total_batch_size=256, max_steps=5, eval_interval=5, eval_steps=2)
     one, two = tmp_path / "one", tmp_path / "two"
@@ -615,6 +619,7 @@ def test_bad_flags_are_one_line_errors(data_dir, tmp_path, capsys):
     assert not any((tmp_path / name).exists() for name in "abcde")
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_exits(data_dir, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, str(ROOT / "train.py"), *tiny_argv(data_dir, out, max_steps=100000, warmup_steps=10)]
