@@ -139,17 +139,39 @@ def _header(payload: dict) -> str:
     )
 
 
+def _progress(payload: dict) -> list[str]:
+    """A note at the top of a partial report (bench/run.py writes one as each part finishes)."""
+    if payload.get("complete", True):
+        return []
+    done = payload.get("parts_done", [])
+    left = [p for p in payload.get("parts", []) if p not in done]
+    return [
+        f"**Partial results**: the run has not finished (or was interrupted). Done: {', '.join(done) or 'none'}; "
+        f"not done: {', '.join(left) or 'none'}.",
+        "",
+    ]
+
+
+def _wall(payload: dict) -> list[str]:
+    wall = payload.get("wall_s")
+    if not wall:
+        return []
+    return ["Wall time per part: " + ", ".join(f"{name} {s:.1f} s" for name, s in wall.items()) + ".", ""]
+
+
 def markdown(payload: dict) -> str:
     parts = [
         f"# End-to-end benchmarks ({payload['settings']['size']})",
         "",
         _header(payload),
         "",
+        *_progress(payload),
         f"Load average at the start: {payload['settings'].get('loadavg_at_start')}. "
         "Peak memory: torch.cuda.max_memory_allocated on a GPU, peak RSS of the process on a CPU; in "
         "brackets, the part the case itself added. 'max contention': the largest share of the CPUs "
         "other processes used during a kept repeat.",
         "",
+        *_wall(payload),
     ]
     if "matmul" in payload:
         m = payload["matmul"]
@@ -288,21 +310,30 @@ def write(payload: dict, stem: Path, plot_png: bool = True) -> list[Path]:
 
 
 def cpu_targets_markdown(payload: dict) -> str:
-    m = payload["matmul_fp32"]
+    m = payload.get("matmul_fp32")  # None in a partial report written before it was measured
     parts = [
         "# CPU targets: GPT-2 124M shape, random init",
         "",
         _header(payload),
         "",
+        *_progress(payload),
         f"{payload['settings']['threads']} threads; load average at the start "
-        f"{payload['settings'].get('loadavg_at_start')}. fp32 matmul ceiling measured in this run: "
-        f"{m['flops'] / 1e9:.1f} GFLOP/s ({m['n']}^3, median of {len(m['times_s'])}; the higher of "
-        + ", ".join(f"{f / 1e9:.1f}" for f in payload.get("matmul_fp32_measurements", [m["flops"]]))
-        + " GFLOP/s measured at the start and beside the training step).",
+        f"{payload['settings'].get('loadavg_at_start')}."
+        + (
+            ""
+            if m is None
+            else f" fp32 matmul ceiling measured in this run: {m['flops'] / 1e9:.1f} GFLOP/s ({m['n']}^3, median of "
+            f"{len(m['times_s'])}; the higher of "
+            + ", ".join(f"{f / 1e9:.1f}" for f in payload.get("matmul_fp32_measurements", [m["flops"]]))
+            + " GFLOP/s measured at the start and beside the training step)."
+        ),
         "",
-        "## Decode, batch 1 (greedy; " + payload["settings"]["decode_method"] + ")",
-        "",
+        *_wall(payload),
     ]
+    if not payload.get("decode"):  # the train half only, or nothing measured yet
+        parts += _cpu_train_markdown(payload)
+        return "\n".join(parts)
+    parts += ["## Decode, batch 1 (greedy; " + payload["settings"]["decode_method"] + ")", ""]
     rows = []
     for r in payload["decode"]:
         o, h = r["ours"], r["transformers"]
@@ -378,10 +409,14 @@ def cpu_targets_markdown(payload: dict) -> str:
             ),
             "",
         ]
-    t = payload["train"]
-    if t is None:  # the decode half only
-        return "\n".join(parts)
-    parts += [
+    return "\n".join(parts + _cpu_train_markdown(payload))
+
+
+def _cpu_train_markdown(payload: dict) -> list[str]:
+    t = payload.get("train")
+    if t is None:  # the decode half only, or not measured yet
+        return []
+    parts = [
         "## Training step (B=4, T=256, fp32, AdamW)",
         "",
         _table(
@@ -435,7 +470,7 @@ def cpu_targets_markdown(payload: dict) -> str:
             ),
             "",
         ]
-    return "\n".join(parts)
+    return parts
 
 
 def cpu_targets_table(payload: dict) -> str:

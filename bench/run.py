@@ -1,6 +1,6 @@
 """One entry point for the benchmarks: training, sampling, kernels, and the CPU targets.
 
-    python bench/run.py --suite all                 # CPU: small sizes, about a minute; CUDA: real sizes
+    python bench/run.py --suite all                 # CPU: small sizes (minutes); CUDA: real sizes
     python bench/run.py --suite sample --full       # every size
     python bench/run.py --suite cpu-targets         # the CPU figures the fast-decoding issue targets
     python bench/run.py --suite train,sample --tiny --out /tmp/b   # seconds: what the tests run
@@ -30,29 +30,39 @@ Results: <out>/e2e-<device>.json (environment, settings, every case), .md (table
 .png (throughput against batch size; MFU by backend); cpu-targets.json/.md for that suite.
 <out> is --out, or by default a new folder bench/runs/<date>-<time>-<suites>/ (ignored by
 git); only --update-results writes over the committed files in bench/results/.
-A short table goes to stdout, progress to stderr.
+A short table goes to stdout, progress to stderr, with each part's wall time and the whole run's.
+
+Partial results: each results file is written at the start (environment and settings) and
+again, atomically, as each of its parts finishes (e2e: train, sample, kernels; cpu-targets:
+decode, train), with "complete": false, "parts" (those planned), "parts_done" and "wall_s"
+(seconds per finished part); at the end it says "complete": true (and the PNG is drawn).
+Ctrl-C or SIGTERM stops the run at once with one line on stderr naming the file(s) that hold
+what was measured so far, and exit code 130 (143 for SIGTERM).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make `bench` and `minigpt` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-if __name__ == "__main__":  # before torch is imported: passive OpenMP waiting, a quiet early Ctrl-C
-    from minigpt import entrypoint
+from minigpt import entrypoint  # noqa: E402  (imports no torch)
 
+if __name__ == "__main__":  # before torch is imported: passive OpenMP waiting, a quiet early Ctrl-C
     entrypoint.start()
 
 import torch  # noqa: E402
 
 from bench import e2e, report  # noqa: E402
-from bench.common import RESULTS_DIR, RUNS_DIR, device_tag, environment, log, output_dir  # noqa: E402
+from bench.common import RESULTS_DIR, RUNS_DIR, atomic_write, device_tag, environment, log, output_dir  # noqa: E402
 from minigpt.generate.decoder import Decoder  # noqa: E402
 from minigpt.generate.quantize import quantize_model  # noqa: E402
 from minigpt.generate.simple import generate  # noqa: E402
@@ -267,15 +277,46 @@ def run_kernels(device: torch.device, quick: bool) -> dict:
     return run_kernel_bench(device, quick)
 
 
-def run_cpu_targets(max_contention: float, parts: tuple[str, ...] = ("decode", "train")) -> dict:
+def _no_progress(name: str) -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext()
+
+
+def run_cpu_targets(
+    max_contention: float,
+    parts: tuple[str, ...] = ("decode", "train"),
+    out: dict | None = None,
+    part: Callable[[str], contextlib.AbstractContextManager] = _no_progress,
+) -> dict:
+    """The cpu-targets figures, filled into `out` (a new dict by default) as they are measured;
+    each of `parts` runs inside part(name) (PartialResults.part: timed, and written when done)."""
     device = torch.device("cpu")
     spec = CPU_TARGETS
+    out = {} if out is None else out
+    out.update(decode=[], train=None)
+    d = spec["decode"]
     # The matmul ceiling drifts with the machine (a shared VM's): measured at the start and
     # again beside the training step, and the higher of the two used.
-    matmuls = [e2e.matmul_peak(device, torch.float32, spec["matmul_n"], repeats=10)]
-    out = {"matmul_fp32": matmuls[0], "decode": [], "train": None}
-    d = spec["decode"]
-    for dtype_name in d["dtypes"] if "decode" in parts else ():
+    matmuls: list[dict] = []
+
+    def ceiling_at_start() -> None:
+        matmuls.append(e2e.matmul_peak(device, torch.float32, spec["matmul_n"], repeats=10))
+        out["matmul_fp32"] = matmuls[0]
+
+    if "decode" in parts:
+        with part("decode"):
+            ceiling_at_start()
+            _cpu_decode(out, d, max_contention)
+    if "train" in parts:
+        with part("train"):
+            if not matmuls:
+                ceiling_at_start()
+            _cpu_train(out, spec, matmuls, max_contention)
+    return out
+
+
+def _cpu_decode(out: dict, d: dict, max_contention: float) -> None:
+    device = torch.device("cpu")
+    for dtype_name in d["dtypes"]:
         quantized = dtype_name in ("int8", "int4")
         log(f"cpu-targets decode {d['model']} {dtype_name}")
         hf = None
@@ -320,8 +361,10 @@ def run_cpu_targets(max_contention: float, parts: tuple[str, ...] = ("decode", "
         record["auto_vs_simple"] = decode_auto_vs_simple(model, d, max_contention)
         out["decode"].append({"model": d["model"], **record})
         del model
-    if "train" not in parts:
-        return out
+
+
+def _cpu_train(out: dict, spec: dict, matmuls: list[dict], max_contention: float) -> None:
+    device = torch.device("cpu")
     t = spec["train"]
     log(f"cpu-targets train {t}")
     matmuls.append(e2e.matmul_peak(device, torch.float32, spec["matmul_n"], repeats=10))
@@ -359,7 +402,6 @@ def run_cpu_targets(max_contention: float, parts: tuple[str, ...] = ("decode", "
         )
         base.update(model=t["model"], minigpt_speedup=record["tokens_per_s"] / base["tokens_per_s"])
         out["train_baselines"].append(base)
-    return out
 
 
 def decode_auto_vs_simple(model: GPT, d: dict, max_contention: float) -> dict:
@@ -398,6 +440,43 @@ def decode_auto_vs_simple(model: GPT, d: dict, max_contention: float) -> dict:
         f"tok/s: {record['ratio']:.2f}x (cpu_linear {decoder.cpu_linear})"
     )
     return record
+
+
+# ----------------------------------------------------------------------------------------------
+# Partial results
+
+
+class PartialResults:
+    """One results file (JSON, Markdown) written as its parts finish, so an interrupted or
+    unfinished run keeps what it measured.
+
+    It is written at once (environment and settings, no part done), and again after each part,
+    atomically, with everything measured so far: "complete": false, "parts" (those planned),
+    "parts_done" and "wall_s" (seconds per finished part); finish() writes it "complete": true.
+    write(payload, final) writes the files and returns their paths, the JSON first.
+    """
+
+    def __init__(self, payload: dict, parts: list[str], write: Callable[[dict, bool], list[Path]], label: str):
+        payload.update(complete=False, parts=list(parts), parts_done=[], wall_s={})
+        self.payload, self.write, self.label = payload, write, label
+        self.path = self.write(payload, False)[0]
+
+    @contextlib.contextmanager
+    def part(self, name: str) -> Iterator[None]:
+        """Time the body; when it ends without an exception, record the part as done and rewrite the files."""
+        log(f"{self.label} {name}: started")
+        start = time.perf_counter()
+        yield
+        wall = time.perf_counter() - start
+        self.payload["parts_done"].append(name)
+        self.payload["wall_s"][name] = round(wall, 3)
+        self.write(self.payload, False)
+        log(f"{self.label} {name}: done in {wall:.1f} s (results so far in {self.path})")
+
+    def finish(self) -> list[Path]:
+        """Mark the results complete and write them a last time (with the plot, where there is one)."""
+        self.payload["complete"] = True
+        return self.write(self.payload, True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -468,6 +547,11 @@ def main(argv=None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print(f"error: --device {args.device}: no CUDA GPU is available", file=sys.stderr)
         return 2
+    cpu_parts = tuple(part.strip() for part in args.cpu_targets_parts.split(",") if part.strip())
+    if "cpu-targets" in args.suites and (not cpu_parts or set(cpu_parts) - {"decode", "train"}):
+        print(f"error: --cpu-targets-parts {args.cpu_targets_parts!r}: choose decode, train or both", file=sys.stderr)
+        return 2
+    cpu_parts = tuple(p for p in ("decode", "train") if p in cpu_parts)
     if args.threads is None and "cpu-targets" in args.suites:
         args.threads = 2
     if args.threads is not None:
@@ -475,6 +559,30 @@ def main(argv=None) -> int:
     if device.type == "cuda":  # as train.py: TF32 for the fp32 matmuls autocast leaves
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    files: list[PartialResults] = []  # the results files begun so far
+    results_dir = None
+    if args.update_results:  # partial files go to a run folder: bench/results only ever gets complete ones
+        results_dir, args.out = args.out, output_dir(None, False, "-".join(args.suites))
+    start = time.perf_counter()
+    try:
+        written = run_suites(args, device, cpu_parts, files)
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM (entrypoint.Interrupted): what was measured is on disk
+        if not files:
+            raise
+        where = " and ".join(str(f.path) for f in files)
+        print(f"error: interrupted; the results measured so far are in {where}", file=sys.stderr, flush=True)
+        return entrypoint.exit_code(e)
+    if results_dir is not None:
+        written = [atomic_write(results_dir / path.name, path.read_bytes()) for path in written]
+    for path in written:
+        log(f"wrote {path}")
+    log(f"suite {','.join(args.suites)}: done in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def run_suites(args: argparse.Namespace, device: torch.device, cpu_parts: tuple[str, ...], files: list) -> list[Path]:
+    """Every suite asked for, each results file begun (appended to `files`) before its first part
+    and rewritten as each part finishes; the paths of the complete files."""
     size = "tiny" if args.tiny else ("full" if args.full else "quick")
     plan = PLANS["tiny"] if size == "tiny" else PLANS[f"{'cuda' if device.type == 'cuda' else 'cpu'}-{size}"]
     settings = {
@@ -495,23 +603,34 @@ def main(argv=None) -> int:
     e2e_suites = [s for s in args.suites if s in ALL]
     if e2e_suites:
         payload = {"benchmark": "e2e", "environment": environment(device), "settings": settings}
+        stem = args.out / f"e2e-{device_tag(device)}"
+        results = PartialResults(
+            payload,
+            e2e_suites,
+            lambda payload, final: report.write(payload, stem, plot_png=final and not args.no_plot),
+            "e2e",
+        )
+        files.append(results)
         if "train" in e2e_suites:
-            matmul_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-            n = 8192 if device.type == "cuda" else (512 if size == "tiny" else 2048)
-            payload["matmul"] = e2e.matmul_peak(device, matmul_dtype, n)
-            peak, source = e2e.peak_flops(
-                device, torch.bfloat16 if device.type == "cuda" else torch.float32, payload["matmul"]
-            )
-            payload["peak"] = {"flops": peak, "source": source}
-            payload["train"] = run_train(device, plan, peak, args.max_contention)
-            for r in payload["train"]:
-                if "tokens_per_s" in r:
-                    r["matmul_fraction"] = r["flops_per_token"] * r["tokens_per_s"] / payload["matmul"]["flops"]
+            with results.part("train"):
+                matmul_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+                n = 8192 if device.type == "cuda" else (512 if size == "tiny" else 2048)
+                matmul = e2e.matmul_peak(device, matmul_dtype, n)
+                peak, source = e2e.peak_flops(
+                    device, torch.bfloat16 if device.type == "cuda" else torch.float32, matmul
+                )
+                rows = run_train(device, plan, peak, args.max_contention)
+                for r in rows:
+                    if "tokens_per_s" in r:
+                        r["matmul_fraction"] = r["flops_per_token"] * r["tokens_per_s"] / matmul["flops"]
+                payload.update(matmul=matmul, peak={"flops": peak, "source": source}, train=rows)
         if "sample" in e2e_suites:
-            payload["sample"] = run_sample(device, plan, args.max_contention, not args.no_transformers)
+            with results.part("sample"):
+                payload["sample"] = run_sample(device, plan, args.max_contention, not args.no_transformers)
         if "kernels" in e2e_suites:
-            payload["kernels"] = run_kernels(device, quick=size != "full")
-        written += report.write(payload, args.out / f"e2e-{device_tag(device)}", plot_png=not args.no_plot)
+            with results.part("kernels"):
+                payload["kernels"] = run_kernels(device, quick=size != "full")
+        written += results.finish()
         print(report.stdout_table(payload))
     if "cpu-targets" in args.suites:
         if device.type != "cpu":
@@ -525,27 +644,19 @@ def main(argv=None) -> int:
             "token excluded; the ratio is the median of the per-round ratios",
             "mfu_peak": "fp32 matmul measured in this run (matmul_fp32)",
             "loadavg_at_start": load_average(),
+            "parts": list(cpu_parts),
         }
-        parts = tuple(part.strip() for part in args.cpu_targets_parts.split(",") if part.strip())
-        if not parts or set(parts) - {"decode", "train"}:
-            print(
-                f"error: --cpu-targets-parts {args.cpu_targets_parts!r}: choose decode, train or both", file=sys.stderr
-            )
-            return 2
-        cpu_settings["parts"] = list(parts)
-        payload = {
-            "benchmark": "cpu-targets",
-            "environment": environment("cpu"),
-            "settings": cpu_settings,
-            **run_cpu_targets(args.max_contention, parts),
-        }
-        stem = "cpu-targets" if set(parts) == {"decode", "train"} else f"cpu-targets-{parts[0]}"
-        written += report.write_cpu_targets(payload, args.out / stem)
+        payload = {"benchmark": "cpu-targets", "environment": environment("cpu"), "settings": cpu_settings}
+        stem = args.out / ("cpu-targets" if len(cpu_parts) == 2 else f"cpu-targets-{cpu_parts[0]}")
+        results = PartialResults(
+            payload, list(cpu_parts), lambda payload, final: report.write_cpu_targets(payload, stem), "cpu-targets"
+        )
+        files.append(results)
+        run_cpu_targets(args.max_contention, cpu_parts, out=payload, part=results.part)
+        written += results.finish()
         print(report.cpu_targets_table(payload))
-    for path in written:
-        log(f"wrote {path}")
-    return 0
+    return written
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entrypoint.run(main))

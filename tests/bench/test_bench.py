@@ -2,8 +2,10 @@
 
 import json
 import math
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -127,6 +129,19 @@ def test_tiny_run_writes_every_field(tiny_run):
         assert r["greedy_tokens_equal"] is True  # same fp32 weights, greedy: the same tokens
 
 
+def test_tiny_run_is_marked_complete_with_every_part_and_its_wall_time(tiny_run):
+    out, proc = tiny_run
+    data = json.loads((out / "e2e-cpu.json").read_text())
+    assert data["complete"] is True
+    assert data["parts"] == data["parts_done"] == ["train", "sample"]
+    assert list(data["wall_s"]) == ["train", "sample"] and all(positive(s) for s in data["wall_s"].values())
+    for part in ("train", "sample"):
+        assert f"e2e {part}: done in " in proc.stderr
+    assert "suite train,sample: done in " in proc.stderr
+    md = (out / "e2e-cpu.md").read_text()
+    assert "Partial results" not in md and "Wall time per part: train " in md
+
+
 def test_tiny_run_writes_markdown_plot_and_a_table(tiny_run):
     out, proc = tiny_run
     md = (out / "e2e-cpu.md").read_text()
@@ -137,6 +152,102 @@ def test_tiny_run_writes_markdown_plot_and_a_table(tiny_run):
     assert data["environment"]["torch"] in md
     assert (out / "e2e-cpu.png").stat().st_size > 1000
     assert "train" in proc.stdout and "sample" in proc.stdout and "tok/s" in proc.stdout
+
+
+def _log_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if not line.startswith("[")]  # bench.common.log: "[HH:MM:SS] ..."
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_run_leaves_its_finished_parts(tmp_path, signum):
+    """Ctrl-C (or SIGTERM) after the train part was written: one line, 130 (143), and the partial files stay."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "run.py"),
+            "--suite",
+            "train,sample,kernels",
+            "--tiny",
+            "--device",
+            "cpu",
+            "--threads",
+            "2",
+            "--max-contention",
+            "1",
+            "--no-plot",
+            "--out",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    path = tmp_path / "e2e-cpu.json"
+    try:
+        deadline = time.monotonic() + 240
+        while proc.poll() is None and time.monotonic() < deadline:
+            if path.exists() and json.loads(path.read_text())["parts_done"]:  # written atomically: whole or absent
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run ended before the signal: " + proc.stderr.read()[-3000:]
+        proc.send_signal(signum)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 128 + signum, stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert _log_lines(stderr) == [f"error: interrupted; the results measured so far are in {path}"]
+    assert stderr.splitlines()[-1].startswith("error: interrupted")
+    data = json.loads(path.read_text())
+    assert data["complete"] is False and data["parts"] == ["train", "sample", "kernels"]
+    assert data["parts_done"][0] == "train" and "kernels" not in data["parts_done"]
+    assert len(data["train"]) == len(data["settings"]["plan"]["train"])
+    assert all(positive(r["tokens_per_s"]) for r in data["train"]) and positive(data["wall_s"]["train"])
+    assert "Partial results" in (tmp_path / "e2e-cpu.md").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e2e-cpu.json", "e2e-cpu.md"]  # no temporary left
+
+
+def test_partial_results_are_written_as_each_part_finishes(monkeypatch, tmp_path):
+    """PartialResults with run_cpu_targets (its measurements faked): a file at the start, another after each part."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    from bench import report, run
+
+    monkeypatch.setattr(run.e2e, "matmul_peak", lambda *a, **k: {"flops": 1e9, "n": 8, "times_s": [1.0]})
+    monkeypatch.setattr(run, "_cpu_decode", lambda out, d, mc: out["decode"].append("decoded"))
+    monkeypatch.setattr(run, "_cpu_train", lambda out, spec, matmuls, mc: out.update(train="trained"))
+    seen = []
+
+    def write(payload, final):
+        seen.append((json.loads(json.dumps(payload)), final))
+        return [tmp_path / "x.json"]
+
+    payload = {"benchmark": "cpu-targets", "settings": {}}
+    results = run.PartialResults(payload, ["decode", "train"], write, "cpu-targets")
+    assert results.path == tmp_path / "x.json"
+    run.run_cpu_targets(1.0, ("decode", "train"), out=payload, part=results.part)
+    results.finish()
+    assert [(p["parts_done"], p["complete"], final) for p, final in seen] == [
+        ([], False, False),
+        (["decode"], False, False),
+        (["decode", "train"], False, False),
+        (["decode", "train"], True, True),
+    ]
+    assert seen[1][0]["decode"] == ["decoded"] and seen[1][0]["train"] is None and seen[2][0]["train"] == "trained"
+    assert set(seen[-1][0]["wall_s"]) == {"decode", "train"}
+
+    with pytest.raises(KeyboardInterrupt):  # an interrupted part is neither done nor written again
+        with results.part("more"):
+            raise KeyboardInterrupt
+    assert "more" not in payload["parts_done"] and len(seen) == 4
+
+    # the Markdown of a cpu-targets file begun but with nothing measured yet
+    env = {k: "x" for k in ("device", "torch", "triton", "transformers", "commit", "date")}
+    begun = {"environment": env, "settings": {"threads": 2}, "complete": False, "parts": ["decode", "train"]}
+    begun["parts_done"] = []
+    md = report.cpu_targets_markdown(begun)
+    assert "Partial results" in md and "Done: none; not done: decode, train" in md
 
 
 def test_bad_suite_is_a_usage_error(tmp_path):
@@ -257,3 +368,27 @@ def test_quantize_quality_scores_every_variant_with_the_models_tokenizer(tmp_pat
     assert [r["model"] for r in payload["results"]] == ["float32", "bfloat16", "int8", "int4-g32"]
     assert payload["config"]["vocab_size"] == tokenizer.vocab_size
     assert all(math.isfinite(r["bpb"]) and r["bpb"] > 0 for r in payload["results"])
+
+
+def test_update_results_gets_only_complete_files(monkeypatch, tmp_path):
+    """With --update-results the partial files are written to a run folder, and bench/results
+    (here a stand-in) receives the files only once they are complete."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    from bench import common, report, run
+
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    monkeypatch.setattr(common, "RESULTS_DIR", results)
+    monkeypatch.setattr(common, "RUNS_DIR", runs)
+    seen = []  # (folder, complete?) of every JSON write while the run goes on
+    write_json = report.write_json
+
+    def spy(path, payload, **kw):
+        seen.append((Path(path).parent, payload.get("complete")))
+        return write_json(path, payload, **kw)
+
+    monkeypatch.setattr(report, "write_json", spy)
+    args = ["--suite", "train", "--tiny", "--no-transformers", "--threads", "1", "--update-results"]
+    assert run.main(args) == 0
+    assert json.loads((results / "e2e-cpu.json").read_text())["complete"] is True
+    partial = [folder for folder, complete in seen if complete is False]
+    assert partial and all(folder.parent == runs for folder in partial)  # never in bench/results
