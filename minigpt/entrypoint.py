@@ -10,7 +10,7 @@ train.py, sample.py, eval.py, prepare.py (and the bench scripts) start with
 
 start() makes idle OpenMP threads sleep instead of spin (OMP_WAIT_POLICY=PASSIVE unless the user
 set it: read once, when torch loads OpenMP; spinning threads starve their siblings on a shared
-CPU, 20-100x slower sampling), and makes Ctrl-C or SIGTERM while the imports run end in one line
+CPU: bench/results/omp-wait-cpu.json), and makes Ctrl-C or SIGTERM while the imports run end in one line
 with exit 130 or 143 instead of a traceback. run(main) then turns either signal into an
 `Interrupted` exception (a KeyboardInterrupt, so every `except KeyboardInterrupt` sees both) for
 main to clean up after, and ends an uncaught one in one line with 128 + the signal's number.

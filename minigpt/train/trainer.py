@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import json
 import math
 import os
@@ -1001,4 +1002,9 @@ class Trainer:
         """Release the out dir and leave the process group (every exit path of train.py calls it)."""
         release_run_dir(getattr(self, "lock", None))
         self.lock = None
+        # DDP's reducer holds the process group: let it go first, so that the group is torn down
+        # by destroy_process_group on every rank (a gloo group left to the reducer's destructor
+        # could wait forever in it for threads of a group already destroyed).
+        self.train_module = self.loss_module = None
+        gc.collect()
         self.runtime.close()
