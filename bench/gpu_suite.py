@@ -464,6 +464,7 @@ class Suite:
             "pytest",
             "-m",
             "cuda",
+            "--all",  # the cuda tests marked slow too
             "-q",
             "-p",
             "no:cacheprovider",
