@@ -55,12 +55,20 @@ class GPTConfig:
     qk_norm: bool = False  # q and k RMS-normalised per head (no weights) before the scores
     bias: bool = True  # False: no bias in any Linear layer or LayerNorm
 
+    # --- switches of other families (GPT-NeoX: Pythia, gpt-neox-20b, rinna's and abeja's models) --
+    model_type: str = "gpt2"  # the checkpoint layout it loads from and saves to (minigpt.model.families)
+    parallel_residual: bool = False  # x + attn(ln_1(x)) + mlp(ln_2(x)) instead of one after the other
+    rotary_pct: float = 1.0  # with rope: the share of each head's channels that is rotated (Pythia: 0.25)
+    attn_bias: bool | None = None  # biases on c_attn and the attention's c_proj; None: as `bias`
+    mlp_bias: bool | None = None  # biases on c_fc and the MLP's c_proj; None: as `bias`
+    last_attn_proj_bias: bool = False  # the last block's attention c_proj has a bias even without attn_bias
+
     def __post_init__(self):
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "pad_vocab_multiple"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
-        for name in ("layer_norm_epsilon", "dropout", "rope_theta"):
+        for name in ("layer_norm_epsilon", "dropout", "rope_theta", "rotary_pct"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
                 raise ValueError(f"GPTConfig.{name} must be a finite number, got {value!r}")
@@ -83,9 +91,16 @@ class GPTConfig:
             "tie_word_embeddings",
             "qk_norm",
             "bias",
+            "parallel_residual",
+            "last_attn_proj_bias",
         ):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"GPTConfig.{name} must be true or false, got {getattr(self, name)!r}")
+        for name in ("attn_bias", "mlp_bias"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), bool):
+                raise ValueError(f"GPTConfig.{name} must be true, false or None (as bias), got {getattr(self, name)!r}")
+        if not isinstance(self.model_type, str) or not self.model_type:
+            raise ValueError(f"GPTConfig.model_type must be a model_type name, got {self.model_type!r}")
         for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
             value = getattr(self, name)
             ids = value if isinstance(value, list) and name == "eos_token_id" else [value]
@@ -95,14 +110,32 @@ class GPTConfig:
         if self.position not in POSITIONS:
             raise ValueError(f"GPTConfig.position must be one of {', '.join(POSITIONS)}, got {self.position!r}")
         if self.position == "rope":
-            if self.head_dim % 2:
-                raise ValueError(f"rotary positions turn pairs of channels: head_dim ({self.head_dim}) must be even")
+            if not 0 < self.rotary_pct <= 1:
+                raise ValueError(f"rotary_pct must be in (0, 1], got {self.rotary_pct}")
+            if self.rotary_dim % 2 or self.rotary_dim == 0:
+                raise ValueError(
+                    f"rotary positions turn pairs of channels: int(head_dim * rotary_pct) "
+                    f"(int({self.head_dim} * {self.rotary_pct}) = {self.rotary_dim}) must be even and > 0"
+                )
             if not self.rope_theta > 1:
                 raise ValueError(f"rope_theta must be > 1, got {self.rope_theta}")
 
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
+
+    @property
+    def rotary_dim(self) -> int:
+        """How many of each head's channels rotary positions turn: the first int(head_dim * rotary_pct)."""
+        return int(self.head_dim * self.rotary_pct)
+
+    @property
+    def has_attn_bias(self) -> bool:
+        return self.bias if self.attn_bias is None else self.attn_bias
+
+    @property
+    def has_mlp_bias(self) -> bool:
+        return self.bias if self.mlp_bias is None else self.mlp_bias
 
     @property
     def mlp_width(self) -> int:
@@ -128,10 +161,13 @@ class GPTConfig:
 
         non_embedding=True leaves out the token embedding wte (an untied lm_head is counted)."""
         C, L, F, b = self.n_embd, self.n_layer, self.mlp_width, int(self.bias)
+        ba, bm = int(self.has_attn_bias), int(self.has_mlp_bias)
         norm = C + b * C  # a LayerNorm's gain and bias
-        attn = C * 3 * C + b * 3 * C + C * C + b * C  # c_attn, c_proj
-        mlp = C * F + b * F + F * C + b * C  # c_fc, c_proj
+        attn = C * 3 * C + ba * 3 * C + C * C + ba * C  # c_attn, c_proj
+        mlp = C * F + bm * F + F * C + bm * C  # c_fc, c_proj
         n = L * (2 * norm + attn + mlp) + norm  # the blocks and ln_f
+        if self.last_attn_proj_bias and not ba:
+            n += C
         if self.position == "learned":
             n += self.block_size * C  # wpe
         if not self.tie_word_embeddings:
@@ -139,7 +175,15 @@ class GPTConfig:
         return n if non_embedding else n + self.vocab_size * C
 
     def hf_incompatibility(self) -> str | None:
-        """Why GPT2LMHeadModel cannot compute this model (the first switch that is on), or None if it can."""
+        """Why GPT2LMHeadModel cannot compute this model (the first switch that is on), or None if it can.
+
+        For the other families (model_type) their entry in minigpt.model.families says."""
+        if self.model_type != "gpt2":
+            return f"model_type={self.model_type!r} (not GPT2LMHeadModel's layout)"
+        if self.parallel_residual or self.attn_bias is not None or self.mlp_bias is not None:
+            return "a GPT-NeoX switch (parallel_residual, attn_bias or mlp_bias) is set"
+        if self.last_attn_proj_bias:
+            return "last_attn_proj_bias=True (GPT2LMHeadModel has every bias or none)"
         if self.position != "learned":
             return f"position={self.position!r} (GPT2LMHeadModel has learned positions only)"
         if self.qk_norm:

@@ -69,8 +69,10 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig, layer_idx: int = 0):
         super().__init__()
         self.n_head, self.n_embd = config.n_head, config.n_embd
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v for all heads
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        bias = config.has_attn_bias
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=bias)  # q, k, v for all heads
+        last = layer_idx == config.n_layer - 1
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=bias or (last and config.last_attn_proj_bias))
         self.resid_dropout = nn.Dropout(config.dropout)
         scale = config.layer_attn_scale(layer_idx)  # None: the backends' own 1/sqrt(hs), GPT-2's
         self.scale = None if scale == 1.0 / math.sqrt(config.head_dim) else scale
@@ -102,8 +104,8 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, config.mlp_width, bias=config.bias)
-        self.c_proj = nn.Linear(config.mlp_width, config.n_embd, bias=config.bias)
+        self.c_fc = nn.Linear(config.n_embd, config.mlp_width, bias=config.has_mlp_bias)
+        self.c_proj = nn.Linear(config.mlp_width, config.n_embd, bias=config.has_mlp_bias)
         self.act = ACTIVATIONS[config.activation]  # GPT-2: gelu_new, the tanh approximation
         self.dropout = nn.Dropout(config.dropout)
 
@@ -130,8 +132,11 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(config, layer_idx)
         self.ln_2 = LayerNorm(config.n_embd, config.layer_norm_epsilon, config.bias)
         self.mlp = MLP(config)
+        self.parallel = config.parallel_residual
 
     def forward(self, x, cache: KVCache | None = None, layer: int = 0, visible=None, rope=None) -> torch.Tensor:
+        if self.parallel:  # GPT-NeoX: both branches read the block's input
+            return x + self.attn(self.ln_1(x), cache, layer, visible, rope) + self.mlp(self.ln_2(x))
         x = x + self.attn(self.ln_1(x), cache, layer, visible, rope)  # pre-LayerNorm residual blocks
         x = x + self.mlp(self.ln_2(x))
         return x
@@ -176,15 +181,19 @@ class GPT(nn.Module):
             if name.endswith("c_proj.weight"):  # residual projections: 1/sqrt(number of residual additions)
                 torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * self.config.n_layer))
 
-    def forward(self, idx, targets=None, cache: KVCache | None = None, last_only: bool = False) -> torch.Tensor:
+    def forward(
+        self, idx, targets=None, cache: KVCache | None = None, last_only: bool = False, doc_ids=None
+    ) -> torch.Tensor:
         """Logits (B, T, vocab_size) for every position of idx (B, T); or, given targets (B, T),
         the mean next-token cross-entropy against them (targets of -100 are ignored).
 
         The loss is F.cross_entropy(self(idx), targets) computed without ever holding all the
         logits (minigpt.model.loss). With a KV cache, idx holds the T tokens after those the cache
         has seen. last_only=True gives only the last position's logits (B, 1, vocab_size).
+        doc_ids (B, T) marks documents packed side by side in a row (equal ids, contiguous): each
+        token then sees only its own document, whose positions start at 0, as if it ran alone.
         """
-        x = self.hidden_states(idx, cache)
+        x = self.hidden_states(idx, cache, doc_ids)
         if targets is not None:
             args = (x.reshape(-1, x.size(-1)), self.head_weight, targets.reshape(-1), self.config.vocab_size)
             if torch.compiler.is_compiling():  # Inductor fuses the plain version by itself
@@ -194,20 +203,23 @@ class GPT(nn.Module):
             x = x[:, -1:]
         return self.head(x)[..., : self.config.vocab_size]
 
-    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None, doc_ids=None) -> torch.Tensor:
         """The final hidden states (B, T, C), after ln_f: what the lm_head multiplies."""
         B, T = idx.size()
         if cache is None:
             if T > self.config.block_size:
                 raise ValueError(f"sequence of {T} tokens exceeds the context window of {self.config.block_size}")
             pos, visible = torch.arange(T, device=idx.device), None
+            if doc_ids is not None:
+                pos, visible = document_positions(doc_ids)  # (B, T) and (B, 1, T, T)
         else:
-            pos = cache.positions(B, T)  # (T,) absolute positions, checked against the cache's room
-            visible = cache.visible(pos)  # None: causal over the positions held
+            # (T,) absolute positions, checked against the cache's room, or (B, T): one row each
+            pos = cache.positions(B, T)
+            visible = cache.visible(pos)  # None: causal over the positions held; or a (Tq, Tk) / (B, 1, Tq, Tk) mask
         x = self.transformer.wte(idx)  # (B, T, C)
         rope = None
         if self.config.position == "rope":
-            rope = rotary_angles(pos, self.config.head_dim, self.config.rope_theta)
+            rope = rotary_angles(pos, self.config.rotary_dim, self.config.rope_theta)
         else:
             x = x + self.transformer.wpe(pos)
         x = self.transformer.drop(x)
@@ -279,7 +291,7 @@ class KVCache:
 
 
 # ----------------------------------------------------------------------------------------------
-# Variants: activations, q/k normalisation, rotary positions
+# Variants: activations, q/k normalisation, rotary positions, packed documents
 
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
@@ -319,15 +331,34 @@ def qk_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
     return F.rms_norm(x, (x.size(-1),), eps=eps)
 
 
-def rotary_angles(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin (T, hs/2), float32, of the angles pos * theta^(-2j/hs) for positions (T,)."""
-    inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
-    angles = positions.to(torch.float32)[:, None] * inv_freq[None, :]
+def rotary_angles(positions: torch.Tensor, dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin, float32, of the angles pos / theta^(2j/dim) for the dim/2 pairs a head rotates:
+    (T, dim/2) for positions (T,); (B, 1, T, dim/2) for positions (B, T), one row each."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, dim, 2, device=positions.device, dtype=torch.float32) / dim)
+    angles = positions.to(torch.float32)[..., None] * inv_freq
+    if positions.dim() == 2:
+        angles = angles.unsqueeze(1)  # broadcast over the heads of (B, nh, T, hs)
     return angles.cos(), angles.sin()
 
 
 def apply_rotary(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Rotate each pair (x[..., j], x[..., j + hs/2]) of x (B, nh, T, hs) by its angle, in float32."""
+    """Rotate each pair (x[..., j], x[..., j + dim/2]) of x (B, nh, T, hs) by its angle, in float32.
+    Only the first dim = 2 * cos.size(-1) channels turn (GPT-NeoX's rotary_pct); the rest pass."""
     cos, sin = rope
-    x1, x2 = x.float().chunk(2, dim=-1)
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
+    dim = 2 * cos.size(-1)
+    x1, x2 = x[..., :dim].float().chunk(2, dim=-1)
+    turned = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
+    return turned if dim == x.size(-1) else torch.cat([turned, x[..., dim:]], dim=-1)
+
+
+def document_positions(doc_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For documents packed in rows, doc_ids (B, T), each a run of equal ids: each token's position within its document
+    (B, T), and the (B, 1, T, T) mask letting a token see only the earlier tokens of its document."""
+    B, T = doc_ids.shape
+    index = torch.arange(T, device=doc_ids.device).expand(B, T)
+    starts = torch.ones_like(doc_ids, dtype=torch.bool)
+    starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    first = torch.where(starts, index, torch.zeros_like(index)).cummax(dim=1).values  # where each document begins
+    same = first[:, :, None] == first[:, None, :]  # a run of equal ids is one document
+    visible = same & causal_mask(T, T, doc_ids.device)
+    return index - first, visible.unsqueeze(1)

@@ -288,6 +288,13 @@ def test_triton_backends_with_switches():
         (dict(tie_word_embeddings=None), "tie_word_embeddings"),
         (dict(pad_token_id=-3), "pad_token_id"),
         (dict(eos_token_id=[1, "x"]), "eos_token_id"),
+        (dict(position="rope", rotary_pct=0.0), "rotary_pct"),
+        (dict(position="rope", rotary_pct=1.5), "rotary_pct"),
+        (dict(position="rope", n_head=2, n_embd=20, rotary_pct=0.3), "rotary_pct"),
+        (dict(attn_bias="yes"), "attn_bias"),
+        (dict(mlp_bias=0), "mlp_bias"),
+        (dict(parallel_residual=None), "parallel_residual"),
+        (dict(model_type=""), "model_type"),
     ],
 )
 def test_bad_switches_are_clear_errors(fields, message):
