@@ -225,8 +225,25 @@ def test_every_family_reads_back_the_config_it_writes():
     from minigpt.model.config import GPTConfig
     from minigpt.model.families import FAMILIES, family_of
 
-    config = GPTConfig(block_size=16, vocab_size=50, n_layer=1, n_head=2, n_embd=8, n_inner=20, activation="relu")
+    shape = dict(block_size=16, vocab_size=50, n_layer=1, n_head=2, n_embd=8, n_inner=20, activation="relu")
+    neox = dict(position="rope", rotary_pct=0.5, rope_theta=500.0, tie_word_embeddings=False, bos_token_id=0)
+    examples = {  # one model of each family, with its switches as the family's reader sets them
+        "gpt2": GPTConfig(**shape),
+        "gpt_neox": GPTConfig(
+            **shape, **neox, model_type="gpt_neox", parallel_residual=True, attn_bias=False, mlp_bias=True
+        ),
+        "gpt_neox_japanese": GPTConfig(
+            **{**shape, "n_inner": 24},
+            **neox,
+            model_type="gpt_neox_japanese",
+            attn_bias=False,
+            mlp_bias=False,
+            last_attn_proj_bias=True,
+        ),
+    }
+    assert set(examples) == set(FAMILIES)
     for name, family in FAMILIES.items():
+        config = examples[name]
         hf = family.config_to_hf(config)
         assert family_of(hf) is family and hf["model_type"] == name
         assert family.config_from_hf(hf) == config, name

@@ -19,7 +19,7 @@ import torch
 
 from minigpt.files import atomic_write
 from minigpt.model.config import PRESETS, GPTConfig
-from minigpt.model.families import GPT2, Family, family_of
+from minigpt.model.families import GPT2, Family, family_for, family_of, hf_incompatibility
 from minigpt.model.hub import WEIGHT_FILES, has_weights, hub_snapshot, parse_hub_id
 from minigpt.rundir import CHECKPOINT_PREFIX, CheckpointError, latest_checkpoint
 
@@ -66,8 +66,9 @@ def _read_config_json(path: Path) -> tuple[GPTConfig, Family]:
     if not isinstance(d, dict):
         raise CheckpointError(f"{path} holds a JSON {_json_type(d)}, not an object of config fields")
     try:
-        if "minigpt" in d:  # written by save_pretrained: the exact GPTConfig
-            return _config_from_dict(d["minigpt"], "its 'minigpt' entry"), GPT2
+        if "minigpt" in d:  # written by save_pretrained: the exact GPTConfig, in its family's layout
+            config = _config_from_dict(d["minigpt"], "its 'minigpt' entry")
+            return config, family_for(config)
         family = family_of(d)
         return family.config_from_hf(d), family
     except (TypeError, ValueError) as e:
@@ -348,9 +349,10 @@ def load_state_dict(
         if name == "lm_head.weight":
             lm_head = t
             continue
-        if name.endswith(family.transposed) and t.dim() != 2:
-            raise CheckpointError(f"{weights}: {key} has shape {tuple(t.shape)}, expected a matrix")
-        t = family.to_model_layout(name, t)
+        try:
+            t = family.to_model_layout(name, t, config)
+        except ValueError as e:
+            raise CheckpointError(f"{weights}: {key} {e}") from None
         state[name] = t.to(device).contiguous()
     if config is None:
         config = _infer_config({k: tuple(v.shape) for k, v in state.items()}, weights)
@@ -396,8 +398,8 @@ def check_state_dict(
         if name in PADDED:
             got = (got[0] - (config.padded_vocab_size - config.vocab_size), got[1])
             shape = (config.vocab_size, shape[1])
-        elif name.endswith(family.transposed):  # report shapes as the checkpoint stores them
-            got, shape = got[::-1], shape[::-1]
+        else:  # report shapes as the checkpoint stores them
+            got, shape = family.stored_shape(name, got), family.stored_shape(name, shape)
         if got != shape:
             raise CheckpointError(f"{source}: {name} has shape {got} in the checkpoint, the model expects {shape}")
 
@@ -407,37 +409,41 @@ def check_state_dict(
 
 
 def hf_state_dict(state_dict: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
-    """A model's state dict under transformers' GPT2LMHeadModel names and Conv1D layout, on the CPU."""
+    """A model's state dict under its family's transformers names and layouts (GPT-2's Conv1D,
+    GPT-NeoX's per-head q/k/v), on the CPU."""
+    family = family_for(config)
     out = {}
     for name, t in state_dict.items():
         t = t.detach()
         if name in PADDED:
             t = t[: config.vocab_size]
         else:
-            t = GPT2.to_checkpoint_layout(name, t)
-        out[name] = t.contiguous().cpu()
+            t = family.to_checkpoint_layout(name, t, config)
+        out[family.checkpoint_name(name)] = t.contiguous().cpu()
     return out
 
 
 def save_state_dict(
     state_dict: dict[str, torch.Tensor], config: GPTConfig, directory: str | Path, transformers_only: bool = True
 ) -> None:
-    """Write model.safetensors + config.json (each atomically) that GPT2LMHeadModel loads.
+    """Write model.safetensors + config.json (each atomically) that transformers loads: in the layout
+    of the model's family (GPT2LMHeadModel, GPTNeoXForCausalLM, ...: config.model_type).
 
-    A config GPT2LMHeadModel cannot compute (config.hf_incompatibility()) is a ValueError naming the
-    switch, unless transformers_only=False: then config.json holds only the "minigpt" entry, which
+    A config that class cannot compute is a ValueError naming the switch, unless
+    transformers_only=False: then config.json holds only the "minigpt" entry, which
     from_pretrained reads and transformers refuses for want of a model_type.
     """
     from safetensors.torch import save_file
 
-    reason = config.hf_incompatibility()
+    family = family_for(config)
+    reason = hf_incompatibility(config)
     if reason is not None and transformers_only:
-        raise ValueError(f"cannot save in transformers' GPT2LMHeadModel format: {reason}")
+        raise ValueError(f"cannot save in transformers' {family.architecture} format: {reason}")
     directory = Path(directory)
     tensors = hf_state_dict(state_dict, config)
     metadata = {"format": "pt", "minigpt_config": json.dumps(config.to_dict())}
     atomic_write(directory / "model.safetensors", lambda f: save_file(tensors, f.name, metadata=metadata))
-    hf_config = {} if reason is not None else GPT2.config_to_hf(config)
+    hf_config = {} if reason is not None else family.config_to_hf(config)
     hf_config["dtype"] = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
     hf_config["minigpt"] = config.to_dict()
     atomic_write(directory / "config.json", json.dumps(hf_config, indent=2) + "\n")
