@@ -95,7 +95,7 @@ def status_bytes(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status: this benchmark needs Linux")
 
 
-def library_reader(path: Path):
+def library_reader(path: Path, dtype=None):
     """(metadata, tensors) through safetensors' safe_open, as weights.read_tensors returns them."""
     from safetensors import safe_open
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import pickle
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -120,6 +120,8 @@ def find_weights(name_or_path: str | Path) -> tuple[Path, GPTConfig | None, Fami
 # Reading tensors
 
 
+_READ_BAND = 1 << 22  # elements read at a time when a tensor is converted as it is read
+
 # safetensors dtype names -> torch dtypes
 SAFETENSORS_DTYPES = {
     "F64": torch.float64,
@@ -164,8 +166,9 @@ def _header_entry(key: str, info: dict) -> tuple[int, int, torch.dtype, list[int
     return offsets[0], offsets[1], SAFETENSORS_DTYPES[dtype], shape
 
 
-def _iter_safetensors(path: Path) -> tuple[dict, Iterator[tuple[str, torch.Tensor]]]:
-    """Read a .safetensors file one tensor at a time with plain file reads.
+def _iter_safetensors(path: Path, dtype: torch.dtype | None = None) -> tuple[dict, Iterator[tuple[str, torch.Tensor]]]:
+    """Read a .safetensors file one tensor at a time with plain file reads; float tensors in `dtype`
+    if given, converted a band at a time as they are read (no whole copy in the stored dtype).
 
     The format is an 8-byte little-endian header length, a JSON header giving each
     tensor's dtype, shape and byte range, then the raw data. The safetensors library's
@@ -190,31 +193,45 @@ def _iter_safetensors(path: Path) -> tuple[dict, Iterator[tuple[str, torch.Tenso
         for key, info in header.items():
             if not isinstance(info, dict):
                 raise ValueError(f"the entry of tensor {key} is a JSON {_json_type(info)}, not an object")
-            begin, end, dtype, shape = _header_entry(key, info)
+            begin, end, stored, shape = _header_entry(key, info)
             numel = 1
             for d in shape:
                 numel *= d
-            if not 0 <= begin <= end <= size - 8 - n or end - begin != numel * dtype.itemsize:
+            if not 0 <= begin <= end <= size - 8 - n or end - begin != numel * stored.itemsize:
                 raise ValueError(f"tensor {key} has byte range {begin}..{end}, inconsistent with its shape or the file")
-            entries.append((begin, key, dtype, shape))
+            entries.append((begin, key, stored, shape))
     except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
         raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from None
     data_start = 8 + n
 
+    def read_into(buf: torch.Tensor, key: str) -> None:
+        view = memoryview(buf.view(-1).view(torch.uint8).numpy()) if buf.numel() else memoryview(b"")
+        if f.readinto(view) != len(view):
+            raise CheckpointError(f"{path}: tensor {key} is truncated")
+
     def tensors():
         with f:
-            for begin, key, dtype, shape in sorted(entries, key=lambda e: e[0]):
-                buf = torch.empty(shape, dtype=dtype)
+            for begin, key, stored, shape in sorted(entries, key=lambda e: e[0]):
                 f.seek(data_start + begin)
-                view = memoryview(buf.view(-1).view(torch.uint8).numpy()) if buf.numel() else memoryview(b"")
-                if f.readinto(view) != len(view):
-                    raise CheckpointError(f"{path}: tensor {key} is truncated")
+                if dtype is None or not stored.is_floating_point or stored == dtype:
+                    buf = torch.empty(shape, dtype=stored)
+                    read_into(buf, key)
+                else:  # read in bands of the stored dtype, each converted (and checked) into buf
+                    buf = torch.empty(shape, dtype=dtype)
+                    flat = buf.view(-1)
+                    band = torch.empty(min(flat.numel(), _READ_BAND), dtype=stored)
+                    for start in range(0, flat.numel(), _READ_BAND):
+                        part = band[: min(_READ_BAND, flat.numel() - start)]
+                        read_into(part, key)
+                        flat[start : start + part.numel()] = _finite(part, part.to(dtype), key, path)
+                    del band, part, flat
                 yield key, buf
+                del buf  # let the consumer free it before the next tensor is read
 
     return metadata, tensors()
 
 
-def _iter_sharded(index: Path) -> tuple[dict, Iterator[tuple[str, torch.Tensor]]]:
+def _iter_sharded(index: Path, dtype: torch.dtype | None = None) -> tuple[dict, Iterator[tuple[str, torch.Tensor]]]:
     try:
         content = json.loads(index.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -230,7 +247,7 @@ def _iter_sharded(index: Path) -> tuple[dict, Iterator[tuple[str, torch.Tensor]]
 
     def tensors():
         for shard in shards:  # each shard in its own format: .safetensors or .bin
-            yield from read_tensors(index.parent / shard)[1]
+            yield from read_tensors(index.parent / shard, dtype)[1]
 
     return {}, tensors()
 
@@ -252,11 +269,13 @@ def _iter_torch_bin(path: Path) -> tuple[dict, Iterator[tuple[str, torch.Tensor]
     return {}, iter(list(sd.items()))
 
 
-def read_tensors(weights: Path) -> tuple[dict, Iterator[tuple[str, torch.Tensor]]]:
+def read_tensors(weights: Path, dtype: torch.dtype | None = None) -> tuple[dict, Iterator[tuple[str, torch.Tensor]]]:
+    """(metadata, an iterator of (key, tensor)) of a weights file or shard index: each tensor read
+    when the iterator reaches it; float tensors of safetensors files in `dtype` if given."""
     if weights.name.endswith((".safetensors.index.json", ".bin.index.json")):
-        return _iter_sharded(weights)
+        return _iter_sharded(weights, dtype)
     if weights.suffix == ".safetensors":
-        return _iter_safetensors(weights)
+        return _iter_safetensors(weights, dtype)
     if weights.suffix in (".bin", ".pt", ".pth"):
         return _iter_torch_bin(weights)
     raise CheckpointError(f"{weights}: unknown weights format (expected .safetensors or .bin)")
@@ -285,8 +304,10 @@ def _infer_config(shapes: dict[str, tuple[int, ...]], source: Path) -> GPTConfig
 def _finite(stored: torch.Tensor, converted: torch.Tensor, key: str, source: Path) -> torch.Tensor:
     """converted (stored in the target dtype), unless it holds NaN or infinity: then a CheckpointError
     naming the tensor. A sum is NaN or infinite whenever an element is (and, rarely, when finite
-    values overflow it), so one fast reduction clears a tensor; the exact checks run only after it."""
-    if bool(torch.isfinite(converted.sum(dtype=torch.float32))) or bool(torch.isfinite(converted).all()):
+    values overflow it), so fast reductions clear a tensor, a band at a time (a float32 copy of a
+    whole embedding would be the largest allocation of a quantized load); the exact checks run only after."""
+    bands = converted.reshape(-1).split(1 << 22)
+    if all(bool(torch.isfinite(b.sum(dtype=torch.float32))) for b in bands) or bool(torch.isfinite(converted).all()):
         return converted
     if converted.dtype != stored.dtype and bool(torch.isfinite(stored).all()):
         raise CheckpointError(
@@ -316,18 +337,26 @@ def _check_size(config: GPTConfig, state: dict[str, torch.Tensor], lm_head, sour
 
 
 def load_state_dict(
-    name_or_path: str | Path, dtype: torch.dtype | None = None, device=None
+    name_or_path: str | Path,
+    dtype: torch.dtype | None = None,
+    device=None,
+    convert: Callable[[str, torch.Tensor, GPTConfig], torch.Tensor] | None = None,
 ) -> tuple[GPTConfig, dict[str, torch.Tensor], Path, Family]:
     """(config, state dict under our names, weights file, its family) of the checkpoint at name_or_path.
 
     Tensors are converted to dtype (default float32) as they are read and moved to device
     (default cpu); the embedding is padded to the config's padded vocabulary. Check the result
     against a model with `check_state_dict` before loading it.
+
+    convert(name, tensor, config), if given, sees each float tensor as it is read, in dtype and the
+    model's layout (an untied lm_head unpadded), and returns it, or a meta tensor of its shape when
+    it took the tensor itself: a quantizing loader keeps the quantized weight aside, so the
+    full-precision model is never held.
     """
     dtype = dtype or torch.float32
     device = torch.device(device or "cpu")
     weights, config, family = find_weights(name_or_path)
-    metadata, tensors = read_tensors(weights)
+    metadata, tensors = read_tensors(weights, dtype)
     if config is None and "minigpt_config" in metadata:
         try:
             config = _config_from_dict(json.loads(metadata["minigpt_config"]), "its minigpt_config metadata")
@@ -344,15 +373,26 @@ def load_state_dict(
             continue
         if name in state:
             raise CheckpointError(f"{weights}: tensor {key} appears twice")
-        if t.is_floating_point():
+        if t.is_floating_point():  # (safetensors are read in dtype already: then no copy is made)
             t = _finite(t, t.to(dtype=dtype), key, weights)
+        try:
+            t = t if name == "lm_head.weight" else family.to_model_layout(name, t, config)
+        except ValueError as e:
+            raise CheckpointError(f"{weights}: {key} {e}") from None
+        tied_head = name == "lm_head.weight" and config is not None and config.tie_word_embeddings
+        if convert is not None and config is not None and t.is_floating_point() and not tied_head:
+            kept = convert(name, t, config)
+            if kept.is_meta:  # the converter took the tensor: keep only its shape
+                if name == "lm_head.weight":
+                    lm_head = kept
+                else:
+                    state[name] = kept
+                del t, kept  # the tensor goes before the next one is read
+                continue
+            del kept
         if name == "lm_head.weight":
             lm_head = t
             continue
-        try:
-            t = family.to_model_layout(name, t, config)
-        except ValueError as e:
-            raise CheckpointError(f"{weights}: {key} {e}") from None
         state[name] = t.to(device).contiguous()
     if config is None:
         config = _infer_config({k: tuple(v.shape) for k, v in state.items()}, weights)
@@ -366,7 +406,7 @@ def load_state_dict(
                 "(tie_word_embeddings is true)"
             )
     elif lm_head is not None:
-        state["lm_head.weight"] = lm_head.to(device).contiguous()
+        state["lm_head.weight"] = lm_head if lm_head.is_meta else lm_head.to(device).contiguous()
     # The embedding (and an untied lm_head) is stored unpadded; pad with zero rows to the padded width.
     for name in PADDED:
         t = state.get(name)
