@@ -1,10 +1,11 @@
 """Tokenizers: one interface over GPT-2's, a run's own and a checkpoint's tokenizer files.
 
-One module per kind (gpt2, char, bpe, hf, sentencepiece) implements the `Tokenizer` interface of
+One module per kind (gpt2, char, bpe, hf, sentencepiece, abeja) implements the `Tokenizer` interface of
 `base`; the table `KINDS` in `kinds` lists them and drives choosing (`parse_tokenizer_kind`),
 training (`train_tokenizer`) and loading (`load_tokenizer`). `TextStream` decodes ids as they come.
 """
 
+from minigpt.tokenizers.abeja import AbejaTokenizer
 from minigpt.tokenizers.base import (
     EOT_TOKEN,
     OWN_TOKENIZER_FILES,
@@ -37,6 +38,7 @@ __all__ = [
     "OWN_TOKENIZER_FILES",
     "TOKENIZER_FILE",
     "TOKENIZER_KINDS",
+    "AbejaTokenizer",
     "BPETokenizer",
     "CharTokenizer",
     "GPT2Tokenizer",

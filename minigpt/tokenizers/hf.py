@@ -25,9 +25,13 @@ from minigpt.tokenizers.base import (
 from minigpt.tokenizers.hf_config import HFConfig
 
 BYTE_PIECE = re.compile(r"<0x[0-9A-F]{2}>")  # a byte-fallback token of tokenizers / sentencepiece
+# GPT-NeoX's class (Pythia, gpt-neox-20b and their fine-tunes): transformers builds its pipeline around the
+# tokenizer.json's vocabulary, with these special tokens where the settings name none
+GPT_NEOX_CLASSES = ("GPTNeoXTokenizer", "GPTNeoXTokenizerFast")
+GPT_NEOX_DEFAULTS = {"bos_token": EOT_TOKEN, "eos_token": EOT_TOKEN, "unk_token": EOT_TOKEN, "pad_token": "<|padding|>"}
 
 
-def _clean_up_tokenization(text: str) -> str:
+def clean_up_tokenization(text: str) -> str:
     """transformers' clean_up_tokenization: the spaces a word-level tokenizer left before punctuation."""
     for spaced, joined in (
         (" .", "."),
@@ -54,6 +58,10 @@ class HFTokenizer(Tokenizer):
     - tokenizer(text) adds what tokenizer.json's post-processor adds (nothing without one; transformers
       ignores the config's add_bos_token / add_eos_token beside a tokenizer.json); from vocab.json +
       merges.txt, [bos] text [eos] as the config's add_bos_token / add_eos_token say (default neither);
+    - "tokenizer_class": "GPTNeoXTokenizer" (Pythia, gpt-neox-20b) rebuilds the pipeline around the
+      tokenizer.json's BPE as transformers does (NFC, byte-level, the config's add_prefix_space, nothing
+      added around a text) and names <|endoftext|> bos, eos and unk, <|padding|> pad, unless the config
+      names others;
     - decode cleans up tokenization spaces when clean_up_tokenization_spaces is set (off by default),
       except for a BPE model, unless clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output.
     """
@@ -90,7 +98,11 @@ class HFTokenizer(Tokenizer):
             tok = tokenizers.Tokenizer.from_file(str(path))
         except Exception as e:  # tokenizers reports a malformed file as a bare Exception
             raise ValueError(f"{path}: not a readable tokenizers file ({first_line(e)})") from None
-        return cls(tok, HFConfig(directory), {HF_TOKENIZER_FILE: path})
+        config = HFConfig(directory)
+        if config.get("tokenizer_class") in GPT_NEOX_CLASSES:
+            config = HFConfig(directory, GPT_NEOX_DEFAULTS)
+            _as_gpt_neox(tok, config)
+        return cls(tok, config, {HF_TOKENIZER_FILE: path})
 
     @classmethod
     def from_bpe_files(cls, directory: Path) -> HFTokenizer:
@@ -161,7 +173,7 @@ class HFTokenizer(Tokenizer):
         if skip_special_tokens:
             ids = [i for i in ids if i not in self.special_ids]
         text = self.tokenizer.decode(ids, skip_special_tokens=False)
-        return _clean_up_tokenization(text) if self.clean_up else text
+        return clean_up_tokenization(text) if self.clean_up else text
 
     def save_pretrained(self, directory: str | Path) -> None:
         """The vocabulary files and transformers' settings it was read from, copied, and our description."""
@@ -175,6 +187,21 @@ class HFTokenizer(Tokenizer):
             cls = "PreTrainedTokenizerFast" if HF_TOKENIZER_FILE in self.files else "GPT2Tokenizer"
             write_json(directory / HF_CONFIG_FILE, {"tokenizer_class": cls, **self.config.settings})
         self._write_description(directory)
+
+
+def _as_gpt_neox(tok: tokenizers.Tokenizer, config: HFConfig) -> None:
+    """The pipeline transformers' GPTNeoXTokenizer puts around a tokenizer.json's BPE: NFC, byte-level
+    pieces with the settings' add_prefix_space and trim_offsets, and nothing added around a text
+    (transformers 5 drops the settings' add_bos_token / add_eos_token beside a tokenizer.json)."""
+    from tokenizers import decoders, normalizers, pre_tokenizers, processors
+
+    trim_offsets = bool(config.get("trim_offsets", True))
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(
+        add_prefix_space=bool(config.get("add_prefix_space", False)), trim_offsets=trim_offsets
+    )
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=trim_offsets)
 
 
 def from_tokenizer_json(directory: Path) -> HFTokenizer | None:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from minigpt.tokenizers import bpe, char, gpt2, hf, sentencepiece
+from minigpt.tokenizers import abeja, bpe, char, gpt2, hf, sentencepiece
 from minigpt.tokenizers.base import BYTE_FALLBACK, HF_TOKENIZER_FILE, TOKENIZER_FILE, Tokenizer
 
 
@@ -56,7 +56,7 @@ KINDS: dict[str, TokenizerKind] = {
             description="GPT-2's BPE",
             train=lambda texts, size: gpt2.GPT2Tokenizer(),
             from_description=gpt2.from_description,
-            files=(Files(4, "a config.json with vocab_size 50257", gpt2.from_model_config, fallback=True),),
+            files=(Files(5, "a config.json with vocab_size 50257", gpt2.from_model_config, fallback=True),),
         ),
         TokenizerKind(
             name="char",
@@ -85,6 +85,12 @@ KINDS: dict[str, TokenizerKind] = {
             description="a spiece.model with transformers' T5Tokenizer settings",
             from_description=sentencepiece.from_description,
             files=(Files(2, "spiece.model (or another *.model)", sentencepiece.from_model_file),),
+        ),
+        TokenizerKind(
+            name="abeja",
+            description="ABEJA's GPT-NeoX-Japanese vocab.txt + emoji.json, as transformers' GPTNeoXJapaneseTokenizer",
+            from_description=abeja.from_description,
+            files=(Files(4, "vocab.txt + emoji.json", abeja.from_vocab_and_emoji),),
         ),
     )
 }
@@ -158,7 +164,7 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
     then the table's Files in their order):
 
     minigpt_tokenizer.json (ours), tokenizer.json, spiece.model (or another *.model),
-    vocab.json + merges.txt. A directory with none of them is GPT-2's when its config.json
+    vocab.json + merges.txt, vocab.txt + emoji.json. A directory with none of them is GPT-2's when its config.json
     says vocab_size 50257 (train.py outputs that predate tokenizer files); otherwise a ValueError.
     """
     directory = Path(directory)

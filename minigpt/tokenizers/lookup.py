@@ -3,8 +3,8 @@
 A train.py checkpoint carries its tokenizer (`minigpt_tokenizer.json`) and, in train_state.json,
 the sha1 of its files, checked on load so that a swapped tokenizer file is refused; a hub
 checkpoint or a transformers directory has its own files (load_tokenizer picks one); OpenAI's
-presets and a bare .safetensors file use GPT-2's. `check_vocab` refuses a tokenizer whose ids
-are not the model's, so a mismatched pair fails in one line instead of decoding garbage.
+presets and a bare .safetensors file use GPT-2's. `check_vocab` refuses a tokenizer with more ids
+than the model has rows, so a mismatched pair fails in one line instead of indexing past the embedding.
 """
 
 from __future__ import annotations
@@ -42,9 +42,11 @@ def check_recorded_hash(tokenizer: Tokenizer, directory: Path) -> None:
 
 
 def check_vocab(tokenizer: Tokenizer, vocab_size: int, where: str | Path) -> None:
-    """ValueError unless the tokenizer has exactly the model's vocab_size ids."""
-    if tokenizer.vocab_size != vocab_size:
+    """ValueError if the tokenizer has more ids than the model has rows. Fewer is fine: a model's
+    vocabulary is often padded past its tokenizer's to a multiple of 64 or 128 (Pythia: 50304 or
+    50432 rows for 50277 ids); the rows past the tokenizer's ids are padding that training never made likely."""
+    if tokenizer.vocab_size > vocab_size:
         raise ValueError(
-            f"{where}: its {tokenizer.kind} tokenizer has {tokenizer.vocab_size} ids but the model "
+            f"{where}: its {tokenizer.kind} tokenizer has {tokenizer.vocab_size} ids but the model only "
             f"{vocab_size}; the tokenizer saved with it does not belong to these weights"
         )

@@ -1,8 +1,15 @@
 """The "sentencepiece" kind: a checkpoint's sentencepiece model with transformers' T5Tokenizer settings.
 
-rinna's Japanese GPT-2s ship their vocabulary this way (spiece.model, do_lower_case, "</s>" as end
-of text, T5's extra ids). Encoding goes through sentencepiece itself, as the model was trained, with
-the special tokens and added ids laid out as transformers lays them out.
+rinna's Japanese GPT-2s and GPT-NeoX (japanese-gpt-neox-3.6b and its instruction-tuned versions) ship
+their vocabulary this way: spiece.model, "</s>" as end of text, T5's extra ids, and do_lower_case
+(true for the GPT-2s, false for the GPT-NeoX). Encoding goes through sentencepiece itself, as the model
+was trained, with the special tokens and added ids laid out as transformers lays them out, so the
+GPT-NeoX's model settings hold too: no dummy prefix before a text, spaces kept as they are, byte
+fallback for characters outside the vocabulary.
+
+rinna's instruction-tuned GPT-NeoX models write a newline in their prompts as the text "<NL>" (their
+sentencepiece model turns a newline into a space). That is a convention of the prompt, not of the
+tokenizer: "<NL>" is encoded as the characters it is, and nothing here translates newlines.
 """
 
 from __future__ import annotations
@@ -34,12 +41,19 @@ class SentencePieceTokenizer(Tokenizer):
     Decoding joins the pieces with "▁" as a space, drops the space the first piece starts with,
     writes special tokens (unk included) as their text, and byte pieces "<0xNN>" as the bytes they are.
 
+    Decoding keeps that first space where the model has neither a dummy prefix nor extra-whitespace
+    removal (rinna's GPT-NeoX), as sentencepiece does.
+
     transformers 5 loads its T5Tokenizer for this layout whatever use_fast says, rebuilt as a
     `tokenizers` Unigram. It gives these ids and this text wherever the vocabulary holds every
     character (of the lowercased text: it ignores do_lower_case), but it has no byte fallback and
     its unknown id is T5's 2 (rinna's "<s>"): a character outside the vocabulary becomes id 2, and
     byte pieces decode as the text "<0xNN>". Here such a character is what sentencepiece, which
-    the model was trained with, makes of it (its bytes, or <unk>).
+    the model was trained with, makes of it (its bytes, or <unk>). It also always splits the text at
+    whitespace and puts "▁" before it, which rinna's GPT-NeoX model was not trained with: for that model
+    the ids here are sentencepiece's, which are those of transformers 4's T5Tokenizer with use_fast=False
+    (what its model card asks for), not transformers 5's. (That T5Tokenizer's decode also strips the
+    text's ends and puts a space before a special token that follows text; this one keeps the text's spaces.)
     """
 
     kind = "sentencepiece"
@@ -67,6 +81,7 @@ class SentencePieceTokenizer(Tokenizer):
         self.added_text = {i: text for text, i in self.added.items()}
         self.vocab_size = self.sp.get_piece_size() + len(self.added)
         self.byte_ids = frozenset(i for i in range(self.sp.get_piece_size()) if self.sp.IsByte(i))
+        self.drops_leading_space = self._drops_leading_space()
         named = {key: self._piece_id(text) for key, text in config.special_tokens().items()}
         self.bos_id, self.eos_id = named.get("bos_token"), named.get("eos_token")
         self.pad_id, self.unk_id = named.get("pad_token"), named.get("unk_token")
@@ -82,6 +97,19 @@ class SentencePieceTokenizer(Tokenizer):
         add_bos, add_eos = config.get("add_bos_token", False), config.get("add_eos_token", t5)
         self.special_prefix = (self.bos_id,) if add_bos and self.bos_id is not None else ()
         self.special_suffix = (self.eos_id,) if add_eos and self.eos_id is not None else ()
+
+    def _drops_leading_space(self) -> bool:
+        """Whether decoding drops the space of a text's first piece: sentencepiece does where its model adds
+        a dummy prefix or removes extra whitespace (GPT-2 rinna's), not where it does neither (rinna's
+        GPT-NeoX). Asked of sentencepiece itself, on a piece that starts with "▁"."""
+        first = self.sp.piece_to_id(SPIECE_UNDERLINE)
+        candidates = [first] if self.sp.id_to_piece(first) == SPIECE_UNDERLINE else []
+        candidates += range(self.sp.get_piece_size())
+        for i in candidates:
+            piece = self.sp.id_to_piece(i)
+            if piece.startswith(SPIECE_UNDERLINE) and not (self.sp.is_control(i) or self.sp.is_unknown(i)):
+                return not self.sp.decode([i]).startswith(" ")
+        return True
 
     def _piece_id(self, text: str | None) -> int | None:
         """The id of a piece or added token, None if there is none (sentencepiece would answer unk)."""
@@ -121,7 +149,7 @@ class SentencePieceTokenizer(Tokenizer):
                 pieces.append(bytes([int(self.sp.id_to_piece(i)[3:5], 16)]))  # "<0xNN>"
             else:
                 piece = self.sp.id_to_piece(i)
-                if not pieces and piece.startswith(SPIECE_UNDERLINE):
+                if not pieces and self.drops_leading_space and piece.startswith(SPIECE_UNDERLINE):
                     piece = piece[1:]  # the dummy prefix sentencepiece put before the text
                 pieces.append(piece.replace(SPIECE_UNDERLINE, " ").encode("utf-8"))
         return b"".join(pieces).decode("utf-8", errors="replace")

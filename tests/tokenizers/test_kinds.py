@@ -36,7 +36,7 @@ def spec_of(kind: TokenizerKind) -> str:
 
 
 def test_the_table_holds_the_kinds():
-    assert list(KINDS) == ["gpt2", "char", "bpe", "hf", "sentencepiece"]
+    assert list(KINDS) == ["gpt2", "char", "bpe", "hf", "sentencepiece", "abeja"]
     assert [kind.spelling for kind in TRAINABLE] == ["gpt2", "char", "bpe:N"]
     assert all(name == kind.name and kind.description for name, kind in KINDS.items())
 
@@ -74,7 +74,8 @@ def test_help_lists_every_kind():
 
 def test_looked_for_is_every_kinds_files_in_load_order():
     assert LOOKED_FOR == (
-        "minigpt_tokenizer.json, tokenizer.json, spiece.model (or another *.model), vocab.json + merges.txt"
+        "minigpt_tokenizer.json, tokenizer.json, spiece.model (or another *.model), vocab.json + merges.txt, "
+        "vocab.txt + emoji.json"
     )
     files = [files for kind in KINDS.values() for files in kind.files]
     for found in files:
@@ -89,7 +90,9 @@ def test_errors_name_every_kind(tmp_path):
     (tmp_path / TOKENIZER_FILE).write_text('{"kind": "word"}')
     with pytest.raises(ValueError) as e:
         load_tokenizer(tmp_path)
-    assert str(e.value).endswith("unknown tokenizer kind 'word'; expected gpt2, char or bpe:N, hf or sentencepiece")
+    assert str(e.value).endswith(
+        "unknown tokenizer kind 'word'; expected gpt2, char or bpe:N, hf, sentencepiece or abeja"
+    )
     (tmp_path / TOKENIZER_FILE).unlink()
     with pytest.raises(ValueError) as e:
         load_tokenizer(tmp_path)
