@@ -17,9 +17,12 @@ current step, writes a checkpoint and exits; a second Ctrl-C quits at once witho
 
 from __future__ import annotations
 
+import time
+
 from minigpt import entrypoint
 
 if __name__ == "__main__":
+    STARTED = time.monotonic()  # a sized --time-budget counts the wall clock from here
     entrypoint.start()  # before torch is imported: passive OpenMP waiting, a quiet early Ctrl-C
 
 import argparse
@@ -38,6 +41,7 @@ from minigpt.files import check_not_input
 from minigpt.model import weights
 from minigpt.rundir import CheckpointError, latest_checkpoint
 from minigpt.tokenizers import TokenizerUnavailable
+from minigpt.train import sizing
 from minigpt.train.config import RECIPES, TrainConfig, TrainError, recipes_help
 from minigpt.train.trainer import Trainer, run_config
 
@@ -114,14 +118,22 @@ def check_out_dir(cfg: TrainConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = STARTED if __name__ == "__main__" and argv is None else time.monotonic()  # the command's start
     args = build_parser().parse_args(argv)
     overrides = {f.name: getattr(args, f.name) for f in FLAG_FIELDS if getattr(args, f.name) is not None}
+    explicit = frozenset(overrides)
     master = int(os.environ.get("RANK", 0)) == 0
     trainer = None
     try:
         cfg, resume = run_config(args.recipe, overrides, args.resume)
         check_out_dir(cfg)
-        trainer = Trainer(cfg, resume, explicit=frozenset(overrides))
+        deadline = None
+        if sizing.applies(cfg, explicit, args.recipe, resume is not None):  # a budget and no model: size one
+            cfg, choice = sizing.size_run(cfg, explicit, started)
+            if master:
+                print(choice.why, file=sys.stderr)
+            deadline = None if cfg.token_budget is not None else started + cfg.sizing["budget_s"]
+        trainer = Trainer(cfg, resume, explicit=explicit, deadline=deadline)
         return trainer.fit()
     except ERRORS as e:
         if master:

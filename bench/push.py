@@ -3,6 +3,7 @@
     python bench/push.py              # nanoGPT's CPU recipe, then minigpt's at the same wall clock
     python bench/push.py --ab         # the recipe A/Bs, each pair at equal wall clock
     python bench/push.py --study      # val bpb against parameters and FLOPs, the compute-optimal frontier
+    python bench/push.py --sizing     # a sized budget run beside the cpu defaults and nanoGPT's recipe
 
 The text is tinyshakespeare (--text; default shared/data/tinyshakespeare.txt beside the
 repository or its parent folder, else `train.py --data shakespeare`'s download). It is split as
@@ -189,6 +190,7 @@ class Arm:
 
     name: str
     settings: dict
+    recipe: str | None = None  # --recipe (a run without one and without a model shape sizes itself)
 
     def config(self, data_dir: Path, out_dir: Path) -> TrainConfig:
         """The TrainConfig train.py builds from these settings (checks them before any run)."""
@@ -196,6 +198,7 @@ class Arm:
 
     def argv(self, data_dir: Path, out_dir: Path) -> list[str]:
         argv = ["--data", str(data_dir), "--out-dir", str(out_dir)]
+        argv += ["--recipe", self.recipe] if self.recipe else []
         defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
         for key, value in {**QUIET, **self.settings}.items():
             if key == "tokenizer":  # the prepared directory holds it
@@ -240,9 +243,10 @@ def run_side_by_side(arms: list[Arm], work: Path, data_dirs: dict[str, Path]) ->
         cmd = [sys.executable, str(ROOT / "train.py"), *arm.argv(data_dirs[arm.name], out)]
         stderr = open(work / f"{arm.name}.stderr", "w")
         procs.append((arm, subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr), stderr))
-    failed = []
+    failed, arm_wall = [], {}
     for arm, proc, stderr in procs:
         proc.wait()
+        arm_wall[arm.name] = time.perf_counter() - t0  # (an upper bound for all but the last to end)
         stderr.close()
         if proc.returncode != 0:
             tail = (work / f"{arm.name}.stderr").read_text().strip().splitlines()[-3:]
@@ -254,7 +258,7 @@ def run_side_by_side(arms: list[Arm], work: Path, data_dirs: dict[str, Path]) ->
     share = None
     if busy0 is not None and busy1 is not None:
         share = max(0.0, (busy1 - busy0) - (own1 - own0)) / (wall * (os.cpu_count() or 1))
-    return {"wall_s": wall, "others_cpu_share": share, "load_avg": list(os.getloadavg())}
+    return {"wall_s": wall, "arm_wall_s": arm_wall, "others_cpu_share": share, "load_avg": list(os.getloadavg())}
 
 
 def read_run(out_dir: Path) -> dict:
@@ -648,6 +652,51 @@ def study(text_path: Path, work: Path, base: dict, sizes=STUDY_SIZES, budgets=ST
     return {"base": base, "points": points, **compute_optimal(points)}
 
 
+def sizing_comparison(text_path: Path, work: Path, budget: float = 60.0) -> dict:
+    """A budget run that sizes itself (minigpt.train.sizing) beside the `cpu` defaults and nanoGPT's
+    recipe, the same budget each, side by side on one thread each, scored on the same held-out text.
+
+    The sized run's budget is its whole wall clock (start-up, probe, evaluations and checkpoints
+    included); the other two arms' is seconds of training steps only, so the comparison is
+    conservative for the sized run. It gets the BPE-512 data of nanoGPT's 90/10 split, the tokenizer
+    the rule picks for this 1 MB text, so that no arm trains on the held-out part; the rest it sizes.
+    """
+    dirs = {tok: prepare_data(text_path, work, tok) for tok in ("bpe:512", "char", "gpt2")}
+    arms = [
+        Arm("sized", {"time_budget": budget}),
+        Arm("cpu-defaults", {"time_budget": budget}, recipe="cpu"),
+        Arm("nanogpt", {**NANOGPT, "time_budget": budget}),
+    ]
+    data = {"sized": dirs["bpe:512"], "cpu-defaults": dirs["gpt2"], "nanogpt": dirs["char"]}
+    log(f"sizing: the three arms side by side, {budget:g} s each")
+    load = run_side_by_side(arms, work, data)
+    text = held_out_text(dirs["char"])
+    runs = {}
+    for arm in arms:
+        run = read_run(work / arm.name)
+        run["bpb"] = score(run["checkpoints"][-1]["path"], text)
+        run["process_wall_s"] = load["arm_wall_s"][arm.name]
+        saved = json.loads((work / arm.name / "run.json").read_text())["train_config"]
+        run["settings"] = {k: saved[k] for k in ("tokenizer", "n_layer", "n_head", "n_embd", "block_size", "lr")}
+        run["sizing"] = saved.get("sizing")
+        run.pop("checkpoints")
+        runs[arm.name] = run
+        log(f"  {arm.name}: {run['bpb']:.4f} bpb, {run['num_params'] / 1e6:.2f}M parameters, {run['steps']} steps")
+    return {
+        "budget_s": budget,
+        "text": {"path": str(text_path), "held_out_bytes": len(text.encode("utf-8"))},
+        "load": load,
+        "arms": runs,
+        "bpb_ratio_sized_to_nanogpt": runs["sized"]["bpb"] / runs["nanogpt"]["bpb"],
+        "bpb_ratio_cpu_defaults_to_nanogpt": runs["cpu-defaults"]["bpb"] / runs["nanogpt"]["bpb"],
+        "budget_meaning": {
+            "sized": "wall clock of the whole train.py process",
+            "cpu-defaults": "seconds of training steps",
+            "nanogpt": "seconds of training steps",
+        },
+    }
+
+
 # ----------------------------------------------------------------------------------------------
 # Reports
 
@@ -850,6 +899,9 @@ def main(argv: list[str] | None = None) -> int:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--ab", action="store_true", help="run the recipe A/Bs instead of the comparison")
     mode.add_argument("--study", action="store_true", help="run the model-size x budget study instead")
+    mode.add_argument(
+        "--sizing", action="store_true", help="a sized budget run beside the cpu defaults and nanoGPT's recipe"
+    )
     parser.add_argument("--text", type=Path, default=None, help="the Shakespeare text (default: the shared copy)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="where the results go (default: bench/results)")
     parser.add_argument(
@@ -859,6 +911,8 @@ def main(argv: list[str] | None = None) -> int:
         help="scratch directory for the runs (default bench/runs/push, ignored by git)",
     )
     parser.add_argument("--ab-budget", type=float, default=60.0, help="seconds of training per A/B run")
+    parser.add_argument("--sizing-budget", type=float, default=60.0, help="--sizing: each arm's budget, seconds")
+    parser.add_argument("--note", action="append", default=[], help="a note recorded with the results (repeatable)")
     args = parser.parse_args(argv)
     if args.work.exists() and any(args.work.iterdir()):
         parser.error(f"--work {args.work} is not empty; remove it or pass another")
@@ -871,6 +925,10 @@ def main(argv: list[str] | None = None) -> int:
         write_json(args.out / "push-ab.json", {"environment": env, **result})
         write_text(args.out / "push-ab.md", ab_markdown(result, env))
         print(ab_markdown(result, env))
+    elif args.sizing:
+        result = sizing_comparison(text, args.work, args.sizing_budget)
+        write_json(args.out / "budget-sizing-cpu.json", {"environment": env, **result, "notes": args.note})
+        print(json.dumps({k: result[k] for k in ("bpb_ratio_sized_to_nanogpt", "bpb_ratio_cpu_defaults_to_nanogpt")}))
     elif args.study:
         result = study(text, args.work, MINIGPT)
         write_json(args.out / "push-study.json", {"environment": env, **result})

@@ -44,6 +44,7 @@ MAX_VOCAB = 2**16  # the shards are uint16
 DEFAULT_VAL_FRACTION = 0.05  # nanoGPT's shakespeare uses 0.1; pass --val-fraction 0.1 to match
 DEFAULT_SHARD_TOKENS = 2**24  # 32 MiB per shard
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+SHAKESPEARE_BYTES = 1_115_394  # its size, for sizing a run before the download
 HF_SOURCES = {  # name -> (Hugging Face dataset repo, config name)
     "fineweb-edu": ("HuggingFaceFW/fineweb-edu", "sample-10BT"),
     "openwebtext": ("Skylion007/openwebtext", None),
@@ -359,6 +360,15 @@ def prepare(
     atomic_write(out_dir / "meta.json", json.dumps(meta, indent=2, ensure_ascii=False).encode())
     _info(quiet, f"wrote {splits['train']['tokens']:,} train and {splits['val']['tokens']:,} val tokens to {out_dir}")
     return meta
+
+
+def source_bytes(source: str) -> int | None:
+    """Bytes of a source's text before preparing it: its local files' sizes, tinyshakespeare's
+    (downloaded or not), None for a streamed corpus. DataError for a spec that names nothing."""
+    if source == "shakespeare":
+        return SHAKESPEARE_BYTES
+    files = _identify(source)[1]
+    return None if files is None else sum(path.stat().st_size for _, path in files)
 
 
 def _identify(source: str) -> tuple[str, list[tuple[str, Path]] | None, str]:

@@ -12,10 +12,12 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from minigpt.chat.formats import FORMATS
 from minigpt.data.loader import ORDERS
 from minigpt.eval.evaluate import tasks_help
 from minigpt.model.backends import ATTN_BACKENDS, LN_BACKENDS
 from minigpt.model.config import ACTIVATIONS, POSITIONS, GPTConfig
+from minigpt.model.lora import check_settings, parse_targets, targets_help
 from minigpt.tokenizers import kinds_help, parse_tokenizer_kind
 
 AUTOCAST_DTYPES = ("auto", "float32", "bfloat16")  # what training runs its matmuls in
@@ -83,6 +85,7 @@ def setting(default, help: str, **flag):
 @dataclass
 class TrainConfig:
     recipe: str = "cpu"  # the recipe these values started from (recorded, not re-applied)
+    sizing: dict | None = None  # a budget run's own choice of model (minigpt.train.sizing): recorded, not re-applied
     # data and output
     data: str = setting(
         "stdlib",
@@ -102,10 +105,38 @@ class TrainConfig:
         "order); validation is always read in order",
         choices=ORDERS,
     )
+    sft: str | None = setting(
+        None,
+        'supervised fine-tuning (needs --init): a JSONL file of conversations, {"messages": [{"role", "content"}, '
+        '...]} or {"instruction", "input", "output"} per line; the loss is on the assistant replies only '
+        "(minigpt.train.sft). Replaces --data",
+    )
+    sft_val_fraction: float = setting(0.1, "share of the --sft conversations held out for evaluation (at least one)")
+    pack: bool = setting(
+        True,
+        "--sft: pack short conversations side by side into each row, attention kept inside each "
+        "(--no-pack: one per row, padded)",
+    )
+    chat_format: str | None = setting(
+        None,
+        "--sft: the chat format the conversations are written in; default: the model's own template, "
+        "else the format its tokenizer config names, else minigpt. Recorded in the checkpoints for chat.py",
+        choices=tuple(FORMATS),
+    )
     # model: from scratch with these sizes, or the weights of `init`
     init: str | None = setting(
         None, "start from these weights (gpt2, gpt2-medium, ... or a from_pretrained path) instead of a random init"
     )
+    lora_rank: int | None = setting(
+        None,
+        "train LoRA adapters of this rank on --init's frozen weights instead of the weights themselves; "
+        "each checkpoint holds the merged weights and the adapter in PEFT's format",
+    )
+    lora_alpha: float = setting(16.0, "LoRA's scale: the adapters' output is multiplied by lora-alpha / lora-rank")
+    lora_targets: str = setting(
+        "c_attn,c_proj", f"the layers LoRA adapts, comma-separated name suffixes: {targets_help()}"
+    )
+    lora_dropout: float = setting(0.0, "dropout on the LoRA adapters' input")
     n_layer: int = setting(4, "transformer blocks")
     n_head: int = setting(4, "attention heads")
     n_embd: int = setting(128, "embedding width")
@@ -131,7 +162,8 @@ class TrainConfig:
         None,
         "train for this many seconds, then stop with an evaluation and a checkpoint; the LR schedule "
         "runs over the budget. Only the training steps count: data preparation, evaluation, samples "
-        "and checkpoints are excluded",
+        "and checkpoints are excluded, except where train.py sizes the model itself (no --n-layer and "
+        "--n-embd, no --recipe, --init or --resume): then the budget is the whole run's wall clock",
     )
     token_budget: int | None = setting(
         None, "train on this many tokens (whole steps, the last one may go past it), the LR schedule running over them"
@@ -304,6 +336,22 @@ class TrainConfig:
             raise ConfigError(f"dist_timeout must be a positive number of seconds, got {self.dist_timeout}")
         if self.peak_flops is not None and self.peak_flops <= 0:
             raise ConfigError(f"peak_flops must be positive, got {self.peak_flops}")
+        if self.lora_rank is not None:
+            if self.init is None:
+                raise ConfigError("--lora-rank adapts a trained model's weights: give --init")
+            if self.parallel == "fsdp":
+                raise ConfigError("--lora-rank does not run under --parallel fsdp (the adapters are small): use ddp")
+            try:
+                check_settings(self.lora_rank, self.lora_alpha, self.lora_dropout)
+                parse_targets(self.lora_targets)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+        if self.sft is not None and self.init is None:
+            raise ConfigError("--sft fine-tunes a trained model: give --init (a preset, hub id, directory or run)")
+        if isinstance(self.sft_val_fraction, bool) or not 0 < self.sft_val_fraction < 1:
+            raise ConfigError(f"sft_val_fraction must be in (0, 1), got {self.sft_val_fraction!r}")
+        if self.chat_format is not None and self.chat_format not in FORMATS:
+            raise ConfigError(f"chat_format must be one of {', '.join(FORMATS)}, got {self.chat_format!r}")
         self.model_config()  # the model sizes must make a valid GPTConfig
 
     def model_config(self, vocab_size: int = GPTConfig.vocab_size) -> GPTConfig:

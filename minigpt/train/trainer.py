@@ -34,9 +34,10 @@ from minigpt.files import atomic_write
 from minigpt.generate.simple import complete, prompt_ids
 from minigpt.model.backends import set_backends
 from minigpt.model.config import GPTConfig
-from minigpt.model.load import from_pretrained
+from minigpt.model.load import build_on_meta, from_pretrained
+from minigpt.model.lora import add_lora, load_adapter, lora_layers, merge_lora, save_adapter
 from minigpt.model.model import GPT
-from minigpt.model.weights import find_weights
+from minigpt.model.weights import find_weights, resolve_directory
 from minigpt.rundir import (
     CheckpointError,
     CheckpointWriteError,
@@ -69,6 +70,8 @@ from minigpt.train.flops import device_peak_flops, flops_per_token
 from minigpt.train.optim import configure_optimizer, lr_at, set_hyperparameters
 from minigpt.train.runlog import RunLog, check_loggers_installed, info, open_tensorboard, open_wandb, plot_losses
 from minigpt.train.runtime import start_runtime
+from minigpt.train.sft import SFTData, sft_format, write_chat_format
+from minigpt.train.sizing import fit_to_deadline
 
 MODEL_SHAPE = ("n_layer", "n_head", "n_embd")
 # The settings of a run that are the model's own (GPTConfig fields, all but the context window,
@@ -151,6 +154,8 @@ class Trainer:
     """One training run: set up in __init__ (nothing is written before every check passed), run by fit().
 
     `explicit` names the settings the user gave (they must match the model of `cfg.init`).
+    `deadline` (time.monotonic()) ends a run sized by minigpt.train.sizing: its training steps get
+    the wall clock left once the run is set up (sizing.fit_to_deadline).
 
     Each optimizer step sees total_batch_size tokens however many processes run it: every
     process reads its own slice of the batch (DataLoader rank/world_size) and accumulates
@@ -178,7 +183,13 @@ class Trainer:
     checkpoint and returns; a second one raises KeyboardInterrupt at once.
     """
 
-    def __init__(self, cfg: TrainConfig, resume: str | Path | None = None, explicit: frozenset[str] = frozenset()):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        resume: str | Path | None = None,
+        explicit: frozenset[str] = frozenset(),
+        deadline: float | None = None,
+    ):
         self.cfg = cfg
         check_loggers_installed(cfg)
         self.runtime = runtime = start_runtime(
@@ -224,27 +235,37 @@ class Trainer:
             return
         self.eval_tasks = self._load_eval_tasks()
         torch.manual_seed(cfg.seed + runtime.rank)
-        self.data_dir, self.tokenizer = self._data_and_tokenizer(ckpt, explicit)
+        self.sft = None  # --sft: the conversations (minigpt.train.sft) instead of a prepared corpus
+        if cfg.sft is None:
+            self.data_dir, self.tokenizer = self._data_and_tokenizer(ckpt, explicit)
+            self.meta = load_meta(self.data_dir)
+        else:
+            self.data_dir, self.tokenizer = Path(cfg.sft), self._init_tokenizer(ckpt)
         self.tokenizer_sha1 = tokenizer_hash(self.tokenizer)
-        self.meta = load_meta(self.data_dir)
         model = self._build_model(ckpt, explicit)
         cfg = self.cfg  # _build_model takes the model sizes of --init
+        if cfg.sft is not None:
+            self.sft = self._sft_data(ckpt)
+            self.meta = self.sft.meta
 
         if self.meta["vocab_size"] > model.config.vocab_size:
             raise ConfigError(
                 f"the data has {self.meta['vocab_size']} token ids, the model only {model.config.vocab_size}"
             )
-        if self.tokenizer.vocab_size != model.config.vocab_size:
+        if self.tokenizer.vocab_size > model.config.vocab_size:  # fewer is padding (Pythia: 50304 rows, 50277 ids)
             raise ConfigError(
                 f"the {self.tokenizer.kind} tokenizer of {self.data_dir} has {self.tokenizer.vocab_size} "
-                f"ids, the model {model.config.vocab_size}"
+                f"ids, the model only {model.config.vocab_size}"
             )
-        check_token_ids(self.data_dir, self.meta)
-        loader_args = dict(rank=runtime.rank, world_size=runtime.world_size, seed=cfg.seed)
-        self.train_loader = DataLoader(
-            self.data_dir, "train", cfg.batch_size, cfg.block_size, order=cfg.data_order, **loader_args
-        )
-        self.val_loader = DataLoader(self.data_dir, "val", cfg.batch_size, cfg.block_size, **loader_args)
+        if self.sft is not None:
+            self.train_loader, self.val_loader = self.sft.train_loader, self.sft.val_loader
+        else:
+            check_token_ids(self.data_dir, self.meta)
+            loader_args = dict(rank=runtime.rank, world_size=runtime.world_size, seed=cfg.seed)
+            self.train_loader = DataLoader(
+                self.data_dir, "train", cfg.batch_size, cfg.block_size, order=cfg.data_order, **loader_args
+            )
+            self.val_loader = DataLoader(self.data_dir, "val", cfg.batch_size, cfg.block_size, **loader_args)
 
         self.raw_model = set_backends(model.to(self.device), cfg.attn_backend, cfg.ln_backend)
         self.raw_model.train()
@@ -258,6 +279,8 @@ class Trainer:
         self.loss_module, self.train_module = self._wrap(self.raw_model)
         self.flops_per_token = flops_per_token(self.raw_model.config, cfg.block_size)
         self.peak_flops, peak_note = device_peak_flops(self.device, cfg.peak_flops)
+        if deadline is not None and cfg.sizing is not None and cfg.time_budget is not None:
+            self.cfg = fit_to_deadline(cfg, deadline)  # the data and model are ready: the steps get what is left
         if runtime.master:
             self._start_outputs(ckpt, peak_note)
 
@@ -352,7 +375,11 @@ class Trainer:
                     f"--tokenizer {cfg.tokenizer}: --init {cfg.init} comes with its own {wanted.kind} "
                     "tokenizer, which fine-tuning keeps; leave --tokenizer out"
                 )
-            self.cfg = cfg = dataclasses.replace(cfg, tokenizer=wanted.kind)
+            try:  # a kind only read from a checkpoint's files (hf, sentencepiece, abeja) is no --tokenizer value
+                parse_tokenizer_kind(wanted.kind)
+                self.cfg = cfg = dataclasses.replace(cfg, tokenizer=wanted.kind)
+            except ValueError:
+                pass  # the checkpoints carry the tokenizer itself
         data_dir = self._prepared_data_dir(cfg.data, wanted, "tokenizer" in explicit)
         tokenizer = data_tokenizer(data_dir)
         prepared_with = load_meta(data_dir).get("tokenizer", "gpt2")
@@ -398,7 +425,8 @@ class Trainer:
     def _build_model(self, ckpt: Checkpoint | None, explicit: frozenset[str]) -> GPT:
         """The model on the CPU: from the checkpoint, from pretrained weights, or from scratch."""
         cfg = self.cfg
-        if ckpt is not None:
+        lora_resume = ckpt is not None and cfg.lora_rank is not None  # the --init base, then the adapters
+        if ckpt is not None and not lora_resume:
             model = from_pretrained(ckpt.path)
             self._check_model(model.config, ckpt.path, self._resume_keys(explicit))
         elif cfg.init is not None:
@@ -411,11 +439,50 @@ class Trainer:
             self.cfg = dataclasses.replace(cfg, **{k: getattr(model.config, k) for k in MODEL_SETTINGS})
         else:
             model = GPT(cfg.model_config(self.tokenizer.vocab_size))
+        if cfg.lora_rank is not None:  # only the adapters train (minigpt.model.lora)
+            try:
+                if lora_resume:
+                    load_adapter(model, ckpt.path, dropout=cfg.lora_dropout)
+                else:
+                    add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, cfg.lora_dropout)
+            except ValueError as e:
+                raise ConfigError(f"--lora-targets: {e}" if not lora_resume else f"cannot resume: {e}") from None
         if cfg.block_size > model.config.block_size:
             raise ConfigError(
                 f"block_size {cfg.block_size} exceeds the model's context window of {model.config.block_size}"
             )
         return model
+
+    def _init_tokenizer(self, ckpt: Checkpoint | None) -> Tokenizer:
+        """--sft: the tokenizer of --init (of the checkpoint, resuming), which fine-tuning keeps."""
+        try:
+            return load_tokenizer(ckpt.path) if ckpt is not None else tokenizer_for(self.cfg.init)
+        except ValueError as e:  # CheckpointError is one
+            raise CheckpointError(f"--init {self.cfg.init}: {e}") from None
+
+    def _sft_data(self, ckpt: Checkpoint | None) -> SFTData:
+        """--sft: the conversations in the chat format of the model (a resumed run: the one its checkpoint records)."""
+        cfg = self.cfg
+        try:
+            directory = ckpt.path if ckpt is not None else resolve_directory(cfg.init)
+            fmt = sft_format(directory, cfg.chat_format)
+        except ValueError as e:
+            raise ConfigError(f"--sft: {e}") from None
+        data = SFTData(
+            cfg.sft,
+            self.tokenizer,
+            fmt,
+            cfg.block_size,
+            cfg.batch_size,
+            packed=cfg.pack,
+            val_fraction=cfg.sft_val_fraction,
+            seed=cfg.seed,
+            rank=self.runtime.rank,
+            world_size=self.runtime.world_size,
+        )
+        if self.runtime.master:
+            info(f"sft: {cfg.sft}: {data.describe()}")
+        return data
 
     def _prepare(self, model: GPT) -> None:
         """Activation checkpointing and FSDP sharding, both in place and before the optimizer is
@@ -512,7 +579,10 @@ class Trainer:
         written there and held until close(); a second run into the same out_dir stops here in
         one line naming the first one's PID.
         """
-        entropy, counted = unigram_entropy(self.data_dir, self.meta, "train")
+        if self.sft is not None:
+            entropy, counted = self.sft.unigram_entropy()
+        else:
+            entropy, counted = unigram_entropy(self.data_dir, self.meta, "train")
         self.unigram = entropy
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -647,8 +717,7 @@ class Trainer:
         set_hyperparameters(self.optimizer, cfg, lr)
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(self.grad_accum):
-            x, y = self.train_loader.next_batch()
-            x, y = self._to_device(x), self._to_device(y)
+            x, y, *docs = (self._to_device(t) for t in self.train_loader.next_batch())  # docs: packed --sft rows
             last = micro == self.grad_accum - 1
             # Only the last micro-step all-reduces (FSDP: reduce-scatters) the gradients that the
             # others accumulated.
@@ -659,7 +728,7 @@ class Trainer:
                 sync = self.train_module.no_sync()
             with sync:
                 with runtime.autocast():
-                    loss = self.train_module(x, y)
+                    loss = self.train_module(x, y, doc_ids=docs[0] if docs else None)
                 (loss / self.grad_accum).backward()
             loss_sum += loss.detach()
         # max_norm inf measures the norm without clipping (the factor is clamped to 1).
@@ -751,9 +820,9 @@ class Trainer:
         n = self.cfg.eval_steps * self.grad_accum
         total = torch.zeros((), device=self.device)
         for _ in range(n):
-            x, y = self.val_loader.next_batch()
+            x, y, *docs = (self._to_device(t) for t in self.val_loader.next_batch())
             with self.runtime.autocast():
-                total += self.loss_module(self._to_device(x), self._to_device(y))
+                total += self.loss_module(x, y, doc_ids=docs[0] if docs else None)
         total /= n
         self.runtime.mean_over_ranks(total)
         self.raw_model.train()
@@ -794,6 +863,8 @@ class Trainer:
         else:
             states = [rng]
         model, optimizer_state = self.raw_model, None
+        if lora_layers(model):  # the weights as they now compute: base + adapters
+            model = merged_copy(model)
         if self.fsdp:
             model, optimizer_state = self._save_shards()
         path, error = None, None
@@ -813,6 +884,8 @@ class Trainer:
                 if not self.fsdp:  # (FSDP: _save_shards started it)
                     start_checkpoint(self.out_dir, self.step)
                 self._save_tokenizer(temp_dir(self.out_dir, self.step))
+                if self.cfg.lora_rank is not None:  # PEFT's adapter files; --resume reads them back
+                    save_adapter(self.raw_model, temp_dir(self.out_dir, self.step), base_model=self.cfg.init)
                 path = save_checkpoint(self.out_dir, self.step, model, optimizer_state, state, states, started=True)
                 prune_checkpoints(self.out_dir, self.cfg.keep_checkpoints, protect=self.resumed_from)
             except CheckpointWriteError as e:
@@ -831,6 +904,8 @@ class Trainer:
         """The run's tokenizer beside the weights, so sample.py, eval.py and --resume find it."""
         try:
             self.tokenizer.save(directory)
+            if self.sft is not None:  # chat.py --init on the run then writes prompts as it was trained
+                write_chat_format(directory, self.sft.format)
         except OSError as e:
             raise write_failed(self.out_dir, self.step, e) from None
 
@@ -1008,3 +1083,16 @@ class Trainer:
         self.train_module = self.loss_module = None
         gc.collect()
         self.runtime.close()
+
+
+def merged_copy(model: GPT) -> GPT:
+    """A model computing what a LoRA-adapted `model` computes, with plain layers (merge_lora), for a
+    checkpoint: it shares every tensor but the merged layers' with `model`, which keeps its adapters."""
+    copy = build_on_meta(model.config)
+    state = {k: v for k, v in model.state_dict().items() if ".lora_" not in k and ".base." not in k}
+    copy.load_state_dict(state, strict=False, assign=True)
+    for name, layer in lora_layers(model).items():
+        holder = copy.get_submodule(name.rpartition(".")[0]) if "." in name else copy
+        setattr(holder, name.rpartition(".")[2], layer)
+    merge_lora(copy)
+    return copy
