@@ -4,6 +4,7 @@
     python eval.py --init out --task bpb:valid.txt --stride 512
     python eval.py --init out --task mc:quiz.jsonl --output results.json
     python eval.py --init gpt2 --task lm-eval:arc_easy,piqa --include-path my_tasks/
+    python eval.py --init gpt2 --adapter out-lora/ --task bpb:valid.txt   # a LoRA adapter, merged
 
 The results table goes to stdout; progress and load time to stderr.
 """
@@ -20,10 +21,20 @@ import os
 import sys
 import time
 
-from minigpt.cli import OneLineParser, add_attn_backend_flag, add_device_flags, resolve_device, resolve_dtype
+from minigpt.cli import (
+    OneLineParser,
+    adapter_directory,
+    add_adapter_flag,
+    add_attn_backend_flag,
+    add_device_flags,
+    add_quantize_flags,
+    load_model,
+    quantize_settings,
+    resolve_device,
+    resolve_dtype,
+)
 from minigpt.eval.evaluate import evaluate, format_table, load_task, results_json, run_info, tasks_help
 from minigpt.files import atomic_write, check_not_input
-from minigpt.model.load import from_pretrained
 from minigpt.rundir import CheckpointError
 
 
@@ -38,6 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="a preset (gpt2, gpt2-medium, gpt2-large, gpt2-xl; downloaded once), a Hugging Face style "
         "directory, a .safetensors file, or a train.py --out-dir (its latest checkpoint)",
     )
+    add_adapter_flag(p)
     p.add_argument(
         "--task",
         action="append",
@@ -67,6 +79,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-fewshot", type=int, default=None, help="lm-eval: few-shot examples (default: the task's)")
     add_device_flags(p)
     add_attn_backend_flag(p)
+    add_quantize_flags(p)
     p.add_argument("--output", default=None, help="also write the results, device, versions and commit as JSON here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p.parse_args(argv)
@@ -86,8 +99,8 @@ def main(argv=None) -> int:
 
 
 def input_paths(args: argparse.Namespace) -> list[str]:
-    """The files and directories the command reads: --init, each task's PATH, --include-path."""
-    return [args.init, args.include_path, *(t.partition(":")[2] for t in args.task)]
+    """The files and directories the command reads: --init, --adapter, each task's PATH, --include-path."""
+    return [args.init, args.adapter, args.include_path, *(t.partition(":")[2] for t in args.task)]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -106,18 +119,23 @@ def run(args: argparse.Namespace) -> int:
         if os.path.isdir(args.output):
             raise ValueError(f"--output {args.output} is a directory; name a file")
         check_not_input(args.output, input_paths(args))
+    quantization = quantize_settings(args)
+    adapter_directory(args)  # a bad --adapter fails before the task data is read
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     # Task data is read (and downloaded) first, so bad data fails before the model loads.
     tasks = [load_task(Task.parse(t), args.limit, args.include_path) for t in args.task]
 
     t0 = time.perf_counter()
-    model = from_pretrained(args.init, device=device, dtype=dtype, attn_backend=args.attn_backend)
+    model = load_model(args, device, dtype, quantization)
     tokenizer = tokenizer_for(args.init)  # the one saved with a train.py checkpoint, else GPT-2's
     check_vocab(tokenizer, model.config.vocab_size, args.init)
     print(
         f"loaded {args.init} ({model.num_params() / 1e6:.1f}M parameters, {dtype}, {device}, "
-        f"{tokenizer.kind} tokenizer) "
+        f"{tokenizer.kind} tokenizer"
+        + (f", {args.quantize}" if args.quantize else "")
+        + (f", adapter {args.adapter} merged" if args.adapter else "")
+        + ") "
         f"in {time.perf_counter() - t0:.1f}s",
         file=sys.stderr,
     )
@@ -140,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
     if args.output:
         payload = {
             "model": str(args.init),
+            **({"adapter": str(args.adapter)} if args.adapter else {}),
             "dtype": str(dtype).removeprefix("torch."),
             "results": results,
             **run_info(device),

@@ -2,6 +2,7 @@
 
     python sample.py --init gpt2 --prompt "The meaning of life is"
     python sample.py --init out/ --num-samples 3 --max-new-tokens 200
+    python sample.py --init gpt2 --adapter out-lora/ --prompt "Hello"    # a LoRA adapter, merged
     echo "def fib(n):" | python sample.py --init out/ --prompt-file - --stream
 
 With one sample, stdout is exactly the prompt followed by the generated text.
@@ -27,16 +28,19 @@ import time
 
 from minigpt.cli import (
     OneLineParser,
+    adapter_directory,
+    add_adapter_flag,
     add_attn_backend_flag,
     add_device_flags,
+    add_quantize_flags,
     add_sampling_flags,
+    load_model,
+    quantize_settings,
     resolve_device,
     resolve_dtype,
     sampling_settings,
 )
-from minigpt.generate.quantize import DEFAULT_GROUP_SIZE, quantize_model
 from minigpt.generate.simple import Completion, complete
-from minigpt.model.load import from_pretrained
 from minigpt.rundir import CheckpointError
 from minigpt.tokenizers.lookup import check_vocab, tokenizer_for
 
@@ -93,6 +97,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="a preset (gpt2, gpt2-medium, gpt2-large, gpt2-xl; downloaded once), a Hugging Face style "
         "directory, a .safetensors file, or a train.py --out-dir (its latest checkpoint)",
     )
+    add_adapter_flag(p)
     p.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
     p.add_argument("--prompt-file", help="read the prompt from this file instead; '-' reads standard input")
     p.add_argument("--max-new-tokens", type=int, default=100, help="tokens to generate per sample")
@@ -117,26 +122,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--decode",
         default="auto",
-        choices=["auto", "simple", "fast"],
+        choices=["auto", "simple", "fast", "compiled"],
         help="simple: one model(token, cache=cache) call per token (minigpt.generate.simple); fast: "
         "minigpt.generate.decoder's Decoder (state in device buffers; a CUDA graph of a static-cache "
-        "step on a GPU; on a CPU the faster of F.linear and oneDNN, timed once); both give the same "
-        "tokens. auto: fast on the CPU, simple on a GPU",
+        "step on a GPU; on a CPU the faster of F.linear and oneDNN, timed once); compiled: the Decoder's "
+        "static-cache step compiled by torch.compile (Inductor; compiling takes seconds to a minute, "
+        "so it pays for long decodes only); all give the same greedy tokens. auto: fast on the CPU, "
+        "simple on a GPU",
     )
-    p.add_argument(
-        "--quantize",
-        choices=["int8", "int4"],
-        default=None,
-        help="weight-only quantization of every linear layer and the lm_head for decoding "
-        "(minigpt/quantize.py): int8 per output channel, int4 per group of inputs",
-    )
-    p.add_argument(
-        "--quantize-group-size",
-        type=int,
-        default=None,
-        help="--quantize int4 only: inputs per scale and zero, 32, 64, 128 or 256, dividing the model's width "
-        f"(default {DEFAULT_GROUP_SIZE})",
-    )
+    add_quantize_flags(p)
     return p.parse_args(argv)
 
 
@@ -173,9 +167,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
     if args.seed is not None and not 0 <= args.seed < 2**63 - args.num_samples:
         raise ValueError(f"--seed must be between 0 and 2**63 - 1, got {args.seed}")
-    if args.quantize_group_size is not None and args.quantize != "int4":
-        given = f"--quantize {args.quantize}" if args.quantize else "no --quantize"
-        raise ValueError(f"--quantize-group-size is for --quantize int4 only (int8 has one scale per row), not {given}")
+    args.quantization = quantize_settings(args)
+    adapter_directory(args)
     args.sampling = sampling_settings(args)
     args.stop = [unescape_stop(s) for s in args.stop]
     if "" in args.stop:
@@ -227,15 +220,15 @@ def run(args: argparse.Namespace) -> int:
     use_decoder = args.decode == "fast" or (args.decode == "auto" and device.type == "cpu")
 
     t0 = time.perf_counter()
-    model = from_pretrained(args.init, device=device, dtype=dtype, attn_backend=args.attn_backend)
-    if args.quantize:
-        group_size = DEFAULT_GROUP_SIZE if args.quantize_group_size is None else args.quantize_group_size
-        quantize_model(model, args.quantize, group_size=group_size)
+    model = load_model(args, device, dtype, args.quantization)
     tokenizer = tokenizer_for(args.init)  # the one saved with a train.py checkpoint, else GPT-2's
     check_vocab(tokenizer, model.config.vocab_size, args.init)
     info(
         f"loaded {args.init} ({model.num_params() / 1e6:.1f}M parameters, {dtype}, {device}, "
-        f"{tokenizer.kind} tokenizer" + (f", {args.quantize}" if args.quantize else "") + ") "
+        f"{tokenizer.kind} tokenizer"
+        + (f", {args.quantize}" if args.quantize else "")
+        + (f", adapter {args.adapter} merged" if args.adapter else "")
+        + ") "
         f"in {time.perf_counter() - t0:.1f}s"
     )
 
@@ -263,7 +256,7 @@ def run(args: argparse.Namespace) -> int:
             stop=args.stop,
             stop_at_eot=not args.ignore_eot,
             on_text=on_text if args.stream else None,
-            decoder_mode="auto" if use_decoder else None,
+            decoder_mode="compiled" if args.decode == "compiled" else "auto" if use_decoder else None,
         )
     elapsed = time.perf_counter() - t0
 

@@ -14,15 +14,68 @@ import torch
 import torch.nn.functional as F
 
 
+def penalize_repetition(logits: torch.Tensor, history: torch.Tensor, penalty: float) -> torch.Tensor:
+    """Logits (B, V) with each token that occurs in its row of history (B, L) made less likely, as
+    transformers' repetition_penalty does it: a positive logit divided by penalty, a negative one
+    multiplied by it (penalty > 1 discourages repeats, < 1 encourages them)."""
+    if penalty == 1.0 or history.size(1) == 0:
+        return logits
+    seen = logits.gather(1, history)
+    return logits.scatter(1, history, torch.where(seen > 0, seen / penalty, seen * penalty))
+
+
+def ban_repeated_ngrams(logits: torch.Tensor, history: torch.Tensor, n: int) -> torch.Tensor:
+    """Logits (B, V) with -inf for every token that would complete an n-gram already in its row of
+    history (B, L): the tokens that followed an earlier occurrence of the row's last n - 1 tokens."""
+    B, L = history.shape
+    if n == 0 or L < n:
+        return logits
+    windows = history.unfold(1, n, 1)  # (B, L - n + 1, n): every n-gram of each row
+    match = (windows[:, :, :-1] == history[:, None, L - n + 1 :]).all(dim=-1)  # (B, L - n + 1)
+    hits = torch.zeros(logits.shape, dtype=torch.int32, device=logits.device)
+    banned = hits.scatter_add_(1, windows[:, :, -1], match.to(torch.int32)) > 0  # a token may end several n-grams
+    return logits.masked_fill(banned, float("-inf"))
+
+
+def apply_processors(
+    logits: torch.Tensor,
+    history: torch.Tensor | None,
+    *,
+    prompt_len: int = 0,
+    eos_id: int | None = None,
+    repetition_penalty: float = 1.0,
+    no_repeat_ngram_size: int = 0,
+    min_new_tokens: int = 0,
+) -> torch.Tensor:
+    """Logits (B, V) adjusted for what has been generated, before temperature, top-k and top-p (transformers'
+    order): history (B, L) is each row's prompt followed by its new tokens, the first prompt_len being the
+    prompt. min_new_tokens: eos_id is impossible (-inf) until L - prompt_len new tokens reach it."""
+    check_processors(repetition_penalty, no_repeat_ngram_size, min_new_tokens)
+    if repetition_penalty == 1.0 and no_repeat_ngram_size == 0 and min_new_tokens == 0:
+        return logits
+    if history is None:
+        raise ValueError("repetition_penalty, no_repeat_ngram_size and min_new_tokens need the tokens so far (history)")
+    logits = penalize_repetition(logits, history, repetition_penalty)
+    logits = ban_repeated_ngrams(logits, history, no_repeat_ngram_size)
+    if eos_id is not None and history.size(1) - prompt_len < min_new_tokens:
+        logits = logits.clone()
+        logits[:, eos_id] = float("-inf")
+    return logits
+
+
 def sample_next(
     logits: torch.Tensor,
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
     generator: torch.Generator | None = None,
+    **processors,
 ) -> torch.Tensor:
-    """Pick the next token for each row of logits (B, V). temperature 0 is greedy."""
+    """Pick the next token for each row of logits (B, V). temperature 0 is greedy. processors: the
+    keyword arguments of `apply_processors` (history, prompt_len, eos_id, repetition_penalty, ...)."""
     check_sampling(temperature, top_k, top_p)
+    if processors:
+        logits = apply_processors(logits, processors.pop("history", None), **processors)
     if temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits.float() / temperature
@@ -47,7 +100,9 @@ class SamplingSettings:
 
     temperature: softmax temperature, 0 for greedy decoding; top_k: sample only from the k most
     likely tokens; top_p: only from the smallest set of tokens whose probability reaches p
-    (nucleus); generator: the random generator the draws come from (None: PyTorch's global one).
+    (nucleus); generator: the random generator the draws come from (None: PyTorch's global one);
+    repetition_penalty, no_repeat_ngram_size, min_new_tokens: as transformers' generate has them
+    (`apply_processors`; 1.0, 0, 0 are off), which need the tokens so far.
     The settings are checked when made (`check_sampling`: a ValueError naming the bad one).
     """
 
@@ -55,9 +110,13 @@ class SamplingSettings:
     top_k: int | None = None
     top_p: float | None = None
     generator: torch.Generator | None = None
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    min_new_tokens: int = 0
 
     def __post_init__(self):
         check_sampling(self.temperature, self.top_k, self.top_p)
+        check_processors(self.repetition_penalty, self.no_repeat_ngram_size, self.min_new_tokens)
 
     @classmethod
     def of(cls, sampling: SamplingSettings | None = None, **fields) -> SamplingSettings:
@@ -74,8 +133,30 @@ class SamplingSettings:
     def greedy(self) -> bool:
         return self.temperature == 0
 
-    def sample(self, logits: torch.Tensor) -> torch.Tensor:
-        """The next token of each row of logits (B, V)."""
+    @property
+    def uses_history(self) -> bool:
+        """Whether the choice depends on the tokens so far (repetition_penalty and the like), not on logits alone."""
+        return self.repetition_penalty != 1.0 or self.no_repeat_ngram_size != 0 or self.min_new_tokens != 0
+
+    def sample(
+        self,
+        logits: torch.Tensor,
+        history: torch.Tensor | None = None,
+        prompt_len: int = 0,
+        eos_id: int | None = None,
+    ) -> torch.Tensor:
+        """The next token of each row of logits (B, V); history (B, L), prompt_len and eos_id as for
+        `apply_processors` (needed only when uses_history)."""
+        if self.uses_history:
+            logits = apply_processors(
+                logits,
+                history,
+                prompt_len=prompt_len,
+                eos_id=eos_id,
+                repetition_penalty=self.repetition_penalty,
+                no_repeat_ngram_size=self.no_repeat_ngram_size,
+                min_new_tokens=self.min_new_tokens,
+            )
         return sample_next(logits, self.temperature, self.top_k, self.top_p, self.generator)
 
 
@@ -98,6 +179,21 @@ def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -
         not isinstance(top_p, numbers.Real) or isinstance(top_p, bool) or not 0.0 < top_p <= 1.0
     ):  # also refuses nan
         raise ValueError(f"top_p must be in (0, 1] (or None), got {top_p!r}")
+
+
+def check_processors(repetition_penalty: float, no_repeat_ngram_size: int, min_new_tokens: int) -> None:
+    """A clear ValueError unless the history-dependent settings make sense."""
+    if (
+        not isinstance(repetition_penalty, numbers.Real)
+        or isinstance(repetition_penalty, bool)
+        or not math.isfinite(repetition_penalty)
+        or repetition_penalty <= 0
+    ):
+        raise ValueError(f"repetition_penalty must be a finite number > 0 (1 is off), got {repetition_penalty!r}")
+    if not _is_int(no_repeat_ngram_size) or no_repeat_ngram_size < 0:
+        raise ValueError(f"no_repeat_ngram_size must be an integer >= 0 (0 is off), got {no_repeat_ngram_size!r}")
+    if not _is_int(min_new_tokens) or min_new_tokens < 0:
+        raise ValueError(f"min_new_tokens must be an integer >= 0, got {min_new_tokens!r}")
 
 
 def check_ids(idx, vocab_size: int) -> None:

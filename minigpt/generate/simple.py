@@ -67,12 +67,15 @@ def stream(
     cache = KVCache(model.config, B, T + max_new_tokens, device=idx.device, dtype=dtype)
     logits = model(idx, cache=cache, last_only=True)[:, -1]  # prefill: the whole prompt in one forward
     done = torch.zeros(B, dtype=torch.bool, device=idx.device)
+    history = idx  # the prompt and the new tokens, for the settings that look at them (repetition_penalty, ...)
     for step in range(max_new_tokens):
-        token = sampling.sample(logits)
+        token = sampling.sample(logits, history, T, eos_id)
         if eos_id is not None:
             token = token.masked_fill(done, eos_id)
             done |= token == eos_id
         yield token
+        if sampling.uses_history:
+            history = torch.cat([history, token[:, None]], dim=1)
         if step == max_new_tokens - 1 or (eos_id is not None and bool(done.all())):
             return
         logits = model(token[:, None], cache=cache, last_only=True)[:, -1]  # decode: one position per step
@@ -121,6 +124,9 @@ def generate_uncached(model: GPT, idx: torch.Tensor, max_new_tokens: int) -> tor
 
 @dataclass
 class Completion:
+    """One generated continuation: which prompt and which of its samples, the tokens generated (the
+    end-of-text token excluded), their text and why generation ended."""
+
     prompt_index: int
     sample_index: int
     tokens: list[int] = field(default_factory=list)
@@ -128,8 +134,14 @@ class Completion:
     finish_reason: str = "length"  # "length", "eot" or "stop"
 
 
-class _RowText:
-    """Turns one row's tokens into text: whole characters only (TextStream), cut at stop strings."""
+class CompletionText:
+    """Builds a Completion's text from one row's tokens as they are sampled: whole characters only
+    (TextStream), cut before the first stop string, handed to on_text(completion, new_text) as it
+    becomes final (text that may be the start of a stop string is held back until it is not).
+
+    push(token, eot) adds a token (eot: the end-of-text id, or None); finish(reason) flushes what is
+    held back and sets finish_reason ("length", "eot", "stop"); done says whether the row has ended.
+    complete(), minigpt.chat.session and minigpt.serve.engine each drive one per row."""
 
     def __init__(self, completion: Completion, tokenizer: Tokenizer, stop: Sequence[str], on_text):
         self.completion, self.stop, self.on_text = completion, stop, on_text
@@ -237,7 +249,7 @@ def complete(
         for start in range(0, len(group), rows_per_batch):
             batch = group[start : start + rows_per_batch]
             idx = torch.tensor([encoded[c.prompt_index] for c in batch], dtype=torch.long, device=device)
-            rows = [_RowText(c, tokenizer, stop, on_text) for c in batch]
+            rows = [CompletionText(c, tokenizer, stop, on_text) for c in batch]
             for token in stream(model, idx, max_new_tokens, sampling, eos_id=eot, decoder_mode=decoder_mode):
                 for row, t in zip(rows, token.tolist(), strict=True):
                     if not row.done:
