@@ -7,7 +7,7 @@ The text is the start of the validation split of a prepared corpus (default: the
 train.py's cpu recipe trains on, ~/.cache/minigpt/data/stdlib; its documents never appear in
 training), decoded back to text; optionally a second text file (e.g. out-of-domain prose).
 Each is scored with minigpt.eval.evaluate.bits_per_byte by the model in float32, bfloat16, and
-int8 / int4 (several group sizes) of minigpt.generate.quantize on the bf16 model. JSON to
+int8 / int4 (several group sizes) of minigpt.model.quantize on the bf16 model. JSON to
 bench/runs/<date>-<time>-quantize-quality/ (or bench/results/ with --update-results).
 """
 
@@ -32,8 +32,8 @@ import torch  # noqa: E402
 from bench.common import environment, log, output_dir, write_json  # noqa: E402
 from minigpt.data.corpus import data_tokenizer  # noqa: E402
 from minigpt.eval.evaluate import bits_per_byte  # noqa: E402
-from minigpt.generate.quantize import quantize_model  # noqa: E402
 from minigpt.model.load import from_pretrained  # noqa: E402
+from minigpt.model.quantize import quantize_model  # noqa: E402
 from minigpt.tokenizers.lookup import check_vocab, tokenizer_for  # noqa: E402
 
 DEFAULT_DATA = Path.home() / ".cache" / "minigpt" / "data" / "stdlib"

@@ -372,7 +372,7 @@ def cpu_targets_markdown(payload: dict) -> str:
     quantized = [r for r in payload["decode"] if r.get("baseline")]
     if quantized:
         parts += [
-            "int8 / int4: weight-only quantized (minigpt.generate.quantize; int4 in groups of "
+            "int8 / int4: weight-only quantized (minigpt.model.quantize; int4 in groups of "
             f"{quantized[-1].get('group_size') or 64}) bf16 model, against transformers in "
             "float32 on the same float weights (so greedy tokens may differ).",
             "",

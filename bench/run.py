@@ -64,11 +64,11 @@ import torch  # noqa: E402
 from bench import e2e, report  # noqa: E402
 from bench.common import RESULTS_DIR, RUNS_DIR, atomic_write, device_tag, environment, log, output_dir  # noqa: E402
 from minigpt.generate.decoder import Decoder  # noqa: E402
-from minigpt.generate.quantize import quantize_model  # noqa: E402
 from minigpt.generate.simple import generate  # noqa: E402
 from minigpt.model.backends import set_backends, triton_unavailable_reason  # noqa: E402
 from minigpt.model.config import GPTConfig, preset  # noqa: E402
 from minigpt.model.model import GPT  # noqa: E402
+from minigpt.model.quantize import quantize_model  # noqa: E402
 
 SUITES = ("train", "sample", "kernels", "cpu-targets")
 ALL = ("train", "sample", "kernels")
@@ -158,7 +158,7 @@ PLANS = {
 
 # The CPU figures the fast-decoding issue asks for, with its targets.
 CPU_TARGETS = {
-    # int8 / int4: weight-only quantized (minigpt.generate.quantize) bf16 model, against transformers in float32
+    # int8 / int4: weight-only quantized (minigpt.model.quantize) bf16 model, against transformers in float32
     "decode": dict(
         model="124M",
         batch_size=1,

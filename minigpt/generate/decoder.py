@@ -1,4 +1,4 @@
-"""Fast decoding: decoding state in device buffers, a static KV cache, and CUDA graphs.
+"""Fast decoding: decoding state in device buffers, a static KV cache, CUDA graphs, a compiled step.
 
 `minigpt.generate.simple` is the readable path: each token runs `model(token, cache=cache)` with its
 bookkeeping on the host. A `Decoder` keeps what a step reads and writes (the cache, the sequence,
@@ -7,7 +7,11 @@ forward for every step. With `StaticKVCache` every shape is fixed, so on CUDA on
 as a CUDA graph and each token costs one replay; on a CPU the cache grows, and the matrix-vector
 products run through F.linear or oneDNN, whichever a few timed steps found faster for this model
 (timed only for a decode long enough to pay for the trial: F.linear, as the simple path, until then).
-Greedy tokens equal those of the simple path (tests/generate/test_decode.py).
+Greedy tokens equal those of the simple path (tests/generate/test_decode.py). Mode "compiled" runs
+the same fixed-shape step compiled by torch.compile (Inductor, weights frozen into the code): on a
+CPU it removes most of the per-token Python and dispatch work, but compiling costs seconds, so it is
+chosen only by asking for it (tests/generate/test_compiled_decode.py: same tokens, one compilation
+per kind of step, none per token or position).
 
     decoder = Decoder(model, batch_size=1, max_len=256)
     out = decoder.generate(idx, max_new_tokens=128, temperature=0)   # (1, T + 128)
@@ -23,11 +27,15 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from minigpt.generate.quantize import is_quantized
 from minigpt.generate.sampling import SamplingSettings, check_ids, check_length
 from minigpt.model.model import GPT, KVCache
+from minigpt.model.quantize import is_quantized
 
-MODES = ("auto", "eager", "static", "graph")
+MODES = ("auto", "eager", "static", "graph", "compiled")
+
+# Inductor settings of the compiled step: the weights are constants of the code (freezing), so the CPU
+# linears are prepacked for oneDNN once and constant work is folded away.
+COMPILE_OPTIONS = {"freezing": True}
 
 
 class StaticKVCache(KVCache):
@@ -138,14 +146,18 @@ class Decoder:
 
     mode: "eager" runs the step op by op over a growing cache; "static" runs the fixed-shape
     step over the static cache op by op (what "graph" captures: useful to test it without a
-    GPU); "graph" replays the fixed-shape step as a CUDA graph (CUDA only); "auto" is "graph"
-    on CUDA and "eager" elsewhere (without a graph the static cache's fixed shapes buy nothing).
+    GPU); "graph" replays the fixed-shape step as a CUDA graph (CUDA only); "compiled" runs the
+    fixed-shape step compiled by torch.compile with Inductor (COMPILE_OPTIONS; compiled at the
+    first decode of each kind, greedy or sampling, and counted in `compilations`); "auto" is
+    "graph" on CUDA and "eager" elsewhere (without a graph the static cache's fixed shapes buy
+    nothing, and a compilation costs more than a short decode gains).
 
     cpu_linear: how the CPU runs the matrix-vector products: "torch" (F.linear), "onednn"
     (`OneDNNLinear` on the model's weights), "onednn-packed" (on reordered copies of them),
     or "auto": the fastest of those that can run, timed on a few decode steps of this model
     the first time a decoder of its shape, dtype and batch size decodes enough tokens for the
-    trial to cost at most TRIAL_SHARE of the decode (F.linear before that). Ignored on a GPU.
+    trial to cost at most TRIAL_SHARE of the decode (F.linear before that). Ignored on a GPU and
+    by mode "compiled" (Inductor chooses its own kernels).
 
     A Decoder can be reused for any number of `generate` calls with the same batch size;
     each starts afresh from its prompt.
@@ -173,7 +185,7 @@ class Decoder:
         if model.training:
             raise ValueError("the model is in training mode (dropout is on); call model.eval() first")
         self.model, self.config, self.mode = model, model.config, mode
-        if self.device.type != "cpu":
+        if self.device.type != "cpu" or mode == "compiled":
             cpu_linear = "torch"
         elif cpu_linear in ("onednn", "onednn-packed"):
             reason = onednn_unavailable_reason(self.dtype)
@@ -192,6 +204,8 @@ class Decoder:
         self.length = torch.zeros((), dtype=torch.long, device=dev)  # tokens kept in seq
         self.logits = torch.zeros(B, self.config.vocab_size, dtype=self.dtype, device=dev)
         self.graphs: dict[bool, torch.cuda.CUDAGraph] = {}  # greedy? -> captured step
+        self.compiled: dict[bool, object] = {}  # greedy? -> compiled step
+        self.compilations = 0  # graphs Inductor has compiled for this decoder (tests check it stays put)
         self.cpu_linear = cpu_linear  # "auto" until the first decode measures it
         self.linears = self._linears(cpu_linear) if cpu_linear != "auto" else contextlib.nullcontext()
 
@@ -253,6 +267,23 @@ class Decoder:
         with torch.cuda.graph(graph):  # recorded, not run
             body()
         self.graphs[greedy] = graph
+
+    # --- the compiled step ----------------------------------------------------------------------
+    def compile(self, greedy: bool):
+        """The step (greedy_step, or logits_step for sampling) compiled with Inductor: the whole
+        step in one graph (fullgraph), for the static cache's fixed shapes (dynamic=False; the
+        position is a tensor, so neither a new token nor a new position recompiles)."""
+        if greedy not in self.compiled:
+
+            def inductor(gm, example_inputs):
+                from torch._inductor.compile_fx import compile_fx  # imported only when a step is compiled
+
+                self.compilations += 1
+                return compile_fx(gm, example_inputs, config_patches=COMPILE_OPTIONS)
+
+            body = self.greedy_step if greedy else self.logits_step
+            self.compiled[greedy] = torch.compile(body, backend=inductor, fullgraph=True, dynamic=False)
+        return self.compiled[greedy]
 
     # --- the oneDNN choice ----------------------------------------------------------------------
     def measure_cpu_linear(self, steps: int = TRIAL_STEPS, rounds: int = TRIAL_ROUNDS, margin: float = 0.1) -> str:
@@ -358,25 +389,28 @@ class Decoder:
             )
         if max_new_tokens == 0:
             return
-        greedy = sampling.greedy
+        greedy = sampling.greedy and not sampling.uses_history  # argmax of the logits alone, inside the step
         if self.cpu_linear == "auto" and max_new_tokens > 1:
             self.choose_cpu_linear(max_new_tokens)
         if self.mode == "graph" and max_new_tokens > 1 and greedy not in self.graphs:
             self.capture(greedy)
+        compiled_step = self.compile(greedy) if self.mode == "compiled" and max_new_tokens > 1 else None
         logits = self.prefill(idx, eos_id)
-        self.advance(sampling.sample(logits))
+        self.advance(sampling.sample(logits, idx, T, eos_id))
         yield T
         for step in range(1, max_new_tokens):
             if eos_id is not None and step % self.check_every == 0 and bool(self.done.all()):
                 return
             if self.mode == "graph":
                 self.graphs[greedy].replay()
+            elif compiled_step is not None:
+                compiled_step()
             elif greedy:
                 self.greedy_step()
             else:
                 self.logits_step()
             if not greedy:
-                self.advance(sampling.sample(self.logits))
+                self.advance(sampling.sample(self.logits, self.seq[:, : T + step], T, eos_id))
             yield T + step
 
     def stream(

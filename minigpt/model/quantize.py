@@ -1,9 +1,17 @@
-"""Weight-only int8 and int4 quantization for decoding.
+"""Int8 and int4 quantization for decoding: weight-only, and int8 weights with int8 activations.
 
 At batch 1 a decode step reads every weight once, so storing the weights in 8 or 4 bits reads 2-4x
 fewer bytes than bf16. `quantize_model(model, mode)` replaces every nn.Linear of the blocks and the
-lm_head by a `QuantizedLinear` over PyTorch's packed kernels; each can give the exact float weight
-it represents (`dequantized_weight()`), the reference its kernel is tested against.
+lm_head by a `QuantizedLinear` over PyTorch's kernels; each can give the exact float weight it
+represents (`dequantized_weight()`), the reference its kernel is tested against.
+
+Modes (MODES):
+- "int8": int8 weights, one scale per output channel; activations stay float (bf16 in the kernel).
+- "int4": int4 weights in groups of inputs with a scale and a zero each; activations as for int8.
+- "int8-dynamic" (W8A8): the int8 weights of "int8", and each row of activations rounded to int8
+  with its own scale as it arrives (`quantize_rows`); the product is integer (torch._int_mm, exact
+  int32 sums), scaled back to float. It changes the numbers beyond the weights' rounding: its
+  cost in bits per byte is in bench/results/w8a8-cpu.json beside the weight-only modes'. CPU only.
 """
 
 from __future__ import annotations
@@ -12,7 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-MODES = ("int8", "int4")
+MODES = ("int8", "int4", "int8-dynamic")
+INT8_WEIGHTS = ("int8", "int8-dynamic")  # the modes storing int8 weights with one scale per output channel
 INT4_GROUP_SIZES = (32, 64, 128, 256)  # what the int4 kernels accept
 DEFAULT_GROUP_SIZE = 64
 KERNEL_DTYPE = torch.bfloat16
@@ -40,12 +49,20 @@ def kernel_shape_problem(
       the input width must be a multiple of 16. Any output width.
     - int8, CUDA (aten/src/ATen/native/cuda/int8mm.cu): one plain loop per output, any shape (its dtype
       checks are raised by the kernel itself, caught by the trial call of `quantize_model`).
+    - int8-dynamic (torch._int_mm, CPU): any shape but an input width of 1 (wrong sums, measured with
+      torch 2.13); other devices are refused.
     - int4, CPU and CUDA: the group size divides the input width (so it is a multiple of 32), and the
       output width is a multiple of 16 (the packing ops' N % 16 on a CPU, the CUDA tiles of 8 columns).
     """
     N, K = out_features, in_features
     if N < 1 or K < 1:
         return f"the kernels need both widths >= 1, got {N} x {K}"
+    if mode == "int8-dynamic":  # torch._int_mm: on CUDA it needs more than 16 rows
+        if device_type != "cpu":
+            return f"int8-dynamic runs on a CPU only, not {device_type}"
+        if K == 1 and N > 1:  # measured: with K = 1 the CPU kernel misreads the (1, N) weight (strides (1, 1))
+            return "the CPU int8 x int8 kernel gives wrong sums for an input width of 1"
+        return None
     if mode == "int8":
         if device_type == "cpu" and K % 16:
             return (
@@ -91,6 +108,16 @@ def quantize_int4(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch
     scale = _round_up_bf16(torch.maximum((z - lo) / 8, (hi - z) / 7).clamp(min=_TINY))
     q = torch.round((g - z[..., None]) / scale.float()[..., None] + 8).clamp(0, 15)
     return q.reshape(N, K).to(torch.int32), scale, zero
+
+
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (M, K) -> q (M, K) int8 and scale (M, 1) float32 with x ~ q * scale, symmetric per row:
+    the activations of "int8-dynamic", rounded as they arrive. |x - q * scale| <= scale / 2."""
+    x = x.float()
+    amax = x.abs().amax(dim=-1, keepdim=True).clamp_(min=_TINY)
+    # x * (127 / amax) is at most 127 * (1 + 2**-23) in size: it rounds to 127, never past it
+    q = torch.round(x * (127 / amax)).to(torch.int8)
+    return q, amax / 127
 
 
 # ----------------------------------------------------------------------------------------------
@@ -143,6 +170,10 @@ class QuantizedLinear(nn.Module):
       convention of PyTorch's int4 kernels): w ~ (q - 8) * scale + zero with q in [0, 15],
       multiplied by torch.ops.aten._weight_int4pack_mm_for_cpu on a CPU (its own packed layout,
       made by _convert_weight_to_int4pack_for_cpu) and _weight_int4pack_mm on CUDA.
+    - int8-dynamic: the weights of int8, and each row of activations rounded to int8 with its own
+      scale (`quantize_rows`); torch._int_mm sums the int8 products exactly in int32, which are
+      then scaled by row scale x channel scale. The reference is F.linear of the two rounded
+      operands in float32: the same numbers up to float32 summation order.
 
     The kernels take activations, scales and zeros of one dtype, bfloat16 here: on the CPUs
     measured their float32 variants were several times slower than a float32 F.linear, while the
@@ -151,11 +182,13 @@ class QuantizedLinear(nn.Module):
 
     Every `QuantizedLinear` can say exactly which float weight it represents
     (`dequantized_weight()`, in float32): the reference its kernel is tested against, with
-    `reference=True` computing F.linear(x, dequantized_weight()) instead of calling the kernel.
+    `reference=True` computing F.linear(x, dequantized_weight()) instead of calling the kernel
+    (for int8-dynamic, of x rounded by `quantize_rows`).
     Scales are rounded to bf16 *upwards* and each int4 scale is chosen after its zero is
     rounded, so no weight is clamped and |w - dequantized| <= scale / 2 holds for every element.
 
-    Buffers: int8: `qweight` (N, K) int8, `scale` (N,) bf16. int4: `qweight` in the kernel's
+    Buffers: int8: `qweight` (N, K) int8, `scale` (N,) bf16 (int8-dynamic: the same values in
+    float32, the dtype its scaling runs in). int4: `qweight` in the kernel's
     packed layout (made on, and valid for, one device type), `scale_and_zero` (K/g, N, 2) bf16.
     `bias` (N,) or None, in the model's dtype. No parameter is trainable.
     """
@@ -186,7 +219,7 @@ class QuantizedLinear(nn.Module):
         bands = [weight[i : i + rows] for i in range(0, N, rows)]
         qweight, scales, zeros = None, [], []
         for i, band in zip(range(0, N, rows), bands, strict=True):
-            if mode == "int8":
+            if mode in INT8_WEIGHTS:
                 q, scale = quantize_int8(band)
             else:
                 q, scale, zero = quantize_int4(band, group_size)
@@ -199,8 +232,9 @@ class QuantizedLinear(nn.Module):
             scales.append(scale)
             del q
         self.register_buffer("qweight", qweight)
-        if mode == "int8":
-            self.register_buffer("scale", torch.cat(scales))
+        if mode in INT8_WEIGHTS:
+            scale = torch.cat(scales)
+            self.register_buffer("scale", scale.float() if mode == "int8-dynamic" else scale)
         else:
             scale, zero = torch.cat(scales), torch.cat(zeros)
             self.register_buffer("scale_and_zero", torch.stack([scale.t(), zero.t()], dim=-1).contiguous())
@@ -213,7 +247,7 @@ class QuantizedLinear(nn.Module):
 
     def dequantized_weight(self) -> torch.Tensor:
         """(N, K) float32: exactly the weight the kernel multiplies by."""
-        if self.mode == "int8":
+        if self.mode in INT8_WEIGHTS:
             return self.qweight.float() * self.scale.float()[:, None]
         q = _int4_unpack(self.qweight, self.out_features, self.in_features).float()
         scale, zero = self.scale_and_zero.float().unbind(-1)  # (K/g, N) each
@@ -222,16 +256,27 @@ class QuantizedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.reference:
-            return F.linear(x.float(), self.dequantized_weight(), None if self.bias is None else self.bias.float()).to(
-                x.dtype
-            )
+            bias = None if self.bias is None else self.bias.float()
+            if self.mode == "int8-dynamic":
+                q, scale = quantize_rows(x.reshape(-1, self.in_features))
+                rounded = (q.float() * scale).view(*x.shape[:-1], self.in_features)
+                return F.linear(rounded, self.dequantized_weight(), bias).to(x.dtype)
+            return F.linear(x.float(), self.dequantized_weight(), bias).to(x.dtype)
         if x.device.type != self.packed_for:
             raise ValueError(
                 f"this layer was quantized on {self.packed_for} and cannot run on {x.device.type}: "
                 "move the model first, then quantize it"
             )
+        if self.mode == "int8-dynamic":
+            q, scale = quantize_rows(x.reshape(-1, self.in_features))
+            y = torch._int_mm(q, self.qweight.t()).mul(scale).mul_(self.scale)  # exact int32 sums, then the scales
+            if self.bias is not None:
+                y += self.bias
+            return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
         rows = x.reshape(-1, self.in_features).to(self.kernel_dtype).contiguous()
-        if rows.data_ptr() % 64:  # the CPU kernels make aligned loads: a view at an odd offset is copied first
+        # the CPU kernels make aligned loads: a view at an odd offset is copied first (compiled, where the
+        # address is not known while tracing, always: a fresh buffer is aligned)
+        if torch.compiler.is_compiling() or rows.data_ptr() % 64:
             rows = rows.clone()
         if self.mode == "int8":
             y = torch.ops.aten._weight_int8pack_mm(rows, self.qweight, self.scale)
@@ -252,8 +297,8 @@ class QuantizedLinear(nn.Module):
 
     @property
     def kernel_dtype(self) -> torch.dtype:
-        """The dtype the kernel runs in: its scales' (bf16 unless the module was cast)."""
-        return (self.scale if self.mode == "int8" else self.scale_and_zero).dtype
+        """The dtype the kernel runs in: its scales' (bf16 unless the module was cast; float32 for int8-dynamic)."""
+        return (self.scale if self.mode in INT8_WEIGHTS else self.scale_and_zero).dtype
 
 
 def kernel_call(fn, *args):
@@ -271,7 +316,7 @@ def kernel_call(fn, *args):
 
 def quantize_model(model: nn.Module, mode: str, group_size: int = DEFAULT_GROUP_SIZE) -> nn.Module:
     """Replace, in place, every nn.Linear of model.transformer.h and the lm_head by a
-    QuantizedLinear of `mode` ("int8" or "int4"), on the device the model is on; returns model.
+    QuantizedLinear of `mode` (one of MODES), on the device the model is on; returns model.
 
     Quantize after moving the model (int4's packed layout belongs to one device type). Every
     layer is checked and its kernel tried on one row before any is replaced, so an error

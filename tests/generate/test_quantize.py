@@ -1,4 +1,4 @@
-"""Weight-only int8/int4 quantization (minigpt.generate.quantize) against its dequantized reference.
+"""Weight-only int8/int4 quantization (minigpt.model.quantize) against its dequantized reference.
 
 Tolerances: the kernels run in bfloat16 (inputs rounded to bf16, bf16 outputs), so one layer
 agrees with F.linear(bf16(x), dequantized_weight) in float32 to bf16 output rounding (2**-8
@@ -23,9 +23,9 @@ from test_decode import allocations_per_step
 from minigpt import GPT, GPTConfig
 from minigpt.generate import decoder as decode
 from minigpt.generate.decoder import Decoder
-from minigpt.generate.quantize import QuantizedLinear, quantize_int4, quantize_int8, quantize_model, set_reference
 from minigpt.generate.simple import generate
 from minigpt.model.load import from_pretrained, save_pretrained
+from minigpt.model.quantize import QuantizedLinear, quantize_int4, quantize_int8, quantize_model, set_reference
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
@@ -194,7 +194,7 @@ def test_bad_input_is_one_line():
 
 def test_missing_kernel_is_one_line(monkeypatch):
     """A PyTorch without the int4 kernel (an older build, another CPU architecture): one line, model unchanged."""
-    import minigpt.generate.quantize as quantize
+    import minigpt.model.quantize as quantize
 
     def missing(q):
         raise AttributeError("'_OpNamespace' 'aten' object has no attribute '_convert_weight_to_int4pack_for_cpu'")
@@ -226,7 +226,7 @@ def test_decoder_does_not_reuse_a_float_models_cpu_linear_choice():
 SWEEP = r"""
 import json, sys, torch
 from minigpt import GPT, GPTConfig
-from minigpt.generate.quantize import QuantizedLinear, quantize_model, set_reference
+from minigpt.model.quantize import QuantizedLinear, quantize_model, set_reference
 torch.manual_seed(0)
 out = []
 for n_embd, n_inner, mode, group in json.loads(sys.argv[1]):

@@ -42,7 +42,7 @@ def test_streamed_quantization_equals_quantizing_the_loaded_model(tmp_path, fami
     streamed = from_pretrained(path, quantize=mode, group_size=group_size)
     whole = quantize_model(from_pretrained(path), mode, group_size)
     assert streamed.state_dict().keys() == whole.state_dict().keys()
-    for (name, a), b in zip(streamed.state_dict().items(), whole.state_dict().values()):
+    for (name, a), b in zip(streamed.state_dict().items(), whole.state_dict().values(), strict=True):
         assert a.dtype == b.dtype and torch.equal(a, b), name
     idx = torch.randint(0, streamed.config.vocab_size, (2, 7))
     with torch.no_grad():
