@@ -377,9 +377,10 @@ class Trainer:
                 )
             try:  # a kind only read from a checkpoint's files (hf, sentencepiece, abeja) is no --tokenizer value
                 parse_tokenizer_kind(wanted.kind)
-                self.cfg = cfg = dataclasses.replace(cfg, tokenizer=wanted.kind)
             except ValueError:
                 pass  # the checkpoints carry the tokenizer itself
+            else:
+                self.cfg = cfg = dataclasses.replace(cfg, tokenizer=wanted.kind)
         data_dir = self._prepared_data_dir(cfg.data, wanted, "tokenizer" in explicit)
         tokenizer = data_tokenizer(data_dir)
         prepared_with = load_meta(data_dir).get("tokenizer", "gpt2")

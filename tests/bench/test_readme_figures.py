@@ -317,3 +317,223 @@ def test_readme_states_the_decoding_path_figures():
         f"`import torch` alone took {start['import_torch']:.2f} s against sample.py's {start['sample_py']:.2f} s"
     )
     assert not missing_from_readme(figures)
+
+
+# ----------------------------------------------------------------------------------------------
+# Benchmarks: the cpu-targets decode and training tables (bench/run.py --suite cpu-targets)
+
+
+def test_readme_states_the_cpu_targets_figures():
+    result = committed("cpu-targets.json")
+    env, train, matmul = result["environment"], result["train"], result["matmul_fp32"]
+    decode = {d["dtype"]: d for d in result["decode"]}
+    baselines = {b["implementation"]: b for b in result["train_baselines"]}
+    hf, plain = baselines["transformers"], baselines["minigpt-plain-loss"]
+    fp32, bf16 = decode["float32"], decode["bfloat16"]
+    assert fp32["greedy_tokens_equal"] and bf16["greedy_tokens_equal"]
+
+    def row(d: dict) -> str:
+        ours, theirs = d["ours"]["decode_tokens_per_s"], d["transformers"]["decode_tokens_per_s"]
+        return f"| {ours:.1f} tok/s | {theirs:.1f} tok/s | {d['ratio']['decode']:.2f}x |"
+
+    figures = [
+        f"measured {env['date'][:10]} on a 2-core x86-64 CPU machine (AMD EPYC, {result['settings']['threads']} "
+        f"threads, torch {env['torch']}, transformers {env['transformers']})",
+        f"| decode, batch 1, fp32 ({fp32['new_tokens']} new tokens, prefill excluded) {row(fp32)}",
+        f"| decode, batch 1, bf16 {row(bf16)}",
+        f"| training step, B={train['batch_size']}, T={train['block_size']}, fp32, AdamW "
+        f"| {train['tokens_per_s']:.0f} tok/s | {hf['tokens_per_s']:.0f} tok/s | {hf['minigpt_speedup']:.2f}x |",
+        f"The training step ran at {train['fraction_of_matmul_ceiling']:.0%} of the fp32 matmul ceiling measured in "
+        f"the same run ({matmul['flops'] / 1e9:.1f} GFLOP/s, a {matmul['n']}^3 product)",
+        f"did {plain['tokens_per_s']:.0f} tok/s in that run",
+    ]
+    assert not missing_from_readme(figures)
+
+
+def test_readme_states_the_cpu_targets_decode_figures_and_auto_against_simple():
+    result = committed("cpu-targets-decode.json")
+    env, settings = result["environment"], result["settings"]
+    group = settings["targets"]["decode"]["int4_group_size"]
+    assert settings["parts"] == ["decode"] and result["train"] is None
+    names = {
+        "float32": ("fp32", "fp32"),
+        "bfloat16": ("bf16", "bf16"),
+        "int8": ("int8 (`--quantize int8`)", "fp32"),
+        "int4": (f"int4 (`--quantize int4`, groups of {group})", "fp32"),
+    }
+    decode = {d["dtype"]: d for d in result["decode"]}
+    assert list(decode) == list(names)
+    rows = []
+    for dtype, (ours_name, theirs_name) in names.items():
+        d = decode[dtype]
+        target = "" if d["target_ratio"] is None else f">= {d['target_ratio']:.1f}x"
+        rows.append(
+            f"| {ours_name} | {d['ours']['decode_tokens_per_s']:.1f} | {theirs_name} "
+            f"| {d['transformers']['decode_tokens_per_s']:.1f} | {d['ratio']['decode']:.2f}x | {target} |"
+        )
+        assert d["new_tokens"] == decode["float32"]["new_tokens"] and d["batch_size"] == 1
+        assert d["auto_vs_simple"]["greedy_tokens_equal"]  # "both give the same tokens"
+    assert decode["float32"]["greedy_tokens_equal"] and decode["bfloat16"]["greedy_tokens_equal"]
+    auto = {dtype: d["auto_vs_simple"] for dtype, d in decode.items()}
+    chosen = {dtype: a["cpu_linear"] for dtype, a in auto.items()}
+    assert chosen == {"float32": "onednn", "bfloat16": "onednn-packed", "int8": "torch", "int4": "torch"}
+    figures = [
+        *rows,
+        f"Decoding, measured again {env['date'][:10]} on an idle 2-core AMD EPYC (torch {env['torch']}, "
+        f"transformers {env['transformers']};",
+        f"batch 1, {decode['float32']['new_tokens']} new tokens, load and prefill excluded",
+        f"{auto['float32']['ratio']:.2f}x (fp32, it chose oneDNN), {auto['bfloat16']['ratio']:.2f}x (bf16, oneDNN "
+        f"with packed weights), {auto['int8']['ratio']:.2f}x (int8) and {auto['int4']['ratio']:.2f}x (int4, both "
+        "plain F.linear beside the packed kernels)",
+    ]
+    assert not missing_from_readme(figures)
+
+
+# ----------------------------------------------------------------------------------------------
+# Small models on a budget: bench/push.py (the recipes side by side, the A/Bs, the size x budget study)
+
+
+def millions(n: float, digits: int = 2) -> str:
+    return f"{n / 1e6:.{digits}f}M"
+
+
+def test_readme_states_the_push_figures():
+    result = committed("push.json")
+    nano, mini, third = result["arms"]["nanogpt"], result["arms"]["minigpt"], result["third_budget"]
+    reached = result["time_to_nanogpt_bpb"]
+    assert third["reaches_nanogpt_bpb"] and third["bpb"] < nano["bpb"] and mini["bpb"] < nano["bpb"]
+    assert result["bpb_reduction"] == pytest.approx(1 - mini["bpb"] / nano["bpb"])
+
+    def cells(arm: dict) -> str:
+        return f"| {millions(arm['num_params'])} | {arm['steps']:,} | {arm['train_time']:.0f} s |"
+
+    reduction = f"{result['bpb_reduction']:.1%} lower"
+    figures = [
+        f"the same held-out last 10% ({result['text']['held_out_bytes']:,} bytes)",
+        f"| nanoGPT's {cells(nano)} {nano['bpb']:.4f} |",
+        f"| minigpt `cpu-push` {cells(mini)} **{mini['bpb']:.4f}** ({reduction}) |",
+        f"| minigpt `cpu-push`, a third of the time {cells(third)} {third['bpb']:.4f} |",
+        f"The nanoGPT arm's {nano['bpb']:.4f} bits per byte is {nano['bpb'] * math.log(2):.2f} nats per character",
+        f"minigpt's recipe had only {result['budget_match']:.2f} of nanoGPT's time",
+        f"and still reached {reduction} bits per byte",
+        f"passed nanoGPT's final bpb at {reached['interpolated_s']:.0f} s, "
+        f"{result['time_to_nanogpt_bpb_fraction']:.2f} of nanoGPT's time",
+    ]
+    assert not missing_from_readme(figures)
+
+
+def test_readme_states_the_push_ab_figures():
+    result = committed("push-ab.json")
+    ab = {r["name"]: r for r in result["results"]}
+    bpe, lr, muon = ab["tokenizer char -> bpe:512, block / 2"], ab["lr 1e-3 -> 3e-3"], ab["optimizer adamw -> muon"]
+    assert bpe["bpb_ratio"] == min(r["bpb_ratio"] for r in result["results"])  # "won most"
+    lost = ["batch 12 -> 32 rows", "block 64 -> 256, rows / 4", "tokenizer -> gpt2, block / 2", "head tied -> untied"]
+    assert not any(ab[name]["kept"] for name in [*lost, "bias off -> on"])
+    assert all(ab[name]["bpb_ratio"] > 1 for name in [*lost, "bias off -> on"])
+    small = ["position learned -> rope", "qk_norm", "activation gelu -> relu2"]
+    assert all(ab[name]["bpb_ratio"] < 1 for name in small)
+    figures = [
+        f"the BPE tokenizer won most ({bpe['bpb_ratio']:.3f}x bpb against characters), then lr 3e-3 "
+        f"({lr['bpb_ratio']:.3f}x) and Muon ({muon['bpb_ratio']:.3f}x)"
+    ]
+    assert not missing_from_readme(figures)
+
+
+def test_readme_states_the_push_study_figures():
+    result = committed("push-study.json")
+    points, optima, fit = result["points"], result["optima"], result["fit"]
+    params = [p["params"] for p in points]
+    budgets = sorted({p["budget_s"] for p in points})
+    assert [o["budget_s"] for o in optima] == budgets and len(budgets) == 3  # "over three budgets"
+    assert all(p["params"] < 1e6 for p in result["frontier"])  # "1M parameters and more are far off the frontier"
+    fewest = min(p["tokens"] / p["params"] for p in result["frontier"])
+    b = [f"{s:.0f}" for s in budgets]
+    figures = [
+        f"a grid of sizes ({millions(min(params))} to {millions(max(params), 1)} parameters, the `cpu-push` recipe "
+        f"otherwise) at budgets of {b[0]}, {b[1]} and {b[2]} s",
+        f"from {millions(optima[0]['params'])} parameters at {b[0]} s to about {millions(optima[-1]['params'], 1)} "
+        f"at {b[2]} s",
+        f"(N_opt ∝ C^{fit['a']:.2f}, r² {fit['r2']:.2f} over three budgets)",
+        f"N = {fit['k']:.3f} · C^{fit['a']:.3f} parameters for C training FLOPs",
+        f"at least {fewest:.1f} tokens a parameter (the fewest on the study's frontier)",
+    ]
+    assert not missing_from_readme(figures)
+
+
+# ----------------------------------------------------------------------------------------------
+# What quantization costs (bench/quantize_quality.py) and what loading gpt2-xl holds (bench/load_memory.py)
+
+
+def test_readme_states_the_quantize_quality_table():
+    from minigpt.model.config import GPTConfig
+
+    result = committed("quantize-quality.json")
+    texts = result["settings"]["texts"]
+    stdlib, shakespeare = list(texts)
+    assert stdlib == "stdlib val" and shakespeare == "tinyshakespeare.txt"
+    scores = {(r["model"], r["text"]): r for r in result["results"]}
+    models = list(dict.fromkeys(r["model"] for r in result["results"]))
+    assert models[0] == "float32" and all(r["bytes"] == texts[r["text"]] for r in result["results"])
+
+    def name(model: str) -> str:
+        return {"bfloat16": "bf16"}.get(model, model.replace("int4-g", "int4, group "))
+
+    def change(delta: float) -> str:
+        return f"{delta:+.4f}".replace("-", "−")
+
+    rows = [f"| float32 | {scores['float32', stdlib]['bpb']:.4f} | {scores['float32', shakespeare]['bpb']:.4f} |"]
+    for model in models[1:]:
+        a, b = scores[model, stdlib]["bpb_vs_float32"], scores[model, shakespeare]["bpb_vs_float32"]
+        assert a == pytest.approx(scores[model, stdlib]["bpb"] - scores["float32", stdlib]["bpb"])
+        rows.append(f"| {name(model)} | {change(a)} | {change(b)} |")
+    n = GPTConfig(**result["config"]).num_params()
+    figures = [
+        *rows,
+        f"on the default `train.py` model ({millions(n, 1)} parameters)",
+        f"bits per byte of held-out text ({texts[stdlib]:,} bytes of stdlib val, {texts[shakespeare]:,} of "
+        "Shakespeare)",
+    ]
+    assert not missing_from_readme(figures)
+
+
+def test_readme_states_the_load_memory_figures():
+    result = committed("load-memory-gpt2-xl.json")
+    summary = {(s["reader"], s["dtype"]): s for s in result["summary"]}
+    plain, library = summary["plain-reads", "bfloat16"], summary["library", "bfloat16"]
+    loads = [r for r in result["runs"] if (r["reader"], r["dtype"]) == ("plain-reads", "bfloat16")]
+    assert len({len([r for r in result["runs"] if (r["reader"], r["dtype"]) == k]) for k in summary}) == 1
+    before = sorted(r["rss_before_load_bytes"] for r in loads)[0]
+    gib = lambda n: f"{n / 2**30:.2f} GiB"  # noqa: E731
+    figures = [
+        f"a random-init {result['preset']}-shaped fp32 checkpoint ({result['checkpoint_bytes'] / 1e9:.1f} GB)",
+        f"medians of {['one', 'two', 'three'][len(loads) - 1]} loads each",
+        f"peaks at **{gib(plain['peak_rss_bytes_median'])}** resident for a {gib(plain['model_bytes'])} bf16 model",
+        f"(about {before / 2**30:.1f} GiB of that is the interpreter and torch before loading)",
+        f"peaks at {gib(library['peak_rss_bytes_median'])} resident",
+        f"took {library['load_s_median']:.0f} s against {plain['load_s_median']:.0f} s for the plain reads",
+    ]
+    assert result["checkpoint_dtype"] == "float32" and result["cpu"] == "AMD EPYC"
+    assert not missing_from_readme(figures)
+
+
+def test_readme_states_the_budget_sizing_figures():
+    result = committed("budget-sizing-cpu.json")
+    arms, load = result["arms"], result["load"]
+    sized, defaults, nano = arms["sized"], arms["cpu-defaults"], arms["nanogpt"]
+    shape = sized["sizing"]
+    assert sized["bpb"] < defaults["bpb"] < nano["bpb"] and defaults["sizing"] is None and nano["sizing"] is None
+    assert defaults["process_wall_s"] == pytest.approx(nano["process_wall_s"], abs=0.5)  # "each process took"
+    figures = [
+        f"One {result['budget_s']:.0f} s comparison",
+        f"where other jobs took {load['others_cpu_share']:.0%} of the CPU",
+        f"the sized run ({shape['n_layer']} x {shape['n_embd']}, {shape['tokenizer']}; its process ended after "
+        f"{sized['process_wall_s']:.0f} s) reached **{sized['bpb']:.3f}** bits per byte",
+        f"the `cpu` defaults {defaults['bpb']:.3f} and nanoGPT's recipe {nano['bpb']:.3f} (their "
+        f"{result['budget_s']:.0f} s are training steps only; each process took {defaults['process_wall_s']:.0f} s)",
+    ]
+    assert not missing_from_readme(figures)
+
+
+def test_readme_states_the_tokenizer_cache_figure():
+    result = committed("startup-cpu.json")
+    assert not missing_from_readme([f"reading it takes {result['tokenizer']['get_encoding_s']:.3f} s"])
