@@ -47,8 +47,8 @@ RINNA_PROMPT = "ユーザー: 日本のおすすめの観光地を教えてく�
 PROMPTS = {"pythia": "The quick brown fox", "rinna": RINNA_PROMPT, "abeja": "吾輩は猫である。名前は"}
 QUESTIONS = [  # JCommonsenseQA-style: a question, five answers, the context ending where an answer begins
     (
-        "電子機器で使用される最も主要な電子回路基板の事をなんと言う？",
-        ["掲示板", "パソコン", "マザーボード", "ハードディスク", "まな板"],
+        "雨の日に出かけるとき、濡れないように持っていくものは？",
+        ["扇風機", "冷蔵庫", "傘", "布団", "黒板"],
     ),
     ("田んぼに植えるものは何？", ["稲", "猫", "車", "雪", "本"]),
     ("東京にあるものは？", ["富士山", "東京タワー", "大阪城", "金閣寺", "海"]),
