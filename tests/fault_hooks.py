@@ -4,6 +4,7 @@ Environment:
   FAULT_EVENTS   a file; every hook appends its name to it as it is reached
   FAULT_AT       KIND:N - at the N-th event of KIND, append "PAUSED KIND N" and sleep, so the
                  test can SIGKILL the process right there. Kinds:
+                   setup    a set-up collective of Trainer (rank 0's checks sent to every rank) begins
                    step     a training forward begins
                    write    a checkpoint's train_state.safetensors is about to be written
                            (its model files are already in the temporary directory)
@@ -71,6 +72,15 @@ def install() -> None:
             event("prune")
         return rmtree(path, *args, **kwargs)
 
+    from minigpt.train.trainer import Trainer
+
+    raise_on_all_ranks = Trainer._raise_on_all_ranks
+
+    def hooked_raise_on_all_ranks(self, *args, **kwargs):
+        event("setup")
+        return raise_on_all_ranks(self, *args, **kwargs)
+
+    Trainer._raise_on_all_ranks = hooked_raise_on_all_ranks
     GPT.forward = hooked_forward
     checkpoint.save_file = hooked_save_file
     checkpoint.write_latest = hooked_write_latest

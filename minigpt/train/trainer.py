@@ -195,6 +195,14 @@ class Trainer:
         self.runtime = runtime = start_runtime(
             cfg.device, cfg.dtype, cfg.attn_backend, cfg.ln_backend, cfg.dist_timeout
         )
+        with runtime.collective_timeouts():  # a rank that stops answering during set-up: one line too
+            self._set_up(cfg, resume, explicit, deadline)
+
+    def _set_up(
+        self, cfg: TrainConfig, resume: str | Path | None, explicit: frozenset[str], deadline: float | None
+    ) -> None:
+        """Everything __init__ does once the process group is joined (its collectives included)."""
+        runtime = self.runtime
         self.fsdp = cfg.parallel == "fsdp"
         if self.fsdp and not runtime.distributed:
             raise ConfigError(

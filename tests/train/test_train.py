@@ -694,3 +694,46 @@ def test_a_frozen_rank_stops_the_other_within_the_timeout(data_dir, tmp_path, fr
     [line] = [line for line in err.splitlines() if line.startswith("error: ")]
     assert f"rank {1 - frozen}: rank {frozen} stopped answering" in line and "--dist-timeout 5 s" in line, err
     assert waited < 40, waited
+
+
+@pytest.mark.slow
+def test_a_rank_that_stops_answering_during_set_up_is_one_line(data_dir, tmp_path):
+    """Rank 1 stalls before the first set-up collective (rank 0's checks sent to every rank):
+    rank 0 gives up after --dist-timeout in one line naming rank 1, not a traceback."""
+    out, port = tmp_path / "run", 29700 + os.getpid() % 1000
+    argv = tiny_argv(data_dir, out, max_steps=10, dist_timeout=5)
+    procs = []
+    for rank in (0, 1):
+        events = tmp_path / f"events{rank}"
+        events.write_text("")
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "FAULT_EVENTS": str(events),
+            **({"FAULT_AT": "setup:1"} if rank == 1 else {}),
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(ROOT / "tests" / "fault_hooks.py"), *argv],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    try:
+        _, err = procs[0].communicate(timeout=90)
+    finally:
+        for p in procs:
+            p.kill()
+            p.communicate()
+    assert procs[0].returncode == 1, err[-2000:]
+    assert "Traceback" not in err
+    [line] = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert "rank 0: rank 1 stopped answering" in line and "--dist-timeout 5 s" in line, err
