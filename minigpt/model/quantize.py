@@ -90,9 +90,10 @@ def _round_up_bf16(x: torch.Tensor) -> torch.Tensor:
 
 def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """w (N, K) -> q (N, K) int8 and scale (N,) bf16 with w ~ q * scale[:, None]."""
-    w = w.detach().float()
-    scale = _round_up_bf16((w.abs().amax(dim=1) / 127).clamp(min=_TINY))  # |w| / scale <= 127: no clamping
-    q = torch.round(w / scale.float()[:, None]).clamp(-127, 127).to(torch.int8)
+    w = w.detach().to(torch.float32, copy=True)  # rounded in place below (fresh temporaries are slow to fault in)
+    biggest = torch.maximum(w.amax(dim=1), w.amin(dim=1).neg_())  # max |w| per row
+    scale = _round_up_bf16((biggest / 127).clamp(min=_TINY))  # |w| / scale <= 127: no clamping
+    q = w.div_(scale.float()[:, None]).round_().clamp_(-127, 127).to(torch.int8)
     return q, scale
 
 
@@ -100,13 +101,13 @@ def quantize_int4(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch
     """w (N, K) -> q (N, K) int32 in [0, 15], scale and zero (N, K // group_size) bf16 with
     w[n, k] ~ (q[n, k] - 8) * scale[n, k // g] + zero[n, k // g]."""
     N, K = w.shape
-    g = w.detach().float().reshape(N, K // group_size, group_size)
+    g = w.detach().to(torch.float32, copy=True).reshape(N, K // group_size, group_size)  # rounded in place below
     lo, hi = g.amin(dim=-1), g.amax(dim=-1)
     # levels zero - 8 s ... zero + 7 s: round the zero first, then pick s so both ends still cover [lo, hi]
     zero = (lo + 8 * ((hi - lo) / 15)).to(torch.bfloat16)
     z = zero.float()
     scale = _round_up_bf16(torch.maximum((z - lo) / 8, (hi - z) / 7).clamp(min=_TINY))
-    q = torch.round((g - z[..., None]) / scale.float()[..., None] + 8).clamp(0, 15)
+    q = g.sub_(z[..., None]).div_(scale.float()[..., None]).add_(8).round_().clamp_(0, 15)  # round((g - z) / s + 8)
     return q.reshape(N, K).to(torch.int32), scale, zero
 
 
