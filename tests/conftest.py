@@ -3,11 +3,20 @@
 The Triton kernels run under the Triton interpreter on machines without a CUDA GPU.
 TRITON_INTERPRET is read when a kernel is decorated, so it must be set before
 anything imports `minigpt_kernels` (or triton); conftest.py is imported first by pytest.
+Quantized loads keep their models in a cache folder of the test session, never the user's
+(~/.cache/minigpt/quantized); child processes inherit it.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import torch
+
+if "MINIGPT_QUANTIZED_DIR" not in os.environ:
+    os.environ["MINIGPT_QUANTIZED_DIR"] = tempfile.mkdtemp(prefix="minigpt-test-quantized-")
+    atexit.register(shutil.rmtree, os.environ["MINIGPT_QUANTIZED_DIR"], ignore_errors=True)
 
 if "TRITON_INTERPRET" not in os.environ:
     os.environ["TRITON_INTERPRET"] = "0" if torch.cuda.is_available() else "1"

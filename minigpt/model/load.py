@@ -7,18 +7,26 @@
 The model is built on the meta device (no memory, no initialisation) and takes the checkpoint's
 tensors as its parameters, each already in `dtype` on `device` (minigpt.model.weights). With
 `quantize`, each linear weight is quantized as it is read: the peak is about the quantized model
-plus one full-precision tensor, never the full-precision model.
+plus one full-precision tensor, never the full-precision model. The quantized model is then kept
+in a cache ($MINIGPT_QUANTIZED_DIR, else ~/.cache/minigpt/quantized), so the next load of the same
+checkpoint files (their names, sizes and times), mode, dtype and device type reads it instead.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import sys
 from pathlib import Path
 
 import torch
 from torch.overrides import TorchFunctionMode
 
+from minigpt.files import atomic_write
 from minigpt.model import weights
 from minigpt.model.backends import set_backends
+from minigpt.model.config import GPTConfig
 from minigpt.model.model import GPT
 from minigpt.model.quantize import (
     DEFAULT_GROUP_SIZE,
@@ -60,6 +68,7 @@ def from_pretrained(
     ln_backend: str = "auto",
     quantize: str | None = None,
     group_size: int = DEFAULT_GROUP_SIZE,
+    quantized_cache: bool = True,
 ) -> GPT:
     """Load OpenAI's GPT-2 (a preset name), a hub id, a Hugging Face style directory, a .safetensors
     file or a train.py run (its latest checkpoint), in eval mode, with the backends resolved for `device`.
@@ -67,6 +76,8 @@ def from_pretrained(
     quantize="int8" or "int4" (with group_size) gives the model minigpt.model.quantize.quantize_model
     makes, loaded one tensor at a time: every linear layer of the blocks and the lm_head quantized
     as its weight is read. The shapes are checked against the kernels' rules before anything is read.
+    The quantized model is kept on disk and read back by the next such load (quantized_cache=False:
+    neither read nor written; see quantized_cache_file).
     """
     if quantize is None:
         config, state, source, family = weights.load_state_dict(name_or_path, dtype=dtype, device=device)
@@ -76,7 +87,16 @@ def from_pretrained(
         model.load_state_dict(state, strict=True, assign=True)
         model = model.to(device or "cpu").eval()
         return set_backends(model, attn_backend, ln_backend)
-    return _load_quantized(name_or_path, device, dtype, attn_backend, ln_backend, quantize, group_size)
+    check_mode(quantize, group_size)
+    device = torch.device(device or "cpu")
+    cache = quantized_cache_file(name_or_path, quantize, group_size, dtype or torch.float32, device)
+    cache = cache if quantized_cache else None
+    model = read_quantized_cache(cache, device) if cache is not None else None
+    if model is None:
+        model = _load_quantized(name_or_path, device, dtype, quantize, group_size)
+        if cache is not None:
+            write_quantized_cache(model, cache)
+    return set_backends(model.to(device).eval(), attn_backend, ln_backend)
 
 
 def _linear_names(model: GPT) -> dict[str, tuple[int, int]]:
@@ -88,9 +108,7 @@ def _linear_names(model: GPT) -> dict[str, tuple[int, int]]:
     }
 
 
-def _load_quantized(name_or_path, device, dtype, attn_backend, ln_backend, mode: str, group_size: int) -> GPT:
-    check_mode(mode, group_size)
-    device = torch.device(device or "cpu")
+def _load_quantized(name_or_path, device: torch.device, dtype, mode: str, group_size: int) -> GPT:
     quantized: dict[str, QuantizedLinear] = {}  # module name -> its quantized layer
     checked = {}
 
@@ -123,8 +141,7 @@ def _load_quantized(name_or_path, device, dtype, attn_backend, ln_backend, mode:
     weights.check_state_dict(state, expected, config, source, family)
     if not quantized:  # a weights file without a config: its shape was known only once it was read
         model.load_state_dict(state, strict=True, assign=True)
-        model = quantize_model(model.to(device).eval(), mode, group_size)
-        return set_backends(model, attn_backend, ln_backend)
+        return quantize_model(model.to(device).eval(), mode, group_size)
     for module, layer in quantized.items():  # the quantized layers take the float ones' places
         if module == "lm_head":
             continue
@@ -144,8 +161,83 @@ def _load_quantized(name_or_path, device, dtype, attn_backend, ln_backend, mode:
         model.lm_head = head if head is not None else QuantizedLinear(model.transformer.wte.weight, mode, group_size)
         for layer in [m for m in model.modules() if isinstance(m, QuantizedLinear)]:
             kernel_call(layer.forward, torch.zeros(1, layer.in_features, device=device, dtype=KERNEL_DTYPE))
-    model = model.to(device).eval()
-    return set_backends(model, attn_backend, ln_backend)
+    return model.to(device).eval()
+
+
+# ----------------------------------------------------------------------------------------------
+# The quantized-weight cache
+
+
+def quantized_cache_dir() -> Path:
+    """$MINIGPT_QUANTIZED_DIR, else ~/.cache/minigpt/quantized."""
+    root = os.environ.get("MINIGPT_QUANTIZED_DIR")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "minigpt" / "quantized"
+
+
+def quantized_cache_file(name_or_path, mode: str, group_size: int, dtype: torch.dtype, device) -> Path | None:
+    """Where the quantized model of this checkpoint, mode, group size, dtype and device type is kept:
+    named by a hash of those and of every file beside the weights (name, size, modification time),
+    so a changed checkpoint is quantized afresh. None for a name that is no local file or cached
+    hub snapshot (nothing is downloaded here; the load that follows says what is wrong)."""
+    try:
+        source = weights.find_weights(name_or_path)[0]
+    except (ValueError, OSError):  # CheckpointError is a ValueError; the load itself reports it
+        return None
+    files = sorted(p for p in source.parent.iterdir() if p.is_file() and not p.name.startswith("."))
+    stamp = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    key = json.dumps([str(source.resolve()), stamp, mode, group_size, str(dtype), torch.device(device).type])
+    return quantized_cache_dir() / f"{hashlib.sha1(key.encode()).hexdigest()}.safetensors"
+
+
+def _cache_record(model: GPT) -> dict:
+    """What a cache file says of its model: the config, torch's version and each quantized layer."""
+    layers = {
+        name: [m.mode, m.group_size, m.out_features, m.in_features]
+        for name, m in model.named_modules()
+        if isinstance(m, QuantizedLinear)
+    }
+    return {"config": model.config.to_dict(), "torch": torch.__version__, "layers": layers}
+
+
+def write_quantized_cache(model: GPT, path: Path) -> None:
+    """Keep a quantized model (atomically); a failure (a full disk, a read-only home) is one line on
+    stderr and the model is used as it is."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    metadata = {"minigpt_quantized": json.dumps(_cache_record(model))}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda f: save_file(tensors, f.name, metadata=metadata))
+    except OSError as e:
+        print(f"minigpt: could not keep the quantized model in {path}: {e.strerror or e}", file=sys.stderr)
+
+
+def read_quantized_cache(path: Path, device: torch.device) -> GPT | None:
+    """The model kept in a cache file, or None if there is none (or it is unusable: then one line on
+    stderr says why, and the caller quantizes afresh and replaces it)."""
+    if not path.is_file():
+        return None
+    try:
+        metadata, tensors = weights.read_tensors(path)
+        record = json.loads(metadata["minigpt_quantized"])
+        if record["torch"] != torch.__version__:  # int4's packed layout is the kernel's own
+            raise ValueError(f"it was written by torch {record['torch']}, this is {torch.__version__}")
+        state = {k: t.to(device) for k, t in tensors}
+        model = build_on_meta(GPTConfig.from_dict(record["config"]))
+        for name, (mode, group_size, n, k) in record["layers"].items():
+            buffers = {key[len(name) + 1 :]: state.pop(key) for key in list(state) if key.startswith(name + ".")}
+            layer = QuantizedLinear.from_buffers(mode, group_size or DEFAULT_GROUP_SIZE, n, k, buffers)
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, layer)
+        unexpected = model.load_state_dict(state, strict=False, assign=True).unexpected_keys
+        leftover = [k for k, v in model.state_dict().items() if v.is_meta]
+        if unexpected or leftover:
+            raise ValueError(f"its tensors do not match its config ({(unexpected or leftover)[0]})")
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:  # CheckpointError and JSONDecodeError are ValueErrors
+        print(f"minigpt: not using the quantized model kept in {path}: {str(e).splitlines()[0]}", file=sys.stderr)
+        return None
+    return model
 
 
 def save_pretrained(model: GPT, directory: str | Path, transformers_only: bool = True) -> None:

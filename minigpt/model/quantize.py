@@ -242,6 +242,26 @@ class QuantizedLinear(nn.Module):
         self.packed_for = weight.device.type
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
 
+    @classmethod
+    def from_buffers(
+        cls, mode: str, group_size: int, out_features: int, in_features: int, buffers: dict[str, torch.Tensor]
+    ) -> QuantizedLinear:
+        """The layer whose buffers (a state_dict of one, e.g. read back from a file) are given: nothing
+        is rounded again. The buffers must come from this torch on this device type (int4's packed
+        layout is the kernel's own), which minigpt.model.load's quantized-weight cache records."""
+        check_mode(mode, group_size)
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        layer.mode, layer.in_features, layer.out_features = mode, in_features, out_features
+        layer.group_size = group_size if mode == "int4" else None
+        layer.reference = False
+        layer.packed_for = buffers["qweight"].device.type
+        scales = ("scale",) if mode in INT8_WEIGHTS else ("scale_and_zero",)
+        for name in ("qweight", *scales):
+            layer.register_buffer(name, buffers[name])
+        layer.register_buffer("bias", buffers.get("bias"))
+        return layer
+
     def extra_repr(self) -> str:
         group = f", group_size={self.group_size}" if self.mode == "int4" else ""
         return f"{self.in_features}, {self.out_features}, {self.mode}{group}, bias={self.bias is not None}"

@@ -537,3 +537,35 @@ def test_readme_states_the_budget_sizing_figures():
 def test_readme_states_the_tokenizer_cache_figure():
     result = committed("startup-cpu.json")
     assert not missing_from_readme([f"reading it takes {result['tokenizer']['get_encoding_s']:.3f} s"])
+
+
+def test_readme_states_the_quantized_cache_figures():
+    result = committed("quantized-cache-cpu.json")
+    assert not result["tiny"] and result["mode"] == "int4"
+    cold, warm = result["median"]["cold"], result["median"]["warm"]
+    figures = [
+        f"medians of {result['rounds']}",
+        f"a cold start took {cold['wall_s']:.2f} s (loading and quantizing {cold['load_s']:.1f} s, "
+        f"peak {cold['peak_rss_bytes'] / 1e6:.0f} MB)",
+        f"a warm one {warm['wall_s']:.2f} s (loading {warm['load_s']:.1f} s, "
+        f"peak {warm['peak_rss_bytes'] / 1e6:.0f} MB)",
+    ]
+    assert not missing_from_readme(figures)
+
+
+def test_quantized_cache_bench_runs_tiny(tmp_path):
+    out = tmp_path / "q.json"
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "quantized_cache.py"), "--tiny", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert_well_formed(result, committed("quantized-cache-cpu.json"))
+    for kind in ("cold", "warm"):
+        assert all(
+            run["wall_s"] > 0 and run["load_s"] >= 0 and run["peak_rss_bytes"] > 0 for run in result["runs"][kind]
+        )

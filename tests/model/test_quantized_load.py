@@ -131,3 +131,76 @@ def test_int4_load_of_a_20b_wide_model_never_holds_it_in_full(tmp_path):
     largest = 2 * F * C  # one MLP matrix in bfloat16
     assert rss["held"] < 0.45 * size  # quantized: every linear layer and the head in 4 bits
     assert rss["after"] - rss["before"] < 1.1 * (rss["held"] + largest), (rss, size)
+
+
+# ----------------------------------------------------------------------------------------------
+# The quantized-weight cache
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    directory = tmp_path / "quantized-cache"
+    monkeypatch.setenv("MINIGPT_QUANTIZED_DIR", str(directory))
+    return directory
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4", "int8-dynamic"])
+@pytest.mark.parametrize("family, fields", [("gpt2", {}), ("gpt_neox", {})], ids=["gpt2-tied", "neox-untied"])
+def test_a_second_load_reads_the_cache_and_quantizes_nothing(tmp_path, cache_dir, monkeypatch, family, fields, mode):
+    import minigpt.model.load as load
+
+    path = hf_checkpoint(tmp_path / "ckpt", family, **fields)
+    first = from_pretrained(path, quantize=mode)
+    assert len(list(cache_dir.glob("*.safetensors"))) == 1
+
+    def no_rounding(*args, **kwargs):
+        raise AssertionError("the cached model was quantized again")
+
+    monkeypatch.setattr(load, "_load_quantized", no_rounding)
+    second = from_pretrained(path, quantize=mode)
+    assert second.state_dict().keys() == first.state_dict().keys()
+    for (name, a), b in zip(first.state_dict().items(), second.state_dict().values(), strict=True):
+        assert a.dtype == b.dtype and torch.equal(a, b), name
+    idx = torch.randint(0, first.config.vocab_size, (2, 5))
+    with torch.no_grad():
+        assert torch.equal(first(idx), second(idx))
+
+
+def test_the_cache_follows_the_checkpoint_mode_and_dtype(tmp_path, cache_dir):
+    path = hf_checkpoint(tmp_path / "ckpt", "gpt2")
+    from_pretrained(path, quantize="int8")
+    from_pretrained(path, quantize="int4")
+    from_pretrained(path, quantize="int8", dtype=torch.bfloat16)
+    assert len(list(cache_dir.glob("*.safetensors"))) == 3
+    hf_checkpoint(tmp_path / "ckpt", "gpt2", n_layer=1)  # the checkpoint changes: quantized afresh
+    model = from_pretrained(path, quantize="int8")
+    assert model.config.n_layer == 1 and len(list(cache_dir.glob("*.safetensors"))) == 4
+    from_pretrained(path, quantize="int8", quantized_cache=False)
+    assert len(list(cache_dir.glob("*.safetensors"))) == 4
+
+
+@pytest.mark.parametrize("damage", ["torch-version", "truncated", "foreign"])
+def test_an_unusable_cache_is_one_line_and_replaced(tmp_path, cache_dir, capfd, damage):
+    from safetensors.torch import load_file, save_file
+
+    path = hf_checkpoint(tmp_path / "ckpt", "gpt2")
+    reference = from_pretrained(path, quantize="int4")
+    [kept] = cache_dir.glob("*.safetensors")
+    if damage == "torch-version":
+        from safetensors import safe_open
+
+        with safe_open(str(kept), "pt") as f:
+            record = json.loads(f.metadata()["minigpt_quantized"])
+        record["torch"] = "1.0.0"
+        save_file(load_file(kept), kept, metadata={"minigpt_quantized": json.dumps(record)})
+    elif damage == "truncated":
+        kept.write_bytes(kept.read_bytes()[:-100])
+    else:
+        save_file({"x": torch.zeros(3)}, kept)
+    capfd.readouterr()
+    model = from_pretrained(path, quantize="int4")
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("minigpt: not using the quantized model kept in"), err
+    for (name, a), b in zip(reference.state_dict().items(), model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert from_pretrained(path, quantize="int4") is not None and capfd.readouterr().err == ""  # replaced
