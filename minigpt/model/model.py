@@ -3,11 +3,13 @@
 Parameter names are OpenAI's (wte, wpe, h.N.ln_1, attn.c_attn, ...), so the released checkpoints
 load with a small table (minigpt.model.families). Shapes: B batch, T time, C channels (n_embd),
 nh heads, hs head size. With every config switch at its default this is GPT-2 exactly; the
-variants (transformers' GPT2LMHeadModel options, and rotary positions, q/k normalisation and
-no biases for small models) are small named pieces after it.
+variants (transformers' GPT2LMHeadModel options; GPT-NeoX's parallel residual, partial rotary
+positions and separate biases; q/k normalisation and no biases for small models) are config
+switches and small named pieces after it.
 
 The same forward serves training, scoring and decoding: given a KVCache it continues from the
-positions the cache holds. Faster attention and LayerNorm implementations are chosen outside
+positions the cache holds (one set for the batch, or one per row), and given doc_ids it keeps
+packed documents apart. Faster attention and LayerNorm implementations are chosen outside
 (minigpt.model.backends); loading, saving and quantization live beside it, not in it.
 """
 
@@ -352,8 +354,9 @@ def apply_rotary(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> to
 
 
 def document_positions(doc_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For documents packed in rows, doc_ids (B, T), each a run of equal ids: each token's position within its document
-    (B, T), and the (B, 1, T, T) mask letting a token see only the earlier tokens of its document."""
+    """For documents packed in rows, doc_ids (B, T), each a run of equal ids: each token's position
+    within its document (B, T), and the (B, 1, T, T) mask letting a token see only the earlier
+    tokens of its document."""
     B, T = doc_ids.shape
     index = torch.arange(T, device=doc_ids.device).expand(B, T)
     starts = torch.ones_like(doc_ids, dtype=torch.bool)
