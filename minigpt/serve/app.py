@@ -112,6 +112,10 @@ class _Sampling(_Strict):
     seed: int | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    # not OpenAI's either: the decoding controls of sample.py and chat.py, under vLLM's names
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    min_tokens: int = 0
 
 
 class CompletionBody(_Sampling):
@@ -153,7 +157,15 @@ def check_sampling_fields(body: _Sampling) -> None:
         raise bad_request(f"seed must be between 0 and 2**63 - {MAX_N + 1}, got {body.seed}", "seed")
     for name in ("presence_penalty", "frequency_penalty"):
         if getattr(body, name) not in (None, 0, 0.0):
-            raise bad_request(f"{name} is not supported (only 0)", name)
+            raise bad_request(f"{name} is not supported (only 0; repetition_penalty is)", name)
+    penalty = body.repetition_penalty
+    if not (math.isfinite(penalty) and penalty > 0):
+        raise bad_request(
+            f"repetition_penalty must be a finite number > 0 (1 is off), got {penalty}", "repetition_penalty"
+        )
+    for name in ("no_repeat_ngram_size", "min_tokens"):
+        if getattr(body, name) < 0:
+            raise bad_request(f"{name} must be >= 0 (0 is off), got {getattr(body, name)}", name)
     stops = stop_list(body.stop)
     if len(stops) > MAX_STOP:
         raise bad_request(f"stop takes at most {MAX_STOP} strings, got {len(stops)}", "stop")
@@ -171,7 +183,15 @@ def sampling_for(body: _Sampling, device: torch.device, sample_index: int) -> Sa
     seed = secrets.randbits(62) if body.seed is None else body.seed + sample_index
     generator = torch.Generator(device=device).manual_seed(seed)
     top_p = None if body.top_p is None or body.top_p >= 1 else body.top_p
-    return SamplingSettings(body.temperature, body.top_k, top_p, generator)
+    return SamplingSettings(
+        body.temperature,
+        body.top_k,
+        top_p,
+        generator,
+        repetition_penalty=body.repetition_penalty,
+        no_repeat_ngram_size=body.no_repeat_ngram_size,
+        min_new_tokens=body.min_tokens,
+    )
 
 
 # ----------------------------------------------------------------------------------------------

@@ -52,6 +52,21 @@ def test_greedy_completion_equals_sample_py(server, stop):
         assert not any(s in r.choices[0].text for s in stops)
 
 
+def test_decoding_controls_equal_sample_py(server):
+    """repetition_penalty, no_repeat_ngram_size and min_tokens (vLLM's names for sample.py's flags)."""
+    url, models = server
+    prompt = "The meaning of life is"
+    controls = dict(repetition_penalty=1.5, no_repeat_ngram_size=2, min_tokens=5)
+    r = client(url).completions.create(
+        model="tiny-a", prompt=prompt, max_tokens=30, temperature=0, seed=3, extra_body=controls
+    )
+    ref = reference(
+        models["tiny-a"], prompt, 30, temperature=0, repetition_penalty=1.5, no_repeat_ngram_size=2, min_new_tokens=5
+    )
+    plain = reference(models["tiny-a"], prompt, 30, temperature=0)
+    assert r.choices[0].text == ref.text and ref.tokens != plain.tokens  # the controls change the greedy text
+
+
 def test_a_stop_string_ends_the_completion(server):
     url, models = server
     r = client(url).completions.create(model="tiny-b", prompt="Hello", max_tokens=40, temperature=0)
