@@ -239,7 +239,7 @@ def main(argv=None) -> int:
         ],
         "load_average_after": list(os.getloadavg()),
         "notes": [
-            "The machine is shared with other engineers' work running at the same time: read the ratios "
+            "The machine was shared with other work running at the same time: read the ratios "
             "taken side by side in each round (decode_vs_llama_cpp, decode_vs_first), not the absolute rates.",
             "decode: N greedy steps at batch 1 after a one-token prompt; llama.cpp: llama-bench tg<N>, same threads.",
             "first_decode_s: the first decode of N tokens, the compilation included for mode 'compiled' "
