@@ -239,6 +239,17 @@ class Run:
                 open_jobs -= 1
             yield i, event
 
+    async def finish(self, request: Request | None = None) -> None:
+        """Wait for every job (a whole, non-streamed answer); a job that failed is a 500."""
+        try:
+            async for _ in self.events(request):
+                pass
+        finally:
+            self.cancel()
+        failed = [job.error for job in self.jobs if job.error]
+        if failed:
+            raise APIError(500, failed[0], type="server_error")
+
     def cancel(self) -> None:
         for job in self.jobs:
             job.cancel()
@@ -445,14 +456,7 @@ def create_app(
 
             return StreamingResponse(chunks(), media_type="text/event-stream")
 
-        try:
-            async for _ in run.events(request):
-                pass
-        finally:
-            run.cancel()
-        failed = [job.error for job in run.jobs if job.error]
-        if failed:
-            raise APIError(500, failed[0], type="server_error")
+        await run.finish(request)
         choices = []
         for i, job in enumerate(run.jobs):
             text = echo(i) + job.completion.text
@@ -544,14 +548,7 @@ def create_app(
 
             return StreamingResponse(chunks(), media_type="text/event-stream")
 
-        try:
-            async for _ in run.events(request):
-                pass
-        finally:
-            run.cancel()
-        failed = [job.error for job in run.jobs if job.error]
-        if failed:
-            raise APIError(500, failed[0], type="server_error")
+        await run.finish(request)
         choices = []
         for i, job in enumerate(run.jobs):
             message = {"role": "assistant", "content": served.chat.reply_text(job.completion.text)}
