@@ -41,7 +41,7 @@ if __name__ == "__main__":  # before torch is imported: passive OpenMP waiting, 
 
 import torch  # noqa: E402
 
-from bench.common import RESULTS_DIR, RUNS_DIR, environment, log, write_json  # noqa: E402
+from bench.common import RESULTS_DIR, RUNS_DIR, environment, log, status_bytes, write_json  # noqa: E402
 from minigpt.cli import OneLineParser  # noqa: E402
 from minigpt.model.families import family_of  # noqa: E402
 from minigpt.model.load import build_on_meta  # noqa: E402
@@ -240,15 +240,6 @@ def write_checkpoint(hf_config: dict, directory: Path) -> int:
 
 # ----------------------------------------------------------------------------------------------
 # Loading and decoding, in a fresh process per precision
-
-
-def status_bytes(field: str) -> int:
-    """A memory figure of this process from /proc/self/status (VmHWM: its peak resident set)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field} in /proc/self/status: this benchmark needs Linux")
 
 
 def machine_busy_seconds() -> float:

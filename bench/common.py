@@ -105,3 +105,12 @@ def environment(device: str | torch.device) -> dict:
         "commit": git_commit(),
         "date": utc_now(),
     }
+
+
+def status_bytes(field: str) -> int:
+    """A memory figure of this process from /proc/self/status (VmHWM: its peak resident set)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status: this benchmark needs Linux")

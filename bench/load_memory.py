@@ -37,7 +37,7 @@ if __name__ == "__main__":  # before torch is imported: passive OpenMP waiting, 
 
 import torch  # noqa: E402
 
-from bench.common import RESULTS_DIR, environment, log, write_json  # noqa: E402
+from bench.common import RESULTS_DIR, environment, log, status_bytes, write_json  # noqa: E402
 from minigpt.model import weights  # noqa: E402
 from minigpt.model.config import PRESETS, preset  # noqa: E402
 from minigpt.model.families import GPT2  # noqa: E402
@@ -84,15 +84,6 @@ def write_random_checkpoint(name: str, directory: Path) -> None:
     tensors = {k: torch.randn(s) * 0.02 for k, s in shapes.items()}
     save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
     (directory / "config.json").write_text(json.dumps(GPT2.config_to_hf(cfg)))
-
-
-def status_bytes(field: str) -> int:
-    """A memory figure of this process from /proc/self/status (VmHWM: peak resident set)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field} in /proc/self/status: this benchmark needs Linux")
 
 
 def library_reader(path: Path, dtype=None):
