@@ -13,7 +13,8 @@ without AMX's tile kernels. A CPU without AMX skips that build (native already h
 
 A random-init GPT-2 124M is saved with minigpt's own writer and exported by minigpt.export at f32,
 f16, q8_0 and q4_0. Before timing anything, llama.cpp's greedy tokens on the f32 file must equal
-minigpt's; the q8_0 file is also checked against llama-quantize's own q8_0 of the f32 file.
+minigpt's (on a copy whose block weights are scaled up, PARITY_BLOCK_SCALE, so that its greedy
+tokens do not repeat); the q8_0 file is also checked against llama-quantize's own q8_0 of the f32 file.
 
 Then the two engines take turns (A B A B ...) for each figure:
 - decode: tokens/s at batch 1, 128 new tokens, the prompt excluded (llama-bench's tg128; for
@@ -179,12 +180,25 @@ PAIRS = {
 PROMPT = "The meaning of life is"
 
 
-def make_model(folder: Path) -> Path:
-    """A random-init GPT-2 124M (seed 0) with GPT-2's tokenizer, saved by minigpt."""
-    directory = folder / "gpt2-random"
+# The greedy-parity model's block matrices are scaled up from GPT-2's init (std 0.02) by this
+# factor: at 1x a random-init GPT-2 repeats one token (its tied embedding dominates the residual),
+# a check a wrong attention or MLP would still pass; at 3x its 32 greedy tokens are nearly all
+# distinct, so any difference in the blocks' maths shows.
+PARITY_BLOCK_SCALE = 3.0
+
+
+def make_model(folder: Path, block_scale: float = 1.0) -> Path:
+    """A random-init GPT-2 124M (seed 0) with GPT-2's tokenizer, saved by minigpt; block_scale
+    multiplies the transformer blocks' weight matrices (see PARITY_BLOCK_SCALE)."""
+    directory = folder / ("gpt2-random" if block_scale == 1.0 else f"gpt2-random-x{block_scale:g}")
     if not (directory / "model.safetensors").exists():
         torch.manual_seed(0)
-        save_pretrained(GPT(preset("gpt2")).eval(), directory)
+        model = GPT(preset("gpt2")).eval()
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if p.dim() == 2 and ".h." in name:
+                    p.mul_(block_scale)
+        save_pretrained(model, directory)
         GPT2Tokenizer().save_pretrained(directory)
     return directory
 
@@ -242,6 +256,7 @@ def greedy_parity(binaries: Path, directory: Path, f32: Path, n: int = 32) -> di
         "prompt": PROMPT,
         "new_tokens": n,
         "minigpt_tokens": ours,
+        "distinct_tokens": len(set(ours)),
         "equal": theirs == ours_bytes,
         "llama_cpp_text": theirs.decode(errors="replace"),
         "minigpt_text": ours_bytes.decode(errors="replace"),
@@ -452,7 +467,11 @@ def main() -> int:
     log("exporting f32, f16, q8_0 and q4_0 with minigpt.export")
     files = export_all(directory, work)
     binaries = builds["native"]
-    parity = greedy_parity(binaries, directory, files["f32"]["path"])
+    parity_dir = make_model(work, PARITY_BLOCK_SCALE)
+    parity_f32 = work / f"{parity_dir.name}-f32.gguf"
+    if not parity_f32.exists():
+        export_gguf(parity_dir, parity_f32, "f32")
+    parity = {"block_scale": PARITY_BLOCK_SCALE, **greedy_parity(binaries, parity_dir, parity_f32)}
     log(f"greedy tokens equal on the f32 file: {parity['equal']}")
     if not parity["equal"]:
         print(f"error: llama.cpp's greedy tokens differ from minigpt's: {parity}", file=sys.stderr)
