@@ -4,6 +4,7 @@
     python bench/push.py --ab         # the recipe A/Bs, each pair at equal wall clock
     python bench/push.py --study      # val bpb against parameters and FLOPs, the compute-optimal frontier
     python bench/push.py --sizing     # a sized budget run beside the cpu defaults and nanoGPT's recipe
+    python bench/push.py --nanogpt DIR  # nanoGPT's own train.py from DIR, then a sized minigpt run in its time
 
 The text is tinyshakespeare (--text; default shared/data/tinyshakespeare.txt beside the
 repository or its parent folder, else `train.py --data shakespeare`'s download). It is split as
@@ -25,6 +26,17 @@ the matrices, lr 1e-3 with 100 warmup steps and a cosine to 1e-4 at step 2000, g
 clipping at 1, learned positions, tied head, no biases (nanoGPT's train.py default). minigpt's
 character tokenizer adds 257 ids (byte fallback, end of text) to the 65 characters, which costs
 a 128 x 322 head instead of 128 x 65.
+
+--nanogpt DIR runs nanoGPT's own code instead of that restatement (bench/nanogpt.py: a copy of
+DIR's train.py, model.py, configurator.py and config in --work, its data prepared as its
+prepare.py does, its README CPU command with --always_save_checkpoint=True so that the final
+model is scored; --nanogpt-max-iters shortens it). Then `train.py --data D --out-dir O
+--time-budget T`, T nanoGPT's training seconds (the sum of its per-iteration times), sizes a
+minigpt run on the same split, tokenized with the BPE its rule picks for the corpus (512 for
+Shakespeare; prepared beforehand, as a second run finds it cached), train.py's defaults for
+everything else; its budget is its whole process's wall clock. Both run one after the other with the machine's
+threads, in the environment push.py was started with, and both final models are scored on the
+same held-out bytes: nanoGPT's val part (held out by both). Results: nanogpt-real-<stem>-cpu.json.
 
 Results go to bench/results/ (--out DIR for elsewhere): push.json/.md/.png, push-ab.json/.md,
 push-study.json/.md/.png, each with the machine, versions and commit (bench/common.py).
@@ -49,12 +61,16 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: the repository's package, not an installed one
     sys.path.insert(0, str(ROOT))
 
+LAUNCH_ENV = dict(os.environ)  # as the user started push.py, before entrypoint.start() adds to it
+
 if __name__ == "__main__":  # before torch is imported: passive OpenMP waiting, a quiet early Ctrl-C
     from minigpt import entrypoint
 
     entrypoint.start()
 
+from bench import nanogpt  # noqa: E402
 from bench.common import RESULTS_DIR, environment, log, write_json, write_text  # noqa: E402
+from minigpt.cli import OneLineParser  # noqa: E402
 from minigpt.provenance import cpu_model  # noqa: E402
 from minigpt.train.config import TrainConfig, make_config  # noqa: E402
 
@@ -697,6 +713,154 @@ def sizing_comparison(text_path: Path, work: Path, budget: float = 60.0) -> dict
     }
 
 
+def run_measured(cmd: list[str], cwd: Path, env: dict, stdout: Path, stderr: Path) -> dict:
+    """One process, its output to files: {"returncode", "wall_s", "others_cpu_share" (as in
+    run_side_by_side), "load_avg"}."""
+    busy0, own0, t0 = _busy_seconds(), _children_cpu(), time.perf_counter()
+    with open(stdout, "w") as out, open(stderr, "w") as err:
+        returncode = subprocess.run(cmd, cwd=cwd, env=env, stdout=out, stderr=err).returncode
+    wall = time.perf_counter() - t0
+    busy1, own1 = _busy_seconds(), _children_cpu()
+    share = None
+    if busy0 is not None and busy1 is not None:
+        share = max(0.0, (busy1 - busy0) - (own1 - own0)) / (wall * (os.cpu_count() or 1))
+    return {"returncode": returncode, "wall_s": wall, "others_cpu_share": share, "load_avg": list(os.getloadavg())}
+
+
+def nanogpt_real(
+    text_path: Path, work: Path, source: Path, max_iters: int = nanogpt.README_MAX_ITERS, env: dict | None = None
+) -> dict:
+    """nanoGPT's own train.py (a scratch copy of `source`, bench/nanogpt.py), then minigpt's
+    train.py sized to nanoGPT's training seconds, one after the other with the machine's threads;
+    both final models scored on the same held-out bytes. Raises NanoGPTError (one line)."""
+    import torch
+
+    env = dict(LAUNCH_ENV if env is None else env)
+    nanogpt.check_dir(source)
+    text = nanogpt.read_text(text_path)
+    copy = nanogpt.scratch_copy(source, work / "nanogpt")
+    data = nanogpt.prepare(text, copy / "data" / nanogpt.DATASET)
+    # The BPE the sizing rule picks for this corpus (bpe:512 for Shakespeare's 1 MB), prepared once
+    # before the run as a user's second run finds it cached; the rule sizes everything else.
+    from minigpt.train.sizing import vocab_for_corpus
+
+    vocab = vocab_for_corpus(len(text[: data["cut"]].encode("utf-8")))
+    mini_data = prepare_data(text_path, work, f"bpe:{vocab}")
+    held = held_out_text(mini_data)
+    if not text.endswith(held):
+        raise nanogpt.NanoGPTError(f"minigpt's held-out part of {text_path} is not the end of the text")
+    # Scored: what both held out (minigpt's split starts at a line, at or before nanoGPT's cut).
+    start = max(data["cut"], len(text) - len(held))
+    scored = text[start:]
+
+    args = nanogpt.train_args(copy, max_iters)
+    log(f"nanoGPT: python train.py {' '.join(args)} (in {copy})")
+    nano_load = run_measured(
+        [sys.executable, "train.py", *args], copy, env, work / "nanogpt.stdout", work / "nanogpt.stderr"
+    )
+    if nano_load["returncode"] != 0:
+        raise nanogpt.NanoGPTError(
+            "nanoGPT's train.py failed (" + nanogpt.failure(work / "nanogpt.stderr", nano_load["returncode"]) + ")"
+        )
+    printed = nanogpt.parse_log((work / "nanogpt.stdout").read_text(errors="replace"))
+    model, ckpt = nanogpt.load_model(copy, nanogpt.out_dir(copy, args) / "ckpt.pt")
+    log(f"nanoGPT: {printed['iterations']} iterations in {printed['train_s']:.1f} s of training; scoring")
+    nano_score = nanogpt.score(model, data["stoi"], scored, text[start - 1])
+    nano = {
+        "bpb": nano_score["bpb"],
+        "num_params": nanogpt.num_params(model),
+        "num_params_nanogpt": model.get_num_params() if hasattr(model, "get_num_params") else None,
+        "steps": ckpt["iter_num"],
+        "iterations_printed": printed["iterations"],
+        "train_s": printed["train_s"],
+        "median_iter_s": printed["median_iter_s"],
+        "process_wall_s": nano_load["wall_s"],
+        "final_train_loss": printed["final_train_loss"],
+        "evals": printed["evals"],
+        "vocab_size": data["vocab_size"],
+        "model_args": ckpt["model_args"],
+        "load": {k: nano_load[k] for k in ("others_cpu_share", "load_avg")},
+    }
+    del model
+
+    budget = round(printed["train_s"], 2)
+    # As a user would ask for it: the data, where to write, the budget; train.py's defaults for the rest.
+    argv = [str(ROOT / "train.py"), "--data", str(mini_data), "--out-dir", str(work / "minigpt")]
+    argv += ["--time-budget", f"{budget:g}"]
+    mini_env = {**env, "PYTHONPATH": str(ROOT)}
+    log(f"minigpt: train.py --time-budget {budget:g}, sized by itself")
+    mini_load = run_measured([sys.executable, *argv], ROOT, mini_env, work / "minigpt.stdout", work / "minigpt.stderr")
+    if mini_load["returncode"] != 0:
+        raise nanogpt.NanoGPTError(
+            "minigpt's train.py failed (" + nanogpt.failure(work / "minigpt.stderr", mini_load["returncode"]) + ")"
+        )
+    mini = read_run(work / "minigpt")
+    mini["bpb"] = score(mini["checkpoints"][-1]["path"], scored)
+    saved = json.loads((work / "minigpt" / "run.json").read_text())["train_config"]
+    mini.update(
+        process_wall_s=mini_load["wall_s"],
+        budget_s=budget,
+        settings={k: saved[k] for k in ("tokenizer", "n_layer", "n_head", "n_embd", "block_size", "batch_size", "lr")},
+        sizing=saved.get("sizing"),
+        load={k: mini_load[k] for k in ("others_cpu_share", "load_avg")},
+    )
+    mini.pop("checkpoints")
+    log(f"nanoGPT {nano['bpb']:.4f} bpb, minigpt {mini['bpb']:.4f} bpb")
+    return {
+        "nanogpt": nanogpt.source_id(source),
+        "text": {
+            "path": str(text_path),
+            "sha256": hashlib.sha256(text_path.read_bytes()).hexdigest(),
+            "chars": len(text),
+            "bytes": len(text.encode("utf-8")),
+            "nanogpt_val_from": data["cut"],
+            "minigpt_val_from": len(text) - len(held),
+            "scored_from": start,
+            "held_out_chars": len(scored),
+            "held_out_bytes": nano_score["bytes"],
+        },
+        "settings": {
+            "nanogpt_command": ["python", "train.py", *args],
+            "nanogpt_max_iters": max_iters,
+            "minigpt_command": ["python", "train.py", *argv[1:]],
+            "torch_threads": torch.get_num_threads(),
+            "env": {k: env.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY")},
+            "scoring": {"window": nano_score["window"], "stride": nano_score["stride"], "batch_size": 32},
+        },
+        "arms": {"nanogpt": nano, "minigpt": mini},
+        "minigpt_budget_s": budget,
+        "bpb_ratio_minigpt_to_nanogpt": mini["bpb"] / nano["bpb"],
+        "budget_meaning": {
+            "nanogpt": "train_s: the sum of train.py's printed per-iteration times (its training loop, with the "
+            "evaluations and checkpoint writes inside it; no imports or set-up)",
+            "minigpt": "the --time-budget given (nanoGPT's train_s) is the wall clock of the whole train.py process",
+        },
+        "scored_model": {
+            "nanogpt": "ckpt.pt saved at the evaluation of iteration max_iters (--always_save_checkpoint=True), "
+            "after max_iters optimizer steps; its first scored character conditioned on the one before it",
+            "minigpt": "the last checkpoint; its first scored token conditioned on its end-of-text id",
+        },
+    }
+
+
+def nanogpt_markdown(r: dict) -> str:
+    nano, mini = r["arms"]["nanogpt"], r["arms"]["minigpt"]
+    lines = [
+        f"nanoGPT ({r['nanogpt']['commit'][:19]}) beside minigpt sized to its time; "
+        f"held-out: {r['text']['held_out_bytes']:,} bytes",
+        "",
+        "| arm | parameters | steps | training s | process s | held-out bpb |",
+        "| --- | --- | --- | --- | --- | --- |",
+        f"| nanoGPT train.py | {nano['num_params'] / 1e6:.3f}M | {nano['steps']:,} | {nano['train_s']:.1f} | "
+        f"{nano['process_wall_s']:.1f} | {nano['bpb']:.4f} |",
+        f"| minigpt, --time-budget {r['minigpt_budget_s']:g} | {mini['num_params'] / 1e6:.3f}M | {mini['steps']:,} | "
+        f"{mini['train_time']:.1f} | {mini['process_wall_s']:.1f} | {mini['bpb']:.4f} |",
+        "",
+        f"bpb ratio minigpt / nanoGPT: {r['bpb_ratio_minigpt_to_nanogpt']:.3f}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 # ----------------------------------------------------------------------------------------------
 # Reports
 
@@ -893,14 +1057,24 @@ def record_environment() -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = OneLineParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--ab", action="store_true", help="run the recipe A/Bs instead of the comparison")
     mode.add_argument("--study", action="store_true", help="run the model-size x budget study instead")
     mode.add_argument(
         "--sizing", action="store_true", help="a sized budget run beside the cpu defaults and nanoGPT's recipe"
+    )
+    mode.add_argument(
+        "--nanogpt",
+        type=Path,
+        metavar="DIR",
+        help="run nanoGPT's own train.py from a copy of it in DIR, then minigpt sized to its training time",
+    )
+    parser.add_argument(
+        "--nanogpt-max-iters",
+        type=int,
+        default=nanogpt.README_MAX_ITERS,
+        help=f"--nanogpt: nanoGPT's max_iters and lr_decay_iters (default {nanogpt.README_MAX_ITERS}, its README's)",
     )
     parser.add_argument("--text", type=Path, default=None, help="the Shakespeare text (default: the shared copy)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="where the results go (default: bench/results)")
@@ -914,6 +1088,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizing-budget", type=float, default=60.0, help="--sizing: each arm's budget, seconds")
     parser.add_argument("--note", action="append", default=[], help="a note recorded with the results (repeatable)")
     args = parser.parse_args(argv)
+    if args.nanogpt is not None:
+        try:
+            nanogpt.check_dir(args.nanogpt)
+        except nanogpt.NanoGPTError as e:
+            parser.error(str(e))
+        if args.nanogpt_max_iters < 1:
+            parser.error(f"--nanogpt-max-iters must be at least 1, got {args.nanogpt_max_iters}")
     if args.work.exists() and any(args.work.iterdir()):
         parser.error(f"--work {args.work} is not empty; remove it or pass another")
     args.work.mkdir(parents=True, exist_ok=True)
@@ -929,6 +1110,16 @@ def main(argv: list[str] | None = None) -> int:
         result = sizing_comparison(text, args.work, args.sizing_budget)
         write_json(args.out / "budget-sizing-cpu.json", {"environment": env, **result, "notes": args.note})
         print(json.dumps({k: result[k] for k in ("bpb_ratio_sized_to_nanogpt", "bpb_ratio_cpu_defaults_to_nanogpt")}))
+    elif args.nanogpt is not None:
+        from minigpt.data.corpus import DataError
+
+        try:
+            result = nanogpt_real(text, args.work, args.nanogpt, args.nanogpt_max_iters)
+        except (nanogpt.NanoGPTError, DataError) as e:
+            raise SystemExit(f"error: {e}") from None
+        env["threads_per_run"] = result["settings"]["torch_threads"]  # the machine's, not one
+        write_json(args.out / f"nanogpt-real-{text.stem}-cpu.json", {"environment": env, **result, "notes": args.note})
+        print(nanogpt_markdown(result))
     elif args.study:
         result = study(text, args.work, MINIGPT)
         write_json(args.out / "push-study.json", {"environment": env, **result})
@@ -945,4 +1136,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entrypoint.run(main))
