@@ -418,4 +418,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(entrypoint.run(main))

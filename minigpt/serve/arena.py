@@ -245,4 +245,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from minigpt import entrypoint
+
+    entrypoint.start()
+    sys.exit(entrypoint.run(main))
