@@ -157,8 +157,38 @@ QUIET = dict(
 # Data
 
 
-def find_text(path: Path | None) -> Path:
-    """The Shakespeare text: the path given, the shared copy, or train.py's download."""
+# A second corpus that every machine has offline: Python's standard library source, its *.py files in
+# sorted path order (test packages left out), until as many characters as tinyshakespeare has.
+STDLIB_CHARS = 1_115_394
+
+
+def stdlib_text(work: Path, chars: int = STDLIB_CHARS) -> Path:
+    """The standard-library corpus as one text file in `work` (see STDLIB_CHARS)."""
+    from minigpt.data.corpus import _stdlib_files
+
+    parts, total = [], 0
+    for key, path in _stdlib_files():
+        if key.split("/")[0] in ("test", "idlelib", "lib2to3") or "/tests/" in f"/{key}":
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+        parts.append(text)
+        total += len(text)
+        if total >= chars:
+            break
+    out = work / "stdlib.txt"
+    out.write_text("".join(parts)[:chars], encoding="utf-8")
+    return out
+
+
+def find_text(path: Path | None, work: Path | None = None) -> Path:
+    """The Shakespeare text: the path given, the shared copy, or train.py's download; the path
+    `stdlib` is the standard-library corpus (stdlib_text), written into `work`."""
+    if path is not None and str(path) == "stdlib" and not path.exists():
+        return stdlib_text(work or Path("."))
     if path is not None:
         if not path.is_file():
             raise SystemExit(f"error: --text {path} is not a file")
@@ -1076,7 +1106,12 @@ def main(argv: list[str] | None = None) -> int:
         default=nanogpt.README_MAX_ITERS,
         help=f"--nanogpt: nanoGPT's max_iters and lr_decay_iters (default {nanogpt.README_MAX_ITERS}, its README's)",
     )
-    parser.add_argument("--text", type=Path, default=None, help="the Shakespeare text (default: the shared copy)")
+    parser.add_argument(
+        "--text",
+        type=Path,
+        default=None,
+        help="the text (default: the shared copy of Shakespeare; `stdlib`: the standard library's source)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="where the results go (default: bench/results)")
     parser.add_argument(
         "--work",
@@ -1099,7 +1134,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--work {args.work} is not empty; remove it or pass another")
     args.work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    text = find_text(args.text)
+    text = find_text(args.text, args.work)
     env = record_environment()
     if args.ab:
         result = run_ab(text, args.work, args.ab_budget, {**NANOGPT, "max_steps": 600}, ab_plan())

@@ -231,3 +231,14 @@ def test_the_cpu_push_recipe_is_the_measured_minigpt_arm():
     for key, value in push.MINIGPT.items():
         assert getattr(cfg, key) == value, key
     assert cfg.data == "shakespeare" and cfg.budgeted
+
+
+def test_stdlib_text_is_the_second_corpus_and_is_reproducible(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = push.find_text(Path("stdlib"), tmp_path / "a")
+    second = push.find_text(Path("stdlib"), tmp_path / "b")
+    text = first.read_text(encoding="utf-8")
+    assert len(text) == push.STDLIB_CHARS and "\r" not in text
+    assert "def " in text and "import " in text  # Python source
+    assert second.read_bytes() == first.read_bytes()
