@@ -86,8 +86,9 @@ def write_random_checkpoint(name: str, directory: Path) -> None:
     (directory / "config.json").write_text(json.dumps(GPT2.config_to_hf(cfg)))
 
 
-def library_reader(path: Path, dtype=None):
-    """(metadata, tensors) through safetensors' safe_open, as weights.read_tensors returns them."""
+def library_reader(path: Path, dtype=None, into=None):
+    """(metadata, tensors) through safetensors' safe_open, as weights.read_tensors returns them
+    (`into`, the loader's offer of buffers to read into, is declined: every tensor is new)."""
     from safetensors import safe_open
 
     f = safe_open(str(path), framework="pt")

@@ -11,6 +11,7 @@ Nothing is unpickled with code execution: safetensors, or `torch.load(weights_on
 from __future__ import annotations
 
 import json
+import math
 import pickle
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -166,9 +167,18 @@ def _header_entry(key: str, info: dict) -> tuple[int, int, torch.dtype, list[int
     return offsets[0], offsets[1], SAFETENSORS_DTYPES[dtype], shape
 
 
-def _iter_safetensors(path: Path, dtype: torch.dtype | None = None) -> tuple[dict, Iterator[tuple[str, torch.Tensor]]]:
+# into(key, dtype, shape) -> a contiguous tensor of that dtype and shape for the reader to fill, or None
+# for a new one: a loader reads straight into its own buffers (rows of a padded embedding, a scratch
+# buffer it copies from), so no tensor is written twice into memory the process has never touched.
+Into = Callable[[str, torch.dtype, list[int]], "torch.Tensor | None"]
+
+
+def _iter_safetensors(
+    path: Path, dtype: torch.dtype | None = None, into: Into | None = None
+) -> tuple[dict, Iterator[tuple[str, torch.Tensor]]]:
     """Read a .safetensors file one tensor at a time with plain file reads; float tensors in `dtype`
-    if given, converted a band at a time as they are read (no whole copy in the stored dtype).
+    if given, converted a band at a time as they are read (no whole copy in the stored dtype);
+    each into the tensor `into` gives for it, if any, else into a new one.
 
     The format is an 8-byte little-endian header length, a JSON header giving each
     tensor's dtype, shape and byte range, then the raw data. The safetensors library's
@@ -213,25 +223,32 @@ def _iter_safetensors(path: Path, dtype: torch.dtype | None = None) -> tuple[dic
         with f:
             for begin, key, stored, shape in sorted(entries, key=lambda e: e[0]):
                 f.seek(data_start + begin)
-                if dtype is None or not stored.is_floating_point or stored == dtype:
-                    buf = torch.empty(shape, dtype=stored)
+                target = stored if dtype is None or not stored.is_floating_point else dtype
+                buf = None if into is None else into(key, target, shape)
+                if buf is None:
+                    buf = torch.empty(shape, dtype=target)
+                elif buf.dtype != target or list(buf.shape) != shape or not buf.is_contiguous():
+                    raise ValueError(f"into() gave {key} a {buf.dtype} {tuple(buf.shape)} tensor, not {target} {shape}")
+                if target == stored:
                     read_into(buf, key)
                 else:  # read in bands of the stored dtype, each converted (and checked) into buf
-                    buf = torch.empty(shape, dtype=dtype)
                     flat = buf.view(-1)
                     band = torch.empty(min(flat.numel(), _READ_BAND), dtype=stored)
                     for start in range(0, flat.numel(), _READ_BAND):
                         part = band[: min(_READ_BAND, flat.numel() - start)]
                         read_into(part, key)
                         flat[start : start + part.numel()] = _finite(part, part.to(dtype), key, path)
-                    del band, part, flat
+                    del band, flat
+                    part = None  # (a view of band)
                 yield key, buf
                 del buf  # let the consumer free it before the next tensor is read
 
     return metadata, tensors()
 
 
-def _iter_sharded(index: Path, dtype: torch.dtype | None = None) -> tuple[dict, Iterator[tuple[str, torch.Tensor]]]:
+def _iter_sharded(
+    index: Path, dtype: torch.dtype | None = None, into: Into | None = None
+) -> tuple[dict, Iterator[tuple[str, torch.Tensor]]]:
     try:
         content = json.loads(index.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -247,7 +264,7 @@ def _iter_sharded(index: Path, dtype: torch.dtype | None = None) -> tuple[dict, 
 
     def tensors():
         for shard in shards:  # each shard in its own format: .safetensors or .bin
-            yield from read_tensors(index.parent / shard, dtype)[1]
+            yield from read_tensors(index.parent / shard, dtype, into)[1]
 
     return {}, tensors()
 
@@ -269,13 +286,16 @@ def _iter_torch_bin(path: Path) -> tuple[dict, Iterator[tuple[str, torch.Tensor]
     return {}, iter(list(sd.items()))
 
 
-def read_tensors(weights: Path, dtype: torch.dtype | None = None) -> tuple[dict, Iterator[tuple[str, torch.Tensor]]]:
+def read_tensors(
+    weights: Path, dtype: torch.dtype | None = None, into: Into | None = None
+) -> tuple[dict, Iterator[tuple[str, torch.Tensor]]]:
     """(metadata, an iterator of (key, tensor)) of a weights file or shard index: each tensor read
-    when the iterator reaches it; float tensors of safetensors files in `dtype` if given."""
+    when the iterator reaches it; float tensors of safetensors files in `dtype` if given, read into
+    the tensor `into` gives (see Into) where it gives one. A .bin file's tensors ignore `into`."""
     if weights.name.endswith((".safetensors.index.json", ".bin.index.json")):
-        return _iter_sharded(weights, dtype)
+        return _iter_sharded(weights, dtype, into)
     if weights.suffix == ".safetensors":
-        return _iter_safetensors(weights, dtype)
+        return _iter_safetensors(weights, dtype, into)
     if weights.suffix in (".bin", ".pt", ".pth"):
         return _iter_torch_bin(weights)
     raise CheckpointError(f"{weights}: unknown weights format (expected .safetensors or .bin)")
@@ -346,7 +366,10 @@ def load_state_dict(
 
     Tensors are converted to dtype (default float32) as they are read and moved to device
     (default cpu); the embedding is padded to the config's padded vocabulary. Check the result
-    against a model with `check_state_dict` before loading it.
+    against a model with `check_state_dict` before loading it. Each tensor is written once into
+    its own new memory: one stored as the model stores it is read into it, the embedding into the
+    first rows of its padded tensor (on the CPU), one stored in another layout (GPT-2's Conv1D)
+    into a scratch buffer that every such tensor reuses, then copied into the model's layout.
 
     convert(name, tensor, config), if given, sees each float tensor as it is read, in dtype and the
     model's layout (an untied lm_head unpadded), and returns it, or a meta tensor of its shape when
@@ -356,7 +379,28 @@ def load_state_dict(
     dtype = dtype or torch.float32
     device = torch.device(device or "cpu")
     weights, config, family = find_weights(name_or_path)
-    metadata, tensors = read_tensors(weights, dtype)
+    padded: dict[str, torch.Tensor] = {}  # key -> the padded tensor whose first rows it is read into
+    scratch: list[torch.Tensor] = []  # the reused buffer (one, grown as needed)
+
+    def into(key: str, target: torch.dtype, shape: list[int]) -> torch.Tensor | None:
+        name = family.our_name(key)
+        if config is None or convert is not None or name is None or not target.is_floating_point:
+            return None
+        if name in PADDED and len(shape) == 2 and shape[0] == config.vocab_size < config.padded_vocab_size:
+            if device.type != "cpu":
+                return None
+            full = torch.empty(config.padded_vocab_size, shape[1], dtype=target)
+            full[config.vocab_size :].zero_()
+            padded[key] = full
+            return full[: config.vocab_size]
+        if name == "lm_head.weight" or family.layout(name) is None:
+            return None  # kept as read: the reader's new tensor is the model's
+        numel = math.prod(shape)
+        if not scratch or scratch[0].numel() < numel or scratch[0].dtype != target:
+            scratch[:] = [torch.empty(numel, dtype=target)]
+        return scratch[0][:numel].view(shape)
+
+    metadata, tensors = read_tensors(weights, dtype, into)
     if config is None and "minigpt_config" in metadata:
         try:
             config = _config_from_dict(json.loads(metadata["minigpt_config"]), "its minigpt_config metadata")
@@ -390,10 +434,15 @@ def load_state_dict(
                 del t, kept  # the tensor goes before the next one is read
                 continue
             del kept
+        if key in padded:
+            t = padded.pop(key)
+        elif scratch and t.untyped_storage().data_ptr() == scratch[0].untyped_storage().data_ptr():
+            t = torch.empty(t.shape, dtype=t.dtype, device=device).copy_(t)  # the next tensor reuses scratch
         if name == "lm_head.weight":
             lm_head = t
             continue
         state[name] = t.to(device).contiguous()
+    scratch.clear()  # the buffer goes before the padding below allocates
     if config is None:
         config = _infer_config({k: tuple(v.shape) for k, v in state.items()}, weights)
     _check_size(config, state, lm_head, weights)
