@@ -77,7 +77,7 @@ def add_quantize_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup
 def quantize_settings(args: argparse.Namespace) -> dict:
     """from_pretrained's quantize and group_size of --quantize / --quantize-group-size; ValueError if they clash."""
     if args.quantize_group_size is not None and args.quantize != "int4":
-        given = f"--quantize {args.quantize}" if args.quantize else "no --quantize"
+        given = f"with --quantize {args.quantize}" if args.quantize else "without --quantize"
         raise ValueError(f"--quantize-group-size is for --quantize int4 only (int8 has one scale per row), not {given}")
     group_size = DEFAULT_GROUP_SIZE if args.quantize_group_size is None else args.quantize_group_size
     if args.quantize is not None:

@@ -1,5 +1,6 @@
 """minigpt.cli: the command-line layer the top-level scripts share, and that they do share it."""
 
+import argparse
 import os
 import subprocess
 import sys
@@ -159,3 +160,20 @@ def test_output_that_is_an_input_is_refused(tmp_path, script, args, flag):
     assert r.stderr.startswith(f"error: {flag} ") and r.stderr.count("\n") == 1, r.stderr
     assert "is also an input" in r.stderr and "Traceback" not in r.stderr
     assert {p.name: p.read_bytes() for p in d.iterdir()} == before  # nothing added, changed or removed
+
+
+@pytest.mark.parametrize(
+    "quantize, message",
+    [
+        (None, "not without --quantize"),
+        ("int8", "not with --quantize int8"),
+        ("int8-dynamic", "not with --quantize int8-dynamic"),
+    ],
+)
+def test_group_size_outside_int4_is_refused_saying_why(quantize, message):
+    from minigpt.cli import quantize_settings
+
+    args = argparse.Namespace(quantize=quantize, quantize_group_size=32)
+    with pytest.raises(ValueError, match="--quantize-group-size is for --quantize int4 only") as e:
+        quantize_settings(args)
+    assert str(e.value).endswith(message)

@@ -183,4 +183,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from minigpt import entrypoint
+
+    entrypoint.start()
+    sys.exit(entrypoint.run(main))
