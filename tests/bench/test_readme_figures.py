@@ -569,3 +569,51 @@ def test_quantized_cache_bench_runs_tiny(tmp_path):
         assert all(
             run["wall_s"] > 0 and run["load_s"] >= 0 and run["peak_rss_bytes"] > 0 for run in result["runs"][kind]
         )
+
+
+# ----------------------------------------------------------------------------------------------
+# nanoGPT's own code: its recipe beside a sized run (bench/push.py --nanogpt) and its training step
+# beside minigpt's (bench/train_step.py --nanogpt)
+
+
+@pytest.mark.parametrize(
+    "name, corpus",
+    [("nanogpt-real-tinyshakespeare-cpu.json", "Shakespeare"), ("nanogpt-real-stdlib-cpu.json", "Python's stdlib")],
+)
+def test_readme_states_the_nanogpt_real_figures(name, corpus):
+    r = committed(name)
+    nano, mini = r["arms"]["nanogpt"], r["arms"]["minigpt"]
+    assert nano["steps"] == 2000 and r["settings"]["nanogpt_max_iters"] == 2000  # the README's recipe, whole
+    assert mini["budget_s"] == r["minigpt_budget_s"] == round(nano["train_s"], 2)
+    assert mini["sizing"] is not None and r["bpb_ratio_minigpt_to_nanogpt"] == pytest.approx(mini["bpb"] / nano["bpb"])
+    assert mini["process_wall_s"] <= 1.1 * r["minigpt_budget_s"] + 5  # the budget is the wall clock
+    settings = mini["settings"]
+    row = (
+        f"| {corpus}{' (`--text stdlib`)' if 'stdlib' in name else ''} | {nano['train_s']:.1f} s | {nano['bpb']:.3f} | "
+        f"{r['minigpt_budget_s']:g} s | {mini['process_wall_s']:.1f} s | "
+        f"{settings['n_layer']} x {settings['n_embd']}, {settings['tokenizer']} | **{mini['bpb']:.3f}** | "
+        f"{1 - r['bpb_ratio_minigpt_to_nanogpt']:.1%} |"
+    )
+    assert not missing_from_readme([row])
+
+
+def test_readme_states_the_train_step_figures():
+    r = committed("train-step-cpu.json")
+    arms = r["arms"]
+    assert set(arms) == {"minigpt", "minigpt-plain-loss", "nanogpt"} and r["nanogpt"] is not None
+    assert r["shape"]["batch_size"] == 4 and r["shape"]["block_size"] == 256 and r["shape"]["n_layer"] == 12
+    rounds = len(arms["minigpt"]["rounds_s"])
+
+    def matmul_share(arm):
+        return sum(o["share"] for o in arm["top_ops"] if o["op"] in ("aten::mm", "aten::addmm", "aten::addmm_"))
+
+    figures = [
+        f"({rounds} rounds of 2 steps, B=4, T=256, fp32",
+        f"minigpt did {arms['minigpt']['tokens_per_s']:.1f} tok/s, nanoGPT's model.py "
+        f"{arms['nanogpt']['tokens_per_s']:.1f} and minigpt with `F.cross_entropy` over the whole logits "
+        f"{arms['minigpt-plain-loss']['tokens_per_s']:.1f}",
+        f"the median of the per-round ratios against nanoGPT is only {arms['nanogpt']['minigpt_speedup']:.2f}x",
+        f"The matrix products are {matmul_share(arms['minigpt']):.0%} of minigpt's step and "
+        f"{matmul_share(arms['nanogpt']):.0%} of nanoGPT's",
+    ]
+    assert not missing_from_readme(figures)
