@@ -69,7 +69,7 @@ if __name__ == "__main__":  # before torch is imported: passive OpenMP waiting, 
     entrypoint.start()
 
 from bench import nanogpt  # noqa: E402
-from bench.common import RESULTS_DIR, environment, log, write_json, write_text  # noqa: E402
+from bench.common import RESULTS_DIR, environment, log, slug, write_json, write_text  # noqa: E402
 from minigpt.cli import OneLineParser  # noqa: E402
 from minigpt.provenance import cpu_model  # noqa: E402
 from minigpt.train.config import TrainConfig, make_config  # noqa: E402
@@ -661,6 +661,32 @@ STUDY_SIZES = [  # (n_layer, n_head, n_embd): 0.12M to 3.7M parameters with a ch
 STUDY_BUDGETS = [30.0, 60.0, 120.0]
 
 
+def budget_list(text: str) -> list[float]:
+    """--study-budgets: seconds, comma-separated, each at least 1."""
+    try:
+        budgets = [float(b) for b in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give seconds separated by commas, e.g. 30,60,120") from None
+    if not budgets or any(not math.isfinite(b) or b < 1 for b in budgets):
+        raise argparse.ArgumentTypeError(f"{text!r}: every budget must be a number of seconds >= 1")
+    return budgets
+
+
+def size_list(text: str) -> list[tuple[int, int, int]]:
+    """--study-sizes: LAYERSxWIDTH, comma-separated, as (n_layer, n_head, n_embd) with heads of 32
+    channels (16 where 32 does not divide the width)."""
+    sizes = []
+    for item in text.split(","):
+        try:
+            layers, width = (int(v) for v in item.lower().split("x"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{item!r}: give LAYERSxWIDTH, e.g. 4x128") from None
+        if layers < 1 or width < 16 or width % 16:
+            raise argparse.ArgumentTypeError(f"{item!r}: at least 1 layer, a width that is a multiple of 16")
+        sizes.append((layers, width // 32 if width % 32 == 0 else width // 16, width))
+    return sizes
+
+
 def study(text_path: Path, work: Path, base: dict, sizes=STUDY_SIZES, budgets=STUDY_BUDGETS) -> dict:
     """Every size at every budget (two runs at a time, one thread each), scored as the A/Bs are."""
     data_dir = prepare_data(text_path, work, base["tokenizer"])
@@ -695,7 +721,37 @@ def study(text_path: Path, work: Path, base: dict, sizes=STUDY_SIZES, budgets=ST
                     "others_cpu_share": load["others_cpu_share"],
                 }
             )
-    return {"base": base, "points": points, **compute_optimal(points)}
+    optimal = compute_optimal(points)
+    return {"base": base, "points": points, **optimal, "rule": rule_error(optimal["optima"], points)}
+
+
+def rule_error(optima: list[dict], points: list[dict]) -> list[dict]:
+    """The committed sizing rule (minigpt.train.sizing: N = K * C^A) beside each budget's measured
+    optimum: the parameters it picks at that optimum's FLOPs, their ratio to the measured optimum's,
+    and what picking them costs in bpb (the budget's parabola in log-parameters at the rule's size,
+    less at its vertex; None where the budget has fewer than three sizes or no upward parabola)."""
+    from minigpt.train import sizing
+
+    out = []
+    for o in optima:
+        rule_n = sizing.COMPUTE_OPTIMAL_K * o["flops"] ** sizing.COMPUTE_OPTIMAL_A
+        runs = [p for p in points if p["budget_s"] == o["budget_s"]]
+        cost = None
+        if len(runs) >= 3:
+            c2, c1, c0 = np.polyfit(np.log([p["params"] for p in runs]), [p["bpb"] for p in runs], 2)
+            if c2 > 0:  # the parabola's value at the rule's size, less its value at its vertex
+                x = math.log(rule_n) + c1 / (2 * c2)
+                cost = float(c2 * x * x)
+        out.append(
+            {
+                "budget_s": o["budget_s"],
+                "measured_params": o["params"],
+                "rule_params": float(rule_n),
+                "ratio": float(rule_n / o["params"]),
+                "bpb_cost": cost,
+            }
+        )
+    return out
 
 
 def sizing_comparison(text_path: Path, work: Path, budget: float = 60.0) -> dict:
@@ -997,8 +1053,9 @@ def ab_markdown(r: dict, env: dict) -> str:
 
 
 def study_markdown(r: dict, env: dict) -> str:
+    corpus = r.get("corpus", "Shakespeare")
     lines = [
-        "# Val bpb against model size and training budget (Shakespeare, one CPU thread per run)",
+        f"# Val bpb against model size and training budget ({corpus}, one CPU thread per run)",
         "",
         f"{env['cpu_model']}, {env['cpu_count']} cores shared with other work; torch {env['torch']}, commit "
         f"{env['commit']}, {env['date']}. FLOPs: minigpt.train.flops.flops_per_token x tokens trained. bpb: "
@@ -1030,6 +1087,20 @@ def study_markdown(r: dict, env: dict) -> str:
             "",
             f"Fit: N_opt = {f['k']:.3g} * C^{f['a']:.3f} (r^2 {f['r2']:.3f} over {len(r['optima'])} budgets).",
         ]
+    if r.get("rule"):
+        lines += [
+            "",
+            "The sizing rule train.py uses (minigpt.train.sizing) at each measured optimum's FLOPs:",
+            "",
+            "| budget | measured optimum | the rule's size | rule / measured | bpb cost of the rule's size |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for e in r["rule"]:
+            cost = "" if e["bpb_cost"] is None else f"{e['bpb_cost']:+.4f}"
+            lines.append(
+                f"| {e['budget_s']:.0f} s | {e['measured_params'] / 1e6:.3f}M | {e['rule_params'] / 1e6:.3f}M | "
+                f"{e['ratio']:.2f}x | {cost} |"
+            )
     return "\n".join(lines + notes(r)) + "\n"
 
 
@@ -1053,8 +1124,8 @@ def plot_push(r: dict, path: Path) -> None:
 def plot_study(r: dict, path: Path) -> None:
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(12, 4.5), dpi=100)
-    ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    fig = Figure(figsize=(17, 4.5), dpi=100)
+    ax1, ax2, ax3 = fig.add_subplot(1, 3, 1), fig.add_subplot(1, 3, 2), fig.add_subplot(1, 3, 3)
     budgets = sorted({p["budget_s"] for p in r["points"]})
     for i, t in enumerate(budgets):
         pts = sorted((p for p in r["points"] if p["budget_s"] == t), key=lambda p: p["params"])
@@ -1075,6 +1146,27 @@ def plot_study(r: dict, path: Path) -> None:
     if r["fit"]:
         f = r["fit"]
         ax1.set_title(f"compute-optimal N = {f['k']:.3g} C^{f['a']:.2f} (dotted: optimum per budget)", fontsize=9)
+    if r.get("rule"):  # the measured optima beside the sizing rule's line
+        flops = [o["flops"] for o in r["optima"]]
+        ax3.scatter(flops, [o["params"] for o in r["optima"]], color="black", zorder=3, label="measured optimum")
+        xs = np.geomspace(min(flops) / 2, max(flops) * 2, 50)
+        from minigpt.train import sizing
+
+        rule = sizing.COMPUTE_OPTIMAL_K * xs**sizing.COMPUTE_OPTIMAL_A
+        ax3.plot(xs, rule, color="C3", label=f"sizing rule {sizing.COMPUTE_OPTIMAL_K:.3g} C^{sizing.COMPUTE_OPTIMAL_A}")
+        if r["fit"]:
+            ax3.plot(xs, r["fit"]["k"] * xs ** r["fit"]["a"], color="gray", ls="--", label="this study's fit")
+        for e, o in zip(r["rule"], r["optima"], strict=True):
+            ax3.annotate(
+                f"{e['ratio']:.2f}x", (o["flops"], o["params"]), fontsize=8, xytext=(4, -10), textcoords="offset points"
+            )
+        ax3.set_xscale("log")
+        ax3.set_yscale("log")
+        ax3.set_xlabel("training FLOPs")
+        ax3.set_ylabel("parameters")
+        ax3.set_title("compute-optimal size: measured and the rule (labels: rule / measured)", fontsize=9)
+        ax3.grid(alpha=0.3)
+        ax3.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
 
@@ -1121,6 +1213,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--ab-budget", type=float, default=60.0, help="seconds of training per A/B run")
     parser.add_argument("--sizing-budget", type=float, default=60.0, help="--sizing: each arm's budget, seconds")
+    parser.add_argument(
+        "--study-budgets",
+        type=budget_list,
+        default=STUDY_BUDGETS,
+        help="--study: the budgets, seconds, comma-separated (default "
+        + ",".join(f"{b:g}" for b in STUDY_BUDGETS)
+        + ")",
+    )
+    parser.add_argument(
+        "--study-sizes",
+        type=size_list,
+        default=STUDY_SIZES,
+        help="--study: the shapes, LAYERSxWIDTH comma-separated (default "
+        + ",".join(f"{L}x{C}" for L, _, C in STUDY_SIZES)
+        + "; heads of 32 channels)",
+    )
     parser.add_argument("--note", action="append", default=[], help="a note recorded with the results (repeatable)")
     args = parser.parse_args(argv)
     if args.nanogpt is not None:
@@ -1156,10 +1264,13 @@ def main(argv: list[str] | None = None) -> int:
         write_json(args.out / f"nanogpt-real-{text.stem}-cpu.json", {"environment": env, **result, "notes": args.note})
         print(nanogpt_markdown(result))
     elif args.study:
-        result = study(text, args.work, MINIGPT)
-        write_json(args.out / "push-study.json", {"environment": env, **result})
-        write_text(args.out / "push-study.md", study_markdown(result, env))
-        plot_study(result, args.out / "push-study.png")
+        result = study(text, args.work, MINIGPT, args.study_sizes, args.study_budgets)
+        shakespeare = args.text is None or text.name == "tinyshakespeare.txt"
+        result["corpus"] = "Shakespeare" if shakespeare else text.stem
+        name = "push-study" if shakespeare else f"push-study-{slug(text.stem)}"
+        write_json(args.out / f"{name}.json", {"environment": env, **result, "notes": args.note})
+        write_text(args.out / f"{name}.md", study_markdown(result, env))
+        plot_study(result, args.out / f"{name}.png")
         print(study_markdown(result, env))
     else:
         result = push(text, args.work)

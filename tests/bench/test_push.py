@@ -242,3 +242,50 @@ def test_stdlib_text_is_the_second_corpus_and_is_reproducible(tmp_path):
     assert len(text) == push.STDLIB_CHARS and "\r" not in text
     assert "def " in text and "import " in text  # Python source
     assert second.read_bytes() == first.read_bytes()
+
+
+def test_rule_error_compares_the_sizing_rule_with_each_measured_optimum():
+    from minigpt.train import sizing
+
+    points = [{**p, "n_layer": 2, "n_embd": 64, "steps": 100} for p in chinchilla_points()]
+    optimal = push.compute_optimal(points)
+    rule = push.rule_error(optimal["optima"], points)
+    assert [e["budget_s"] for e in rule] == [o["budget_s"] for o in optimal["optima"]]
+    for e, o in zip(rule, optimal["optima"], strict=True):
+        assert e["rule_params"] == pytest.approx(sizing.COMPUTE_OPTIMAL_K * o["flops"] ** sizing.COMPUTE_OPTIMAL_A)
+        assert e["ratio"] == pytest.approx(e["rule_params"] / o["params"])
+        assert e["bpb_cost"] >= -1e-9  # the parabola's vertex is its lowest point: the rule's size costs >= 0
+    env = {"cpu_model": "test CPU", "cpu_count": 2, "torch": "x", "commit": "y", "date": "z"}
+    assert "bpb cost of the rule's size" in push.study_markdown({**optimal, "points": points, "rule": rule}, env)
+
+
+@pytest.mark.parametrize(
+    "parse, text, expected",
+    [
+        (push.budget_list, "30,60,120", [30.0, 60.0, 120.0]),
+        (push.budget_list, "1800", [1800.0]),
+        (push.size_list, "2x64,3x96", [(2, 2, 64), (3, 3, 96)]),
+        (push.size_list, "4x160,1X48", [(4, 5, 160), (1, 3, 48)]),
+    ],
+)
+def test_study_lists_parse(parse, text, expected):
+    assert parse(text) == expected
+
+
+@pytest.mark.parametrize(
+    "parse, text, message",
+    [
+        (push.budget_list, "30,sixty", "seconds separated by commas"),
+        (push.budget_list, "0.5", ">= 1"),
+        (push.budget_list, "nan", ">= 1"),
+        (push.budget_list, "", "seconds separated by commas"),
+        (push.size_list, "4-128", "LAYERSxWIDTH"),
+        (push.size_list, "0x64", "at least 1 layer"),
+        (push.size_list, "2x40", "multiple of 16"),
+    ],
+)
+def test_bad_study_lists_are_one_line(parse, text, message):
+    import argparse
+
+    with pytest.raises(argparse.ArgumentTypeError, match=message):
+        parse(text)
