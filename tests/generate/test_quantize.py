@@ -228,11 +228,13 @@ import json, sys, torch
 from minigpt import GPT, GPTConfig
 from minigpt.model.quantize import QuantizedLinear, quantize_model, set_reference
 torch.manual_seed(0)
+device = sys.argv[2] if len(sys.argv) > 2 else "cpu"
 out = []
 for n_embd, n_inner, mode, group in json.loads(sys.argv[1]):
-    model = GPT(GPTConfig(block_size=16, vocab_size=101, n_layer=1, n_head=1, n_embd=n_embd, n_inner=n_inner)).eval()
+    config = GPTConfig(block_size=16, vocab_size=101, n_layer=1, n_head=1, n_embd=n_embd, n_inner=n_inner)
+    model = GPT(config).to(device, torch.bfloat16 if device == "cuda" else torch.float32).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    x = torch.randint(0, 101, (2, 5))
+    x = torch.randint(0, 101, (2, 5), device=device)
     try:
         quantize_model(model, mode, **({} if group is None else {"group_size": group}))
     except ValueError as e:
@@ -244,7 +246,7 @@ for n_embd, n_inner, mode, group in json.loads(sys.argv[1]):
     with torch.no_grad():
         got = model(x)[0]
         want = set_reference(model)(x)[0]
-    err = float((got - want).abs().max() / want.abs().max().clamp(min=1e-6))
+    err = float((got - want).float().abs().max() / want.float().abs().max().clamp(min=1e-6))
     out.append(dict(error=None, finite=bool(torch.isfinite(got).all()), rel_err=err))
 print(json.dumps(out))
 """
@@ -284,6 +286,44 @@ def test_odd_widths_are_refused_in_one_line_or_quantized_right():
         assert (case not in refused) == expect_ok, (case, r)
     assert "multiple of 16" in refused[(16, 7, "int8", None)] and "mlp.c_proj" in refused[(16, 7, "int8", None)]
     assert "transformer.h.0.attn.c_attn (3 x 1)" in refused[(1, None, "int8", None)]
+
+
+ODD_SHAPES = [(n, None, "int8", None) for n in (1, 4, 8, 12, 20, 24, 40)] + [
+    (16, 7, "int8", None),
+    (48, 40, "int8", None),
+    (64, 96, "int8", None),
+    (32, 7, "int4", 32),
+    (40, None, "int4", 32),
+    (96, None, "int4", 32),
+    (64, 48, "int4", 32),
+    (64, 96, "int4", 32),
+]
+
+
+@pytest.mark.cuda
+def test_odd_widths_on_cuda_follow_the_cuda_rules():
+    """The same sweep on a GPU (bf16, as CUDA quantized models run): every shape the CUDA rules of
+    kernel_shape_problem accept (int8: any; int4: the group divides the input width, the output width
+    a multiple of 16) agrees with its reference, and every other is refused in one line, unchanged."""
+    from minigpt.model.quantize import kernel_shape_problem
+
+    proc = subprocess.run(
+        [sys.executable, "-c", SWEEP, json.dumps(ODD_SHAPES), "cuda"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=os.environ,
+    )
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    for case, r in zip(ODD_SHAPES, json.loads(proc.stdout), strict=True):
+        n_embd, n_inner, mode, group = case
+        inner = n_inner or 4 * n_embd
+        shapes = [(3 * n_embd, n_embd), (n_embd, n_embd), (inner, n_embd), (n_embd, inner)]
+        expect_ok = all(kernel_shape_problem(mode, N, K, group or 128, "cuda") is None for N, K in shapes)
+        if r["error"] is None:
+            assert expect_ok and r["finite"] and r["rel_err"] < 0.05, (case, r)
+        else:
+            assert not expect_ok and "\n" not in r["error"] and r["unchanged"], (case, r)
 
 
 def test_saving_a_quantized_model_is_refused_and_writes_nothing(tmp_path):
