@@ -12,7 +12,8 @@ writes (to --checkpoint, default /tmp/gpt2-124m-random), medians of --repeats ro
   the checkpoint file's bytes (from the page cache: it was just read) for the floor.
 - first token: the whole process of `sample.py --init DIR --max-new-tokens 1` against a tiny
   transformers script doing the same job (the same tiktoken tokenizer, GPT2LMHeadModel load,
-  one greedy token, print), wall time from the parent.
+  one greedy token, print), timed from the parent twice: when its stdout first holds more than
+  the prompt (the token is on the screen) and when the process has exited.
 - tokenizer: `minigpt.tokenizers.get_encoding("gpt2")` with its cache built, and the top of a
   cProfile of it.
 """
@@ -91,6 +92,7 @@ with torch.inference_mode():
     out = model.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=1, do_sample=False,
                          pad_token_id=50256)
 sys.stdout.write(sys.argv[2] + enc.decode(out[0, idx.size(1):].tolist()))
+sys.stdout.flush()  # on the screen now, as sample.py's, not when the interpreter exits
 """
 
 TOKENIZER = """
@@ -128,13 +130,26 @@ def python(code: str, *args: str, env: dict | None = None) -> tuple[float, str]:
     return wall, proc.stdout
 
 
-def command(argv: list[str], env: dict) -> float:
+def first_output(argv: list[str], env: dict, prompt: str) -> dict:
+    """Run a command that prints `prompt` and then what it generates: {"first_output_s" (from the
+    start until stdout holds more than the prompt: the first token on the screen), "process_s"
+    (until the process has exited, the interpreter's shutdown included)}."""
+    want = len(prompt.encode())
     t0 = time.perf_counter()
-    proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=env)
+    seen, first = 0, None
+    while chunk := os.read(proc.stdout.fileno(), 1 << 16):
+        seen += len(chunk)
+        if first is None and seen > want:
+            first = time.perf_counter() - t0
+    stderr = proc.stderr.read().decode(errors="replace")
+    proc.wait(timeout=600)
     wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise RuntimeError(f"{argv[1]} failed: {proc.stderr.strip().splitlines()[-1:]}")
-    return wall
+    proc.stdout.close()
+    proc.stderr.close()
+    if proc.returncode != 0 or first is None:
+        raise RuntimeError(f"{Path(argv[1]).name} failed ({proc.returncode}): {stderr.strip().splitlines()[-1:]}")
+    return {"first_output_s": first, "process_s": wall}
 
 
 def medians(rows: list[dict]) -> dict:
@@ -186,8 +201,10 @@ def main(argv=None) -> int:
         args.prompt,
     ]
     first = {
-        "sample.py": lambda: command(sample, env),
-        "transformers script": lambda: python(FIRST_TOKEN_HF, ckpt, args.prompt, env=env)[0],
+        "sample.py": lambda: first_output(sample, env, args.prompt),
+        "transformers script": lambda: first_output(
+            [sys.executable, "-c", FIRST_TOKEN_HF, ckpt, args.prompt], env, args.prompt
+        ),
     }
     python(TOKENIZER, env=env)  # builds the tokenizer cache if it is missing
     load_rows = {name: [] for name in sides}
@@ -199,9 +216,9 @@ def main(argv=None) -> int:
             if r:
                 load_rows[name].append({"process_s": wall, **json.loads(out)})
         for name, fn in first.items():
-            wall = fn()
+            row = fn()
             if r:
-                first_rows[name].append({"process_s": wall})
+                first_rows[name].append(row)
         wall, out = python(TOKENIZER, env=env)
         if r:
             tokenizer_rows.append({"process_s": wall, **json.loads(out)})
@@ -235,7 +252,9 @@ def main(argv=None) -> int:
             inside = f"read {r['read_s']:.3f} s"
         print(f"{name:16s} {inside}, whole process {r['process_s']:.2f} s")
     for name, r in payload["first_token"].items():
-        print(f"first token {name:20s} {r['process_s']:.2f} s (whole process)")
+        print(
+            f"first token {name:20s} on stdout at {r['first_output_s']:.2f} s, process ended at {r['process_s']:.2f} s"
+        )
     t = payload["tokenizer"]
     print(f"get_encoding('gpt2') {1e3 * t['get_encoding_s']:.1f} ms (import {1e3 * t['import_s']:.0f} ms)")
     log(f"wrote {path}")
