@@ -722,19 +722,26 @@ def study(text_path: Path, work: Path, base: dict, sizes=STUDY_SIZES, budgets=ST
                 }
             )
     optimal = compute_optimal(points)
-    return {"base": base, "points": points, **optimal, "rule": rule_error(optimal["optima"], points)}
+    from minigpt.train import sizing
+
+    constants = {"k": sizing.COMPUTE_OPTIMAL_K, "a": sizing.COMPUTE_OPTIMAL_A}  # the rule as this run found it
+    return {
+        "base": base,
+        "points": points,
+        **optimal,
+        "rule_constants": constants,
+        "rule": rule_error(optimal["optima"], points, **constants),
+    }
 
 
-def rule_error(optima: list[dict], points: list[dict]) -> list[dict]:
-    """The committed sizing rule (minigpt.train.sizing: N = K * C^A) beside each budget's measured
+def rule_error(optima: list[dict], points: list[dict], k: float, a: float) -> list[dict]:
+    """A sizing rule N = k * C^a (minigpt.train.sizing's constants) beside each budget's measured
     optimum: the parameters it picks at that optimum's FLOPs, their ratio to the measured optimum's,
     and what picking them costs in bpb (the budget's parabola in log-parameters at the rule's size,
     less at its vertex; None where the budget has fewer than three sizes or no upward parabola)."""
-    from minigpt.train import sizing
-
     out = []
     for o in optima:
-        rule_n = sizing.COMPUTE_OPTIMAL_K * o["flops"] ** sizing.COMPUTE_OPTIMAL_A
+        rule_n = k * o["flops"] ** a
         runs = [p for p in points if p["budget_s"] == o["budget_s"]]
         cost = None
         if len(runs) >= 3:
@@ -1061,15 +1068,16 @@ def study_markdown(r: dict, env: dict) -> str:
         f"{env['commit']}, {env['date']}. FLOPs: minigpt.train.flops.flops_per_token x tokens trained. bpb: "
         f"train.py's closing val_bpb over the first {VAL_STEPS} val batches (of the last 10% of the text).",
         "",
-        "| budget | layers x width | parameters | steps | train FLOPs | val bpb | on the frontier |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| budget | layers x width | parameters | steps | train FLOPs | val bpb | on the frontier | others' CPU |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     front = {(p["params"], p["budget_s"]) for p in r["frontier"]}
     for p in sorted(r["points"], key=lambda p: (p["budget_s"], p["params"])):
+        load = p.get("others_cpu_share")
         lines.append(
             f"| {p['budget_s']:.0f} s | {p['n_layer']} x {p['n_embd']} | {p['params'] / 1e6:.2f}M | "
             f"{p['steps']:,} | {p['flops']:.2e} | {p['bpb']:.4f} | "
-            f"{'yes' if (p['params'], p['budget_s']) in front else ''} |"
+            f"{'yes' if (p['params'], p['budget_s']) in front else ''} | {'' if load is None else f'{load:.0%}'} |"
         )
     lines += [
         "",
@@ -1090,7 +1098,8 @@ def study_markdown(r: dict, env: dict) -> str:
     if r.get("rule"):
         lines += [
             "",
-            "The sizing rule train.py uses (minigpt.train.sizing) at each measured optimum's FLOPs:",
+            f"The sizing rule as this run found it (minigpt.train.sizing: N = {r['rule_constants']['k']:.3g} * "
+            f"C^{r['rule_constants']['a']:.3f}) at each measured optimum's FLOPs:",
             "",
             "| budget | measured optimum | the rule's size | rule / measured | bpb cost of the rule's size |",
             "| --- | --- | --- | --- | --- |",
@@ -1150,10 +1159,8 @@ def plot_study(r: dict, path: Path) -> None:
         flops = [o["flops"] for o in r["optima"]]
         ax3.scatter(flops, [o["params"] for o in r["optima"]], color="black", zorder=3, label="measured optimum")
         xs = np.geomspace(min(flops) / 2, max(flops) * 2, 50)
-        from minigpt.train import sizing
-
-        rule = sizing.COMPUTE_OPTIMAL_K * xs**sizing.COMPUTE_OPTIMAL_A
-        ax3.plot(xs, rule, color="C3", label=f"sizing rule {sizing.COMPUTE_OPTIMAL_K:.3g} C^{sizing.COMPUTE_OPTIMAL_A}")
+        k, a = r["rule_constants"]["k"], r["rule_constants"]["a"]
+        ax3.plot(xs, k * xs**a, color="C3", label=f"sizing rule {k:.3g} C^{a:.3f}")
         if r["fit"]:
             ax3.plot(xs, r["fit"]["k"] * xs ** r["fit"]["a"], color="gray", ls="--", label="this study's fit")
         for e, o in zip(r["rule"], r["optima"], strict=True):

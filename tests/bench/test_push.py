@@ -249,14 +249,16 @@ def test_rule_error_compares_the_sizing_rule_with_each_measured_optimum():
 
     points = [{**p, "n_layer": 2, "n_embd": 64, "steps": 100} for p in chinchilla_points()]
     optimal = push.compute_optimal(points)
-    rule = push.rule_error(optimal["optima"], points)
+    constants = {"k": sizing.COMPUTE_OPTIMAL_K, "a": sizing.COMPUTE_OPTIMAL_A}
+    rule = push.rule_error(optimal["optima"], points, **constants)
     assert [e["budget_s"] for e in rule] == [o["budget_s"] for o in optimal["optima"]]
     for e, o in zip(rule, optimal["optima"], strict=True):
         assert e["rule_params"] == pytest.approx(sizing.COMPUTE_OPTIMAL_K * o["flops"] ** sizing.COMPUTE_OPTIMAL_A)
         assert e["ratio"] == pytest.approx(e["rule_params"] / o["params"])
         assert e["bpb_cost"] >= -1e-9  # the parabola's vertex is its lowest point: the rule's size costs >= 0
     env = {"cpu_model": "test CPU", "cpu_count": 2, "torch": "x", "commit": "y", "date": "z"}
-    assert "bpb cost of the rule's size" in push.study_markdown({**optimal, "points": points, "rule": rule}, env)
+    r = {**optimal, "points": points, "rule": rule, "rule_constants": constants}
+    assert "bpb cost of the rule's size" in push.study_markdown(r, env)
 
 
 @pytest.mark.parametrize(
