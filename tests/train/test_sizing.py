@@ -66,7 +66,7 @@ def test_the_constants_are_the_studys_fit():
         # a streamed corpus of unknown size keeps GPT-2's tokenizer
         (Corpus(None), CPU, dict(token_budget=10**6), dict(vocab=50257)),
         # a token budget: TOKENS_PER_PARAM tokens a parameter
-        (Corpus(10**9), CPU, dict(token_budget=10**8), dict(params=(10**8 / 4.8 / 2, 10**8 / 4.8 * 2))),
+        (Corpus(10**9), CPU, dict(token_budget=10**8), dict(params=(10**8 / 5.4 / 2, 10**8 / 5.4 * 2))),
         # a bpe size prepared already is reused when within a factor of 2 of the rule's (not past the corpus's)
         (Corpus(4_000_000, prepared=(1024,)), CPU, dict(time_budget=60), dict(vocab=1024)),
         (Corpus(1_000_000, prepared=(1024,)), CPU, dict(time_budget=60), dict(vocab=512)),
