@@ -21,6 +21,8 @@ importing it loads no torch.
 
 from __future__ import annotations
 
+import gc
+import io
 import os
 import signal
 import sys
@@ -84,3 +86,24 @@ def run(main: Callable[[], int | None]) -> int:
         return exit_code(e)
     finally:
         _install(_quit_at_once)  # the interpreter's shutdown (joining threads, flushing) stays quiet
+        _skip_the_last_collection()
+
+
+def _skip_the_last_collection() -> None:
+    """Once main has returned, move every object to the collector's permanent generation, so that the
+    interpreter's shutdown does not free, one by one, the objects of torch and of everything else
+    imported, just before the process ends anyway (about 0.5 s of every command's exit on a 2-core
+    CPU). Frozen objects are never finalized, so every file still open for writing is flushed first
+    (its descriptor then closes with the process); atexit handlers still run. Not with triton
+    loaded: its nanobind objects report themselves as leaked when they are never freed."""
+    if "triton" in sys.modules:
+        return
+    buffered = (io.TextIOWrapper, io.BufferedWriter, io.BufferedRandom)
+    for obj in gc.get_objects():
+        if issubclass(type(obj), buffered):  # type(), not isinstance: no object's __class__ is asked for
+            try:
+                if not obj.closed and obj.writable():
+                    obj.flush()
+            except (OSError, ValueError):
+                pass
+    gc.freeze()
