@@ -1098,8 +1098,8 @@ def study_markdown(r: dict, env: dict) -> str:
     if r.get("rule"):
         lines += [
             "",
-            f"The sizing rule as this run found it (minigpt.train.sizing: N = {r['rule_constants']['k']:.3g} * "
-            f"C^{r['rule_constants']['a']:.3f}) at each measured optimum's FLOPs:",
+            f"A sizing rule, N = {r['rule_constants']['k']:.3g} * C^{r['rule_constants']['a']:.3f} (the results' "
+            "rule_constants), at each measured optimum's FLOPs:",
             "",
             "| budget | measured optimum | the rule's size | rule / measured | bpb cost of the rule's size |",
             "| --- | --- | --- | --- | --- |",
