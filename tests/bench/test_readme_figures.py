@@ -440,21 +440,29 @@ def test_readme_states_the_push_ab_figures():
 
 
 def test_readme_states_the_push_study_figures():
-    result = committed("push-study.json")
+    result, stdlib = committed("push-study.json"), committed("push-study-stdlib.json")
     points, optima, fit = result["points"], result["optima"], result["fit"]
     params = [p["params"] for p in points]
     budgets = sorted({p["budget_s"] for p in points})
-    assert [o["budget_s"] for o in optima] == budgets and len(budgets) == 3  # "over three budgets"
-    assert all(p["params"] < 1e6 for p in result["frontier"])  # "1M parameters and more are far off the frontier"
+    assert [o["budget_s"] for o in optima] == budgets and len(budgets) == 5  # "over five budgets"
+    assert max(p["params"] for p in points) not in {p["params"] for p in result["frontier"]}  # "stay off the frontier"
     fewest = min(p["tokens"] / p["params"] for p in result["frontier"])
     b = [f"{s:.0f}" for s in budgets]
+    rule, constants = {e["budget_s"]: e for e in result["rule"]}, result["rule_constants"]
+    stdlib_ratios = [e["ratio"] for e in stdlib["rule"]]
+    assert stdlib["rule_constants"] == constants
     figures = [
         f"a grid of sizes ({millions(min(params))} to {millions(max(params), 1)} parameters, the `cpu-push` recipe "
-        f"otherwise) at budgets of {b[0]}, {b[1]} and {b[2]} s",
-        f"from {millions(optima[0]['params'])} parameters at {b[0]} s to about {millions(optima[-1]['params'], 1)} "
-        f"at {b[2]} s",
-        f"(N_opt ∝ C^{fit['a']:.2f}, r² {fit['r2']:.2f} over three budgets)",
-        f"N = {fit['k']:.3f} · C^{fit['a']:.3f} parameters for C training FLOPs",
+        f"otherwise) at budgets of {', '.join(b[:-1])} and {b[-1]} s",
+        f"from {millions(optima[0]['params'])} parameters at {b[0]} s to about {millions(optima[-1]['params'])} "
+        f"at {b[-1]} s",
+        f"(N_opt ∝ C^{fit['a']:.2f}, r² {fit['r2']:.2f} over five budgets)",
+        f"(N = {constants['k']:.3f} · C^{constants['a']:.3f}), picked {rule[300.0]['ratio']:.2f}x the measured "
+        f"optimum's size at 300 s and {rule[600.0]['ratio']:.2f}x at 600 s, each costing about "
+        f"{max(rule[300.0]['bpb_cost'], rule[600.0]['bpb_cost']):.4f} bits per byte",
+        f"N_opt ∝ C^{stdlib['fit']['a']:.2f} and that rule picked {min(stdlib_ratios):.2f}x to "
+        f"{max(stdlib_ratios):.2f}x of them",
+        f"N = {fit['k']:.3g} · C^{fit['a']:.3f} parameters for C training FLOPs",
         f"at least {fewest:.1f} tokens a parameter (the fewest on the study's frontier)",
     ]
     assert not missing_from_readme(figures)
@@ -615,5 +623,19 @@ def test_readme_states_the_train_step_figures():
         f"the median of the per-round ratios against nanoGPT is only {arms['nanogpt']['minigpt_speedup']:.2f}x",
         f"The matrix products are {matmul_share(arms['minigpt']):.0%} of minigpt's step and "
         f"{matmul_share(arms['nanogpt']):.0%} of nanoGPT's",
+    ]
+    assert not missing_from_readme(figures)
+
+
+def test_readme_states_the_startup_figures():
+    r = committed("startup-cpu.json")
+    ft, hf, m = r["first_token"]["sample.py"], r["first_token"]["transformers script"], r["load"]["minigpt"]
+    assert ft["first_output_s"] <= ft["process_s"] and hf["first_output_s"] <= hf["process_s"]
+    figures = [
+        f"medians of {r['settings']['repeats']} alternated rounds",
+        f"sample.py's first token of the 124M model reaches stdout {ft['first_output_s']:.2f} s after launch and its "
+        f"process ends at {ft['process_s']:.2f} s (transformers' script: {hf['first_output_s']:.2f} s and "
+        f"{hf['process_s']:.2f} s); importing torch takes {m['import_s']:.2f} s of it and loading the weights "
+        f"{m['load_s']:.2f} s",
     ]
     assert not missing_from_readme(figures)
