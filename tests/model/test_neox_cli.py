@@ -18,9 +18,7 @@ result saves back to a directory transformers loads with the same logits.
 
 from __future__ import annotations
 
-import io
 import json
-import random
 from pathlib import Path
 
 import pytest
@@ -59,32 +57,8 @@ QUESTIONS = [  # JCommonsenseQA-style: a question, five answers, the context end
 
 
 def rinna_spiece(directory: Path) -> None:
-    """A unigram model as rinna's GPT-NeoX tokenizer was trained (byte fallback, no dummy prefix,
-    whitespace kept; [PAD]=0, <unk>=1, <s>=2, </s>=3), with rinna's tokenizer_config.json."""
-    shuffle = random.Random(0)
-    corpus = [t.replace("<NL>", "\n") for t in builders.RINNA_TEXTS[:6] + [q for q, _ in QUESTIONS]] * 4
-    model = io.BytesIO()
-    sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(" ".join(shuffle.sample(corpus, 5)) for _ in range(200)),
-        model_writer=model,
-        vocab_size=600,
-        model_type="unigram",
-        character_coverage=0.98,
-        byte_fallback=True,
-        add_dummy_prefix=False,
-        remove_extra_whitespaces=False,
-        normalization_rule_name="identity",
-        pad_id=0,
-        unk_id=1,
-        bos_id=2,
-        eos_id=3,
-        pad_piece="[PAD]",
-        user_defined_symbols=["[CLS]", "[SEP]", "[MASK]"],
-        hard_vocab_limit=False,
-        minloglevel=2,
-    )
-    (directory / "spiece.model").write_bytes(model.getvalue())
-    builders.write_json(directory / "tokenizer_config.json", builders.RINNA_NEOX_CONFIG)
+    """A unigram model as rinna's GPT-NeoX tokenizer was trained, with rinna's tokenizer_config.json."""
+    builders.rinna_neox_spiece(directory, builders.RINNA_TEXTS[:6] + [q for q, _ in QUESTIONS], "identity")
 
 
 def write_tokenizer(kind: str, directory: Path) -> None:

@@ -187,13 +187,12 @@ RINNA_TEXTS = [
 ]
 
 
-@pytest.fixture(scope="module", params=["nmt_nfkc", "identity"])
-def rinna_neox_dir(request, tmp_path_factory) -> Path:
-    """A unigram model trained as rinna's GPT-NeoX tokenizer was: byte fallback, no dummy prefix, whitespace
-    kept; [PAD]=0, <unk>=1, <s>=2, </s>=3, then [CLS], [SEP], [MASK], the byte pieces and the learned ones."""
-    directory = tmp_path_factory.mktemp(f"rinna-neox-{request.param}")
+def rinna_neox_spiece(directory: Path, texts: list[str], normalization: str) -> None:
+    """A unigram model trained on `texts` as rinna's GPT-NeoX tokenizer was: byte fallback, no dummy
+    prefix, whitespace kept; [PAD]=0, <unk>=1, <s>=2, </s>=3, then [CLS], [SEP], [MASK], the byte pieces
+    and the learned ones; with rinna's tokenizer_config.json."""
     shuffle = random.Random(0)
-    corpus = [t.replace("<NL>", "\n") for t in RINNA_TEXTS[:2] + RINNA_TEXTS[3:6] + RINNA_TEXTS[9:10]] * 4
+    corpus = [t.replace("<NL>", "\n") for t in texts] * 4
     model = io.BytesIO()
     sentencepiece.SentencePieceTrainer.train(
         sentence_iterator=iter(" ".join(shuffle.sample(corpus, 5)) for _ in range(200)),
@@ -204,7 +203,7 @@ def rinna_neox_dir(request, tmp_path_factory) -> Path:
         byte_fallback=True,
         add_dummy_prefix=False,
         remove_extra_whitespaces=False,
-        normalization_rule_name=request.param,
+        normalization_rule_name=normalization,
         pad_id=0,
         unk_id=1,
         bos_id=2,
@@ -216,6 +215,12 @@ def rinna_neox_dir(request, tmp_path_factory) -> Path:
     )
     (directory / "spiece.model").write_bytes(model.getvalue())
     write_json(directory / "tokenizer_config.json", RINNA_NEOX_CONFIG)
+
+
+@pytest.fixture(scope="module", params=["nmt_nfkc", "identity"])
+def rinna_neox_dir(request, tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp(f"rinna-neox-{request.param}")
+    rinna_neox_spiece(directory, RINNA_TEXTS[:2] + RINNA_TEXTS[3:6] + RINNA_TEXTS[9:10], request.param)
     return directory
 
 
