@@ -32,6 +32,20 @@ def missing_from_readme(figures: list[str]) -> list[str]:
     return [figure for figure in figures if " ".join(figure.split()) not in text]
 
 
+def run_tiny(script: str, out: Path, *flags: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """A bench script's --tiny run writing to `out` (it must succeed): the process and the results."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), "--tiny", *flags, "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    return proc, result
+
+
 def assert_well_formed(result: dict, like: dict) -> None:
     """Every field of the committed file is there, set, and a finite number where it is one."""
     assert set(result) == set(like), set(result) ^ set(like)
@@ -68,15 +82,7 @@ def test_readme_shows_the_start_of_the_sample_train_py_printed_at_the_end():
 
 
 def test_first_run_tiny_writes_every_field(tmp_path):
-    out = tmp_path / "first.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "first_run.py"), "--tiny", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(out.read_text())
+    proc, result = run_tiny("first_run.py", tmp_path / "first.json")
     assert_well_formed(result, committed("first-run-cpu.json"))
     assert result["tiny"] and result["steps"] == 3 and result["early_eval"] is None
     assert result["final_sample"].startswith(TrainConfig().sample_prompt)
@@ -116,15 +122,7 @@ def test_readme_states_the_omp_wait_figures():
 
 
 def test_omp_wait_tiny_writes_every_field(tmp_path):
-    out = tmp_path / "omp.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "omp_wait.py"), "--tiny", "--load", "1", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(out.read_text())
+    proc, result = run_tiny("omp_wait.py", tmp_path / "omp.json", "--load", "1")
     assert_well_formed(result, committed("omp-wait-cpu.json"))
     assert result["tiny"] and result["rounds"] == 1 and result["load_processes"] == 1
     for condition in OMP_WAIT.CONDITIONS:
@@ -562,16 +560,7 @@ def test_readme_states_the_quantized_cache_figures():
 
 
 def test_quantized_cache_bench_runs_tiny(tmp_path):
-    out = tmp_path / "q.json"
-    r = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "quantized_cache.py"), "--tiny", "--out", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
-    result = json.loads(out.read_text())
+    _, result = run_tiny("quantized_cache.py", tmp_path / "q.json")
     assert_well_formed(result, committed("quantized-cache-cpu.json"))
     for kind in ("cold", "warm"):
         assert all(
