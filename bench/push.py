@@ -275,6 +275,15 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _others_share(busy0: float | None, own0: float, wall: float) -> float | None:
+    """The machine's busy CPU time since the readings busy0 (_busy_seconds) and own0 (_children_cpu)
+    that this process's children did not spend, as a fraction of all its CPUs over `wall` seconds."""
+    busy1, own1 = _busy_seconds(), _children_cpu()
+    if busy0 is None or busy1 is None:
+        return None
+    return max(0.0, (busy1 - busy0) - (own1 - own0)) / (wall * (os.cpu_count() or 1))
+
+
 def run_side_by_side(arms: list[Arm], work: Path, data_dirs: dict[str, Path]) -> dict:
     """Run the arms' train.py processes at the same time, one thread each; returns
     {"wall_s", "others_cpu_share" (the machine's busy CPU time not spent by these runs, as a
@@ -300,10 +309,7 @@ def run_side_by_side(arms: list[Arm], work: Path, data_dirs: dict[str, Path]) ->
     wall = time.perf_counter() - t0
     if failed:
         raise RuntimeError("train.py failed: " + "; ".join(failed))
-    busy1, own1 = _busy_seconds(), _children_cpu()
-    share = None
-    if busy0 is not None and busy1 is not None:
-        share = max(0.0, (busy1 - busy0) - (own1 - own0)) / (wall * (os.cpu_count() or 1))
+    share = _others_share(busy0, own0, wall)
     return {"wall_s": wall, "arm_wall_s": arm_wall, "others_cpu_share": share, "load_avg": list(os.getloadavg())}
 
 
@@ -813,10 +819,7 @@ def run_measured(cmd: list[str], cwd: Path, env: dict, stdout: Path, stderr: Pat
     with open(stdout, "w") as out, open(stderr, "w") as err:
         returncode = subprocess.run(cmd, cwd=cwd, env=env, stdout=out, stderr=err).returncode
     wall = time.perf_counter() - t0
-    busy1, own1 = _busy_seconds(), _children_cpu()
-    share = None
-    if busy0 is not None and busy1 is not None:
-        share = max(0.0, (busy1 - busy0) - (own1 - own0)) / (wall * (os.cpu_count() or 1))
+    share = _others_share(busy0, own0, wall)
     return {"returncode": returncode, "wall_s": wall, "others_cpu_share": share, "load_avg": list(os.getloadavg())}
 
 
