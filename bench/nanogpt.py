@@ -88,10 +88,12 @@ def check_dir(path: Path) -> Path:
 
 
 def source_id(path: Path) -> dict:
-    """Which nanoGPT ran: its git commit if `path` is a git checkout, and a sha256 of train.py + model.py."""
+    """Which nanoGPT ran: its git commit if `path` is a git checkout, and a sha256 of train.py + model.py
+    (of those there)."""
     digest = hashlib.sha256()
     for name in ("train.py", "model.py"):
-        digest.update((path / name).read_bytes())
+        if (path / name).is_file():
+            digest.update((path / name).read_bytes())
     git = None
     with contextlib.suppress(OSError):
         done = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True)

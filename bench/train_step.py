@@ -42,6 +42,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from bench.common import environment, log, output_dir, write_json  # noqa: E402
+from bench.nanogpt import source_id  # noqa: E402
 from minigpt.model.model import GPT, GPTConfig  # noqa: E402
 from minigpt.train.config import TrainConfig  # noqa: E402
 from minigpt.train.optim import configure_optimizer  # noqa: E402
@@ -204,22 +205,10 @@ def run(shape_name: str, nanogpt_dir: Path | None, rounds: int, steps_per_round:
         },
         "method": f"{rounds} rounds alternating the arms, {steps_per_round} steps per arm per round, after 2 warm-up "
         "steps; medians; ratios are medians of the per-round ratios",
-        "nanogpt": None if nanogpt_dir is None else {"dir": str(nanogpt_dir), "commit": _commit(nanogpt_dir)},
+        "nanogpt": None if nanogpt_dir is None else source_id(Path(nanogpt_dir).expanduser()),
         "threads": torch.get_num_threads(),
         "arms": result,
     }
-
-
-def _commit(folder: Path) -> str | None:
-    import subprocess
-
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 def main(argv: list[str] | None = None) -> int:
