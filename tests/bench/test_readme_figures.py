@@ -103,17 +103,23 @@ def test_minutes_is_how_the_readme_writes_a_wall_time():
 
 
 # ----------------------------------------------------------------------------------------------
-# OpenMP passive waiting: sample.py with OMP_WAIT_POLICY=PASSIVE against ACTIVE
+# OpenMP waiting: sample.py with PASSIVE (the entrypoint's), a bounded spin, and ACTIVE
 
 
 def test_committed_omp_wait_is_a_full_measurement():
     result = committed("omp-wait-cpu.json")
     assert not result["tiny"] and result["rounds"] >= 3
-    for condition in OMP_WAIT.CONDITIONS:
-        for policy in OMP_WAIT.POLICIES:
-            speeds = result["tokens_per_s"][condition][policy]
-            assert len(speeds) == result["rounds"]
-            assert result["median_tokens_per_s"][condition][policy] == pytest.approx(sorted(speeds)[len(speeds) // 2])
+    assert result["shapes"] == list(OMP_WAIT.SHAPES)
+    assert result["checkpoints"]["124m"]["n_embd"] == 768 and result["checkpoints"]["124m"]["n_layer"] == 12
+    for shape in OMP_WAIT.SHAPES:
+        for condition in OMP_WAIT.CONDITIONS:
+            for policy in OMP_WAIT.POLICIES:
+                speeds = result["tokens_per_s"][shape][condition][policy]
+                assert len(speeds) == result["rounds"]
+                median = result["median_tokens_per_s"][shape][condition][policy]
+                assert median == pytest.approx(sorted(speeds)[len(speeds) // 2])
+
+    assert result["policies"] == OMP_WAIT.POLICY_ENV
 
 
 def test_readme_states_the_omp_wait_figures():
@@ -125,9 +131,10 @@ def test_omp_wait_tiny_writes_every_field(tmp_path):
     proc, result = run_tiny("omp_wait.py", tmp_path / "omp.json", "--load", "1")
     assert_well_formed(result, committed("omp-wait-cpu.json"))
     assert result["tiny"] and result["rounds"] == 1 and result["load_processes"] == 1
+    assert result["shapes"] == ["small"]
     for condition in OMP_WAIT.CONDITIONS:
         for policy in OMP_WAIT.POLICIES:
-            (speed,) = result["tokens_per_s"][condition][policy]
+            (speed,) = result["tokens_per_s"]["small"][condition][policy]
             assert speed > 0
     assert proc.stdout.splitlines() == OMP_WAIT.readme_figures(result)
 
