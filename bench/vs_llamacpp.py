@@ -170,13 +170,16 @@ def sdist_sha256() -> str:
 # ----------------------------------------------------------------------------------------------
 # The model, its GGUF files and the checks before timing
 
-# llama.cpp's type -> minigpt's nearest CPU decode: (dtype, weight-only quantization or None)
-PAIRS = {
-    "f32": ("float32", None),
-    "f16": ("bfloat16", None),
-    "q8_0": ("bfloat16", "int8"),
-    "q4_0": ("bfloat16", "int4"),
-}
+# The rows: llama.cpp's type against minigpt's nearest CPU decode, (dtype, weight-only quantization or
+# None). f16 twice: float16 is the same weights (decodes faster on a CPU without native float16
+# arithmetic, prefills slower), bfloat16 the 16-bit type minigpt's CPU kernels favour.
+PAIRS = [
+    ("f32", ("float32", None)),
+    ("f16", ("float16", None)),
+    ("f16", ("bfloat16", None)),
+    ("q8_0", ("bfloat16", "int8")),
+    ("q4_0", ("bfloat16", "int4")),
+]
 PROMPT = "The meaning of life is"
 
 
@@ -326,17 +329,20 @@ def llama_bench(binaries: Path, path: Path, prompt: int, new: int, threads: int)
     return float(rows[0]["avg_ts"])
 
 
-def minigpt_decode(model: GPT, new: int) -> float:
-    """Decode tokens/s at batch 1: (new tokens) / (time for 1 + new tokens - time for 1), prompt of one token."""
+def minigpt_decode(model: GPT, new: int) -> tuple[float, str]:
+    """Decode tokens/s at batch 1: (new tokens) / (time for 1 + new tokens - time for 1), prompt of one token;
+    and the CPU linears the Decoder's timed trial chose (made here whatever the decode's length, as a
+    long-running server would: once per model shape, dtype, batch size and thread count)."""
     idx = torch.zeros(1, 1, dtype=torch.long)
     decoder = Decoder(model, 1, new + 2)
-    decoder.generate(idx, new + 1, temperature=0)  # warm-up (and the CPU linear trial)
+    decoder.choose_cpu_linear()
+    decoder.generate(idx, new + 1, temperature=0)  # warm-up
     start = time.perf_counter()
     decoder.generate(idx, 1, temperature=0)
     first = time.perf_counter() - start
     start = time.perf_counter()
     decoder.generate(idx, new + 1, temperature=0)
-    return new / (time.perf_counter() - start - first)
+    return new / (time.perf_counter() - start - first), decoder.cpu_linear
 
 
 def minigpt_prefill(model: GPT, prompt: int) -> float:
@@ -369,15 +375,18 @@ def start_up(binaries: Path, directory: Path, path: Path, pair: tuple[str, str |
 def measure(binaries: Path, directory: Path, files: dict, rounds: int, threads: int, new: int, prompt: int) -> list:
     """For each type: decode, prefill and start-up, the two engines alternating A B A B."""
     rows = []
-    for name, pair in PAIRS.items():
+    for name, pair in PAIRS:
         path = files[name]["path"]
         log(f"{name}: llama.cpp {name} against minigpt {pair[0]}{' ' + pair[1] if pair[1] else ''}")
         model, our_bytes = minigpt_model(directory, pair)
         their_bytes = gguf_read_bytes(path)
         r = {k: [] for k in ("llama_decode", "minigpt_decode", "llama_prefill", "minigpt_prefill", "start_up")}
+        paths = set()
         for _ in range(rounds):
             r["llama_decode"].append(llama_bench(binaries, path, 0, new, threads))
-            r["minigpt_decode"].append(minigpt_decode(model, new))
+            speed, cpu_linear = minigpt_decode(model, new)
+            r["minigpt_decode"].append(speed)
+            paths.add(cpu_linear)
             r["llama_prefill"].append(llama_bench(binaries, path, prompt, 0, threads))
             r["minigpt_prefill"].append(minigpt_prefill(model, prompt))
             r["start_up"].append(start_up(binaries, directory, path, pair))
@@ -388,6 +397,7 @@ def measure(binaries: Path, directory: Path, files: dict, rounds: int, threads: 
             {
                 "llama_cpp_type": name,
                 "minigpt": {"dtype": pair[0], "quantize": pair[1], "group_size": 32 if pair[1] == "int4" else None},
+                "minigpt_cpu_linear": sorted(paths),  # the Decoder's measured choice (one, unless rounds disagreed)
                 "decode_tokens_per_s": {"llama_cpp": med["llama_decode"], "minigpt": med["minigpt_decode"]},
                 "decode_weight_bytes_per_token": {"llama_cpp": their_bytes, "minigpt": our_bytes},
                 "prefill_tokens_per_s": {"llama_cpp": med["llama_prefill"], "minigpt": med["minigpt_prefill"]},
@@ -478,6 +488,7 @@ def main() -> int:
         return 1
     q8 = quantize_parity(binaries, files, work)
     log(f"q8_0: {q8['identical']} of {q8['tensors']} tensors identical to llama-quantize's")
+    load_before = list(os.getloadavg())
     bw = bandwidth()
     rows = measure(binaries, directory, files, args.rounds, args.threads, args.new_tokens, args.prompt_tokens)
     bw_after = bandwidth()
@@ -514,13 +525,15 @@ def main() -> int:
         "bandwidth": {"before": bw, "after": bw_after, "bytes_per_s": bytes_per_s},
         "rows": rows,
         "prefill_without_amx_tokens_per_s": noamx,
+        "load_average": {"before": load_before, "after": list(os.getloadavg())},
         "notes": [
-            "The machine is shared with other work running at the same time: figures are noisy; rounds are short.",
+            "The machine may be shared with other work (load_average: 1, 5 and 15 minutes); rounds are short.",
             "decode: llama-bench tg (no prompt) against minigpt's Decoder after a one-token prompt; a fraction is "
             "weight bytes read per token x tokens/s over the copy bandwidth measured in this run.",
             "start-up: llama-simple (its fixed 4 threads) and sample.py, each a fresh process to its first token.",
-            "minigpt has no f16 or q8_0/q4_0 CPU path: its rows are bfloat16, and bfloat16 with int8 per channel "
-            "or int4 in groups of 32 weight-only quantization.",
+            "f16 against float16 (the same weights) and bfloat16; minigpt has no q8_0/q4_0 CPU path: those rows "
+            "are bfloat16 with int8 per channel or int4 in groups of 32 weight-only quantization.",
+            "minigpt's decode runs its Decoder with the CPU linears its timed trial chose (minigpt_cpu_linear).",
         ],
     }
     path = write_json(out / "vs-llamacpp-cpu.json", result)
