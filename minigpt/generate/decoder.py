@@ -5,8 +5,9 @@ bookkeeping on the host. A `Decoder` keeps what a step reads and writes (the cac
 the current token, the finished rows) in device buffers updated in place, and calls the model's own
 forward for every step. With `StaticKVCache` every shape is fixed, so on CUDA one step is captured
 as a CUDA graph and each token costs one replay; on a CPU the cache grows, and the matrix-vector
-products run through F.linear or oneDNN, whichever a few timed steps found faster for this model
-(timed only for a decode long enough to pay for the trial: F.linear, as the simple path, until then).
+products run through F.linear or oneDNN, whichever timed steps found faster for this model: a
+trial of its own forwards for a decode long enough to pay for them, else the decode's own first
+steps, alternating between F.linear and oneDNN on the model's weights (`StepTrial`).
 Greedy tokens equal those of the simple path (tests/generate/test_decode.py). Mode "compiled" runs
 the same fixed-shape step compiled by torch.compile (Inductor, weights frozen into the code): on a
 CPU it removes most of the per-token Python and dispatch work, but compiling costs seconds, so it is
@@ -20,6 +21,7 @@ per kind of step, none per token or position).
 from __future__ import annotations
 
 import contextlib
+import statistics
 import time
 from collections.abc import Iterator
 
@@ -132,9 +134,51 @@ _measured_cpu_linear: dict[tuple, str] = {}
 # candidate, over a warm-up and TRIAL_ROUNDS timed rounds: (1 + 5) x 3 x (1 + 3) = 72 forwards for three
 # candidates, whose tokens are thrown away. A decode runs it only when that is at most TRIAL_SHARE of its own
 # steps: on a 100-token sample it cost more than oneDNN could ever win back (auto ran at
-# 47-87 tok/s where simple ran at 158-177), and on a busy machine it can misjudge, so short decodes use F.linear,
-# the simple path's own kernel.
+# 47-87 tok/s where simple ran at 158-177), so a shorter decode times its own steps instead (StepTrial).
 TRIAL_STEPS, TRIAL_ROUNDS, TRIAL_SHARE = 3, 5, 0.05
+TRIAL_MARGIN = 0.1  # oneDNN is chosen only if it is this much faster than F.linear (noise on a busy machine)
+
+# A decode too short for that trial times its own steps instead (StepTrial), between the candidates that
+# need no set-up and no copy of the weights; after a warm-up step of each, STEP_TRIAL_ROUNDS timed steps each.
+STEP_TRIAL_CANDIDATES = ("torch", "onednn")
+STEP_TRIAL_ROUNDS = 4
+
+
+class StepTrial:
+    """Chooses between F.linear and oneDNN's linears by timing a decode's own steps, so no forward is
+    thrown away: each step runs the candidate with the fewest timed steps so far (the first step of
+    each is a warm-up, not counted), and once each has STEP_TRIAL_ROUNDS the faster by median is
+    `chosen` (oneDNN only if it is TRIAL_MARGIN faster). One trial serves every decode of its model
+    shape, dtype, batch size and thread count in this process (`_step_trials`), so it may span
+    several short decodes. Both candidates give the same tokens (tests/generate/test_decode.py):
+    the decode's tokens are its own."""
+
+    def __init__(self, clock=time.perf_counter):
+        self.clock = clock
+        self.times: dict[str, list[float]] = {name: [] for name in STEP_TRIAL_CANDIDATES}
+        self.warm: set[str] = set()
+        self.chosen: str | None = None
+
+    def next(self) -> str:
+        """The candidate the next step runs."""
+        cold = [name for name in STEP_TRIAL_CANDIDATES if name not in self.warm]
+        return cold[0] if cold else min(STEP_TRIAL_CANDIDATES, key=lambda name: len(self.times[name]))
+
+    def time(self, name: str, step) -> None:
+        """Run step() as `name`'s next step; choose once every candidate has its timed steps."""
+        t0 = self.clock()
+        step()
+        seconds = self.clock() - t0
+        if name not in self.warm:
+            self.warm.add(name)
+            return
+        self.times[name].append(seconds)
+        if all(len(self.times[c]) >= STEP_TRIAL_ROUNDS for c in STEP_TRIAL_CANDIDATES):
+            median = {c: statistics.median(self.times[c]) for c in STEP_TRIAL_CANDIDATES}
+            self.chosen = "onednn" if median["onednn"] <= (1 - TRIAL_MARGIN) * median["torch"] else "torch"
+
+
+_step_trials: dict[tuple, StepTrial] = {}  # choice key (Decoder.choice_key) -> its trial
 
 
 # ----------------------------------------------------------------------------------------------
@@ -208,6 +252,7 @@ class Decoder:
         self.compilations = 0  # graphs Inductor has compiled for this decoder (tests check it stays put)
         self.cpu_linear = cpu_linear  # "auto" until the first decode measures it
         self.linears = self._linears(cpu_linear) if cpu_linear != "auto" else contextlib.nullcontext()
+        self.step_trial: StepTrial | None = None  # timing this decode's steps (choose_cpu_linear)
 
     @property
     def batch_size(self) -> int:
@@ -286,7 +331,9 @@ class Decoder:
         return self.compiled[greedy]
 
     # --- the oneDNN choice ----------------------------------------------------------------------
-    def measure_cpu_linear(self, steps: int = TRIAL_STEPS, rounds: int = TRIAL_ROUNDS, margin: float = 0.1) -> str:
+    def measure_cpu_linear(
+        self, steps: int = TRIAL_STEPS, rounds: int = TRIAL_ROUNDS, margin: float = TRIAL_MARGIN
+    ) -> str:
         """Time greedy decode steps with each runnable cpu_linear, in alternation, and return the
         fastest (the median over rounds); oneDNN only if it beats F.linear by `margin`, so that
         noise on a busy machine does not pick a path slower than the simple decoder's. Leaves the
@@ -329,22 +376,44 @@ class Decoder:
         """Settle cpu_linear="auto", measuring once per model shape, dtype, batch size and thread count.
 
         With new_tokens (the length of the decode about to run), a trial not yet made is made only if it
-        costs at most TRIAL_SHARE of that decode; otherwise this decode runs F.linear and cpu_linear stays
-        "auto" (a later, longer decode may still measure)."""
-        key = (
+        costs at most TRIAL_SHARE of that decode; otherwise cpu_linear stays "auto" (a later, longer decode
+        may still measure) and this decode runs the choice of an earlier StepTrial, or makes one
+        (`step_trial`)."""
+        key = self.choice_key()
+        self.step_trial = None
+        if key not in _measured_cpu_linear:
+            if new_tokens is not None and self.trial_forwards() > TRIAL_SHARE * new_tokens:
+                trial = _step_trials.setdefault(key, StepTrial()) if len(self.cpu_linear_candidates()) > 1 else None
+                if trial is not None and trial.chosen is None:
+                    self.step_trial = trial
+                self.linears = self._linears(trial.chosen if trial and trial.chosen else "torch")
+                return
+            _measured_cpu_linear[key] = self.measure_cpu_linear()
+        self.cpu_linear = _measured_cpu_linear[key]
+        self.linears = self._linears(self.cpu_linear)
+
+    def choice_key(self) -> tuple:
+        """What a measured cpu_linear choice holds for: model shape, dtype, quantization, batch size, threads."""
+        return (
             tuple(sorted(self.config.to_dict().items())),
             self.dtype,
             is_quantized(self.model),
             self.batch_size,
             torch.get_num_threads(),
         )
-        if key not in _measured_cpu_linear:
-            if new_tokens is not None and self.trial_forwards() > TRIAL_SHARE * new_tokens:
-                self.linears = contextlib.nullcontext()  # F.linear, as the simple path
-                return
-            _measured_cpu_linear[key] = self.measure_cpu_linear()
-        self.cpu_linear = _measured_cpu_linear[key]
-        self.linears = self._linears(self.cpu_linear)
+
+    def run_step(self, greedy: bool) -> None:
+        """One eager step (greedy_step or logits_step), timed by the StepTrial while one is running."""
+        body = self.greedy_step if greedy else self.logits_step
+        trial = self.step_trial
+        if trial is None:
+            body()
+            return
+        name = trial.next()
+        self.linears = self._linears(name)
+        trial.time(name, body)
+        if trial.chosen is not None:
+            self.linears, self.step_trial = self._linears(trial.chosen), None
 
     # --- decoding -------------------------------------------------------------------------------
     def prefill(self, idx: torch.Tensor, eos_id: int | None = None) -> torch.Tensor:
@@ -405,10 +474,8 @@ class Decoder:
                 self.graphs[greedy].replay()
             elif compiled_step is not None:
                 compiled_step()
-            elif greedy:
-                self.greedy_step()
             else:
-                self.logits_step()
+                self.run_step(greedy)
             if not greedy:
                 self.advance(sampling.sample(self.logits, self.seq[:, : T + step], T, eos_id))
             yield T + step

@@ -1,5 +1,6 @@
 """The fast decode path (minigpt.generate.decoder) against the simple one and transformers."""
 
+import copy
 import statistics
 import time
 
@@ -14,6 +15,7 @@ from minigpt.generate import decoder as decode
 from minigpt.generate.decoder import Decoder, OneDNNLinear, onednn_unavailable_reason
 from minigpt.generate.simple import complete, generate, generate_uncached, stream
 from minigpt.model.load import from_pretrained
+from minigpt.model.quantize import quantize_model
 from minigpt.tokenizers import GPT2Tokenizer
 
 GPT2_VOCAB = dict(n_positions=96, vocab_size=50257, n_layer=2, n_head=4, n_embd=64)
@@ -170,6 +172,85 @@ def test_auto_times_the_cpu_linears_only_for_a_decode_long_enough_to_pay(monkeyp
     again = Decoder(model, 1, 64)
     again.generate(idx, 4, temperature=0)  # once measured, every decode of the shape uses the choice
     assert len(trials) == 1 and again.cpu_linear == "onednn"
+
+
+class FakeClock:
+    """perf_counter for a StepTrial: each step() advances it by the seconds given for the candidate running."""
+
+    def __init__(self, seconds: dict[str, float]):
+        self.now, self.seconds, self.running = 0.0, seconds, None
+
+    def __call__(self) -> float:
+        return self.now
+
+    def step(self):
+        self.now += self.seconds[self.running]
+
+
+@pytest.mark.parametrize(
+    "torch_s, onednn_s, chosen",
+    [(1.0, 0.5, "onednn"), (1.0, 0.88, "onednn"), (1.0, 0.92, "torch"), (1.0, 1.5, "torch"), (1.0, 1.0, "torch")],
+)
+def test_step_trial_alternates_warms_up_and_keeps_onednn_only_when_clearly_faster(torch_s, onednn_s, chosen):
+    clock = FakeClock({"torch": torch_s, "onednn": onednn_s})
+    trial = decode.StepTrial(clock=clock)
+    order = []
+    while trial.chosen is None:
+        clock.running = trial.next()
+        order.append(clock.running)
+        trial.time(clock.running, clock.step)
+    rounds = decode.STEP_TRIAL_ROUNDS
+    assert order[:2] == ["torch", "onednn"]  # one warm-up step each, not counted
+    assert order[2:] == ["torch", "onednn"] * rounds  # then alternating, until each has its timed steps
+    assert trial.times == {"torch": pytest.approx([torch_s] * rounds), "onednn": pytest.approx([onednn_s] * rounds)}
+    assert trial.chosen == chosen
+
+
+def test_a_short_decode_times_its_own_steps_and_keeps_its_tokens(monkeypatch):
+    """Too short for the trial of thrown-away forwards, a decode times its own steps: no extra forward,
+    the simple path's tokens, and the choice made within it serves the next decode of the shape."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=64, vocab_size=101, n_layer=2, n_head=2, n_embd=48)).eval()
+    monkeypatch.setattr(decode, "_measured_cpu_linear", {})
+    monkeypatch.setattr(decode, "_step_trials", {})
+    monkeypatch.setattr(Decoder, "measure_cpu_linear", lambda self: pytest.fail("the thrown-away trial ran"))
+    forwards = []
+    real = model.forward
+    monkeypatch.setattr(model, "forward", lambda *a, **k: forwards.append(1) or real(*a, **k))
+    idx = torch.randint(0, 101, (1, 5))
+    ref = generate(model, idx, 30, temperature=0)
+    forwards.clear()
+    decoder = Decoder(model, 1, 64)
+    assert torch.equal(decoder.generate(idx, 30, temperature=0), ref)
+    assert len(forwards) == 30  # the prefill and 29 steps: nothing thrown away
+    (trial,) = decode._step_trials.values()
+    assert trial.chosen in ("torch", "onednn") and decoder.step_trial is None
+    assert all(len(t) == decode.STEP_TRIAL_ROUNDS for t in trial.times.values())
+    assert isinstance(decoder.linears, OneDNNLinear) == (trial.chosen == "onednn")
+    assert decoder.cpu_linear == "auto"  # a decode long enough for the whole trial may still run it
+    again = Decoder(model, 1, 64)
+    assert torch.equal(again.generate(idx, 30, temperature=0), ref)
+    assert again.step_trial is None and isinstance(again.linears, OneDNNLinear) == (trial.chosen == "onednn")
+    assert len(decode._step_trials) == 1
+
+
+def test_a_step_trial_spans_short_decodes(monkeypatch):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=64, vocab_size=101, n_layer=1, n_head=2, n_embd=32)).eval()
+    monkeypatch.setattr(decode, "_measured_cpu_linear", {})
+    monkeypatch.setattr(decode, "_step_trials", {})
+    idx = torch.randint(0, 101, (2, 3))
+    needed = 2 * (1 + decode.STEP_TRIAL_ROUNDS)  # steps until chosen
+    decoder = Decoder(model, 2, 64)
+    for done in range(3, needed, 3):  # decodes of 4 tokens: 3 steps each
+        assert torch.equal(decoder.generate(idx, 4, temperature=0), generate(model, idx, 4, temperature=0))
+        (trial,) = decode._step_trials.values()
+        assert trial.chosen is None and len(trial.warm) + sum(map(len, trial.times.values())) == done
+    decoder.generate(idx, 4, temperature=0)
+    assert trial.chosen is not None
+    quantized = Decoder(quantize_model(copy.deepcopy(model), "int4", 32), 2, 64)  # nothing to choose between
+    quantized.generate(idx, 4, temperature=0)
+    assert quantized.step_trial is None and len(decode._step_trials) == 1
 
 
 def tokens_per_second(run, n: int) -> float:
