@@ -16,6 +16,10 @@ writes (to --checkpoint, default /tmp/gpt2-124m-random), medians of --repeats ro
   the prompt (the token is on the screen) and when the process has exited.
 - tokenizer: `minigpt.tokenizers.get_encoding("gpt2")` with its cache built, and the top of a
   cProfile of it.
+
+Every process gets the environment minigpt.entrypoint.start() made here (OMP_WAIT_POLICY=PASSIVE,
+THP_MEM_ALLOC_ENABLE=1, unless set before), transformers' too; minigpt's load and first token are
+also timed with THP_MEM_ALLOC_ENABLE=0 ("without huge pages"), to show what the huge pages buy.
 """
 
 from __future__ import annotations
@@ -176,11 +180,13 @@ def main(argv=None) -> int:
     p.add_argument("--update-results", action="store_true", help="write bench/results/startup-cpu.json")
     args = p.parse_args(argv)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    small_pages = {**env, "THP_MEM_ALLOC_ENABLE": "0"}
     if not (args.checkpoint / "model.safetensors").exists():
         python(WRITE_CHECKPOINT, str(args.checkpoint))
     ckpt = str(args.checkpoint)
     sides = {
         "minigpt": lambda: python(LOAD_OURS, ckpt, env=env),
+        "minigpt without huge pages": lambda: python(LOAD_OURS, ckpt, env=small_pages),
         "transformers": lambda: python(LOAD_HF, ckpt, env=env),
         "read file": lambda: python(READ_FILE, str(args.checkpoint / "model.safetensors")),
     }
@@ -202,6 +208,7 @@ def main(argv=None) -> int:
     ]
     first = {
         "sample.py": lambda: first_output(sample, env, args.prompt),
+        "sample.py without huge pages": lambda: first_output(sample, small_pages, args.prompt),
         "transformers script": lambda: first_output(
             [sys.executable, "-c", FIRST_TOKEN_HF, ckpt, args.prompt], env, args.prompt
         ),
@@ -237,6 +244,7 @@ def main(argv=None) -> int:
             "repeats": args.repeats,
             "prompt": args.prompt,
             "method": "fresh processes, variants in alternation, medians; the first round dropped",
+            "environment": {k: env.get(k) for k in ("OMP_WAIT_POLICY", "THP_MEM_ALLOC_ENABLE")},
         },
         "load": load,
         "first_token": {name: medians(rows) | {"rounds": rows} for name, rows in first_rows.items()},
@@ -250,10 +258,10 @@ def main(argv=None) -> int:
             inside = f"load {r['load_s']:.3f} s, import {r['import_s']:.3f} s"
         else:
             inside = f"read {r['read_s']:.3f} s"
-        print(f"{name:16s} {inside}, whole process {r['process_s']:.2f} s")
+        print(f"{name:26s} {inside}, whole process {r['process_s']:.2f} s")
     for name, r in payload["first_token"].items():
         print(
-            f"first token {name:20s} on stdout at {r['first_output_s']:.2f} s, process ended at {r['process_s']:.2f} s"
+            f"first token {name:28s} on stdout at {r['first_output_s']:.2f} s, process ended at {r['process_s']:.2f} s"
         )
     t = payload["tokenizer"]
     print(f"get_encoding('gpt2') {1e3 * t['get_encoding_s']:.1f} ms (import {1e3 * t['import_s']:.0f} ms)")

@@ -10,7 +10,10 @@ train.py, sample.py, eval.py, prepare.py (and the bench scripts) start with
 
 start() makes idle OpenMP threads sleep instead of spin (OMP_WAIT_POLICY=PASSIVE unless the user
 set it: read once, when torch loads OpenMP; spinning threads starve their siblings on a shared
-CPU: bench/results/omp-wait-cpu.json), and makes Ctrl-C or SIGTERM while the imports run end in one line
+CPU: bench/results/omp-wait-cpu.json), asks PyTorch to back its large CPU tensors with transparent
+huge pages where the kernel allows them (THP_MEM_ALLOC_ENABLE=1 unless the user set it: loading a
+model then faults in one 2 MiB page where it faulted 512 small ones; bench/startup.py measures the
+start-up with and without), and makes Ctrl-C or SIGTERM while the imports run end in one line
 with exit 130 or 143 instead of a traceback. run(main) then turns either signal into an
 `Interrupted` exception (a KeyboardInterrupt, so every `except KeyboardInterrupt` sees both) for
 main to clean up after, and ends an uncaught one in one line with 128 + the signal's number.
@@ -66,8 +69,10 @@ def _install(handler) -> None:
 
 
 def start() -> None:
-    """Call first, before torch is imported: passive OpenMP waiting and a quiet early Ctrl-C/SIGTERM."""
+    """Call first, before torch is imported: passive OpenMP waiting, huge pages for large tensors and a
+    quiet early Ctrl-C/SIGTERM."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     _install(_quit_at_once)
 
 

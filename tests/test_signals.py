@@ -177,8 +177,9 @@ def test_signal_while_tokenizing_stops_the_workers(corpus, tmp_path, command, si
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_passive_omp_waiting_unless_the_user_set_it(script, tmp_path):
-    """Every script sets OMP_WAIT_POLICY=PASSIVE before torch is imported, and keeps a user's value."""
+def test_passive_omp_waiting_and_huge_pages_unless_the_user_set_them(script, tmp_path):
+    """Every script sets OMP_WAIT_POLICY=PASSIVE and THP_MEM_ALLOC_ENABLE=1 before torch is imported, and
+    keeps a user's values."""
     probe = tmp_path / "sitecustomize.py"
     # Runs when torch's package starts to import: what OpenMP will read.
     probe.write_text(
@@ -186,16 +187,22 @@ def test_passive_omp_waiting_unless_the_user_set_it(script, tmp_path):
         "real = builtins.__import__\n"
         "def spy(name, *a, **k):\n"
         "    if name.split('.')[0] == 'torch' and 'torch' not in sys.modules:\n"
-        "        sys.stderr.write('OMP=' + os.environ.get('OMP_WAIT_POLICY', '-') + '\\n')\n"
+        "        get = os.environ.get\n"
+        "        sys.stderr.write(f\"OMP={get('OMP_WAIT_POLICY', '-')},{get('THP_MEM_ALLOC_ENABLE', '-')}\\n\")\n"
         "        builtins.__import__ = real\n"
         "    return real(name, *a, **k)\n"
         "builtins.__import__ = spy\n"
     )
-    for given, expected in ((None, "PASSIVE"), ("ACTIVE", "ACTIVE")):
+    cases = (
+        ({}, "PASSIVE,1"),
+        ({"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE,1"),
+        ({"THP_MEM_ALLOC_ENABLE": "0"}, "PASSIVE,0"),
+    )
+    for given, expected in cases:
         env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
         env.pop("OMP_WAIT_POLICY", None)
-        if given:
-            env["OMP_WAIT_POLICY"] = given
+        env.pop("THP_MEM_ALLOC_ENABLE", None)
+        env.update(given)
         r = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, env=env, capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
         assert f"OMP={expected}" in r.stderr.splitlines(), (given, r.stderr)

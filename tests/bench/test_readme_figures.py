@@ -626,12 +626,15 @@ def test_readme_states_the_train_step_figures():
 def test_readme_states_the_startup_figures():
     r = committed("startup-cpu.json")
     ft, hf, m = r["first_token"]["sample.py"], r["first_token"]["transformers script"], r["load"]["minigpt"]
+    ft0, m0 = r["first_token"]["sample.py without huge pages"], r["load"]["minigpt without huge pages"]
     assert ft["first_output_s"] <= ft["process_s"] and hf["first_output_s"] <= hf["process_s"]
+    assert r["settings"]["environment"]["THP_MEM_ALLOC_ENABLE"] == "1"
     figures = [
-        f"medians of {r['settings']['repeats']} alternated rounds",
+        f"load average {r['loadavg_at_start'][0]:.1f} at the start, medians of {r['settings']['repeats']} alternated",
         f"sample.py's first token of the 124M model reaches stdout {ft['first_output_s']:.2f} s after launch and its "
         f"process ends at {ft['process_s']:.2f} s (transformers' script: {hf['first_output_s']:.2f} s and "
         f"{hf['process_s']:.2f} s); importing torch takes {m['import_s']:.2f} s of it and loading the weights "
         f"{m['load_s']:.2f} s",
+        f"without them the load took {m0['load_s']:.2f} s and the first token {ft0['first_output_s']:.2f} s",
     ]
     assert not missing_from_readme(figures)
