@@ -6,6 +6,7 @@ import time
 
 import pytest
 import torch
+import torch.nn.functional as F
 from reference import hf_model, save_hf
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
@@ -128,6 +129,39 @@ def test_cpu_linears_agree(checkpoint, dtype):
     with torch.no_grad():  # packed copies follow the weights
         model.transformer.h[0].attn.c_attn.weight.mul_(-2)
     assert torch.equal(decoder.generate(idx, 30, temperature=0), generate(model, idx, 30, temperature=0))
+
+
+@pytest.mark.parametrize("rows, bias", [(1, True), (31, False), (32, True), (77, True), (200, False)])
+def test_float16_products_widened_from_enough_rows_agree_to_float16_rounding(rows, bias):
+    torch.manual_seed(rows)
+    x = torch.randn(1, rows, 83).half()  # an odd width
+    weight = (torch.randn(45, 83) * 0.3).half()
+    b = torch.randn(45).half() if bias else None
+    plain = F.linear(x, weight, b)
+    with decode.Float16ViaFloat32():
+        wide = F.linear(x, weight, b)
+    assert wide.dtype == torch.float16 and wide.shape == plain.shape
+    exact = F.linear(x.double(), weight.double(), None if b is None else b.double())
+    if rows < decode.FLOAT16_ROWS:
+        assert torch.equal(wide, plain)  # too few rows: F.linear as it is
+    else:  # both round float32 sums: each within a float16 step and a float32 sum's error of the exact result
+        magnitude = F.linear(x.double().abs(), weight.double().abs())  # what a sum's rounding scales with
+        step = torch.finfo(torch.float16).eps * exact.abs() + 83 * 2**-24 * magnitude + 2**-24
+        assert ((wide.double() - exact).abs() <= step).all()
+        assert ((plain.double() - exact).abs() <= step).all()
+    with decode.Float16ViaFloat32():  # other dtypes, other functions: untouched
+        assert torch.equal(F.linear(x.float(), weight.float()), F.linear(x.float(), weight.float()))
+        assert torch.equal(torch.matmul(x, weight.t()), x @ weight.t())
+
+
+def test_a_float16_decoder_prefills_widened_and_keeps_the_simple_paths_tokens(checkpoint):
+    _, path = checkpoint
+    model = from_pretrained(path, dtype=torch.float16)
+    idx = torch.randint(0, 50257, (2, 40))  # 80 rows: the prefill's products are widened
+    decoder = Decoder(model, 2, 64)
+    assert isinstance(decoder.wide_float16(), decode.Float16ViaFloat32)
+    assert torch.equal(decoder.generate(idx, 12, temperature=0), generate(model, idx, 12, temperature=0))
+    assert not isinstance(Decoder(from_pretrained(path), 1, 16).wide_float16(), decode.Float16ViaFloat32)
 
 
 def test_bad_arguments_are_clear_errors(checkpoint):
