@@ -7,7 +7,8 @@ forward for every step. With `StaticKVCache` every shape is fixed, so on CUDA on
 as a CUDA graph and each token costs one replay; on a CPU the cache grows, and the matrix-vector
 products run through F.linear or oneDNN, whichever timed steps found faster for this model: a
 trial of its own forwards for a decode long enough to pay for them, else the decode's own first
-steps, alternating between F.linear and oneDNN on the model's weights (`StepTrial`).
+steps, alternating between F.linear and oneDNN on the model's weights (`StepTrial`). A float16
+model on a CPU runs its products of many rows (a prefill) widened to float32 (`Float16ViaFloat32`).
 Greedy tokens equal those of the simple path (tests/generate/test_decode.py). Mode "compiled" runs
 the same fixed-shape step compiled by torch.compile (Inductor, weights frozen into the code): on a
 CPU it removes most of the per-token Python and dispatch work, but compiling costs seconds, so it is
