@@ -24,6 +24,7 @@ from minigpt import GPT, GPTConfig
 from minigpt.generate import decoder as decode
 from minigpt.generate.decoder import Decoder
 from minigpt.generate.simple import generate
+from minigpt.model import quantize
 from minigpt.model.load import from_pretrained, save_pretrained
 from minigpt.model.quantize import QuantizedLinear, quantize_int4, quantize_int8, quantize_model, set_reference
 
@@ -95,6 +96,29 @@ def test_layer_kernel_equals_its_dequantized_weight(mode, group):
             layer.reference = True
             assert torch.allclose(layer(x).float(), F.linear(x.float(), deq, linear.bias).to(dtype).float())
             layer.reference = False
+
+
+@pytest.mark.parametrize("rows", [1, 63, 64, 100, 301])
+def test_int8_layer_agrees_with_its_dequantized_weight_from_one_row_to_a_prefills(rows):
+    """From INT8_WIDENED_ROWS rows the CPU int8 product multiplies by q widened to bf16 and scales
+    the (bf16) sums, where the kernel scales float32 sums: one more rounding of each output. Both
+    stay within the tolerance above of F.linear(bf16(x), dequantized_weight) in float32."""
+    torch.manual_seed(rows)
+    linear = nn.Linear(112, 83)  # an odd output width
+    layer = QuantizedLinear(linear, "int8")
+    deq = layer.dequantized_weight()
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.randn(1, rows, 112, dtype=dtype)
+        y = layer(x)
+        ref = F.linear(x.to(torch.bfloat16).float(), deq, linear.bias.float())
+        assert y.dtype == dtype and y.shape == (1, rows, 83)
+        assert (y.float() - ref).abs().max() <= 2**-7 * ref.abs().max() + 1e-6
+    x = torch.randn(rows, 112, dtype=torch.bfloat16)
+    bias = linear.bias.to(torch.bfloat16)
+    if rows >= quantize.INT8_WIDENED_ROWS:  # q widened to bf16, the sums scaled
+        assert torch.equal(layer(x), F.linear(x, layer.qweight.to(torch.bfloat16)) * layer.scale + bias)
+    else:  # the int8 kernel
+        assert torch.equal(layer(x), torch.ops.aten._weight_int8pack_mm(x, layer.qweight, layer.scale) + bias)
 
 
 # ----------------------------------------------------------------------------------------------
