@@ -29,8 +29,8 @@ _TINY = 1e-30  # the smallest scale: an all-zero row or group still divides safe
 _BAND_ELEMENTS = 1 << 22  # weights are rounded in bands of about this many elements (CPU)
 # From this many rows of input (a prefill) a CPU int8 product runs as a bf16 matrix product with q widened
 # to bf16 (exactly: |q| <= 127), scaled per output channel afterwards, as the kernel scales its sums: the
-# outputs rounded to bf16 twice instead of once. At 512 rows of GPT-2 124M's layers it ran at 2.6-3.7x
-# the int8 kernel, even at 32 rows (AMD EPYC); fewer rows (a decode step) read the int8 weight in the kernel.
+# outputs rounded to bf16 twice instead of once. At 512 rows of GPT-2 124M's layers it ran at 2.4-2.7x
+# the int8 kernel, and no slower at 32 (AMD EPYC); fewer rows (a decode step) keep the int8 kernel.
 INT8_WIDENED_ROWS = 64
 
 
