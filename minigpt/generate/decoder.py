@@ -145,12 +145,15 @@ class Float16ViaFloat32(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.linear:
-            x, weight, *rest = args
-            bias = rest[0] if rest else kwargs.get("bias")
-            if x.dtype == torch.float16 and x.numel() >= FLOAT16_ROWS * x.size(-1):
-                wide = None if bias is None else bias.float()
-                return F.linear(x.float(), weight.float(), wide).to(torch.float16)
+            return self.linear(*args, **kwargs)
         return func(*args, **kwargs)
+
+    @staticmethod
+    def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        if x.dtype != torch.float16 or x.numel() < FLOAT16_ROWS * x.size(-1):
+            return F.linear(x, weight, bias)
+        wide = None if bias is None else bias.float()
+        return F.linear(x.float(), weight.float(), wide).to(torch.float16)
 
 
 # The measured choice of `cpu_linear="auto"`, per (model shape, dtype, batch size, threads).

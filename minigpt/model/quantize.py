@@ -301,11 +301,12 @@ class QuantizedLinear(nn.Module):
                 y += self.bias
             return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
         rows = x.reshape(-1, self.in_features).to(self.kernel_dtype).contiguous()
+        widened = self.mode == "int8" and x.device.type == "cpu" and rows.size(0) >= INT8_WIDENED_ROWS
         # the CPU kernels make aligned loads: a view at an odd offset is copied first (compiled, where the
-        # address is not known while tracing, always: a fresh buffer is aligned)
-        if torch.compiler.is_compiling() or rows.data_ptr() % 64:
+        # address is not known while tracing, always: a fresh buffer is aligned); F.linear needs no copy
+        if not widened and (torch.compiler.is_compiling() or rows.data_ptr() % 64):
             rows = rows.clone()
-        if self.mode == "int8" and x.device.type == "cpu" and rows.size(0) >= INT8_WIDENED_ROWS:
+        if widened:
             y = F.linear(rows, self.qweight.to(rows.dtype)) * self.scale.to(rows.dtype)
         elif self.mode == "int8":
             y = torch.ops.aten._weight_int8pack_mm(rows, self.qweight, self.scale)
