@@ -137,7 +137,9 @@ def measure(ckpt: Path, tokens: int, rounds: int, load: int, load_limit: float, 
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    from minigpt.cli import OneLineParser
+
+    p = OneLineParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"the JSON to write (default {DEFAULT_OUT})")
     p.add_argument("--tokens", type=int, default=100, help="--max-new-tokens of each sample.py process")
     p.add_argument("--rounds", type=int, default=5, help="rounds of PASSIVE, SPIN, ACTIVE, per shape and condition")

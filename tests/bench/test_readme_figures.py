@@ -139,6 +139,28 @@ def test_omp_wait_tiny_writes_every_field(tmp_path):
     assert proc.stdout.splitlines() == OMP_WAIT.readme_figures(result)
 
 
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--shapes", "bogus"], "--shapes: choose from small, 124m"),
+        (["--shapes", "small,"], "--shapes: choose from small, 124m"),
+        (["--tiny"], "--tiny writes no committed results: give --out"),
+    ],
+)
+def test_omp_wait_bad_flags_are_one_line(flags, message, tmp_path):
+    committed_before = (RESULTS / "omp-wait-cpu.json").read_bytes()
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "omp_wait.py"), *flags],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("error: ") and message in proc.stderr and "Traceback" not in proc.stderr
+    assert (RESULTS / "omp-wait-cpu.json").read_bytes() == committed_before
+
+
 def test_rate_is_how_the_readme_writes_a_speed():
     assert OMP_WAIT.rate(131.7) == "132"
     assert OMP_WAIT.rate(7.06) == "7.1"
